@@ -1,0 +1,90 @@
+"""Cluster connection settings, from CLI flags or the environment."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from opensearchpy import OpenSearch
+from opensearchpy.exceptions import (
+    AuthenticationException,
+    AuthorizationException,
+    ConnectionError as OSConnectionError,
+    ConnectionTimeout,
+    TransportError,
+)
+
+from lsr_os.errors import ClusterError, ClusterUnreachable, ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://localhost:9200"
+START_HINT = "start one with `lsr-os node start` or `docker compose up -d`"
+
+
+def split_urls(values: Iterable[str] | str | None) -> tuple[str, ...]:
+    """Flatten repeated and comma- or space-separated URL values; default to localhost."""
+    if values is None:
+        values = ()
+    elif isinstance(values, str):
+        values = (values,)
+    urls: list[str] = []
+    for value in values:
+        for part in value.replace(",", " ").split():
+            if "://" not in part:
+                raise ConfigError(f"cluster URL {part!r} needs a scheme, e.g. http://{part}")
+            urls.append(part.rstrip("/"))
+    return tuple(urls) or (DEFAULT_URL,)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How to reach an OpenSearch cluster. The password never appears in repr or logs."""
+
+    urls: tuple[str, ...] = (DEFAULT_URL,)
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_certs: str | None = None
+    insecure: bool = False
+    timeout: float = 30.0
+    max_retries: int = 3
+
+    def client(self) -> OpenSearch:
+        """A client over all configured nodes; it does not contact the cluster yet."""
+        if (self.user is None) != (self.password is None):
+            raise ConfigError("give both --user and --password (or OPENSEARCH_USER and OPENSEARCH_PASSWORD)")
+        kwargs: dict = {
+            "hosts": list(self.urls),
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "retry_on_timeout": True,
+            "http_compress": False,
+        }
+        if self.user is not None:
+            kwargs["http_auth"] = (self.user, self.password)
+        if any(u.startswith("https://") for u in self.urls):
+            kwargs["use_ssl"] = True
+            kwargs["verify_certs"] = not self.insecure
+            kwargs["ssl_show_warn"] = not self.insecure
+            if self.ca_certs:
+                kwargs["ca_certs"] = self.ca_certs
+        return OpenSearch(**kwargs)
+
+
+def connect(config: ClusterConfig) -> OpenSearch:
+    """Return a client after checking that the cluster answers, with one clear error if not."""
+    client = config.client()
+    where = ", ".join(config.urls)
+    try:
+        info = client.info()
+    except (OSConnectionError, ConnectionTimeout) as exc:
+        raise ClusterUnreachable(f"no OpenSearch answered at {where}; {START_HINT}") from exc
+    except (AuthenticationException, AuthorizationException) as exc:
+        who = f"user {config.user!r}" if config.user else "no credentials"
+        raise ClusterError(f"OpenSearch at {where} refused {who} (HTTP {exc.status_code})") from exc
+    except TransportError as exc:
+        raise ClusterError(f"OpenSearch at {where} answered HTTP {exc.status_code}: {exc.error}") from exc
+    log.info("connected to %s %s at %s", info["version"].get("distribution", "opensearch"),
+             info["version"]["number"], where)
+    return client

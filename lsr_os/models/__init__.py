@@ -1,0 +1,1 @@
+"""Models: dense image-text encoders and the sparse (D2S) head."""

@@ -1,0 +1,133 @@
+"""Sparse vectors: {term: weight} maps, their hygiene, and the JSONL format on disk.
+
+JSONL format (stable): one object a line, `{"id": "...", "vector": {"term": weight, ...}}`,
+weights > 0, other keys kept as metadata. Terms are readable vocabulary tokens; the encoding
+to OpenSearch feature names happens only at the cluster boundary (vocab.term_to_feature).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from lsr_os.errors import DataError
+
+SparseVector = dict[str, float]
+
+# rank_features stores a weight as the top 17 bits of its float32 (Lucene FeatureField:
+# bits >>> 15), i.e. 9 significant bits, truncated; weights below the smallest normal
+# float32 cannot be stored at all.
+_MIN_NORMAL = float(np.finfo(np.float32).tiny)
+
+
+def clean(vector: SparseVector) -> SparseVector:
+    """Drop weights that OpenSearch cannot store: not finite, <= 0, or subnormal."""
+    return {t: float(w) for t, w in vector.items() if math.isfinite(w) and w >= _MIN_NORMAL}
+
+
+def prune(vector: SparseVector, top_k: int | None = None, threshold: float = 0.0) -> SparseVector:
+    """Keep the `top_k` heaviest terms (ties by term, for determinism) with weight > threshold."""
+    items = [(t, w) for t, w in vector.items() if w > threshold]
+    if top_k is not None and len(items) > top_k:
+        items = sorted(items, key=lambda tw: (-tw[1], tw[0]))[:top_k]
+    return dict(items)
+
+
+def quantize(weights: np.ndarray | float) -> np.ndarray:
+    """The weight OpenSearch will score with: float32 truncated to 9 significant bits."""
+    bits = np.asarray(weights, dtype=np.float32).view(np.int32)
+    return (bits & np.int32(~0x7FFF)).view(np.float32)
+
+
+def dot(a: SparseVector, b: SparseVector) -> float:
+    """Dot product of two sparse vectors."""
+    if len(a) > len(b):
+        a, b = b, a
+    return sum(w * b[t] for t, w in a.items() if t in b)
+
+
+def from_rows(matrix, terms: Sequence[str], top_k: int | None = None) -> list[SparseVector]:
+    """Turn rows of a (batch x vocab) tensor or array into {term: weight} maps of their non-zeros."""
+    arr = matrix.detach().float().cpu().numpy() if hasattr(matrix, "detach") else np.asarray(matrix)
+    out: list[SparseVector] = []
+    for row in arr:
+        idx = np.flatnonzero(row > 0)
+        if top_k is not None and len(idx) > top_k:
+            idx = idx[np.argsort(-row[idx], kind="stable")[:top_k]]
+        out.append({terms[i]: float(row[i]) for i in idx})
+    return out
+
+
+@dataclass
+class SparseRecord:
+    """One line of a sparse JSONL file."""
+
+    id: str
+    vector: SparseVector
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"id": self.id, "vector": self.vector, **self.meta}, ensure_ascii=False)
+
+
+ErrorHandler = Callable[[str, str], None]  # (where: "file:line", reason)
+
+
+def read_jsonl(path: str | Path, on_error: ErrorHandler | None = None) -> Iterator[SparseRecord]:
+    """Stream records from a sparse JSONL file.
+
+    A bad line raises DataError naming `file:line`, unless `on_error` is given: then it is
+    reported there and skipped, so one bad line does not stop a long job.
+    """
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}") from exc
+    with handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield _parse_record(line)
+            except ValueError as exc:
+                if on_error is None:
+                    raise DataError(f"{where}: {exc}") from exc
+                on_error(where, str(exc))
+
+
+def _parse_record(line: str) -> SparseRecord:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(obj, dict):
+        raise ValueError("a line must be a JSON object")
+    rid = obj.pop("id", None)
+    vector = obj.pop("vector", None)
+    if not isinstance(rid, (str, int)) or rid == "":
+        raise ValueError('missing or empty "id"')
+    if not isinstance(vector, dict):
+        raise ValueError(f'record {rid}: "vector" must be an object of term: weight')
+    weights: SparseVector = {}
+    for term, weight in vector.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"record {rid}: weight of {term!r} is not a number")
+        weights[term] = float(weight)
+    return SparseRecord(str(rid), weights, obj)
+
+
+def write_jsonl(path: str | Path, records: Iterable[SparseRecord], append: bool = False) -> int:
+    """Write records, one JSON object a line; returns how many were written."""
+    n = 0
+    with Path(path).open("a" if append else "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(record.to_json() + "\n")
+            n += 1
+    return n
