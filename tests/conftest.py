@@ -32,7 +32,7 @@ def os_client(cluster_config):
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI needs a running OpenSearch node: {exc}")
         pytest.skip(f"no OpenSearch node: {exc}")
-    client.cluster.health(wait_for_status="yellow", timeout="60s")
+    client.cluster.health(wait_for_status="yellow")
     info = client.info()
     print(f"\nintegration tier against OpenSearch {info['version']['number']} at {', '.join(cluster_config.urls)}")
     return client

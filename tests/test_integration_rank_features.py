@@ -35,8 +35,6 @@ def test_linear_rank_feature_query_ranks_in_exact_dot_product_order(os_client, i
     assert len(hits) == len(matching)
     for hit in hits:
         assert hit["_score"] == pytest.approx(expected[hit["_id"]], rel=1e-5)
-    scores = [h["_score"] for h in hits]
-    assert scores == sorted(scores, reverse=True)
-    assert [h["_id"] for h in hits] == sorted(matching, key=lambda d: (-matching[d], d))[: len(hits)] or \
-        all(abs(expected[a["_id"]] - expected[b["_id"]]) < 1e-6 or expected[a["_id"]] > expected[b["_id"]]
-            for a, b in zip(hits, hits[1:]))
+    # Exact dot-product order (ties, within float error, may come in either order).
+    ranked = [expected[h["_id"]] for h in hits]
+    assert all(a >= b - 1e-6 for a, b in zip(ranked, ranked[1:]))
