@@ -40,7 +40,8 @@ def main(verbose: int, debug: bool) -> None:
     """Multimodal learned sparse retrieval served from OpenSearch rank_features fields."""
     level = logging.DEBUG if verbose > 1 or debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("opensearch").setLevel(max(level, logging.WARNING))
+    # opensearch-py logs every failed request with a traceback; our errors already say what failed.
+    logging.getLogger("opensearch").setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
 def cluster_options(func):
@@ -68,6 +69,21 @@ def echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
+@main.command("info")
+@cluster_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(cluster: ClusterConfig, as_json: bool) -> None:
+    """Check the connection: the cluster's version, health and nodes."""
+    from lsr_os.config import cluster_info
+
+    facts = cluster_info(cluster)
+    if as_json:
+        echo_json(facts)
+    else:
+        click.echo(f"OpenSearch {facts['version']} at {', '.join(cluster.urls)}: cluster {facts['cluster_name']} "
+                   f"is {facts['status']} with {facts['number_of_nodes']} node(s)")
+
+
 # --------------------------------------------------------------------------- local node
 
 
@@ -78,19 +94,22 @@ def node() -> None:
 
 @node.command("start")
 @click.option("--version", "os_version", default=None, help="OpenSearch version [default: lsr_os.node.DEFAULT_VERSION].")
-@click.option("--port", type=int, default=9200, show_default=True, help="HTTP port on 127.0.0.1.")
+@click.option("--port", type=int, default=9200, show_default=True,
+              help="HTTP port of the first node on 127.0.0.1 (node i uses port+i; transport port+100+i).")
+@click.option("--nodes", type=click.IntRange(1, 9), default=1, show_default=True, help="Number of nodes in the local cluster.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data folder [default: under the node's state folder].")
-@click.option("--heap", default="1g", show_default=True, help="JVM heap, e.g. 512m or 2g.")
-@click.option("--wait", type=float, default=180.0, show_default=True, help="Seconds to wait for the node to be ready.")
-def node_start(os_version: str | None, port: int, data: Path | None, heap: str, wait: float) -> None:
-    """Provision (once, cached) and start a local node; harmless when it already runs."""
+@click.option("--heap", default="1g", show_default=True, help="JVM heap of each node, e.g. 512m or 2g.")
+@click.option("--wait", type=float, default=180.0, show_default=True, help="Seconds to wait for the cluster to be ready.")
+def node_start(os_version: str | None, port: int, nodes: int, data: Path | None, heap: str, wait: float) -> None:
+    """Provision (once, cached) and start a local node or cluster; harmless when it already runs."""
     from lsr_os import node as node_lib
 
-    spec = node_lib.NodeSpec(version=os_version or node_lib.DEFAULT_VERSION, port=port, data=data, heap=heap)
-    state = node_lib.start(spec, timeout=wait)
-    verb = "already running" if state.already_running else "started"
-    click.echo(f"OpenSearch {state.version} {verb} at {state.url} (pid {state.pid}, logs {state.log_file})")
+    spec = node_lib.NodeSpec(version=os_version or node_lib.DEFAULT_VERSION, port=port, data=data,
+                             heap=heap, nodes=nodes)
+    for state in node_lib.start(spec, timeout=wait):
+        verb = "already running" if state.already_running else "started"
+        click.echo(f"{state.name}: OpenSearch {state.version} {verb} at {state.url} (pid {state.pid}, log {state.log_file})")
 
 
 @node.command("status")
@@ -103,11 +122,14 @@ def node_status(port: int, as_json: bool) -> None:
     status = node_lib.status(port)
     if as_json:
         echo_json(status)
-    elif status["running"]:
-        click.echo(f"running: OpenSearch {status['version']} at {status['url']} (pid {status['pid']}), "
-                   f"cluster {status['cluster_name']} is {status['health']}")
     else:
-        click.echo(f"not running on port {port}")
+        for n in status["nodes"]:
+            state = f"running OpenSearch {n['version']}" if n["running"] else "stopped"
+            click.echo(f"{n['name']}: {state} at {n['url']} (pid {n['pid']})")
+        if status["running"]:
+            click.echo(f"cluster {status['cluster_name']}: {status['health']}, {status['number_of_nodes']} node(s)")
+        else:
+            click.echo(f"no node running on port {port}")
     if not status["running"]:
         sys.exit(1)
 
@@ -115,11 +137,12 @@ def node_status(port: int, as_json: bool) -> None:
 @node.command("stop")
 @click.option("--port", type=int, default=9200, show_default=True)
 def node_stop(port: int) -> None:
-    """Stop the local node and wait until its process is gone."""
+    """Stop the local node(s) and wait until their processes are gone."""
     from lsr_os import node as node_lib
 
     stopped = node_lib.stop(port)
-    click.echo(f"stopped node (pid {stopped})" if stopped else f"no node was running on port {port}")
+    click.echo(f"stopped {len(stopped)} node(s) (pids {', '.join(map(str, stopped))})" if stopped
+               else f"no node was running on port {port}")
 
 
 @node.command("logs")

@@ -88,3 +88,12 @@ def connect(config: ClusterConfig) -> OpenSearch:
     log.info("connected to %s %s at %s", info["version"].get("distribution", "opensearch"),
              info["version"]["number"], where)
     return client
+
+
+def cluster_info(config: ClusterConfig) -> dict:
+    """Version and health of the cluster, for a quick connection check."""
+    client = connect(config)
+    version = client.info()["version"]["number"]
+    health = client.cluster.health()
+    return {"version": version, "cluster_name": health["cluster_name"], "status": health["status"],
+            "number_of_nodes": health["number_of_nodes"]}

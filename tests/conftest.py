@@ -16,6 +16,16 @@ from lsr_os.config import ClusterConfig, split_urls
 from lsr_os.errors import ClusterUnreachable
 
 
+def pytest_report_header(config) -> str:
+    """Say up front which node the integration tier will talk to (version from GET /)."""
+    cfg = ClusterConfig(urls=split_urls(os.environ.get("OPENSEARCH_URL")), timeout=5.0, max_retries=0)
+    try:
+        info = cfg.client().info()
+    except Exception as exc:  # any failure here only means "no node": the fixture decides what that implies
+        return f"OpenSearch: none at {', '.join(cfg.urls)} ({type(exc).__name__})"
+    return f"OpenSearch: {info['version']['number']} ({info['version'].get('build_type', '?')}) at {', '.join(cfg.urls)}"
+
+
 @pytest.fixture(scope="session")
 def cluster_config() -> ClusterConfig:
     return ClusterConfig(urls=split_urls(os.environ.get("OPENSEARCH_URL")), timeout=60.0)
@@ -33,8 +43,6 @@ def os_client(cluster_config):
             pytest.fail(f"CI needs a running OpenSearch node: {exc}")
         pytest.skip(f"no OpenSearch node: {exc}")
     client.cluster.health(wait_for_status="yellow")
-    info = client.info()
-    print(f"\nintegration tier against OpenSearch {info['version']['number']} at {', '.join(cluster_config.urls)}")
     return client
 
 

@@ -1,0 +1,423 @@
+"""Local OpenSearch nodes without Docker, from the official artifacts on Maven Central.
+
+OpenSearch's build publishes its integration-test distribution to Maven Central
+(`org.opensearch.distribution.integ-test-zip:opensearch:<v>:zip`). We fetch it with `mvn`
+(so a site's Maven mirror settings apply; straight HTTPS when Maven is absent), unpack it once
+into a cache, make sure the `mapper-extras` module (it provides `rank_features`) is there, and
+run one or more nodes on 127.0.0.1, each with its own config, data and log folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lsr_os.errors import NodeError
+
+log = logging.getLogger(__name__)
+
+# The one place that names the default OpenSearch version (docker-compose's .env must agree;
+# a test checks it). 3.8.0 is the newest 3.x whose integration archive Maven Central serves.
+DEFAULT_VERSION = "3.8.0"
+
+MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
+DISTRIBUTION = ("org.opensearch.distribution.integ-test-zip", "opensearch", "zip")
+MAPPER_EXTRAS = ("org.opensearch.plugin", "mapper-extras-client", "jar")
+JVM_ROOT = Path("/usr/lib/jvm")
+# An unprivileged uid to run as when we are root: OpenSearch refuses to run as root.
+_UNPRIVILEGED_ID = "1000"
+
+
+def home() -> Path:
+    """Where artifacts, distributions and node state live (LSR_OS_HOME overrides)."""
+    return Path(os.environ.get("LSR_OS_HOME") or Path.home() / ".cache" / "lsr-os")
+
+
+@dataclass
+class NodeSpec:
+    """What to run: a cluster of `nodes` local nodes whose first HTTP port is `port`."""
+
+    version: str = DEFAULT_VERSION
+    port: int = 9200
+    data: Path | None = None
+    heap: str = "1g"
+    nodes: int = 1
+    cluster_name: str = "lsr-os"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"\d+\.\d+\.\d+", self.version):
+            raise NodeError(f"OpenSearch version {self.version!r} is not of the form X.Y.Z")
+        if not re.fullmatch(r"\d+[mg]", self.heap):
+            raise NodeError(f"heap {self.heap!r} must look like 512m or 2g")
+        if self.nodes < 1:
+            raise NodeError("a cluster needs at least one node")
+
+    def http_port(self, i: int) -> int:
+        return self.port + i
+
+    def transport_port(self, i: int) -> int:
+        return self.port + 100 + i
+
+
+@dataclass
+class NodeState:
+    """One started node, as recorded in its state folder."""
+
+    name: str
+    pid: int
+    version: str
+    url: str
+    http_port: int
+    transport_port: int
+    log_file: str
+    data: str
+    already_running: bool = field(default=False, compare=False)
+
+
+def cluster_dir(port: int) -> Path:
+    return home() / "clusters" / str(port)
+
+
+# ----------------------------------------------------------------------------- provisioning
+
+
+def fetch_artifact(group: str, artifact: str, ext: str, version: str) -> Path:
+    """Fetch one artifact into the download cache and return its path."""
+    dest_dir = home() / "downloads"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / f"{artifact}-{version}.{ext}"
+    if dest.exists():
+        return dest
+    coords = f"{group}:{artifact}:{version}:{ext}"
+    mvn = shutil.which("mvn")
+    if mvn:
+        log.info("fetching %s with Maven", coords)
+        proc = subprocess.run(
+            [mvn, "-B", "-q", "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy",
+             f"-Dartifact={coords}", f"-DoutputDirectory={dest_dir}"],
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0 or not dest.exists():
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
+            raise NodeError(f"Maven could not fetch {coords}:\n{tail}")
+        return dest
+    url = f"{MAVEN_CENTRAL}/{group.replace('.', '/')}/{artifact}/{version}/{artifact}-{version}.{ext}"
+    log.info("Maven not found; downloading %s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, tempfile.NamedTemporaryFile(dir=dest_dir, delete=False) as tmp:
+            shutil.copyfileobj(resp, tmp)
+        with urllib.request.urlopen(url + ".sha1", timeout=60) as resp:
+            expected = resp.read().decode().split()[0]
+    except urllib.error.HTTPError as exc:
+        raise NodeError(f"{coords} is not on Maven Central ({url}: HTTP {exc.code})") from exc
+    except urllib.error.URLError as exc:
+        raise NodeError(f"cannot reach Maven Central for {coords}: {exc.reason}") from exc
+    digest = hashlib.sha1(Path(tmp.name).read_bytes()).hexdigest()
+    if digest != expected:
+        os.unlink(tmp.name)
+        raise NodeError(f"checksum mismatch for {url}")
+    os.replace(tmp.name, dest)
+    return dest
+
+
+def provision(version: str) -> Path:
+    """Return an unpacked OpenSearch distribution of `version` that has rank_features."""
+    dist = home() / "dist" / f"opensearch-{version}"
+    if (dist / "bin" / "opensearch").exists() and (dist / "modules" / "mapper-extras").is_dir():
+        return dist
+    archive = fetch_artifact(*DISTRIBUTION, version)
+    dist.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dist.parent))
+    try:
+        _unzip(archive, staging)
+        (top,) = [p for p in staging.iterdir() if p.is_dir()]
+        modules = top / "modules" / "mapper-extras"
+        if not modules.is_dir():
+            _add_mapper_extras(modules, version)
+        shutil.rmtree(dist, ignore_errors=True)
+        os.replace(top, dist)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("OpenSearch %s unpacked in %s", version, dist)
+    return dist
+
+
+def _unzip(archive: Path, dest: Path) -> None:
+    """Unzip keeping the executable bits (zipfile alone drops them)."""
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            path = zf.extract(info, dest)
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                os.chmod(path, mode)
+
+
+def _add_mapper_extras(module_dir: Path, version: str) -> None:
+    """Lay out the mapper-extras jar from Maven Central as a module with its descriptor."""
+    jar = fetch_artifact(*MAPPER_EXTRAS, version)
+    module_dir.mkdir(parents=True)
+    shutil.copy2(jar, module_dir / jar.name)
+    java_version = "21" if int(version.split(".")[0]) >= 3 else "11"
+    (module_dir / "plugin-descriptor.properties").write_text(
+        "description=Adds advanced field mappers\n"
+        f"version={version}\nname=mapper-extras\n"
+        "classname=org.opensearch.index.mapper.MapperExtrasModulePlugin\n"
+        f"java.version={java_version}\nopensearch.version={version}\n"
+        "custom.foldername=\nextended.plugins=\nhas.native.controller=false\n"
+    )
+    log.info("added the mapper-extras module from %s", jar.name)
+
+
+# ----------------------------------------------------------------------------- Java
+
+
+def java_major(java_home: Path) -> int | None:
+    """The major version of a JDK, read from its `release` file."""
+    try:
+        text = (java_home / "release").read_text()
+    except OSError:
+        return None
+    m = re.search(r'JAVA_VERSION="(\d+)(?:\.(\d+))?', text)
+    if not m:
+        return None
+    major = int(m.group(1))
+    return int(m.group(2)) if major == 1 and m.group(2) else major
+
+
+def find_java(version: str) -> Path:
+    """A JDK the OpenSearch version can run on: JAVA_HOME if new enough, else the newest under /usr/lib/jvm."""
+    needed = 21 if int(version.split(".")[0]) >= 3 else 11
+    candidates = []
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(Path(os.environ["JAVA_HOME"]))
+    if JVM_ROOT.is_dir():
+        candidates += sorted(JVM_ROOT.iterdir(), key=lambda p: java_major(p) or 0, reverse=True)
+    for cand in candidates:
+        major = java_major(cand)
+        if major and major >= needed and (cand / "bin" / "java").exists():
+            return cand
+    seen = ", ".join(f"{c} ({java_major(c) or '?'})" for c in candidates) or "none"
+    raise NodeError(f"OpenSearch {version} needs Java {needed} or newer; JDKs found: {seen}. "
+                    "Install one or set JAVA_HOME.")
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a running OpenSearch process (not a zombie, not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return b"org.opensearch.bootstrap.OpenSearch" in cmdline and stat.split(")")[-1].split()[0] != "Z"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_json(url: str, timeout: float = 5.0) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _states(port: int) -> list[NodeState]:
+    out = []
+    for path in sorted(cluster_dir(port).glob("node-*/node.json")):
+        out.append(NodeState(**json.loads(path.read_text())))
+    return out
+
+
+def _write_config(spec: NodeSpec, dist: Path, i: int, node_dir: Path) -> Path:
+    """A config folder of the node's own: the distribution's files plus our opensearch.yml and heap."""
+    conf = node_dir / "config"
+    if conf.exists():
+        shutil.rmtree(conf)
+    shutil.copytree(dist / "config", conf)
+    names = [f"node-{j + 1}" for j in range(spec.nodes)]
+    settings = {
+        "cluster.name": spec.cluster_name,
+        "node.name": names[i],
+        "network.host": "127.0.0.1",
+        "http.port": spec.http_port(i),
+        "transport.port": spec.transport_port(i),
+        "path.data": str(_data_dir(spec, i, node_dir)),
+        "path.logs": str(node_dir / "logs"),
+        "path.repo": str(cluster_dir(spec.port) / "snapshots"),
+        # Local development: never stop allocating shards because a laptop's disk is full-ish.
+        "cluster.routing.allocation.disk.threshold_enabled": False,
+    }
+    if spec.nodes == 1:
+        settings["discovery.type"] = "single-node"
+    else:
+        settings["discovery.seed_hosts"] = [f"127.0.0.1:{spec.transport_port(j)}" for j in range(spec.nodes)]
+        settings["cluster.initial_cluster_manager_nodes"] = names
+    (conf / "opensearch.yml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
+    (conf / "jvm.options.d").mkdir(exist_ok=True)
+    (conf / "jvm.options.d" / "heap.options").write_text(f"-Xms{spec.heap}\n-Xmx{spec.heap}\n")
+    return conf
+
+
+def _data_dir(spec: NodeSpec, i: int, node_dir: Path) -> Path:
+    if spec.data is None:
+        return node_dir / "data"
+    return Path(spec.data) / f"node-{i + 1}" if spec.nodes > 1 else Path(spec.data)
+
+
+def _log_tail(node_dir: Path, lines: int = 20, console: bool = False) -> str:
+    """The end of a node's main log; with `console`, also what the JVM printed before logging began."""
+    paths = [p for p in (node_dir / "logs").glob("*.log") if "deprecation" not in p.name and "_index_" not in p.name]
+    if console or not paths:
+        paths.insert(0, node_dir / "console.log")
+    texts = []
+    for path in paths:
+        if path.exists() and path.stat().st_size:
+            texts.append(f"--- {path}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+    return "\n".join(texts) or "(no log written)"
+
+
+def start(spec: NodeSpec, timeout: float = 180.0) -> list[NodeState]:
+    """Start the cluster's nodes (provisioning on first use) and wait until it is ready.
+
+    Idempotent: nodes already running are reported with `already_running=True`.
+    """
+    running = {s.name: s for s in _states(spec.port) if _alive(s.pid)}
+    expected = [f"node-{i + 1}" for i in range(spec.nodes)]
+    if running and set(running) >= set(expected):
+        for s in running.values():
+            s.already_running = True
+        return [running[n] for n in expected]
+    for i in range(spec.nodes):
+        for port in (spec.http_port(i), spec.transport_port(i)):
+            if f"node-{i + 1}" not in running and _port_open(port):
+                raise NodeError(f"port {port} on 127.0.0.1 is in use by another process; choose --port")
+
+    dist = provision(spec.version)
+    java = find_java(spec.version)
+    procs: dict[str, subprocess.Popen] = {}
+    states: list[NodeState] = []
+    for i, name in enumerate(expected):
+        if name in running:
+            states.append(running[name])
+            continue
+        node_dir = cluster_dir(spec.port) / name
+        node_dir.mkdir(parents=True, exist_ok=True)
+        conf = _write_config(spec, dist, i, node_dir)
+        env = {**os.environ, "OPENSEARCH_JAVA_HOME": str(java), "OPENSEARCH_PATH_CONF": str(conf)}
+        env.pop("OPENSEARCH_JAVA_OPTS", None)
+        cmd = [str(dist / "bin" / "opensearch"), "-p", str(node_dir / "opensearch.pid")]
+        if os.geteuid() == 0:
+            # OpenSearch will not run as root; a user namespace runs it as an unprivileged uid
+            # while the files it writes stay owned by the caller.
+            if not shutil.which("unshare"):
+                raise NodeError("running as root needs `unshare` (util-linux) to start OpenSearch as a non-root user")
+            cmd = ["unshare", "--user", f"--map-user={_UNPRIVILEGED_ID}", f"--map-group={_UNPRIVILEGED_ID}", *cmd]
+        log.info("starting %s: %s", name, " ".join(cmd))
+        with open(node_dir / "console.log", "wb") as console:
+            proc = subprocess.Popen(cmd, env=env, stdout=console, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=node_dir)
+        procs[name] = proc
+        state = NodeState(name=name, pid=proc.pid, version=spec.version,
+                          url=f"http://127.0.0.1:{spec.http_port(i)}", http_port=spec.http_port(i),
+                          transport_port=spec.transport_port(i), log_file=str(node_dir / "logs" / f"{spec.cluster_name}.log"),
+                          data=str(_data_dir(spec, i, node_dir)))
+        (node_dir / "node.json").write_text(json.dumps(asdict(state) | {"already_running": False}))
+        states.append(state)
+    _wait_ready(spec, states, procs, timeout)
+    return states
+
+
+def _wait_ready(spec: NodeSpec, states: list[NodeState], procs: dict[str, subprocess.Popen], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    health_url = f"{states[0].url}/_cluster/health?wait_for_nodes={spec.nodes}&wait_for_status=yellow&timeout=2s"
+    while time.monotonic() < deadline:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                node_dir = cluster_dir(spec.port) / name
+                _stop_pids([s.pid for s in states if s.name in procs])
+                raise NodeError(f"OpenSearch {name} exited with status {proc.returncode} while starting; "
+                                f"last lines of its logs:\n{_log_tail(node_dir, console=True)}")
+        health = _http_json(health_url)
+        if health and not health.get("timed_out") and health.get("number_of_nodes", 0) >= spec.nodes:
+            log.info("cluster %s is %s with %d nodes", health["cluster_name"], health["status"], health["number_of_nodes"])
+            return
+        time.sleep(1.0)
+    tails = "\n".join(_log_tail(cluster_dir(spec.port) / n, 10, console=True) for n in procs)
+    _stop_pids([s.pid for s in states if s.name in procs])
+    raise NodeError(f"OpenSearch was not ready after {timeout:.0f}s (stopped it); last lines of its logs:\n{tails}")
+
+
+def _stop_pids(pids: list[int], grace: float = 60.0) -> None:
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            log.warning("pid %d did not stop within %.0fs; killing it", pid, grace)
+            os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        try:  # reap our own children so they leave no zombie behind
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def stop(port: int = 9200, names: list[str] | None = None) -> list[int]:
+    """Stop the cluster's nodes (or only `names`) and wait until their processes are gone."""
+    states = [s for s in _states(port) if names is None or s.name in names]
+    pids = [s.pid for s in states if _alive(s.pid)]
+    _stop_pids(pids)
+    return pids
+
+
+def status(port: int = 9200) -> dict:
+    """Each node's process and version, and the cluster's health."""
+    nodes = []
+    for s in _states(port):
+        alive = _alive(s.pid)
+        info = _http_json(s.url) if alive else None
+        nodes.append({"name": s.name, "pid": s.pid, "url": s.url, "running": alive,
+                      "version": info["version"]["number"] if info else None})
+    live = [n for n in nodes if n["running"]]
+    health = _http_json(f"{live[0]['url']}/_cluster/health") if live else None
+    return {
+        "running": bool(live),
+        "nodes": nodes,
+        "url": live[0]["url"] if live else None,
+        "version": live[0]["version"] if live else None,
+        "cluster_name": health["cluster_name"] if health else None,
+        "health": health["status"] if health else None,
+        "number_of_nodes": health["number_of_nodes"] if health else 0,
+    }
+
+
+def logs(port: int = 9200, lines: int = 50) -> str:
+    """The last lines of each node's log."""
+    dirs = sorted(cluster_dir(port).glob("node-*"))
+    if not dirs:
+        raise NodeError(f"no local node was ever started on port {port} (state folder {cluster_dir(port)})")
+    return "\n".join(_log_tail(d, lines) for d in dirs)
