@@ -155,5 +155,277 @@ def node_logs(port: int, lines: int) -> None:
     click.echo(node_lib.logs(port, lines))
 
 
+# --------------------------------------------------------------------------- serving: ingest, search, evaluate
+
+
+@main.command("ingest")
+@cluster_options
+@click.option("--sparse", "sparse_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Sparse JSONL to load (one collection; give --collection).")
+@click.option("--dense", "dense_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dense files folder (img_embs.parquet, text_embs.parquet, dataset_meta.json); needs --head.")
+@click.option("--head", "head_path", type=click.Path(exists=True, path_type=Path), help="Sparse head checkpoint.")
+@click.option("--collection", type=click.Choice(["images", "captions"]), multiple=True,
+              help="Which collection(s); --sparse needs exactly one, --dense defaults to both.")
+@click.option("--split", "splits", multiple=True, help="Only these splits (with --dense; repeatable) [default: all].")
+@click.option("--index", "alias", default=None, help="Alias to serve under [default: <prefix>-<collection>].")
+@click.option("--prefix", default="lsr", show_default=True, help="Alias prefix: <prefix>-images, <prefix>-captions.")
+@click.option("--fresh", is_flag=True, help="Do not resume an unfinished load: start a new index.")
+@click.option("--keep-old", is_flag=True, help="Keep the replaced index instead of deleting it after the swap.")
+@click.option("--chunk-docs", type=click.IntRange(1), default=500, show_default=True, help="Documents per bulk request.")
+@click.option("--chunk-mb", type=click.FloatRange(0.01), default=10.0, show_default=True, help="Max MiB per bulk request.")
+@click.option("--max-retries", type=click.IntRange(0), default=8, show_default=True,
+              help="Re-sends of documents refused with 429/5xx (exponential backoff).")
+@click.option("--prune-top-k", type=click.IntRange(1), default=None, help="Keep each document's k heaviest terms.")
+@click.option("--threshold", type=float, default=0.0, show_default=True, help="Drop weights <= this.")
+@click.option("--failures", "failures_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Failures file (JSONL) [default: ingest-failures-<alias>.jsonl].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def ingest_cmd(cluster: ClusterConfig, sparse_file: Path | None, dense_dir: Path | None, head_path: Path | None,
+               collection: tuple[str, ...], splits: tuple[str, ...], alias: str | None, prefix: str, fresh: bool,
+               keep_old: bool, chunk_docs: int, chunk_mb: float, max_retries: int, prune_top_k: int | None,
+               threshold: float, failures_path: Path | None, as_json: bool) -> None:
+    """Load sparse vectors into a new versioned index and swap its alias when complete.
+
+    An interrupted load resumes when re-run with the same input; ids are the records' ids.
+    """
+    from lsr_os import index as ix
+    from lsr_os.config import connect
+    from lsr_os.errors import ConfigError
+
+    if (sparse_file is None) == (dense_dir is None):
+        raise ConfigError("give one input: --sparse FILE, or --dense DIR with --head")
+    if sparse_file is not None and len(collection) != 1:
+        raise ConfigError("--sparse loads one collection: add --collection images or --collection captions")
+    if dense_dir is not None and head_path is None:
+        raise ConfigError("--dense needs --head (a sparse head checkpoint)")
+    collections = collection or ("images", "captions")
+    if alias and len(collections) > 1:
+        raise ConfigError("--index names one alias: give one --collection with it")
+    client = connect(cluster)
+    head = None
+    if dense_dir is not None:
+        from lsr_os.models.head import load_head
+
+        head = load_head(head_path)
+    retry = ix.RetryPolicy(max_attempts=max_retries)
+    for coll in collections:
+        name = alias or ix.default_alias(coll, prefix)
+        read_errors: list[tuple[str, str]] = []
+        if sparse_file is not None:
+            records, source, total = (ix.read_sparse_jsonl(sparse_file, read_errors), ix.source_of(sparse_file),
+                                      ix.count_lines(sparse_file))
+        else:
+            records = ix.dense_records(dense_dir, head, coll, splits or None)
+            source, total = f"{ix.source_of(dense_dir / 'dataset_meta.json')}|{Path(head_path).resolve()}|{coll}", None
+        report = ix.ingest(client, records, name, coll, source=source, fresh=fresh, keep_old=keep_old,
+                           chunk_size=chunk_docs, max_chunk_bytes=int(chunk_mb * 2**20), retry=retry,
+                           prune_top_k=prune_top_k, threshold=threshold,
+                           failures_path=failures_path or Path(f"ingest-failures-{name}.jsonl"),
+                           read_errors=read_errors, total=total)
+        if as_json:
+            echo_json(report.to_dict())
+            continue
+        click.echo(f"{name} -> {report.index}: {report.count} documents ({report.sent} sent, {report.failed} failed, "
+                   f"{report.docs_per_s:.0f} docs/s{', resumed' if report.resumed else ''})")
+        if report.failed:
+            click.secho(f"  {report.failed} failures listed in {report.failures_file}", fg="yellow", err=True)
+        if report.replaced:
+            verb = "kept" if keep_old else "deleted"
+            click.echo(f"  replaced {', '.join(report.replaced)} ({verb})")
+
+
+def _read_vector_json(value: str) -> dict:
+    """A {term: weight} query from inline JSON or a JSON file (also {"vector": {...}})."""
+    from lsr_os.errors import DataError
+
+    try:
+        text = Path(value).read_text(encoding="utf-8") if not value.lstrip().startswith("{") else value
+    except OSError as exc:
+        raise DataError(f"--vector-json {value}: neither inline JSON nor a readable file ({exc.strerror})") from exc
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"--vector-json is not valid JSON: {exc.msg} at column {exc.colno}") from exc
+    obj = obj.get("vector", obj) if isinstance(obj, dict) else obj
+    if not isinstance(obj, dict) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                            for w in obj.values()):
+        raise DataError('--vector-json must be an object of term: weight (or {"vector": {...}})')
+    return {str(t): float(w) for t, w in obj.items()}
+
+
+@main.command("search")
+@cluster_options
+@click.argument("text", required=False)
+@click.option("--image", "image_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Image -> text: search the captions with this image.")
+@click.option("--vector-json", help="A raw query {term: weight}, inline or a file; needs no model.")
+@click.option("--model", help="Dense encoder (name or folder) for text and image queries.")
+@click.option("--head", "head_path", type=click.Path(exists=True, path_type=Path), help="Sparse head checkpoint.")
+@click.option("--no-expansion", is_flag=True, help="Text queries keep only their own tokens.")
+@click.option("--collection", type=click.Choice(["images", "captions"]), default=None,
+              help="Collection to search [default: images for text, captions for --image].")
+@click.option("--index", "index_name", default=None, help="Alias or index to search [default: <prefix>-<collection>].")
+@click.option("--prefix", default="lsr", show_default=True)
+@click.option("-k", "--top", "k", type=click.IntRange(1, 10000), default=10, show_default=True)
+@click.option("--max-terms", type=click.IntRange(1), default=None,
+              help="Keep the query's heaviest terms [default: the cluster's max clause count].")
+@click.option("--split", default=None, help="Only documents of this split.")
+@click.option("--explain", is_flag=True, help="Print the query DSL and each hit's matching terms.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None, vector_json: str | None,
+               model: str | None, head_path: Path | None, no_expansion: bool, collection: str | None,
+               index_name: str | None, prefix: str, k: int, max_terms: int | None, split: str | None,
+               explain: bool, as_json: bool) -> None:
+    """Search with a text, an image or a raw term-weight vector; prints rank, id, score, image or caption."""
+    from lsr_os import search as se
+    from lsr_os.config import connect
+    from lsr_os.errors import ConfigError, DataError
+    from lsr_os.vocab import Vocabulary
+
+    given = [x is not None for x in (text, image_path, vector_json)]
+    if sum(given) != 1:
+        raise ConfigError("give one query: TEXT, --image FILE or --vector-json")
+    if text is not None and not text.strip():
+        raise DataError("empty query: give some text")
+    if image_path is not None:
+        se.read_query_image(image_path)  # a clear error before any model loads
+    if vector_json is not None:
+        query, vocab = _read_vector_json(vector_json), Vocabulary.default()
+    else:
+        if not model or not head_path:
+            raise ConfigError("text and image queries need --model and --head (or use --vector-json)")
+        query = se.encode_query(model, str(head_path), text=text, image=image_path, expand=not no_expansion)
+        vocab = None
+    se.prepare_query(query, len(query) or 1, vocab)  # empty or unknown-only queries fail before connecting
+    collection = collection or ("captions" if image_path is not None else "images")
+    index_name = index_name or f"{prefix}-{collection}"
+    client = connect(cluster)
+    filters = [{"term": {"split": split}}] if split else []
+    cap = (max_terms or se.max_clause_count(client)) - len(filters)
+    query = se.prepare_query(query, cap, vocab)
+    body = se.build_query(query, k, filters, with_vectors=explain)
+    hits, took = se.search(client, index_name, body)
+    rows = []
+    for rank, hit in enumerate(hits, 1):
+        src = hit.get("_source", {})
+        row = {"rank": rank, "id": hit["_id"], "score": hit["_score"],
+               **{f: src[f] for f in ("image", "caption", "image_id", "split") if f in src}}
+        if explain:
+            row["matches"] = se.explain_hit(query, hit)
+        rows.append(row)
+    if as_json:
+        echo_json({"index": index_name, "took_ms": took, "query": query, "hits": rows,
+                   **({"dsl": body} if explain else {})})
+        return
+    if explain:
+        click.echo(f"# Dev Tools: GET {index_name}/_search")
+        click.echo(json.dumps(body, indent=2, ensure_ascii=False))
+    if not rows:
+        click.echo(f"no document of {index_name} matches the {len(query)} query terms")
+    for row in rows:
+        label = row.get("caption") or row.get("image") or ""
+        click.echo(f"{row['rank']:>3}  {row['id']:<20} {row['score']:10.4f}  {label}")
+        for m in row.get("matches", [])[:20]:
+            click.echo(f"       {m['term']:<20} {m['query_weight']:.4f} x {m['doc_weight']:.4f} = {m['contribution']:.4f}")
+
+
+@main.command("evaluate")
+@cluster_options
+@click.option("--images", "images_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Sparse JSONL of the images (documents for text -> image, queries for image -> text).")
+@click.option("--captions", "captions_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Sparse JSONL of the captions.")
+@click.option("--meta", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="dataset_meta.json (splits, caption -> image); else records need split and image_id keys.")
+@click.option("--dense", "dense_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dense files folder: with --head, encode the split from it; always adds the dense teacher's figures.")
+@click.option("--head", "head_path", type=click.Path(exists=True, path_type=Path), help="Sparse head checkpoint.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--prefix", default="lsr", show_default=True)
+@click.option("--images-index", default=None, help="[default: <prefix>-images]")
+@click.option("--captions-index", default=None, help="[default: <prefix>-captions]")
+@click.option("-k", "--depth", "k", type=click.IntRange(10), default=10, show_default=True, help="Hits per query.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Queries per _msearch.")
+@click.option("--max-terms", type=click.IntRange(1), default=None, help="Query term cap [default: max clause count].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("eval"),
+              show_default=True, help="Folder for TREC runs and report.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+def evaluate_cmd(cluster: ClusterConfig, images_file: Path | None, captions_file: Path | None, meta: Path | None,
+                 dense_dir: Path | None, head_path: Path | None, split: str, prefix: str, images_index: str | None,
+                 captions_index: str | None, k: int, batch_size: int, max_terms: int | None, out_dir: Path,
+                 as_json: bool) -> None:
+    """Both directions of a split through the cluster, with exact in-memory scoring beside it."""
+    from lsr_os import evaluate as ev
+    from lsr_os.config import connect
+    from lsr_os.errors import ConfigError
+
+    if head_path is not None and dense_dir is not None:
+        data = ev.encode_split(dense_dir, head_path, split)
+    elif images_file is not None and captions_file is not None:
+        data = ev.load_split(images_file, captions_file, meta, split)
+    else:
+        raise ConfigError("give --images and --captions (sparse JSONL), or --dense DIR with --head")
+    client = connect(cluster)
+    report = ev.evaluate(client, images_index or f"{prefix}-images", captions_index or f"{prefix}-captions", data,
+                         split, k, batch_size, max_terms, out_dir, dense_dir)
+    if as_json:
+        echo_json(report)
+        return
+    for name, label in (("t2i", "text -> image"), ("i2t", "image -> text")):
+        sec = report[name]
+        click.echo(f"{label}: {sec['queries']} queries, {sec['documents']} documents")
+        for system in ("cluster", "exact", "dense"):
+            if system in sec:
+                m = sec[system]["metrics"]
+                click.echo(f"  {system:<8} " + "  ".join(f"{key} {100 * v:5.1f}" for key, v in m.items()))
+        p, lat = sec["parity"], sec["cluster"]["latency_took"]
+        click.echo(f"  parity   top-{k} overlap {p[f'top{k}_overlap']:.4f}, Kendall tau {p['kendall_tau']:.4f}")
+        click.echo(f"  latency  cluster mean {lat['mean_ms']:.1f} ms, p50 {lat['p50_ms']:.1f}, p99 {lat['p99_ms']:.1f}"
+                   f" (server took); exact p50 {sec['exact']['latency']['p50_ms']:.2f} ms")
+    click.echo(f"runs and report.json in {out_dir}")
+
+
+@main.group("collections")
+def collections_group() -> None:
+    """List or delete the collections lsr-os has built."""
+
+
+@collections_group.command("list")
+@cluster_options
+@click.option("--json", "as_json", is_flag=True)
+def collections_list(cluster: ClusterConfig, as_json: bool) -> None:
+    """Every lsr-os index: alias, state, documents, size, served or not."""
+    from lsr_os.config import connect
+    from lsr_os.index import list_collections
+
+    rows = list_collections(connect(cluster))
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        mark = "*" if r["served"] else " "
+        click.echo(f"{mark} {r['alias']:<24} {r['index']:<44} {r['state']:<9} {r['docs']:>10} docs "
+                   f"{r['bytes'] / 2**20:8.1f} MiB")
+    if not rows:
+        click.echo("no lsr-os collections")
+
+
+@collections_group.command("delete")
+@cluster_options
+@click.argument("alias")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def collections_delete(cluster: ClusterConfig, alias: str, yes: bool) -> None:
+    """Delete a collection: its alias and every index version built for it."""
+    from lsr_os.config import connect
+    from lsr_os.index import delete_collection
+
+    client = connect(cluster)
+    if not yes:
+        click.confirm(f"delete {alias} and all its index versions?", abort=True)
+    for name in delete_collection(client, alias):
+        click.echo(f"deleted {name}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,294 @@
+"""Evaluation through the cluster, checked against exact in-memory scoring of the same queries.
+
+Both directions of a split: text -> image (each caption a query, its image relevant) and
+image -> text (each image a query, its ~5 captions relevant). The cluster answers through
+`_msearch`; the exact reference scores the same (capped) queries against the same documents
+in a scipy CSR matrix whose weights are truncated to the 9 significant bits `rank_features`
+stores (`sparse.quantize`), so the two should rank alike up to float summation order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import scipy.sparse as sp
+
+from lsr_os.errors import DataError
+from lsr_os.sparse import SparseVector, quantize, read_jsonl
+from lsr_os.search import Run, max_clause_count, prepare_query, search_run, write_trec
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- exact scoring
+
+
+class ExactScorer:
+    """Documents as a term x document CSR matrix (9-bit weights) for exact dot-product top-k."""
+
+    def __init__(self, docs: Iterable[tuple[str, SparseVector]], quantized: bool = True):
+        self.ids: list[str] = []
+        self.term_ids: dict[str, int] = {}
+        rows, cols, vals = array("q"), array("q"), array("f")
+        for doc_id, vector in docs:
+            d = len(self.ids)
+            self.ids.append(doc_id)
+            for term, weight in vector.items():
+                if weight > 0:
+                    rows.append(self.term_ids.setdefault(term, len(self.term_ids)))
+                    cols.append(d)
+                    vals.append(weight)
+        weights = np.frombuffer(vals, dtype=np.float32)
+        if quantized:
+            weights = quantize(weights)
+        self.matrix = sp.csr_matrix((weights, (np.frombuffer(rows, np.int64), np.frombuffer(cols, np.int64))),
+                                    shape=(len(self.term_ids), len(self.ids)), dtype=np.float32)
+        self.matrix.sum_duplicates()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def scores(self, query: SparseVector) -> np.ndarray:
+        """Scores of every document (0 where no term matches)."""
+        pairs = [(self.term_ids[t], w) for t, w in query.items() if t in self.term_ids]
+        if not pairs:
+            return np.zeros(len(self.ids), dtype=np.float32)
+        rows = np.fromiter((r for r, _ in pairs), np.int64, len(pairs))
+        weights = np.fromiter((w for _, w in pairs), np.float32, len(pairs))
+        return np.asarray(self.matrix[rows].T @ weights).ravel()
+
+    def topk(self, query: SparseVector, k: int = 10) -> dict[str, float]:
+        """The k best matching documents (score > 0), best first; ties by document order."""
+        s = self.scores(query)
+        candidates = np.flatnonzero(s > 0)
+        if len(candidates) > k:
+            part = np.argpartition(-s[candidates], k - 1)[:k]
+            candidates = candidates[part]
+        order = candidates[np.lexsort((candidates, -s[candidates]))]
+        return {self.ids[i]: float(s[i]) for i in order}
+
+    def run(self, queries: Iterable[tuple[str, SparseVector]], k: int = 10) -> tuple[Run, list[float]]:
+        """A run over many queries, and the seconds each query took."""
+        run: Run = {}
+        seconds: list[float] = []
+        for qid, vector in queries:
+            t0 = time.perf_counter()
+            run[qid] = self.topk(vector, k)
+            seconds.append(time.perf_counter() - t0)
+        return run, seconds
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def topk_overlap(a: dict[str, float], b: dict[str, float], k: int = 10) -> float:
+    """|top-k(a) ∩ top-k(b)| / min(k, |top-k(b)|): b is the reference; 1.0 when both are empty."""
+    ta = set(sorted(a, key=lambda d: -a[d])[:k])
+    tb = set(sorted(b, key=lambda d: -b[d])[:k])
+    if not tb:
+        return 1.0 if not ta else 0.0
+    return len(ta & tb) / min(k, len(tb))
+
+
+def parity(cluster: Run, exact: Run, k: int = 10) -> dict[str, float]:
+    """Agreement of the cluster's run with the exact one.
+
+    - top{k}_overlap: mean share of the exact top k that the cluster's top k holds.
+    - kendall_tau: mean Kendall tau-b between the two scores of the documents both top k share
+      (queries with at least 2 shared documents whose scores are not all tied).
+    - exact_top{k}_share: share of queries whose top k sets are identical.
+    """
+    from scipy.stats import kendalltau
+
+    overlaps, taus, identical = [], [], 0
+    for qid, ref in exact.items():
+        got = cluster.get(qid, {})
+        ov = topk_overlap(got, ref, k)
+        overlaps.append(ov)
+        identical += ov == 1.0
+        shared = [d for d in sorted(ref, key=lambda d: -ref[d])[:k] if d in got]
+        if len(shared) >= 2:
+            tau = kendalltau([got[d] for d in shared], [ref[d] for d in shared]).statistic
+            if np.isfinite(tau):
+                taus.append(float(tau))
+    n = len(overlaps)
+    return {f"top{k}_overlap": float(np.mean(overlaps)) if n else 1.0,
+            "kendall_tau": float(np.mean(taus)) if taus else 1.0,
+            f"identical_top{k}_share": identical / n if n else 1.0, "queries": n}
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    """Mean, p50 and p99 in milliseconds."""
+    if not seconds:
+        return {"mean_ms": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "n": 0}
+    ms = np.asarray(seconds, dtype=np.float64) * 1000
+    return {"mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "n": int(len(ms))}
+
+
+# --------------------------------------------------------------------------- data of a split
+
+
+@dataclass
+class SplitData:
+    """The sparse vectors of one split's images and captions, and relevance both ways."""
+
+    images: dict[str, SparseVector]
+    captions: dict[str, SparseVector]
+    qrels_t2i: dict[str, dict[str, int]]
+    qrels_i2t: dict[str, dict[str, int]]
+
+
+def load_split(images_path: str | Path, captions_path: str | Path, meta_path: str | Path | None = None,
+               split: str = "test") -> SplitData:
+    """Read the split's vectors from sparse JSONL files.
+
+    The split and the caption -> image links come from `dataset_meta.json` when given, else
+    from each record's `split` and (captions) `image_id` keys.
+    """
+    if meta_path is not None:
+        from lsr_os.dense_files import DatasetMeta
+
+        part = DatasetMeta.load(meta_path).split(split)
+        image_ids, caption_image = set(part.image_ids), dict(zip(part.caption_ids, part.caption_image))
+        images = {r.id: r.vector for r in read_jsonl(images_path) if r.id in image_ids}
+        captions = {r.id: r.vector for r in read_jsonl(captions_path) if r.id in caption_image}
+        for wanted, got, path in ((image_ids, images, images_path), (caption_image, captions, captions_path)):
+            missing = [i for i in wanted if i not in got]
+            if missing:
+                raise DataError(f"{path} lacks {len(missing)} ids of split {split!r}, e.g. {missing[0]!r}")
+    else:
+        images, captions, caption_image = {}, {}, {}
+        for r in read_jsonl(images_path):
+            if r.meta.get("split") == split:
+                images[r.id] = r.vector
+        for r in read_jsonl(captions_path):
+            if r.meta.get("split") == split:
+                if "image_id" not in r.meta:
+                    raise DataError(f"{captions_path}: caption {r.id} has no image_id; give --meta dataset_meta.json")
+                captions[r.id] = r.vector
+                caption_image[r.id] = str(r.meta["image_id"])
+    if not images or not captions:
+        raise DataError(f"split {split!r} has {len(images)} images and {len(captions)} captions in "
+                        f"{images_path} and {captions_path}; give --meta or records with a split key")
+    qrels_t2i = {c: {caption_image[c]: 1} for c in captions}
+    qrels_i2t: dict[str, dict[str, int]] = {i: {} for i in images}
+    for c, i in caption_image.items():
+        if i in qrels_i2t:
+            qrels_i2t[i][c] = 1
+    return SplitData(images, captions, qrels_t2i, qrels_i2t)
+
+
+def split_filter(client, index: str, n_docs: int, split: str) -> list[dict]:
+    """The filter that restricts `index` to the evaluated documents, checking their number."""
+    from lsr_os.index import require_index
+
+    total = require_index(client, index)
+    if total == n_docs:
+        return []
+    in_split = int(client.count(index=index, body={"query": {"term": {"split": split}}})["count"])
+    if in_split != n_docs:
+        raise DataError(f"{index} holds {total} documents, {in_split} of split {split!r}, but the files "
+                        f"hold {n_docs}: ingest the same files, or evaluate the split they hold")
+    return [{"term": {"split": split}}]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def dense_runs(dense_dir: str | Path, data: SplitData, k: int = 10) -> dict[str, Run]:
+    """The frozen dense teacher's runs on the split (cosine of its normalised vectors)."""
+    from lsr_os.dense_files import IMG_FILE, TEXT_FILE, read_embeddings
+
+    dense_dir = Path(dense_dir)
+    img, txt = read_embeddings(dense_dir / IMG_FILE), read_embeddings(dense_dir / TEXT_FILE)
+    image_ids, caption_ids = list(data.images), list(data.captions)
+    scores = txt.take(caption_ids) @ img.take(image_ids).T
+
+    def top(matrix: np.ndarray, qids: list[str], dids: list[str]) -> Run:
+        kk = min(k, matrix.shape[1])
+        part = np.argpartition(-matrix, kk - 1, axis=1)[:, :kk]
+        return {q: {dids[j]: float(matrix[r, j]) for j in part[r]} for r, q in enumerate(qids)}
+
+    return {"t2i": top(scores, caption_ids, image_ids), "i2t": top(scores.T, image_ids, caption_ids)}
+
+
+def evaluate(client, images_index: str, captions_index: str, data: SplitData, split: str = "test",
+             k: int = 10, batch_size: int = 64, max_terms: int | None = None, out_dir: str | Path | None = None,
+             dense_dir: str | Path | None = None, progress: bool | None = None) -> dict:
+    """Both directions through the cluster and exactly in memory; metrics, parity, latency.
+
+    Writes `<direction>.<system>.trec` run files and `report.json` into `out_dir` when given.
+    """
+    from lsr_os.metrics import retrieval_metrics
+
+    cap = max_terms or max_clause_count(client)
+    directions = {
+        "t2i": (data.captions, data.images, images_index, data.qrels_t2i),
+        "i2t": (data.images, data.captions, captions_index, data.qrels_i2t),
+    }
+    teacher = dense_runs(dense_dir, data, k) if dense_dir else None
+    report: dict = {"split": split, "k": k, "max_query_terms": cap, "indices": {"images": images_index,
+                                                                                  "captions": captions_index}}
+    runs: dict[str, Run] = {}
+    for name, (queries, docs, index, qrels) in directions.items():
+        filters = split_filter(client, index, len(docs), split)
+        prepared: dict[str, SparseVector] = {}
+        for qid, vector in queries.items():
+            try:
+                prepared[qid] = prepare_query(vector, cap - len(filters))
+            except DataError:  # no usable term: it retrieves nothing and counts as a miss
+                continue
+        skipped = len(queries) - len(prepared)
+        cluster_run, timing = search_run(client, index, prepared.items(), k, cap, filters, batch_size, progress,
+                                         desc=f"{name} via {index}")
+        scorer = ExactScorer(docs.items())
+        exact_run, exact_s = scorer.run(prepared.items(), k)
+        section = {
+            "queries": len(queries), "queries_without_terms": skipped, "documents": len(docs),
+            "cluster": {"metrics": retrieval_metrics(cluster_run, qrels),
+                        "latency_took": latency_summary([t / 1000 for t in timing.took_ms]),
+                        "qps_msearch": timing.queries / timing.wall_s if timing.wall_s else 0.0},
+            "exact": {"metrics": retrieval_metrics(exact_run, qrels), "latency": latency_summary(exact_s)},
+            "parity": parity(cluster_run, exact_run, k),
+        }
+        runs[f"{name}.cluster"], runs[f"{name}.exact"] = cluster_run, exact_run
+        if teacher is not None:
+            section["dense"] = {"metrics": retrieval_metrics(teacher[name], qrels)}
+            runs[f"{name}.dense"] = teacher[name]
+        report[name] = section
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, run in runs.items():
+            write_trec(out / f"{name}.trec", run, name.replace(".", "-"))
+        (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        report["out_dir"] = str(out)
+    return report
+
+
+def encode_split(dense_dir: str | Path, head_path: str | Path, split: str = "test") -> SplitData:
+    """The split's sparse vectors encoded from dense files by a head (full expansion, as at test)."""
+    from lsr_os.dense_files import META_FILE
+    from lsr_os.index import dense_records
+    from lsr_os.models.head import load_head
+
+    head = load_head(head_path)
+    images = {r.id: r.vector for r in dense_records(dense_dir, head, "images", [split])}
+    captions, caption_image = {}, {}
+    for r in dense_records(dense_dir, head, "captions", [split]):
+        captions[r.id] = r.vector
+        caption_image[r.id] = r.meta["image_id"]
+    if not images:
+        raise DataError(f"{Path(dense_dir) / META_FILE} has no images in split {split!r}")
+    qrels_i2t: dict[str, dict[str, int]] = {i: {} for i in images}
+    for c, i in caption_image.items():
+        qrels_i2t[i][c] = 1
+    return SplitData(images, captions, {c: {i: 1} for c, i in caption_image.items()}, qrels_i2t)

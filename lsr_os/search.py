@@ -1,0 +1,233 @@
+"""Weighted term queries against `rank_features`: building, (m)search, hits -> runs, explain.
+
+A query is `bool.should` of one `rank_feature` clause per query term, with the `linear`
+function and `boost` = the query weight, so a document's score is the dot product of the
+query with the document's stored (9-bit) weights. The number of clauses is capped at the
+cluster's `indices.query.bool.max_clause_count` by keeping the heaviest query terms.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from opensearchpy import OpenSearch
+from opensearchpy.exceptions import NotFoundError, TransportError
+
+from lsr_os.errors import ClusterError, DataError
+from lsr_os.index import SPARSE_FIELD
+from lsr_os.sparse import SparseVector, clean, prune, quantize
+from lsr_os.vocab import feature_to_term, term_to_feature
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CLAUSES = 1024  # OpenSearch 3.x default of indices.query.bool.max_clause_count
+MAX_CLAUSE_SETTING = "indices.query.bool.max_clause_count"
+# Fields a hit shows besides its score; `sparse` is left out of responses unless explaining.
+DISPLAY_FIELDS = ["id", "dataset", "split", "image", "image_id", "caption", "terms"]
+
+Run = dict[str, dict[str, float]]
+
+
+def max_clause_count(client: OpenSearch) -> int:
+    """The cluster's max clause count (persistent, transient or default), else 1024."""
+    try:
+        body = client.cluster.get_settings(include_defaults=True, flat_settings=True)
+    except TransportError as exc:
+        log.warning("cannot read %s (HTTP %s); assuming %d", MAX_CLAUSE_SETTING, exc.status_code,
+                    DEFAULT_MAX_CLAUSES)
+        return DEFAULT_MAX_CLAUSES
+    for level in ("transient", "persistent", "defaults"):
+        value = body.get(level, {}).get(MAX_CLAUSE_SETTING)
+        if value is not None:
+            return int(value)
+    return DEFAULT_MAX_CLAUSES
+
+
+def prepare_query(vector: SparseVector, max_terms: int, vocabulary=None) -> SparseVector:
+    """Clean a query vector and keep its `max_terms` heaviest terms.
+
+    With a `vocabulary`, terms outside it are dropped (logged); a query left with no term
+    raises DataError, because it would silently match nothing.
+    """
+    if not vector:
+        raise DataError("empty query: it has no terms")
+    cleaned = clean(vector)
+    if vocabulary is not None:
+        unknown = [t for t in cleaned if t not in vocabulary]
+        if unknown:
+            log.warning("dropping %d query terms that are not in the vocabulary: %s", len(unknown),
+                        ", ".join(map(repr, unknown[:10])))
+            cleaned = {t: w for t, w in cleaned.items() if t in vocabulary}
+    if not cleaned:
+        raise DataError("the query has no known term with a positive, finite weight")
+    if max_terms < 1:
+        raise DataError(f"max query terms must be >= 1, not {max_terms}")
+    kept = prune(cleaned, top_k=max_terms)
+    if len(kept) < len(cleaned):
+        log.info("query capped from %d to its %d heaviest terms", len(cleaned), len(kept))
+    return kept
+
+
+def build_query(vector: SparseVector, size: int = 10, filters: Sequence[dict] = (),
+                with_vectors: bool = False) -> dict:
+    """The search body for a prepared query vector (see `prepare_query`).
+
+    `filters` are extra non-scoring clauses (e.g. `{"term": {"split": "test"}}`); each counts
+    against the max clause count, so callers cap the terms at max - len(filters).
+    `with_vectors` returns the documents' sparse vectors too (for explain).
+    """
+    should = [{"rank_feature": {"field": f"{SPARSE_FIELD}.{term_to_feature(t)}", "linear": {}, "boost": w}}
+              for t, w in vector.items()]
+    query: dict = {"bool": {"should": should}}
+    if filters:  # with a filter, should clauses turn optional unless one must match
+        query["bool"].update(filter=list(filters), minimum_should_match=1)
+    source = {"includes": DISPLAY_FIELDS + ([SPARSE_FIELD] if with_vectors else [])}
+    return {"size": size, "query": query, "_source": source, "track_total_hits": False}
+
+
+def search(client: OpenSearch, index: str, body: dict) -> tuple[list[dict], int]:
+    """One search; returns (hits, server milliseconds). Names the index in errors."""
+    try:
+        resp = client.search(index=index, body=body)
+    except NotFoundError as exc:
+        raise ClusterError(f"no index or alias {index} on the cluster; ingest it first with `lsr-os ingest`") from exc
+    except TransportError as exc:
+        raise ClusterError(f"search on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
+    return resp["hits"]["hits"], int(resp.get("took", 0))
+
+
+def _error_text(info) -> str:
+    if isinstance(info, dict):
+        err = info.get("error", info)
+        if isinstance(err, dict):
+            root = (err.get("root_cause") or [{}])[0]
+            return f"{err.get('type')}: {root.get('reason') or err.get('reason')}"
+        return str(err)
+    return str(info)
+
+
+@dataclass
+class BatchTiming:
+    """Timing of a stream of queries: server `took` per query and client wall time per batch."""
+
+    took_ms: list[int]
+    wall_s: float
+    queries: int
+
+
+def msearch(client: OpenSearch, index: str, queries: Iterable[tuple[str, dict]], batch_size: int = 64,
+            progress: bool | None = None, desc: str = "search") -> Iterator[tuple[str, list[dict], int]]:
+    """Run (qid, body) queries with `_msearch` in batches; yields (qid, hits, took ms) in order."""
+    from tqdm.auto import tqdm
+
+    batch: list[tuple[str, dict]] = []
+    with tqdm(unit="q", desc=desc, disable=None if progress is None else not progress, dynamic_ncols=True) as bar:
+        for item in queries:
+            batch.append(item)
+            if len(batch) >= batch_size:
+                yield from _msearch_batch(client, index, batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            yield from _msearch_batch(client, index, batch)
+            bar.update(len(batch))
+
+
+def _msearch_batch(client: OpenSearch, index: str, batch: list[tuple[str, dict]]):
+    lines: list[dict] = []
+    for _, body in batch:
+        lines.append({"index": index})
+        lines.append(body)
+    try:
+        resp = client.msearch(body=lines)
+    except NotFoundError as exc:
+        raise ClusterError(f"no index or alias {index} on the cluster; ingest it first with `lsr-os ingest`") from exc
+    except TransportError as exc:
+        raise ClusterError(f"_msearch on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
+    for (qid, _), answer in zip(batch, resp["responses"]):
+        if "error" in answer:
+            raise ClusterError(f"query {qid} on {index} failed: HTTP {answer.get('status')} "
+                               f"{_error_text(answer)}")
+        yield qid, answer["hits"]["hits"], int(answer.get("took", 0))
+
+
+def search_run(client: OpenSearch, index: str, queries: Iterable[tuple[str, SparseVector]], k: int = 10,
+               max_terms: int | None = None, filters: Sequence[dict] = (), batch_size: int = 64,
+               progress: bool | None = None, desc: str = "search") -> tuple[Run, BatchTiming]:
+    """Search many query vectors and collect a run {qid: {doc id: score}} plus timings."""
+    cap = (max_terms or max_clause_count(client)) - len(filters)
+    bodies = ((qid, build_query(prepare_query(vec, cap), k, filters)) for qid, vec in queries)
+    run: Run = {}
+    took: list[int] = []
+    t0 = time.perf_counter()
+    for qid, hits, ms in msearch(client, index, bodies, batch_size, progress, desc):
+        run[qid] = {h["_id"]: float(h["_score"]) for h in hits}
+        took.append(ms)
+    return run, BatchTiming(took, time.perf_counter() - t0, len(took))
+
+
+def explain_hit(query: SparseVector, hit: dict) -> list[dict]:
+    """The matching terms of a hit (returned with `with_vectors`): query weight, stored document
+    weight (9-bit, as OpenSearch scores it) and contribution, heaviest first; they sum to the score."""
+    doc = (hit.get("_source") or {}).get(SPARSE_FIELD) or {}
+    rows = []
+    for feature, weight in doc.items():
+        term = feature_to_term(feature)
+        if term in query:
+            stored = float(quantize(weight))
+            rows.append({"term": term, "query_weight": query[term], "doc_weight": stored,
+                         "contribution": query[term] * stored})
+    return sorted(rows, key=lambda r: -r["contribution"])
+
+
+def write_trec(path: str | Path, run: Run, name: str) -> None:
+    """A TREC run file: `qid Q0 docid rank score name`, best first per query."""
+    with Path(path).open("w", encoding="utf-8") as handle:
+        for qid, docs in run.items():
+            ranked = sorted(docs.items(), key=lambda ds: (-ds[1], ds[0]))
+            for rank, (doc, score) in enumerate(ranked, 1):
+                handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n")
+
+
+# --------------------------------------------------------------------------- queries from models
+
+
+def read_query_image(path: str | Path):
+    """Open a query image, with a clear error when it cannot be read as an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError as exc:
+        raise DataError(f"query image {path} does not exist") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read query image {path}: {exc}") from exc
+
+
+def encode_query(model: str, head_path: str, text: str | None = None, image: str | Path | None = None,
+                 expand: bool = True, device: str | None = None) -> SparseVector:
+    """Turn a text (or an image) into a sparse query: the dense encoder, then the sparse head.
+
+    `expand=False` keeps only the text's own tokens (the paper's no-expansion mode).
+    """
+    if (text is None) == (image is None):
+        raise DataError("give a query text or a query image, not both")
+    if text is not None and not text.strip():
+        raise DataError("empty query: give some text")
+    picture = read_query_image(image) if image is not None else None
+    from lsr_os.models.dense import load_encoder
+    from lsr_os.models.head import load_head
+
+    head = load_head(head_path)
+    encoder = load_encoder(model, device=device)
+    if picture is not None:
+        return head.encode(encoder.encode_images([picture]), expand=True)[0]
+    vector = head.encode(encoder.encode_texts([text]), texts=[text], expand=expand)[0]
+    if not vector:
+        raise DataError(f"the query {text!r} has no known token with a positive weight")
+    return vector

@@ -1,0 +1,78 @@
+"""Unit tier for lsr_os.evaluate: exact scoring, parity figures, split loading."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lsr_os import evaluate as ev
+from lsr_os.errors import DataError
+from lsr_os.sparse import SparseRecord, dot, quantize, write_jsonl
+
+
+def _random_docs(rng, n, terms, per_doc):
+    return {f"d{i}": {terms[j]: float(rng.uniform(0.01, 3.0)) for j in rng.choice(len(terms), per_doc, replace=False)}
+            for i in range(n)}
+
+
+def test_exact_scorer_equals_brute_force_dot_product_on_9_bit_weights():
+    rng = np.random.default_rng(3)
+    terms = [f"t{i}" for i in range(200)] + [".", "##s", "[UNK]", "日本"]
+    docs = _random_docs(rng, 300, terms, 25)
+    scorer = ev.ExactScorer(docs.items())
+    stored = {d: {t: float(quantize(w)) for t, w in v.items()} for d, v in docs.items()}
+    for _ in range(20):
+        query = {terms[j]: float(rng.uniform(0.1, 2.0)) for j in rng.choice(len(terms), 15, replace=False)}
+        query["not-in-any-doc"] = 1.0
+        top = scorer.topk(query, 10)
+        brute = sorted(((dot(query, v), d) for d, v in stored.items()), key=lambda x: (-x[0], x[1]))
+        brute = [(s, d) for s, d in brute if s > 0][:10]
+        assert list(top) == [d for _, d in brute]
+        assert [top[d] for _, d in brute] == pytest.approx([s for s, _ in brute], rel=1e-5)
+
+
+def test_exact_scorer_returns_only_matching_documents():
+    scorer = ev.ExactScorer([("a", {"x": 1.0}), ("b", {"y": 2.0})])
+    assert scorer.topk({"x": 1.0}, 10) == {"a": 1.0}
+    assert scorer.topk({"z": 1.0}, 10) == {}
+
+
+def test_parity_figures():
+    exact = {"q1": {f"d{i}": 10.0 - i for i in range(10)}, "q2": {"a": 2.0, "b": 1.0}}
+    same = ev.parity(exact, exact)
+    assert same["top10_overlap"] == 1.0 and same["kendall_tau"] == pytest.approx(1.0)
+    cluster = {"q1": {**{f"d{i}": 10.0 - i for i in range(9)}, "other": 0.5}, "q2": {"b": 2.0, "a": 1.0}}
+    p = ev.parity(cluster, exact)
+    assert p["top10_overlap"] == pytest.approx((0.9 + 1.0) / 2)
+    assert p["identical_top10_share"] == 0.5
+    assert p["kendall_tau"] == pytest.approx((1.0 + -1.0) / 2)
+    assert ev.topk_overlap({}, {}) == 1.0
+
+
+def test_latency_summary_in_milliseconds():
+    lat = ev.latency_summary([0.001] * 98 + [0.1, 0.2])
+    assert lat["p50_ms"] == pytest.approx(1.0) and lat["n"] == 100 and lat["p99_ms"] > 50
+
+
+def test_load_split_from_records_or_meta(tmp_path):
+    images = [SparseRecord("1", {"dog": 1.0}, {"split": "test"}), SparseRecord("2", {"cat": 1.0}, {"split": "train"})]
+    caps = [SparseRecord("10", {"dog": 1.0}, {"split": "test", "image_id": "1"}),
+            SparseRecord("11", {"puppy": 1.0}, {"split": "test", "image_id": "1"}),
+            SparseRecord("20", {"cat": 1.0}, {"split": "train", "image_id": "2"})]
+    write_jsonl(tmp_path / "i.jsonl", images)
+    write_jsonl(tmp_path / "c.jsonl", caps)
+    data = ev.load_split(tmp_path / "i.jsonl", tmp_path / "c.jsonl", split="test")
+    assert list(data.images) == ["1"] and list(data.captions) == ["10", "11"]
+    assert data.qrels_t2i == {"10": {"1": 1}, "11": {"1": 1}} and data.qrels_i2t == {"1": {"10": 1, "11": 1}}
+    meta = {"images": [{"imgid": 1, "split": "test", "filename": "1.jpg",
+                        "sentences": [{"sentid": 10, "raw": "a dog"}, {"sentid": 11, "raw": "a puppy"}]},
+                       {"imgid": 2, "split": "train", "sentences": [{"sentid": 20, "raw": "a cat"}]}]}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with_meta = ev.load_split(tmp_path / "i.jsonl", tmp_path / "c.jsonl", tmp_path / "meta.json", "test")
+    assert with_meta.qrels_i2t == data.qrels_i2t
+    meta["images"][0]["sentences"].append({"sentid": 12, "raw": "missing"})
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="lacks 1 ids"):
+        ev.load_split(tmp_path / "i.jsonl", tmp_path / "c.jsonl", tmp_path / "meta.json", "test")
+    with pytest.raises(DataError, match="has 0 images"):
+        ev.load_split(tmp_path / "i.jsonl", tmp_path / "c.jsonl", split="val")

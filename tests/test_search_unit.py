@@ -1,0 +1,93 @@
+"""Unit tier for lsr_os.search: query preparation, the DSL, explain, TREC runs, bad queries."""
+
+import pytest
+from click.testing import CliRunner
+
+from lsr_os import search as se
+from lsr_os.errors import DataError
+from lsr_os.sparse import quantize
+from lsr_os.vocab import Vocabulary
+
+
+def test_prepare_query_caps_to_the_heaviest_terms_and_cleans():
+    q = {f"t{i}": float(i) for i in range(1, 11)}
+    q["neg"] = -1.0
+    kept = se.prepare_query(q, max_terms=3)
+    assert kept == {"t10": 10.0, "t9": 9.0, "t8": 8.0}
+
+
+def test_empty_query_and_query_without_known_terms_are_clear_errors():
+    with pytest.raises(DataError, match="empty query"):
+        se.prepare_query({}, 10)
+    with pytest.raises(DataError, match="no known term"):
+        se.prepare_query({"zzzznotaword": 1.0, "qqqqq": 2.0}, 10, Vocabulary.default())
+    with pytest.raises(DataError, match="no known term"):
+        se.prepare_query({"dog": 0.0}, 10)
+    assert se.prepare_query({"dog": 1.0, "zzzznotaword": 1.0}, 10, Vocabulary.default()) == {"dog": 1.0}
+
+
+def test_query_dsl_is_a_linear_rank_feature_disjunction_with_weight_boosts():
+    body = se.build_query({"dog": 1.5, ".": 0.25}, size=7)
+    should = body["query"]["bool"]["should"]
+    assert body["size"] == 7 and "filter" not in body["query"]["bool"]
+    assert {"rank_feature": {"field": "sparse.dog", "linear": {}, "boost": 1.5}} in should
+    assert {"rank_feature": {"field": "sparse.%2E", "linear": {}, "boost": 0.25}} in should
+    assert "sparse" not in body["_source"]["includes"]
+    filtered = se.build_query({"dog": 1.0}, filters=[{"term": {"split": "test"}}], with_vectors=True)
+    assert filtered["query"]["bool"]["filter"] == [{"term": {"split": "test"}}]
+    assert filtered["query"]["bool"]["minimum_should_match"] == 1
+    assert "sparse" in filtered["_source"]["includes"]
+
+
+def test_explain_contributions_use_the_stored_9_bit_weights():
+    query = {"dog": 2.0, ".": 0.5, "cat": 1.0}
+    hit = {"_id": "x", "_source": {"sparse": {"dog": 1.2345678, "%2E": 0.333333, "tree": 9.0}}}
+    rows = se.explain_hit(query, hit)
+    assert [r["term"] for r in rows] == ["dog", "."]
+    assert rows[0]["doc_weight"] == float(quantize(1.2345678)) != 1.2345678
+    assert sum(r["contribution"] for r in rows) == pytest.approx(2.0 * float(quantize(1.2345678))
+                                                                 + 0.5 * float(quantize(0.333333)))
+
+
+def test_trec_run_is_ranked_per_query(tmp_path):
+    path = tmp_path / "run.trec"
+    se.write_trec(path, {"q1": {"a": 0.5, "b": 2.0}, "q2": {"c": 1.0}}, "test")
+    assert path.read_text().splitlines() == ["q1 Q0 b 1 2.000000 test", "q1 Q0 a 2 0.500000 test",
+                                             "q2 Q0 c 1 1.000000 test"]
+
+
+def test_unreadable_query_image_is_a_clear_error(tmp_path):
+    bad = tmp_path / "not-an-image.jpg"
+    bad.write_bytes(b"this is text")
+    with pytest.raises(DataError, match="cannot read query image"):
+        se.read_query_image(bad)
+    with pytest.raises(DataError, match="does not exist"):
+        se.read_query_image(tmp_path / "missing.png")
+
+
+def _cli(*args):
+    from cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_cli_bad_queries_fail_before_any_cluster_call(tmp_path):
+    unreachable = "http://127.0.0.1:9"  # discard port: nothing answers
+    res = _cli("search", "   ", "--url", unreachable)
+    assert res.exit_code != 0 and "empty query" in res.output
+    res = _cli("search", "--vector-json", '{"zzzznotaword": 1}', "--url", unreachable)
+    assert res.exit_code != 0 and "no known term" in res.output
+    res = _cli("search", "--vector-json", '{"dog": "heavy"}', "--url", unreachable)
+    assert res.exit_code != 0 and "term: weight" in res.output
+    img = tmp_path / "broken.png"
+    img.write_bytes(b"\x89PNG broken")
+    res = _cli("search", "--image", str(img), "--url", unreachable)
+    assert res.exit_code != 0 and "cannot read query image" in res.output
+    res = _cli("search", "a dog", "--url", unreachable)
+    assert res.exit_code == 2 and "--model and --head" in res.output
+
+
+def test_cli_unreachable_cluster_is_one_line_with_exit_code_3():
+    res = _cli("search", "--vector-json", '{"dog": 1}', "--url", "http://127.0.0.1:9", "--timeout", "2")
+    assert res.exit_code == 3
+    assert "no OpenSearch answered at http://127.0.0.1:9" in res.output
