@@ -427,5 +427,80 @@ def collections_delete(cluster: ClusterConfig, alias: str, yes: bool) -> None:
         click.echo(f"deleted {name}")
 
 
+# --------------------------------------------------------------------------- encoding datasets
+
+
+@main.command("encode")
+@click.option("--model", required=True,
+              help="Dense encoder: Salesforce/blip-itm-{base,large}-{coco,flickr}, a local BLIP folder, an ALBEF "
+                   ".pth checkpoint, a folder saved by lsr-os, or KIND:SOURCE.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Karpathy-split JSON (MSCOCO, Flickr30k); needs --images.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Image root; image paths must stay inside it [default for --captions: its folder].")
+@click.option("--captions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Captions file, JSONL or CSV with image, caption[, split].")
+@click.option("--split", default="all", show_default=True, help="Split(s), comma-separated; 'train' includes restval.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--head", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Sparse head checkpoint: write sparse JSONL through it instead of dense parquet.")
+@click.option("--expand-captions/--no-expand-captions", default=True, show_default=True,
+              help="With --head: expand captions, or keep only their own tokens.")
+@click.option("--top-k", type=int, default=None, help="With --head: keep the k heaviest terms per vector.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per model call.")
+@click.option("--text-batch-size", type=int, default=256, show_default=True, help="Captions per model call.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda when available].")
+@click.option("--dtype", default=None, help="float32, bfloat16, float16 [default: bfloat16 on GPU, float32 on CPU].")
+@click.option("--workers", type=int, default=None, help="Image-decoding processes [default: min(8, cores - 1)].")
+@click.option("--shard", default=None, help="I/N: encode shard I of N (several machines, one output folder).")
+@click.option("--part-size", type=int, default=8192, show_default=True,
+              help="Vectors per parquet part (the most an interruption loses).")
+@click.option("--only", type=click.Choice(["images", "captions"]), default=None, help="Encode one side only.")
+@click.option("--max-batches", type=int, default=None, help="Stop after this many batches per side (a trial run).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def encode_cmd(model: str, data: Path | None, images: Path | None, captions: Path | None, split: str, out: Path,
+               head: Path | None, expand_captions: bool, top_k: int | None, batch_size: int, text_batch_size: int,
+               device: str | None, dtype: str | None, workers: int | None, shard: str | None, part_size: int,
+               only: str | None, max_batches: int | None, as_json: bool) -> None:
+    """Encode a dataset's images and captions to dense parquet (the authors' layout) or sparse JSONL.
+
+    Resumes by default (ids already in OUT are skipped). Bad items are skipped and listed in
+    OUT/failures*.jsonl; the exit status is 4 when any item failed.
+    """
+    import os
+
+    from lsr_os import data as data_lib
+    from lsr_os.encode import EXIT_FAILURES, EncodeOptions, encode_dataset
+    from lsr_os.models.dense import load_encoder
+
+    opts = EncodeOptions(batch_size=batch_size, text_batch_size=text_batch_size,
+                         workers=workers if workers is not None else min(8, max(0, (os.cpu_count() or 1) - 1)),
+                         shard=data_lib.parse_shard(shard), part_size=part_size, images=only != "captions",
+                         captions=only != "images", max_batches=max_batches, expand_captions=expand_captions,
+                         top_k=top_k)
+    dataset = data_lib.load_dataset(data=data, images=images, captions=captions, split=split)
+    encoder = load_encoder(model, device=device, dtype=dtype)
+    head_model = None
+    if head is not None:
+        from lsr_os.models.head import load_head
+
+        head_model = load_head(head)
+    report = encode_dataset(encoder, dataset, out, opts, head=head_model, head_name=str(head) if head else None)
+    if as_json:
+        echo_json({**report.to_dict(), "encoder": encoder.describe()})
+    else:
+        for side in ("images", "captions"):
+            c = getattr(report, side)
+            click.echo(f"{side}: {c.encoded} encoded, {c.already} already done, {c.failed} failed (of {c.total})")
+        if report.row_failures:
+            click.echo(f"unreadable rows in the dataset file: {report.row_failures}")
+        if report.stopped_early:
+            click.echo(f"stopped after --max-batches {max_batches}; re-run to continue")
+        click.echo(f"output: {report.out} ({report.seconds:.1f} s)")
+    if report.failed:
+        click.echo(f"{report.failed} items failed; reasons in {report.failures_file}", err=True)
+        sys.exit(EXIT_FAILURES)
+
+
 if __name__ == "__main__":
     main()
