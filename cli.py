@@ -56,10 +56,17 @@ def cluster_options(func):
                   help="CA bundle to verify the cluster's TLS certificate.")
     @click.option("--insecure", is_flag=True, help="Do not verify TLS certificates.")
     @click.option("--timeout", type=float, default=30.0, show_default=True, help="Request timeout in seconds.")
+    @click.option("--aws-region", envvar="OPENSEARCH_AWS_REGION", show_envvar=True,
+                  help="Sign requests with AWS SigV4 for Amazon OpenSearch Service in this region (needs boto3).")
+    @click.option("--aws-service", type=click.Choice(["es", "aoss"]), default="es", show_default=True,
+                  help="SigV4 service: es (managed domain) or aoss (Serverless).")
     @functools.wraps(func)
-    def wrapper(*args, urls, user, password, ca_certs, insecure, timeout, **kwargs):
+    def wrapper(*args, urls, user, password, ca_certs, insecure, timeout, aws_region, aws_service, **kwargs):
+        if user is not None and password is None:  # never on the command line, never echoed
+            password = click.prompt(f"Password for {user}", hide_input=True, err=True)
         cluster = ClusterConfig(urls=split_urls(urls), user=user, password=password,
-                                ca_certs=ca_certs, insecure=insecure, timeout=timeout)
+                                ca_certs=ca_certs, insecure=insecure, timeout=timeout,
+                                aws_region=aws_region, aws_service=aws_service)
         return func(*args, cluster=cluster, **kwargs)
 
     return wrapper
@@ -101,12 +108,19 @@ def node() -> None:
               help="Data folder [default: under the node's state folder].")
 @click.option("--heap", default="1g", show_default=True, help="JVM heap of each node, e.g. 512m or 2g.")
 @click.option("--wait", type=float, default=180.0, show_default=True, help="Seconds to wait for the cluster to be ready.")
-def node_start(os_version: str | None, port: int, nodes: int, data: Path | None, heap: str, wait: float) -> None:
-    """Provision (once, cached) and start a local node or cluster; harmless when it already runs."""
+@click.option("--repo", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The nodes' path.repo (snapshot folders live under it) [default: <state folder>/snapshots].")
+def node_start(os_version: str | None, port: int, nodes: int, data: Path | None, heap: str, wait: float,
+               repo: Path | None) -> None:
+    """Provision (once, cached) and start a local node or cluster; harmless when it already runs.
+
+    Nodes of the cluster that are stopped (e.g. with `node stop --node node-2`) are started
+    again and rejoin with their data.
+    """
     from lsr_os import node as node_lib
 
     spec = node_lib.NodeSpec(version=os_version or node_lib.DEFAULT_VERSION, port=port, data=data,
-                             heap=heap, nodes=nodes)
+                             heap=heap, nodes=nodes, repo=repo)
     for state in node_lib.start(spec, timeout=wait):
         verb = "already running" if state.already_running else "started"
         click.echo(f"{state.name}: OpenSearch {state.version} {verb} at {state.url} (pid {state.pid}, log {state.log_file})")
@@ -136,11 +150,12 @@ def node_status(port: int, as_json: bool) -> None:
 
 @node.command("stop")
 @click.option("--port", type=int, default=9200, show_default=True)
-def node_stop(port: int) -> None:
+@click.option("--node", "names", multiple=True, help="Stop only this node, e.g. node-2 (repeatable) [default: all].")
+def node_stop(port: int, names: tuple[str, ...]) -> None:
     """Stop the local node(s) and wait until their processes are gone."""
     from lsr_os import node as node_lib
 
-    stopped = node_lib.stop(port)
+    stopped = node_lib.stop(port, list(names) or None)
     click.echo(f"stopped {len(stopped)} node(s) (pids {', '.join(map(str, stopped))})" if stopped
                else f"no node was running on port {port}")
 
@@ -178,13 +193,17 @@ def node_logs(port: int, lines: int) -> None:
               help="Re-sends of documents refused with 429/5xx (exponential backoff).")
 @click.option("--prune-top-k", type=click.IntRange(1), default=None, help="Keep each document's k heaviest terms.")
 @click.option("--threshold", type=float, default=0.0, show_default=True, help="Drop weights <= this.")
+@click.option("--shards", type=click.IntRange(1), default=None, help="Primary shards of the new index [default: 1].")
+@click.option("--replicas", type=click.IntRange(0), default=None,
+              help="Replicas, kept during the load too [default: 1 on a cluster of 2+ data nodes, else 0].")
 @click.option("--failures", "failures_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Failures file (JSONL) [default: ingest-failures-<alias>.jsonl].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def ingest_cmd(cluster: ClusterConfig, sparse_file: Path | None, dense_dir: Path | None, head_path: Path | None,
                collection: tuple[str, ...], splits: tuple[str, ...], alias: str | None, prefix: str, fresh: bool,
                keep_old: bool, chunk_docs: int, chunk_mb: float, max_retries: int, prune_top_k: int | None,
-               threshold: float, failures_path: Path | None, as_json: bool) -> None:
+               threshold: float, shards: int | None, replicas: int | None, failures_path: Path | None,
+               as_json: bool) -> None:
     """Load sparse vectors into a new versioned index and swap its alias when complete.
 
     An interrupted load resumes when re-run with the same input; ids are the records' ids.
@@ -222,7 +241,7 @@ def ingest_cmd(cluster: ClusterConfig, sparse_file: Path | None, dense_dir: Path
                            chunk_size=chunk_docs, max_chunk_bytes=int(chunk_mb * 2**20), retry=retry,
                            prune_top_k=prune_top_k, threshold=threshold,
                            failures_path=failures_path or Path(f"ingest-failures-{name}.jsonl"),
-                           read_errors=read_errors, total=total)
+                           read_errors=read_errors, total=total, shards=shards, replicas=replicas)
         if as_json:
             echo_json(report.to_dict())
             continue
@@ -500,6 +519,117 @@ def encode_cmd(model: str, data: Path | None, images: Path | None, captions: Pat
     if report.failed:
         click.echo(f"{report.failed} items failed; reasons in {report.failures_file}", err=True)
         sys.exit(EXIT_FAILURES)
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+def _repo_options(func):
+    """--repo NAME and --location DIR, shared by the snapshot commands."""
+    func = click.option("--location", default=None,
+                        help="Folder of the fs repository, inside the nodes' path.repo; registers --repo "
+                             "there when it is not yet registered.")(func)
+    return click.option("--repo", "repository", default="lsr-os", show_default=True,
+                        help="Snapshot repository name on the cluster.")(func)
+
+
+@main.group("snapshot")
+def snapshot_group() -> None:
+    """Back up indices to a filesystem repository and restore them (also on another cluster)."""
+
+
+@snapshot_group.command("create")
+@cluster_options
+@_repo_options
+@click.argument("indices", nargs=-1)
+@click.option("--name", "snapshot", default=None, help="Snapshot name [default: lsr-<UTC time>].")
+@click.option("--json", "as_json", is_flag=True)
+def snapshot_create(cluster: ClusterConfig, repository: str, location: str | None, indices: tuple[str, ...],
+                    snapshot: str | None, as_json: bool) -> None:
+    """Snapshot INDICES (indices, aliases or wildcards) [default: every complete lsr-os collection]."""
+    from lsr_os import snapshot as snap
+    from lsr_os.config import connect
+    from lsr_os.errors import ClusterError
+
+    client = connect(cluster)
+    if location:
+        snap.register_repository(client, repository, location)
+    if not indices:
+        from lsr_os.index import list_collections
+
+        indices = tuple(r["index"] for r in list_collections(client) if r["state"] == "complete")
+        if not indices:
+            raise ClusterError("no complete lsr-os collection to snapshot; name the indices or aliases")
+    result = snap.create_snapshot(client, repository, snapshot or snap.default_snapshot_name(), indices)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(f"snapshot {repository}/{result['snapshot']}: {result['state']}, "
+                   f"{result['shards'].get('successful', 0)} shard(s) of {', '.join(result['indices'])}")
+
+
+@snapshot_group.command("list")
+@cluster_options
+@_repo_options
+@click.option("--json", "as_json", is_flag=True)
+def snapshot_list(cluster: ClusterConfig, repository: str, location: str | None, as_json: bool) -> None:
+    """The repository's snapshots, oldest first."""
+    from lsr_os import snapshot as snap
+    from lsr_os.config import connect
+
+    client = connect(cluster)
+    if location:
+        snap.register_repository(client, repository, location, readonly=True)
+    rows = snap.list_snapshots(client, repository)
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['snapshot']:<28} {r['state']:<8} {r['start'] or '':<26} {', '.join(r['indices'])}")
+    if not rows:
+        click.echo(f"no snapshots in {repository}")
+
+
+@snapshot_group.command("restore")
+@cluster_options
+@_repo_options
+@click.argument("snapshot")
+@click.option("--index", "indices", multiple=True, help="Restore only this index or wildcard (repeatable) [default: all].")
+@click.option("--rename-suffix", default=None,
+              help="Restore each index as <name><suffix>, beside the existing one, without its aliases.")
+@click.option("--no-aliases", is_flag=True, help="Do not restore the aliases saved with the indices.")
+@click.option("--json", "as_json", is_flag=True)
+def snapshot_restore(cluster: ClusterConfig, repository: str, location: str | None, snapshot: str,
+                     indices: tuple[str, ...], rename_suffix: str | None, no_aliases: bool, as_json: bool) -> None:
+    """Restore SNAPSHOT's indices (with their aliases) and wait until they serve.
+
+    To move an index to another cluster, give --location: the folder is registered read-only.
+    """
+    from lsr_os import snapshot as snap
+    from lsr_os.config import connect
+
+    client = connect(cluster)
+    if location:
+        snap.register_repository(client, repository, location, readonly=True)
+    result = snap.restore_snapshot(client, repository, snapshot, indices, rename_suffix, not no_aliases)
+    if as_json:
+        echo_json(result)
+        return
+    for index, count in result["indices"].items():
+        click.echo(f"restored {index}: {count} documents")
+
+
+@snapshot_group.command("delete")
+@cluster_options
+@click.option("--repo", "repository", default="lsr-os", show_default=True, help="Snapshot repository name.")
+@click.argument("snapshot")
+def snapshot_delete(cluster: ClusterConfig, repository: str, snapshot: str) -> None:
+    """Delete one snapshot from the repository."""
+    from lsr_os import snapshot as snap
+    from lsr_os.config import connect
+
+    snap.delete_snapshot(connect(cluster), repository, snapshot)
+    click.echo(f"deleted {repository}/{snapshot}")
 
 
 if __name__ == "__main__":

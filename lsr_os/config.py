@@ -12,6 +12,7 @@ from opensearchpy.exceptions import (
     AuthorizationException,
     ConnectionError as OSConnectionError,
     ConnectionTimeout,
+    SSLError,
     TransportError,
 )
 
@@ -40,7 +41,12 @@ def split_urls(values: Iterable[str] | str | None) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """How to reach an OpenSearch cluster. The password never appears in repr or logs."""
+    """How to reach an OpenSearch cluster. The password never appears in repr or logs.
+
+    Authentication: basic auth (`user`, `password`), or AWS SigV4 for Amazon OpenSearch
+    Service (`aws_region`; `aws_service` "es" for managed domains, "aoss" for Serverless)
+    with credentials from boto3's usual chain (environment, profile, instance role).
+    """
 
     urls: tuple[str, ...] = (DEFAULT_URL,)
     user: str | None = None
@@ -49,6 +55,8 @@ class ClusterConfig:
     insecure: bool = False
     timeout: float = 30.0
     max_retries: int = 3
+    aws_region: str | None = None
+    aws_service: str = "es"
 
     def client(self) -> OpenSearch:
         """A client over all configured nodes; it does not contact the cluster yet."""
@@ -63,6 +71,10 @@ class ClusterConfig:
         }
         if self.user is not None:
             kwargs["http_auth"] = (self.user, self.password)
+        if self.aws_region:
+            if self.user is not None:
+                raise ConfigError("give either basic auth (--user) or AWS SigV4 (--aws-region), not both")
+            kwargs["http_auth"] = self._sigv4()
         if any(u.startswith("https://") for u in self.urls):
             kwargs["use_ssl"] = True
             kwargs["verify_certs"] = not self.insecure
@@ -71,6 +83,20 @@ class ClusterConfig:
                 kwargs["ca_certs"] = self.ca_certs
         return OpenSearch(**kwargs)
 
+    def _sigv4(self):
+        """opensearch-py's SigV4 signer over boto3's credential chain (boto3 is an optional extra)."""
+        try:
+            import boto3
+        except ImportError as exc:
+            raise ConfigError("AWS SigV4 needs boto3: pip install 'lsr-os[aws]'") from exc
+        from opensearchpy import Urllib3AWSV4SignerAuth
+
+        credentials = boto3.Session().get_credentials()
+        if credentials is None:
+            raise ConfigError("no AWS credentials found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                              "AWS_PROFILE or an instance role)")
+        return Urllib3AWSV4SignerAuth(credentials, self.aws_region, self.aws_service)
+
 
 def connect(config: ClusterConfig) -> OpenSearch:
     """Return a client after checking that the cluster answers, with one clear error if not."""
@@ -78,6 +104,9 @@ def connect(config: ClusterConfig) -> OpenSearch:
     where = ", ".join(config.urls)
     try:
         info = client.info()
+    except SSLError as exc:
+        raise ClusterError(f"TLS handshake with {where} failed ({exc.info}); give the cluster's CA with "
+                           f"--ca-certs (or --insecure for a throwaway test cluster)") from exc
     except (OSConnectionError, ConnectionTimeout) as exc:
         raise ClusterUnreachable(f"no OpenSearch answered at {where}; {START_HINT}") from exc
     except (AuthenticationException, AuthorizationException) as exc:

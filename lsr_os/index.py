@@ -1,7 +1,7 @@
 """Index lifecycle and bulk ingest of sparse vectors into OpenSearch `rank_features` fields.
 
 A collection (images or captions) is served under an alias. Every load builds a new
-versioned index `<alias>-v<UTC timestamp>` with refresh off and no replicas, streams the
+versioned index `<alias>-v<UTC timestamp>` with refresh off (replicas: see `ingest`), streams the
 documents in with `helpers.streaming_bulk`, checks the exact count, restores the settings of
 `mappings/<collection>.json`, and only then swaps the alias: what is already served is never
 touched by a load that fails. A load that stops halfway leaves its index marked `loading` in
@@ -172,12 +172,18 @@ def _guard_name(client: OpenSearch, alias: str) -> None:
                            f"delete it or ingest under another --index name")
 
 
+def default_replicas(client: OpenSearch) -> int:
+    """1 replica when the cluster has 2+ data nodes (a node can be lost), else 0."""
+    return 1 if len(client.nodes.info(node_id="data:true", metric="_none").get("nodes", {})) > 1 else 0
+
+
 def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
-                  fresh: bool = False) -> tuple[str, bool]:
+                  fresh: bool = False, shards: int | None = None, replicas: int = 0) -> tuple[str, bool]:
     """The index to load into: a pending one of the same source (resume) or a new one.
 
     Returns (index name, resumed). Pending indices of another source, or all of them with
-    `fresh`, are deleted: they were never served.
+    `fresh`, are deleted: they were never served. `shards` overrides the mapping's; the
+    `replicas` exist during the load already, so losing a node mid-load loses no document.
     """
     _guard_name(client, alias)
     for name, info in sorted(_versions(client, alias).items()):
@@ -191,7 +197,9 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
         log.warning("deleting unfinished index %s (source %s)", name, meta.get("source"))
         client.indices.delete(index=name)
     body = load_mapping(collection)
-    body["settings"].setdefault("index", {}).update({"refresh_interval": "-1", "number_of_replicas": 0})
+    body["settings"].setdefault("index", {}).update({"refresh_interval": "-1", "number_of_replicas": replicas})
+    if shards is not None:
+        body["settings"]["index"]["number_of_shards"] = shards
     body["mappings"]["_meta"] = {META_KEY: {"alias": alias, "collection": collection, "source": source,
                                             "state": "loading", "started": _now_tag()}}
     name = f"{alias}{VERSION_SEP}{_now_tag()}"
@@ -203,12 +211,13 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
     return name, False
 
 
-def finish_index(client: OpenSearch, alias: str, index: str, collection: str, keep_old: bool = False) -> list[str]:
+def finish_index(client: OpenSearch, alias: str, index: str, collection: str, keep_old: bool = False,
+                 replicas: int | None = None) -> list[str]:
     """Restore serving settings, mark the index complete, swap the alias; returns the replaced indices."""
     settings = load_mapping(collection)["settings"].get("index", {})
     client.indices.put_settings(index=index, body={"index": {
         "refresh_interval": settings.get("refresh_interval", "1s"),
-        "number_of_replicas": settings.get("number_of_replicas", 1),
+        "number_of_replicas": settings.get("number_of_replicas", 1) if replicas is None else replicas,
     }})
     meta = _versions(client, alias).get(index, {}).get("meta", {})
     meta.update(state="complete", finished=_now_tag())
@@ -268,19 +277,22 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord], alias: str, coll
            max_chunk_bytes: int = 10 * 2**20, retry: RetryPolicy = RetryPolicy(), prune_top_k: int | None = None,
            threshold: float = 0.0, top_terms: int = 16, failures_path: str | Path | None = None,
            read_errors: list[tuple[str, str]] | None = None, total: int | None = None,
-           progress: bool | None = None) -> IngestReport:
+           progress: bool | None = None, shards: int | None = None, replicas: int | None = None) -> IngestReport:
     """Stream `records` into a new (or resumed) versioned index of `alias`, check, then swap.
 
     `source` names the input (a path, a model): a later run with the same source resumes an
     unfinished index. `read_errors` is filled by the record reader (`read_jsonl(on_error=...)`)
     while the stream is consumed; those lines are listed in the failures file too. Memory
-    stays bounded by one bulk chunk: nothing keeps the collection.
+    stays bounded by one bulk chunk: nothing keeps the collection. `replicas` None: 1 on a
+    cluster of 2+ data nodes, else 0 (`default_replicas`).
     """
     from tqdm.auto import tqdm
 
     if chunk_size < 1 or max_chunk_bytes < 1024:
         raise ConfigError("chunk size must be >= 1 document and >= 1 KiB")
-    index, resumed = prepare_index(client, alias, collection, source, fresh)
+    if replicas is None:
+        replicas = default_replicas(client)
+    index, resumed = prepare_index(client, alias, collection, source, fresh, shards, replicas)
     report = IngestReport(alias=alias, index=index, collection=collection, resumed=resumed)
     client.indices.refresh(index=index)
     report.docs_before = int(client.count(index=index)["count"])
@@ -366,7 +378,7 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord], alias: str, coll
     report.count = int(client.count(index=index)["count"])
     report.seconds = time.perf_counter() - t0
     _check_count(report)
-    report.replaced = finish_index(client, alias, index, collection, keep_old)
+    report.replaced = finish_index(client, alias, index, collection, keep_old, replicas)
     log.info("ingest %s: %s", alias, report.to_dict())
     return report
 

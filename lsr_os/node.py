@@ -57,6 +57,9 @@ class NodeSpec:
     heap: str = "1g"
     nodes: int = 1
     cluster_name: str = "lsr-os"
+    # Snapshot repositories must lie inside path.repo; another cluster's folder here lets this
+    # one restore that cluster's snapshots (default: <cluster dir>/snapshots).
+    repo: Path | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"\d+\.\d+\.\d+", self.version):
@@ -264,7 +267,7 @@ def _write_config(spec: NodeSpec, dist: Path, i: int, node_dir: Path) -> Path:
         "transport.port": spec.transport_port(i),
         "path.data": str(_data_dir(spec, i, node_dir)),
         "path.logs": str(node_dir / "logs"),
-        "path.repo": str(cluster_dir(spec.port) / "snapshots"),
+        "path.repo": str(Path(spec.repo).resolve() if spec.repo else cluster_dir(spec.port) / "snapshots"),
         # Local development: never stop allocating shards because a laptop's disk is full-ish.
         "cluster.routing.allocation.disk.threshold_enabled": False,
     }
@@ -388,7 +391,11 @@ def _stop_pids(pids: list[int], grace: float = 60.0) -> None:
 
 def stop(port: int = 9200, names: list[str] | None = None) -> list[int]:
     """Stop the cluster's nodes (or only `names`) and wait until their processes are gone."""
-    states = [s for s in _states(port) if names is None or s.name in names]
+    known = _states(port)
+    unknown = sorted(set(names or ()) - {s.name for s in known})
+    if unknown:
+        raise NodeError(f"no node {', '.join(unknown)} on port {port} (nodes: {', '.join(s.name for s in known) or 'none'})")
+    states = [s for s in known if names is None or s.name in names]
     pids = [s.pid for s in states if _alive(s.pid)]
     _stop_pids(pids)
     return pids

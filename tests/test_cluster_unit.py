@@ -1,0 +1,67 @@
+"""Cluster administration without a server: choosing nodes to stop, path.repo, snapshot names."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from lsr_os import node, snapshot
+from lsr_os.errors import ConfigError, NodeError
+
+
+def write_state(port: int, name: str, pid: int) -> None:
+    d = node.cluster_dir(port) / name
+    d.mkdir(parents=True)
+    (d / "node.json").write_text(json.dumps({
+        "name": name, "pid": pid, "version": "3.8.0", "url": "http://127.0.0.1:1", "http_port": 1,
+        "transport_port": 2, "log_file": "x.log", "data": "data"}))
+
+
+def test_stopping_an_unknown_node_names_the_known_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSR_OS_HOME", str(tmp_path))
+    write_state(9555, "node-1", 999999)
+    write_state(9555, "node-2", 999998)
+    with pytest.raises(NodeError, match="no node node-7 on port 9555 \\(nodes: node-1, node-2\\)"):
+        node.stop(9555, ["node-7"])
+    result = CliRunner().invoke(main, ["node", "stop", "--port", "9555", "--node", "node-7"])
+    assert result.exit_code == 1 and "no node node-7" in result.output
+    # A named node whose process is gone: nothing to stop, no error.
+    assert node.stop(9555, ["node-2"]) == []
+
+
+def test_path_repo_defaults_to_the_cluster_folder_and_can_be_shared(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSR_OS_HOME", str(tmp_path / "home"))
+    dist = tmp_path / "dist"
+    (dist / "config").mkdir(parents=True)
+
+    def path_repo(spec: node.NodeSpec) -> str:
+        conf = node._write_config(spec, dist, 0, tmp_path / f"n{spec.port}")
+        lines = dict(line.split(": ", 1) for line in (conf / "opensearch.yml").read_text().splitlines())
+        return json.loads(lines["path.repo"])
+
+    assert path_repo(node.NodeSpec(port=9500)) == str(tmp_path / "home" / "clusters" / "9500" / "snapshots")
+    shared = tmp_path / "home" / "clusters" / "9500" / "snapshots"
+    assert path_repo(node.NodeSpec(port=9510, repo=shared)) == str(shared)
+
+
+@pytest.mark.parametrize("name", ["nightly-1", "lsr-20260101-120000", "a.b+c_d"])
+def test_snapshot_names_opensearch_accepts(name):
+    assert snapshot.check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "Upper", "-lead", "_lead", "has space", "a/b", "a,b", "a*"])
+def test_snapshot_names_opensearch_refuses_fail_before_any_request(name):
+    with pytest.raises(ConfigError, match="must be lowercase"):
+        snapshot.check_name(name)
+
+
+def test_default_snapshot_names_are_valid_and_sortable():
+    name = snapshot.default_snapshot_name()
+    assert snapshot.check_name(name) and name.startswith("lsr-2")
+
+
+def test_snapshot_commands_report_an_unreachable_cluster_in_one_line():
+    for args in (["create", "x"], ["list"], ["restore", "snap-1"], ["delete", "snap-1"]):
+        result = CliRunner().invoke(main, ["snapshot", *args, "--url", "http://127.0.0.1:1", "--timeout", "1"])
+        assert result.exit_code == 3 and "no OpenSearch answered at http://127.0.0.1:1" in result.output
