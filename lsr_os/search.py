@@ -73,19 +73,20 @@ def prepare_query(vector: SparseVector, max_terms: int, vocabulary=None) -> Spar
 
 
 def build_query(vector: SparseVector, size: int = 10, filters: Sequence[dict] = (),
-                with_vectors: bool = False) -> dict:
+                with_vectors: bool = False, with_source: bool = True) -> dict:
     """The search body for a prepared query vector (see `prepare_query`).
 
     `filters` are extra non-scoring clauses (e.g. `{"term": {"split": "test"}}`); each counts
     against the max clause count, so callers cap the terms at max - len(filters).
-    `with_vectors` returns the documents' sparse vectors too (for explain).
+    `with_vectors` returns the documents' sparse vectors too (for explain); `with_source=False`
+    returns ids and scores only, which is all a run needs and spares the node parsing `_source`.
     """
     should = [{"rank_feature": {"field": f"{SPARSE_FIELD}.{term_to_feature(t)}", "linear": {}, "boost": w}}
               for t, w in vector.items()]
     query: dict = {"bool": {"should": should}}
     if filters:  # with a filter, should clauses turn optional unless one must match
         query["bool"].update(filter=list(filters), minimum_should_match=1)
-    source = {"includes": DISPLAY_FIELDS + ([SPARSE_FIELD] if with_vectors else [])}
+    source = {"includes": DISPLAY_FIELDS + ([SPARSE_FIELD] if with_vectors else [])} if with_source else False
     return {"size": size, "query": query, "_source": source, "track_total_hits": False}
 
 
@@ -160,7 +161,7 @@ def search_run(client: OpenSearch, index: str, queries: Iterable[tuple[str, Spar
                progress: bool | None = None, desc: str = "search") -> tuple[Run, BatchTiming]:
     """Search many query vectors and collect a run {qid: {doc id: score}} plus timings."""
     cap = (max_terms or max_clause_count(client)) - len(filters)
-    bodies = ((qid, build_query(prepare_query(vec, cap), k, filters)) for qid, vec in queries)
+    bodies = ((qid, build_query(prepare_query(vec, cap), k, filters, with_source=False)) for qid, vec in queries)
     run: Run = {}
     took: list[int] = []
     t0 = time.perf_counter()

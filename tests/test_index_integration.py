@@ -1,0 +1,198 @@
+"""Integration tier for ingest against the real node: hygiene, parity, idempotence, resume, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lsr_os import index as ix
+from lsr_os.errors import ClusterError
+from lsr_os.evaluate import ExactScorer, parity
+from lsr_os.search import search_run
+from lsr_os.sparse import SparseRecord, write_jsonl
+
+pytestmark = pytest.mark.integration
+
+SPECIAL = [".", "...", "##s", "[UNK]", "café", "日本", "ñ", "%", "a.b", "##.", "[CLS]"]
+
+
+def synthetic_records(n: int, seed: int = 0, per_doc: int = 30) -> list[SparseRecord]:
+    """Docs over special, common and very rare terms (each rare term in one document)."""
+    rng = np.random.default_rng(seed)
+    common = SPECIAL + [f"w{i}" for i in range(300)]
+    out = []
+    for d in range(n):
+        picks = rng.choice(len(common), per_doc, replace=False)
+        vec = {common[j]: float(rng.uniform(0.01, 3.0)) for j in picks}
+        vec[f"rare{d}"] = float(rng.uniform(0.5, 2.0))
+        out.append(SparseRecord(f"doc-{d}", vec, {"split": "test"}))
+    return out
+
+
+def cli(*args):
+    from cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_special_and_rare_terms_rank_like_exact_dot_product(os_client, index_name):
+    docs = synthetic_records(600)
+    report = ix.ingest(os_client, iter(docs), index_name, "images", source="t", progress=False)
+    assert report.count == 600 and report.failed == 0
+    rng = np.random.default_rng(1)
+    vocab_terms = SPECIAL + [f"w{i}" for i in range(300)] + [f"rare{i}" for i in range(600)]
+    queries = []
+    for q in range(100):
+        picks = rng.choice(len(vocab_terms), int(rng.integers(10, 40)), replace=False)
+        queries.append((f"q{q}", {vocab_terms[j]: float(rng.uniform(0.1, 2.0)) for j in picks}))
+    queries.append(("specials", {t: 1.0 + i for i, t in enumerate(SPECIAL)}))
+    queries.append(("rare", {"rare17": 1.0}))
+    cluster, _ = search_run(os_client, index_name, queries, k=10, progress=False)
+    exact, _ = ExactScorer((d.id, d.vector) for d in docs).run(queries, 10)
+    # Tolerance: both sides score the 9-bit stored weights; only float32 summation order differs,
+    # which can swap near-ties at rank 10, hence >= 0.99 and not == 1.
+    figures = parity(cluster, exact)
+    assert figures["top10_overlap"] >= 0.99
+    assert list(cluster["rare"]) == ["doc-17"]
+    for doc_id, score in cluster["specials"].items():
+        assert score == pytest.approx(exact["specials"][doc_id], rel=1e-5)
+
+
+def test_reingest_is_idempotent_and_swaps_the_alias(os_client, index_name):
+    docs = synthetic_records(200)
+    first = ix.ingest(os_client, iter(docs), index_name, "images", source="t", progress=False)
+    second = ix.ingest(os_client, iter(docs), index_name, "images", source="t", progress=False)
+    assert first.count == second.count == 200
+    assert second.index != first.index and second.replaced == [first.index]
+    assert list(os_client.indices.get_alias(name=index_name)) == [second.index]
+    assert not os_client.indices.exists(index=first.index)
+    assert os_client.count(index=index_name)["count"] == 200
+    settings = os_client.indices.get_settings(index=second.index)[second.index]["settings"]["index"]
+    assert settings["refresh_interval"] == "1s" and settings["number_of_replicas"] == "0"
+
+
+class Stop(Exception):
+    pass
+
+
+def test_injected_stop_then_rerun_resumes_with_the_exact_count(os_client, index_name):
+    docs = synthetic_records(1500)
+
+    def stops_halfway():
+        for i, d in enumerate(docs):
+            if i == 800:
+                raise Stop
+            yield d
+
+    with pytest.raises(Stop):
+        ix.ingest(os_client, stops_halfway(), index_name, "images", source="file-a", chunk_size=100, progress=False)
+    assert not os_client.indices.exists_alias(name=index_name)  # nothing half-loaded is served
+    report = ix.ingest(os_client, iter(docs), index_name, "images", source="file-a", chunk_size=100, progress=False)
+    # the chunk being filled when the stop came was never sent: whole chunks only
+    assert report.resumed and 0 < report.docs_before <= 800 and report.docs_before % 100 == 0
+    assert report.count == 1500 and report.created == 1500 - report.docs_before
+    assert os_client.count(index=index_name)["count"] == 1500
+
+
+def test_killed_cli_ingest_rerun_ends_with_exact_count(os_client, index_name, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    write_jsonl(path, synthetic_records(20000, per_doc=40))
+    cmd = [sys.executable, "-m", "lsr_os", "ingest", "--sparse", str(path), "--collection", "images",
+           "--index", index_name, "--chunk-docs", "200", "--failures", str(tmp_path / "f.jsonl")]
+    env = {**os.environ, "OPENSEARCH_URL": "http://localhost:9200"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        loaded = 0
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            pending = list(os_client.indices.get(index=f"{index_name}-v*"))
+            if pending and n_docs(os_client, pending[0]) >= 2000:
+                loaded = n_docs(os_client, pending[0])
+                break
+        assert proc.poll() is None, "the ingest finished before it could be killed; give it more documents"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 0 < loaded < 20000
+    assert not os_client.indices.exists_alias(name=index_name)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "resumed" in res.stdout
+    assert os_client.count(index=index_name)["count"] == 20000
+
+
+def n_docs(client, index: str) -> int:
+    client.indices.refresh(index=index)
+    return int(client.count(index=index)["count"])
+
+
+def test_bad_lines_and_rejected_documents_are_listed_and_the_rest_indexed(os_client, index_name, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"id": "ok1", "vector": {"dog": 1.0}, "split": "test"}),
+             "{not json",
+             json.dumps({"id": "rejected", "vector": {"cat": 1.0}, "split": {"not": "a keyword"}}),
+             json.dumps({"id": "noweights", "vector": {"cat": "heavy"}}),
+             json.dumps({"id": "ok2", "vector": {"cat": 2.0, "bad": -1.0}})]
+    path.write_text("\n".join(lines) + "\n")
+    failures = tmp_path / "failures.jsonl"
+    res = cli("ingest", "--sparse", str(path), "--collection", "captions", "--index", index_name,
+              "--failures", str(failures))
+    assert res.exit_code == 0, res.output
+    assert "2 documents" in res.output and "3 failed" in res.output
+    listed = [json.loads(line) for line in failures.read_text().splitlines()]
+    by_where = {(f["id"] or f["where"]): f for f in listed}
+    assert by_where[f"{path}:2"]["status"] == "unreadable"
+    assert "not a number" in by_where[f"{path}:4"]["reason"]
+    assert by_where["rejected"]["status"] == 400 and "split" in by_where["rejected"]["reason"]
+    assert os_client.count(index=index_name)["count"] == 2
+
+
+def test_alias_name_taken_by_a_conflicting_index_is_refused_untouched(os_client, index_name):
+    os_client.indices.create(index=index_name, body={"mappings": {"properties": {"sparse": {"type": "float"}}}})
+    os_client.index(index=index_name, id="keep", body={"sparse": 1.0}, refresh=True)
+    with pytest.raises(ClusterError, match="conflicts with rank_features"):
+        ix.ingest(os_client, iter(synthetic_records(3)), index_name, "images", source="t", progress=False)
+    assert os_client.count(index=index_name)["count"] == 1  # nothing already indexed is lost
+
+
+def test_missing_index_and_unknown_credentials_paths(os_client, index_name):
+    res = cli("search", "--vector-json", '{"dog": 1}', "--index", index_name)
+    assert res.exit_code == 1 and f"no index or alias {index_name}" in res.output
+    res = cli("collections", "delete", index_name, "--yes")
+    assert res.exit_code == 1 and f"no lsr-os collection named {index_name}" in res.output
+
+
+def test_a_document_with_every_vocabulary_term_is_indexed_and_each_term_matches(os_client, index_name):
+    from lsr_os.search import search_run
+    from lsr_os.vocab import Vocabulary
+
+    terms = Vocabulary.default().terms
+    doc = SparseRecord("all", {t: 1.0 + (i % 97) / 97 for i, t in enumerate(terms)})
+    other = SparseRecord("none", {"zzz-not-a-term": 1.0})
+    report = ix.ingest(os_client, iter([doc, other]), index_name, "images", source="t", progress=False)
+    assert report.count == 2 and report.failed == 0
+    # Every term matches: 31 queries of <= 1000 terms (boost 1) score exactly the sum of their
+    # terms' stored weights (each >= 1), so one term that matched nothing would show as >= 1 less.
+    from lsr_os.sparse import quantize
+
+    stored = {t: float(quantize(w)) for t, w in doc.vector.items()}
+    chunks = [terms[i:i + 1000] for i in range(0, len(terms), 1000)]
+    run, _ = search_run(os_client, index_name, [(str(n), dict.fromkeys(c, 1.0)) for n, c in enumerate(chunks)],
+                        k=2, max_terms=1000, progress=False)
+    for n, chunk in enumerate(chunks):
+        assert list(run[str(n)]) == ["all"]
+        assert run[str(n)]["all"] == pytest.approx(sum(stored[t] for t in chunk), abs=0.5)
+    # and single-term queries, for the special terms and a sample of the rest
+    sample = [t for t in terms if not t.isalnum()][:300] + terms[::300]
+    run, _ = search_run(os_client, index_name, [(t, {t: 1.0}) for t in sample], k=2, progress=False)
+    assert all(run[t] == {"all": pytest.approx(stored[t], rel=1e-6)} for t in sample)
