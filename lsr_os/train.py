@@ -1,0 +1,517 @@
+"""The training algorithm of shared/METHOD.md ("probabilistic expansion control"), built for speed.
+
+Per batch of caption-image pairs: one Bernoulli(p) draw decides whether the captions keep only
+their own tokens (no expansion) or are fully expanded; images are always expanded. The loss is
+the cross-entropy of the sparse in-batch scores against the frozen dense model's in-batch
+distribution at temperature τ (both directions), plus L1 regularisers on captions (q_reg) and
+images (d_reg) whose weights grow quadratically over the warm-up steps. p falls linearly from 1
+at epoch 0 to 0 at 95% of the epochs (or stays fixed, for the ablations).
+
+Speed: every dense vector and every caption's token ids live on the device for the whole run;
+a batch is a slice of a random permutation; no host work or device sync happens per step (loss
+parts are summed on the device and read once per epoch); evaluation is batched matrix products
+on the device, caption chunk by caption chunk, keeping only the top 10 in both directions.
+
+Deliberate differences from the reference code (METHOD.md, "Known pitfalls"): the caption side
+always starts from the caption's dense vector; validation encodes captions fully expanded (p = 0,
+as the test does) rather than drawing a fresh mask per batch, so that checkpoint selection is
+not noisy; metrics stop at the top 10 because that is all that is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, Split, read_embeddings
+from lsr_os.errors import ConfigError, DataError
+from lsr_os.metrics import flops_from_counts, topk_metrics
+from lsr_os.models.head import SparseHead, load_head, own_token_mask
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+BEST_DIR = "best"
+STATE_FILE = "last_state.pt"
+REPORT_FILE = "test_report.json"
+TOP_K = 10
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of METHOD.md; the defaults are the authors' README settings."""
+
+    epochs: int = 200
+    batch_size: int = 512
+    q_reg: float = 1e-3
+    d_reg: float = 1e-3
+    temperature: float = 1e-3
+    p: float | None = None  # None: the paper's schedule; else a fixed p (ablations: 0 or 1)
+    p_end_fraction: float = 0.95  # the schedule reaches p = 0 at this fraction of the epochs
+    lr_head: float = 5e-5  # LayerNorm and vocabulary projection (pre-trained)
+    lr_proj: float = 1e-3  # the new dense -> hidden projection
+    warmup_ratio: float = 0.2  # of all steps: learning-rate warm-up and regulariser warm-up
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    seed: int = 0
+    device: str = "auto"
+    init: str = "auto"  # auto | minilm | a local masked-LM folder | a head checkpoint to continue from
+    eval_batch_size: int = 2048
+    max_text_length: int = 512
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError("epochs must be >= 1 and batch size >= 2 (in-batch negatives)")
+        if self.p is not None and not 0.0 <= self.p <= 1.0:
+            raise ConfigError(f"fixed p must lie in [0, 1], got {self.p}")
+        if not 0.0 < self.p_end_fraction <= 1.0:
+            raise ConfigError(f"p_end_fraction must lie in (0, 1], got {self.p_end_fraction}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warm-up ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0")
+        if self.q_reg < 0 or self.d_reg < 0:
+            raise ConfigError("regulariser weights must be >= 0")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision {self.precision!r} is not one of auto, fp32, bf16, fp16")
+
+
+# ---------------------------------------------------------------------------- schedules
+
+
+def expansion_p(epoch: int, epochs: int, fixed: float | None = None, end_fraction: float = 0.95) -> float:
+    """p for an epoch (0-based): 1 at epoch 0, falling linearly to 0 at `end_fraction` of the epochs."""
+    if fixed is not None:
+        return float(fixed)
+    return max(0.0, 1.0 - epoch / (end_fraction * epochs))
+
+
+def reg_weight(final: float, step: int, warmup_steps: int) -> float:
+    """Regulariser weight before step `step` (0-based): final · (step / T)², capped at final."""
+    if warmup_steps <= 0:
+        return final
+    return final * min(1.0, step / warmup_steps) ** 2
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to 1 over `warmup_steps`, then linear decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+# ---------------------------------------------------------------------------- loss
+
+
+def distillation_loss(sparse_img: Tensor, sparse_txt: Tensor, dense_img: Tensor, dense_txt: Tensor,
+                      temperature: float) -> Tensor:
+    """½ [CE(S, softmax(T/τ)) + CE(Sᵀ, softmax(Tᵀ/τ))], S sparse and T dense in-batch scores."""
+    scores = (sparse_img @ sparse_txt.t()).float()
+    with torch.no_grad():
+        teacher = dense_img.float() @ dense_txt.float().t() / temperature
+        p_i2t = torch.softmax(teacher, dim=1)
+        p_t2i = torch.softmax(teacher.t(), dim=1)
+    return (F.cross_entropy(scores, p_i2t) + F.cross_entropy(scores.t(), p_t2i)) / 2
+
+
+def l1(sparse: Tensor) -> Tensor:
+    """Mean over the batch of Σ|s|."""
+    return sparse.float().abs().sum(dim=1).mean()
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class TextTokens:
+    """Caption token ids (padded) and attention masks, kept on the device."""
+
+    ids: Tensor  # (N, L) int32
+    mask: Tensor  # (N, L) uint8
+
+    @classmethod
+    def build(cls, tokenizer, texts: list[str], max_length: int, device, chunk: int = 65536) -> "TextTokens":
+        ids, masks, width = [], [], 1
+        for start in range(0, len(texts), chunk):
+            enc = tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length, padding=False)
+            ids.extend(enc["input_ids"])
+            width = max(width, max((len(x) for x in enc["input_ids"]), default=1))
+        arr = np.zeros((len(ids), width), dtype=np.int32)
+        msk = np.zeros((len(ids), width), dtype=np.uint8)
+        for r, row in enumerate(ids):
+            arr[r, :len(row)] = row
+            msk[r, :len(row)] = 1
+        return cls(torch.from_numpy(arr).to(device), torch.from_numpy(msk).to(device))
+
+
+@dataclass
+class SplitTensors:
+    """One split on the device: image vectors, caption vectors, caption -> image row."""
+
+    split: Split
+    img: Tensor
+    txt: Tensor
+    caption_image: Tensor  # (N_captions,) long, row into img
+    tokens: TextTokens | None = None
+
+
+def resolve_data_dir(data: str | Path) -> Path:
+    """A local folder, or a Hugging Face dataset id fetched (when the hub is reachable) into the cache."""
+    path = Path(data)
+    if path.exists():
+        if not path.is_dir():
+            raise DataError(f"{path} is not a folder with {IMG_FILE}, {TEXT_FILE} and {META_FILE}")
+        return path
+    if str(data).count("/") == 1 and not str(data).startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(str(data), repo_type="dataset",
+                                          allow_patterns=[IMG_FILE, TEXT_FILE, META_FILE]))
+        except Exception as exc:  # the hub client raises many types when offline
+            raise DataError(f"{data} is not a local folder and could not be fetched from the Hugging Face hub: {exc}") from exc
+    raise DataError(f"{path} does not exist")
+
+
+class TrainingData:
+    """The dataset folder, read and checked once: the dense vectors and the three splits."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = resolve_data_dir(folder)
+        self.meta = DatasetMeta.load(self.folder / META_FILE)
+        self.images = read_embeddings(self.folder / IMG_FILE)
+        self.texts = read_embeddings(self.folder / TEXT_FILE)
+        if self.images.dim != self.texts.dim:
+            raise DataError(f"{self.images.path} has {self.images.dim}-d vectors but {self.texts.path} has "
+                            f"{self.texts.dim}-d (first ids {self.images.ids[0]!r}, {self.texts.ids[0]!r})")
+
+    @property
+    def dim(self) -> int:
+        return self.images.dim
+
+    def split(self, name: str, device, tokenizer=None, max_length: int = 512) -> SplitTensors:
+        """A split's tensors on `device`; images without captions are counted and logged."""
+        split = self.meta.split(name)
+        if not split.caption_ids:
+            raise DataError(f"{self.meta.path}: split {name!r} has images but no captions")
+        with_captions = set(split.caption_image)
+        lonely = [i for i in split.image_ids if i not in with_captions]
+        if lonely:
+            log.warning("split %s: %d images have no captions (first: %s); they are only negatives",
+                        name, len(lonely), lonely[0])
+        img = torch.from_numpy(self.images.take(split.image_ids)).to(device)
+        txt = torch.from_numpy(self.texts.take(split.caption_ids)).to(device)
+        row = {i: r for r, i in enumerate(split.image_ids)}
+        cap_img = torch.tensor([row[i] for i in split.caption_image], dtype=torch.long, device=device)
+        tokens = TextTokens.build(tokenizer, split.captions, max_length, device) if tokenizer is not None else None
+        return SplitTensors(split, img, txt, cap_img, tokens)
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def rank_and_score(encode_img: Callable[[Tensor], Tensor], encode_txt: Callable[[Tensor, Tensor], Tensor],
+                   data: SplitTensors, chunk: int = 2048, sparse: bool = True) -> dict:
+    """Text->image and image->text metrics with the top 10 only, chunk by chunk on the device.
+
+    `encode_txt(vectors, rows)` gets the caption rows too, for the own-token mask. Returns
+    {"t2i": {...}, "i2t": {...}} plus FLOPs and mean non-zeros when `sparse`.
+    """
+    n_img, n_txt = data.img.shape[0], data.txt.shape[0]
+    docs = torch.cat([encode_img(data.img[s:s + chunk]) for s in range(0, n_img, chunk)])
+    k_t2i = min(TOP_K, n_img)
+    best_val = torch.full((n_img, TOP_K), -math.inf, device=docs.device)
+    best_idx = torch.zeros((n_img, TOP_K), dtype=torch.long, device=docs.device)
+    t2i_hits = []
+    q_counts = torch.zeros(docs.shape[1], device=docs.device)
+    q_nnz = torch.zeros((), device=docs.device)
+    for s in range(0, n_txt, chunk):
+        rows = torch.arange(s, min(s + chunk, n_txt), device=docs.device)
+        q = encode_txt(data.txt[rows], rows)
+        if sparse:
+            used = q > 0
+            q_counts += used.sum(dim=0)
+            q_nnz += used.sum()
+        scores = (q @ docs.t()).float()  # (chunk, n_img)
+        top = scores.topk(k_t2i, dim=1).indices
+        t2i_hits.append(top == data.caption_image[rows, None])
+        k = min(TOP_K, len(rows))
+        cv, ci = scores.t().topk(k, dim=1)
+        merged_v = torch.cat([best_val, cv], dim=1)
+        merged_i = torch.cat([best_idx, ci + s], dim=1)
+        order = merged_v.topk(TOP_K, dim=1).indices
+        best_val, best_idx = merged_v.gather(1, order), merged_i.gather(1, order)
+    hits_t2i = torch.cat(t2i_hits)
+    hits_i2t = (data.caption_image[best_idx] == torch.arange(n_img, device=docs.device)[:, None]) & (best_val > -math.inf)
+    out: dict = {"t2i": topk_metrics(_pad_hits(hits_t2i).cpu()), "i2t": topk_metrics(_pad_hits(hits_i2t).cpu())}
+    if sparse:
+        used_d = docs > 0
+        out["flops"] = flops_from_counts(q_counts.double().cpu().numpy(), n_txt,
+                                         used_d.sum(dim=0).double().cpu().numpy(), n_img)
+        out["nnz_query"] = float(q_nnz) / n_txt
+        out["nnz_doc"] = float(used_d.sum()) / n_img
+    return out
+
+
+def _pad_hits(hits: Tensor) -> Tensor:
+    if hits.shape[1] >= TOP_K:
+        return hits
+    return torch.cat([hits, torch.zeros(hits.shape[0], TOP_K - hits.shape[1], dtype=torch.bool, device=hits.device)], 1)
+
+
+def keep_top_k(sparse: Tensor, k: int | None) -> Tensor:
+    """Zero all but the k heaviest weights of each row (what a served, pruned vector keeps)."""
+    if k is None or k >= sparse.shape[1]:
+        return sparse
+    top = sparse.topk(k, dim=1)
+    return torch.zeros_like(sparse).scatter_(1, top.indices, top.values)
+
+
+def evaluate_head(head: SparseHead, data: SplitTensors, expand_queries: bool = True,
+                  dtype: torch.dtype | None = None, chunk: int = 2048, top_k: int | None = None) -> dict:
+    """Sparse retrieval metrics of `head` on a split (captions masked when not `expand_queries`).
+
+    `top_k` prunes every vector to its k heaviest terms first, as a served index would.
+    """
+    device = data.img.device
+    was_training = head.training
+    head.eval()
+
+    def enc_img(x: Tensor) -> Tensor:
+        with _autocast(device, dtype):
+            return keep_top_k(head(x), top_k)
+
+    def enc_txt(x: Tensor, rows: Tensor) -> Tensor:
+        with _autocast(device, dtype):
+            if expand_queries:
+                return keep_top_k(head(x), top_k)
+            if data.tokens is None:
+                raise ConfigError("evaluation without query expansion needs the captions' tokens")
+            return keep_top_k(head(x, data.tokens.ids[rows], data.tokens.mask[rows]), top_k)
+
+    try:
+        return rank_and_score(enc_img, enc_txt, data, chunk)
+    finally:
+        head.train(was_training)
+
+
+def evaluate_dense(data: SplitTensors, chunk: int = 2048) -> dict:
+    """The frozen dense model's metrics on a split (the teacher's ceiling)."""
+    return rank_and_score(lambda x: x, lambda x, rows: x, data, chunk, sparse=False)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but no CUDA device is available")
+    return device
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype (None = fp32). auto: bf16 on GPUs that have it, else fp16; fp32 on CPU.
+
+    On a CPU without native bf16 (AVX-512 BF16/AMX) bf16 matmuls measured 4x slower than fp32.
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 mixed precision needs a CUDA device (use bf16 or fp32 on CPU)")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best_epoch: int
+    best_val_r1: float
+    test: dict
+    epochs_run: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains a SparseHead on a dataset folder; see the module docstring for the algorithm."""
+
+    def __init__(self, config: TrainConfig, data: TrainingData, out: str | Path):
+        config.check()
+        self.cfg = config
+        self.data = data
+        self.out = Path(out)
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.precision, self.device)
+        torch.manual_seed(config.seed)
+        self.head = SparseHead.initialise(config.init, data.dim, config.seed)
+        if self.head.dense_size != data.dim:
+            raise ConfigError(f"head expects {self.head.dense_size}-d vectors, {data.folder} has {data.dim}-d")
+        self.head.max_text_length = config.max_text_length
+        self.head.to(self.device).train()
+        tok = self.head.tokenizer
+        self.train_data = data.split("train", self.device, tok, config.max_text_length)
+        self.val_data = data.split("val", self.device, tok, config.max_text_length)
+        self.n_pairs = self.train_data.txt.shape[0]
+        self.steps_per_epoch = math.ceil(self.n_pairs / config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = int(self.total_steps * config.warmup_ratio)
+        groups = [
+            {"params": list(self.head.vocab_layer_norm.parameters()) + list(self.head.vocab_projector.parameters()),
+             "lr": config.lr_head, "name": "head"},
+            {"params": list(self.head.proj.parameters()), "lr": config.lr_proj, "name": "proj"},
+        ]
+        self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                                           foreach=True)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.warmup_steps, self.total_steps))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.rng = np.random.default_rng(config.seed)
+        self.perm_gen = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.start_epoch = 0
+        self.best_r1 = -1.0
+        self.best_epoch = -1
+
+    # -- one epoch -------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, d, head = self.cfg, self.train_data, self.head
+        p = expansion_p(epoch, cfg.epochs, cfg.p, cfg.p_end_fraction)
+        masked = self.rng.random(self.steps_per_epoch) < p  # one Bernoulli draw per batch, drawn up front
+        perm = torch.randperm(self.n_pairs, generator=self.perm_gen).to(self.device)
+        sums = torch.zeros(6, device=self.device)  # loss, distill, reg, nnz_q, nnz_d, batches
+        t0 = time.perf_counter()
+        for b in range(self.steps_per_epoch):
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            txt_dense = d.txt[idx]
+            img_dense = d.img[d.caption_image[idx]]
+            wq = reg_weight(cfg.q_reg, self.step, self.warmup_steps)
+            wd = reg_weight(cfg.d_reg, self.step, self.warmup_steps)
+            with _autocast(self.device, self.dtype):
+                both = head(torch.cat([img_dense, txt_dense]))
+                s_img, s_txt = both[:len(idx)], both[len(idx):]
+                if masked[b]:
+                    s_txt = s_txt * own_token_mask(d.tokens.ids[idx], d.tokens.mask[idx], s_txt.shape[1], s_txt.dtype)
+                distill = distillation_loss(s_img, s_txt, img_dense, txt_dense, cfg.temperature)
+                reg = (wq * l1(s_txt) + wd * l1(s_img)) / 2
+                loss = distill + reg
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            with torch.no_grad():
+                sums += torch.stack([loss.detach(), distill.detach(), reg.detach(),
+                                     (s_txt > 0).sum(dim=1).float().mean(), (s_img > 0).sum(dim=1).float().mean(),
+                                     torch.ones((), device=self.device)])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        loss_m, distill_m, reg_m, nq, nd, n = sums.tolist()
+        return {"epoch": epoch, "p": p, "masked_batches": int(masked.sum()), "batches": int(n),
+                "loss": loss_m / n, "loss_distill": distill_m / n, "loss_reg": reg_m / n,
+                "q_reg_weight": reg_weight(cfg.q_reg, self.step, self.warmup_steps),
+                "d_reg_weight": reg_weight(cfg.d_reg, self.step, self.warmup_steps),
+                "lr_head": self.optimizer.param_groups[0]["lr"], "lr_proj": self.optimizer.param_groups[1]["lr"],
+                "temperature": cfg.temperature, "train_nnz_query": nq / n, "train_nnz_doc": nd / n,
+                "train_seconds": seconds, "pairs_per_s": self.n_pairs / seconds if seconds else None}
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def _save_state(self, epoch: int) -> None:
+        state = {"epoch": epoch, "step": self.step, "best_r1": self.best_r1, "best_epoch": self.best_epoch,
+                 "head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "rng": self.rng.bit_generator.state, "perm_gen": self.perm_gen.get_state(),
+                 "config": asdict(self.cfg)}
+        tmp = self.out / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.out / STATE_FILE)
+
+    def _resume(self) -> bool:
+        path = self.out / STATE_FILE
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["config"] != asdict(self.cfg):
+            raise ConfigError(f"{path} was written with other settings; use another --out or drop --resume")
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.rng.bit_generator.state = state["rng"]
+        self.perm_gen.set_state(state["perm_gen"])
+        self.step, self.best_r1, self.best_epoch = state["step"], state["best_r1"], state["best_epoch"]
+        self.start_epoch = state["epoch"] + 1
+        log.info("resuming %s after epoch %d (best val R@1 %.4f at epoch %d)", self.out, state["epoch"],
+                 self.best_r1, self.best_epoch)
+        return True
+
+    def run(self, resume: bool = False, progress: bool = True) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = resume and self._resume()
+        log_path = self.out / METRICS_FILE
+        history: list[dict] = []
+        t_start = time.perf_counter()
+        with log_path.open("a" if resumed else "w", encoding="utf-8") as log_file:
+            bar = tqdm(range(self.start_epoch, self.cfg.epochs), desc="epochs", unit="epoch", disable=not progress,
+                       initial=self.start_epoch, total=self.cfg.epochs)
+            for epoch in bar:
+                row = self.train_epoch(epoch)
+                val = evaluate_head(self.head, self.val_data, True, self.dtype, self.cfg.eval_batch_size)
+                row["val"] = val
+                if val["t2i"]["R@1"] > self.best_r1:
+                    self.best_r1, self.best_epoch = val["t2i"]["R@1"], epoch
+                    self.head.save_pretrained(self.out / BEST_DIR)
+                row["best_epoch"] = self.best_epoch
+                log_file.write(json.dumps(row) + "\n")
+                log_file.flush()
+                history.append(row)
+                self._save_state(epoch)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", p=f"{row['p']:.2f}", val_r1=f"{val['t2i']['R@1']:.3f}",
+                                pairs_s=f"{row['pairs_per_s']:.0f}")
+        test = self.test_report()
+        (self.out / REPORT_FILE).write_text(json.dumps(test, indent=2), encoding="utf-8")
+        return TrainResult(self.out, self.best_epoch, self.best_r1, test, len(history),
+                           time.perf_counter() - t_start, history)
+
+    def test_report(self) -> dict:
+        """The best checkpoint on the test split: full expansion (p = 0), no query expansion, dense."""
+        best = load_head(self.out / BEST_DIR).to(self.device)
+        test = self.data.split("test", self.device, best.tokenizer, best.max_text_length)
+        return {"best_epoch": self.best_epoch, "best_val_t2i_R@1": self.best_r1,
+                "n_images": test.img.shape[0], "n_captions": test.txt.shape[0],
+                "sparse": evaluate_head(best, test, True, self.dtype, self.cfg.eval_batch_size),
+                "sparse_no_query_expansion": evaluate_head(best, test, False, self.dtype, self.cfg.eval_batch_size),
+                "dense": evaluate_dense(test, self.cfg.eval_batch_size)}
+
+
+def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train a head on the dataset folder `data`, writing checkpoints, log and report into `out`."""
+    return Trainer(config or TrainConfig(), TrainingData(data), out).run(resume=resume, progress=progress)
