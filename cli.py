@@ -632,5 +632,95 @@ def snapshot_delete(cluster: ClusterConfig, repository: str, snapshot: str) -> N
     click.echo(f"deleted {repository}/{snapshot}")
 
 
+# --------------------------------------------------------------------------- training the sparse head
+
+
+@main.command("train")
+@click.option("--data", required=True, help="Dataset folder (img_embs.parquet, text_embs.parquet, dataset_meta.json) "
+              "or a Hugging Face dataset id when the hub is reachable.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: best/ checkpoint, metrics.jsonl, test_report.json.")
+@click.option("--epochs", type=int, default=200, show_default=True)
+@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--q-reg", type=float, default=1e-3, show_default=True, help="L1 weight on captions (queries).")
+@click.option("--d-reg", type=float, default=1e-3, show_default=True, help="L1 weight on images (documents).")
+@click.option("--temperature", type=float, default=1e-3, show_default=True, help="Teacher temperature τ (fixed).")
+@click.option("--p", "fixed_p", type=click.FloatRange(0, 1), default=None,
+              help="Fixed probability of no caption expansion (ablations: 0 or 1) [default: the paper's schedule].")
+@click.option("--p-end", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="Fraction of the epochs at which the schedule reaches p = 0.")
+@click.option("--lr-head", type=float, default=5e-5, show_default=True, help="LR of LayerNorm and vocabulary projection.")
+@click.option("--lr-proj", type=float, default=1e-3, show_default=True, help="LR of the dense -> hidden projection.")
+@click.option("--warmup-ratio", type=float, default=0.2, show_default=True,
+              help="Share of steps for LR warm-up and regulariser warm-up.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 (else fp16) on GPU, fp32 on CPU.")
+@click.option("--init", default="auto", show_default=True,
+              help="auto | minilm | a local masked-LM folder | a head checkpoint folder.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--eval-batch-size", type=int, default=2048, show_default=True)
+@click.option("--max-text-length", type=int, default=512, show_default=True, help="Caption truncation (tokens).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last_state.pt when it exists.")
+def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p, p_end, lr_head, lr_proj,
+              warmup_ratio, precision, init, seed, device, eval_batch_size, max_text_length, resume) -> None:
+    """Train the sparse head with probabilistic expansion control (METHOD.md)."""
+    from lsr_os.train import TrainConfig, train
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, q_reg=q_reg, d_reg=d_reg, temperature=temperature,
+                      p=fixed_p, p_end_fraction=p_end, lr_head=lr_head, lr_proj=lr_proj, warmup_ratio=warmup_ratio,
+                      precision=precision, seed=seed, device=device, init=init, eval_batch_size=eval_batch_size,
+                      max_text_length=max_text_length)
+    result = train(data, out, cfg, resume=resume)
+    test = result.test
+    click.echo(f"best epoch {result.best_epoch} (val t2i R@1 {100 * result.best_val_r1:.2f}); "
+               f"checkpoint {result.out / 'best'}; {result.epochs_run} epochs in {result.seconds:.0f}s")
+    for name in ("sparse", "sparse_no_query_expansion", "dense"):
+        row = test[name]
+        cells = "  ".join(f"{d} " + " ".join(f"{k} {100 * v:.2f}" for k, v in row[d].items()) for d in ("t2i", "i2t"))
+        extra = f"  FLOPs {row['flops']:.1f}  nnz q {row['nnz_query']:.1f} d {row['nnz_doc']:.1f}" if "flops" in row else ""
+        click.echo(f"test {name}: {cells}{extra}")
+
+
+@main.command("sparsify")
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Head checkpoint folder (own or the authors' d2s format).")
+@click.option("--dense", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Dataset folder (authors' layout) or one parquet file of dense vectors.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Sparse JSONL to write.")
+@click.option("--kind", type=click.Choice(["images", "captions"]), default="images", show_default=True)
+@click.option("--no-expansion", is_flag=True, help="Captions keep only their own tokens (text from dataset_meta.json).")
+@click.option("--split", default=None, help="Only this split of dataset_meta.json (train includes restval).")
+@click.option("--top-k", type=int, default=None, help="Keep the k heaviest terms of each vector.")
+@click.option("--batch-size", type=int, default=1024, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--resume", is_flag=True, help="Append, skipping ids already in OUT.")
+def sparsify_cmd(model_path, dense, out, kind, no_expansion, split, top_k, batch_size, device, resume) -> None:
+    """Turn dense vectors into sparse JSONL with a trained head."""
+    from lsr_os.models.head import load_head
+    from lsr_os.sparsify import sparsify
+
+    report = sparsify(load_head(model_path), dense, out, kind=kind, expand=not no_expansion, top_k=top_k,
+                      batch_size=batch_size, split=split, resume=resume, device=device)
+    click.echo(f"wrote {report.written} {kind} to {report.out}"
+               + (f"; {report.skipped_existing} already there" if report.skipped_existing else "")
+               + (f"; {report.empty} with no terms" if report.empty else ""))
+
+
+@main.command("synth")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--images", "n_images", type=int, default=400, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dim", type=int, default=256, show_default=True)
+@click.option("--noise", type=float, default=0.3, show_default=True, help="Norm of the noise added to image vectors.")
+@click.option("--encoder", type=click.Choice(["minilm", "bag-of-words"]), default="minilm", show_default=True)
+def synth_cmd(out, n_images, seed, dim, noise, encoder) -> None:
+    """Write the synthetic world with known truth (authors' layout + ground_truth.json)."""
+    from lsr_os.synthetic import write_synthetic
+
+    truth = write_synthetic(out, n_images=n_images, seed=seed, dim=dim, noise=noise, encoder=encoder)
+    click.echo(f"wrote {len(truth.image_concepts)} images over {len(truth.synonyms)} concepts to {out}")
+
+
 if __name__ == "__main__":
     main()
