@@ -367,13 +367,16 @@ def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None
 @click.option("-k", "--depth", "k", type=click.IntRange(10), default=10, show_default=True, help="Hits per query.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Queries per _msearch.")
 @click.option("--max-terms", type=click.IntRange(1), default=None, help="Query term cap [default: max clause count].")
+@click.option("--prune-top-k", type=click.IntRange(1), default=None,
+              help="The document pruning the ingest used (--prune-top-k there), applied in memory too.")
+@click.option("--threshold", type=float, default=0.0, show_default=True, help="The ingest's --threshold, likewise.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("eval"),
               show_default=True, help="Folder for TREC runs and report.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 def evaluate_cmd(cluster: ClusterConfig, images_file: Path | None, captions_file: Path | None, meta: Path | None,
                  dense_dir: Path | None, head_path: Path | None, split: str, prefix: str, images_index: str | None,
-                 captions_index: str | None, k: int, batch_size: int, max_terms: int | None, out_dir: Path,
-                 as_json: bool) -> None:
+                 captions_index: str | None, k: int, batch_size: int, max_terms: int | None,
+                 prune_top_k: int | None, threshold: float, out_dir: Path, as_json: bool) -> None:
     """Both directions of a split through the cluster, with exact in-memory scoring beside it."""
     from lsr_os import evaluate as ev
     from lsr_os.config import connect
@@ -385,6 +388,7 @@ def evaluate_cmd(cluster: ClusterConfig, images_file: Path | None, captions_file
         data = ev.load_split(images_file, captions_file, meta, split)
     else:
         raise ConfigError("give --images and --captions (sparse JSONL), or --dense DIR with --head")
+    data = data.pruned(prune_top_k, threshold)
     client = connect(cluster)
     report = ev.evaluate(client, images_index or f"{prefix}-images", captions_index or f"{prefix}-captions", data,
                          split, k, batch_size, max_terms, out_dir, dense_dir)

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from lsr_os.errors import DataError
-from lsr_os.sparse import SparseVector, quantize, read_jsonl
+from lsr_os.sparse import SparseVector, clean, prune, quantize, read_jsonl
 from lsr_os.search import Run, max_clause_count, prepare_query, search_run, write_trec
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,14 @@ class SplitData:
     captions: dict[str, SparseVector]
     qrels_t2i: dict[str, dict[str, int]]
     qrels_i2t: dict[str, dict[str, int]]
+
+    def pruned(self, top_k: int | None = None, threshold: float = 0.0) -> "SplitData":
+        """The same hygiene and pruning `lsr-os ingest` applies, so memory scores what the index holds."""
+        if top_k is None and threshold <= 0:
+            return self
+        images = {i: prune(clean(v), top_k, threshold) for i, v in self.images.items()}
+        captions = {c: prune(clean(v), top_k, threshold) for c, v in self.captions.items()}
+        return SplitData(images, captions, self.qrels_t2i, self.qrels_i2t)
 
 
 def load_split(images_path: str | Path, captions_path: str | Path, meta_path: str | Path | None = None,

@@ -1,0 +1,83 @@
+"""Integration tier: `lsr-os evaluate` through the real node agrees with exact in-memory scoring."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lsr_os.sparse import SparseRecord, write_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args):
+    from cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _assert_agreement(report: dict) -> None:
+    for direction in ("t2i", "i2t"):
+        sec = report[direction]
+        assert sec["parity"]["top10_overlap"] >= 0.99
+        for key, value in sec["exact"]["metrics"].items():
+            # equal up to a near-tie swapped at rank 10 in at most 1% of the queries
+            assert sec["cluster"]["metrics"][key] == pytest.approx(value, abs=0.01), (direction, key)
+        assert sec["cluster"]["latency_took"]["n"] == sec["queries"] - sec["queries_without_terms"]
+
+
+def test_evaluate_sparse_files_both_directions(os_client, index_name, tmp_path):
+    rng = np.random.default_rng(5)
+    terms = [f"t{i}" for i in range(150)] + [".", "##s", "[UNK]"]
+    images, captions = [], []
+    for i in range(120):
+        split = "test" if i < 60 else "train"  # the index holds both splits: evaluate filters
+        topic = rng.choice(len(terms), 12, replace=False)
+        images.append(SparseRecord(f"i{i}", {terms[j]: float(rng.uniform(0.2, 2)) for j in topic}, {"split": split}))
+        for c in range(5):
+            own = rng.choice(topic, 4, replace=False)
+            noise = rng.choice(len(terms), 3, replace=False)
+            vec = {terms[j]: float(rng.uniform(0.2, 2)) for j in list(own) + list(noise)}
+            captions.append(SparseRecord(f"c{i}-{c}", vec, {"split": split, "image_id": f"i{i}",
+                                                             "caption": f"caption {c} of {i}"}))
+    write_jsonl(tmp_path / "images.jsonl", images)
+    write_jsonl(tmp_path / "captions.jsonl", captions)
+    for coll in ("images", "captions"):
+        res = cli("ingest", "--sparse", tmp_path / f"{coll}.jsonl", "--collection", coll, "--prefix", index_name,
+                  "--failures", tmp_path / f"f-{coll}.jsonl")
+        assert res.exit_code == 0, res.output
+    res = cli("evaluate", "--images", tmp_path / "images.jsonl", "--captions", tmp_path / "captions.jsonl",
+              "--prefix", index_name, "--out", tmp_path / "eval", "--batch-size", "16")
+    assert res.exit_code == 0, res.output
+    assert "text -> image: 300 queries, 60 documents" in res.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    _assert_agreement(report)
+    assert report["t2i"]["cluster"]["metrics"]["R@10"] > 0.5  # the captions do describe their images
+    lines = (tmp_path / "eval" / "t2i.cluster.trec").read_text().splitlines()
+    assert lines[0].split()[1] == "Q0" and len({ln.split()[0] for ln in lines}) == 300
+    # a mismatch between files and index is a clear error, not a silently wrong figure
+    res = cli("evaluate", "--images", tmp_path / "images.jsonl", "--captions", tmp_path / "captions.jsonl",
+              "--prefix", index_name, "--split", "train", "--out", tmp_path / "e2", "--images-index",
+              f"{index_name}-captions")
+    assert res.exit_code != 0 and "holds" in res.output
+
+
+def test_evaluate_synthetic_world_through_the_cluster_agrees_with_memory(os_client, index_name, tmp_path):
+    from lsr_os.models.head import SparseHead
+    from lsr_os.synthetic import write_synthetic
+
+    world = tmp_path / "world"
+    write_synthetic(world, n_images=64, seed=3)
+    head_dir = tmp_path / "head"
+    SparseHead.init_offline(seed=0).save_pretrained(head_dir)
+    res = cli("ingest", "--dense", world, "--head", head_dir, "--prefix", index_name, "--prune-top-k", "256",
+              "--failures", tmp_path / "f.jsonl")
+    assert res.exit_code == 0, res.output
+    res = cli("evaluate", "--dense", world, "--head", head_dir, "--prefix", index_name, "--max-terms", "256",
+              "--prune-top-k", "256", "--out", tmp_path / "eval")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert "dense" in report["t2i"] and (tmp_path / "eval" / "i2t.dense.trec").exists()
+    assert report["t2i"]["documents"] == 8 and report["t2i"]["queries"] == 40
+    _assert_agreement(report)
