@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, Split, read_embeddings
+from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, Embeddings, Split, read_embeddings
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.metrics import flops_from_counts, topk_metrics
 from lsr_os.models.head import SparseHead, load_head, own_token_mask
@@ -183,16 +183,21 @@ def resolve_data_dir(data: str | Path) -> Path:
 
 
 class TrainingData:
-    """The dataset folder, read and checked once: the dense vectors and the three splits."""
+    """A dataset, read and checked once: the dense vectors and the metadata of the three splits."""
 
-    def __init__(self, folder: str | Path):
-        self.folder = resolve_data_dir(folder)
-        self.meta = DatasetMeta.load(self.folder / META_FILE)
-        self.images = read_embeddings(self.folder / IMG_FILE)
-        self.texts = read_embeddings(self.folder / TEXT_FILE)
+    def __init__(self, meta: DatasetMeta, images: Embeddings, texts: Embeddings, folder: Path | None = None):
+        self.folder = folder or Path(".")
+        self.meta, self.images, self.texts = meta, images, texts
         if self.images.dim != self.texts.dim:
             raise DataError(f"{self.images.path} has {self.images.dim}-d vectors but {self.texts.path} has "
                             f"{self.texts.dim}-d (first ids {self.images.ids[0]!r}, {self.texts.ids[0]!r})")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TrainingData":
+        """Read a folder in the authors' layout (or fetch a Hugging Face dataset id)."""
+        path = resolve_data_dir(folder)
+        return cls(DatasetMeta.load(path / META_FILE), read_embeddings(path / IMG_FILE),
+                   read_embeddings(path / TEXT_FILE), path)
 
     @property
     def dim(self) -> int:
@@ -396,14 +401,16 @@ class Trainer:
 
     # -- one epoch -------------------------------------------------------------------------
 
-    def train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> dict:
+        """One pass over the training pairs (or its first `max_steps` batches, for benchmarks)."""
         cfg, d, head = self.cfg, self.train_data, self.head
+        n_steps = self.steps_per_epoch if max_steps is None else min(max_steps, self.steps_per_epoch)
         p = expansion_p(epoch, cfg.epochs, cfg.p, cfg.p_end_fraction)
         masked = self.rng.random(self.steps_per_epoch) < p  # one Bernoulli draw per batch, drawn up front
         perm = torch.randperm(self.n_pairs, generator=self.perm_gen).to(self.device)
         sums = torch.zeros(6, device=self.device)  # loss, distill, reg, nnz_q, nnz_d, batches
         t0 = time.perf_counter()
-        for b in range(self.steps_per_epoch):
+        for b in range(n_steps):
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             txt_dense = d.txt[idx]
             img_dense = d.img[d.caption_image[idx]]
@@ -437,7 +444,8 @@ class Trainer:
                 "d_reg_weight": reg_weight(cfg.d_reg, self.step, self.warmup_steps),
                 "lr_head": self.optimizer.param_groups[0]["lr"], "lr_proj": self.optimizer.param_groups[1]["lr"],
                 "temperature": cfg.temperature, "train_nnz_query": nq / n, "train_nnz_doc": nd / n,
-                "train_seconds": seconds, "pairs_per_s": self.n_pairs / seconds if seconds else None}
+                "train_seconds": seconds,
+                "pairs_per_s": min(self.n_pairs, n_steps * cfg.batch_size) / seconds if seconds else None}
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -514,4 +522,4 @@ class Trainer:
 def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
           progress: bool = True) -> TrainResult:
     """Train a head on the dataset folder `data`, writing checkpoints, log and report into `out`."""
-    return Trainer(config or TrainConfig(), TrainingData(data), out).run(resume=resume, progress=progress)
+    return Trainer(config or TrainConfig(), TrainingData.load(data), out).run(resume=resume, progress=progress)

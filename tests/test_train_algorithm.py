@@ -1,0 +1,131 @@
+"""The training algorithm's pieces against METHOD.md's formulas, and bad input to the trainer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lsr_os.dense_files import DatasetMeta, write_embeddings
+from lsr_os.errors import ConfigError, DataError
+from lsr_os.train import (TrainConfig, Trainer, TrainingData, distillation_loss, expansion_p, keep_top_k, l1,
+                          lr_factor, reg_weight)
+
+
+def test_expansion_schedule_at_epoch_boundaries():
+    epochs = 20  # p reaches 0 at 0.95 * 20 = 19
+    assert expansion_p(0, epochs) == 1.0
+    assert expansion_p(1, epochs) == pytest.approx(1 - 1 / 19)
+    assert expansion_p(10, epochs) == pytest.approx(1 - 10 / 19)
+    assert expansion_p(18, epochs) == pytest.approx(1 / 19)
+    assert expansion_p(19, epochs) == 0.0 and expansion_p(epochs - 1, epochs) == 0.0
+    ps = [expansion_p(e, 200) for e in range(200)]
+    assert all(a > b for a, b in zip(ps[:190], ps[1:191])) and ps[190:] == [0.0] * 10
+    assert expansion_p(7, 20, fixed=0.0) == 0.0 and expansion_p(0, 20, fixed=1.0) == 1.0
+
+
+def test_regulariser_warmup_is_quadratic():
+    assert reg_weight(0.02, 0, 100) == 0.0
+    assert reg_weight(0.02, 50, 100) == pytest.approx(0.02 / 4)
+    assert reg_weight(0.02, 100, 100) == pytest.approx(0.02)
+    assert reg_weight(0.02, 5000, 100) == pytest.approx(0.02)
+    assert reg_weight(0.02, 3, 0) == 0.02
+
+
+def test_learning_rate_warmup_then_linear_decay():
+    assert lr_factor(0, 20, 100) == 0.0
+    assert lr_factor(10, 20, 100) == pytest.approx(0.5)
+    assert lr_factor(20, 20, 100) == pytest.approx(1.0)
+    assert lr_factor(60, 20, 100) == pytest.approx(0.5)
+    assert lr_factor(100, 20, 100) == 0.0
+
+
+def test_distillation_loss_matches_formula_on_fixed_tensors():
+    s_img = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 0.5]])
+    s_txt = torch.tensor([[0.5, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    d_img = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    d_txt = torch.tensor([[0.8, 0.6], [0.0, 1.0]])
+    tau = 0.1
+    S = s_img.numpy() @ s_txt.numpy().T  # [[2.5, 0], [0.5, 2]]
+    T = d_img.numpy() @ d_txt.numpy().T / tau
+
+    def softmax(x):
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def ce(logits, target):
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return float(-(target * logp).sum(axis=1).mean())
+
+    want = (ce(S, softmax(T)) + ce(S.T, softmax(T.T))) / 2
+    assert distillation_loss(s_img, s_txt, d_img, d_txt, tau).item() == pytest.approx(want, rel=1e-5)
+    assert l1(s_img).item() == pytest.approx((3.0 + 1.5) / 2)
+
+
+def test_keep_top_k():
+    x = torch.tensor([[0.1, 0.5, 0.0, 0.3], [1.0, 0.2, 0.3, 0.0]])
+    assert torch.equal(keep_top_k(x, 2), torch.tensor([[0.0, 0.5, 0.0, 0.3], [1.0, 0.0, 0.3, 0.0]]))
+    assert keep_top_k(x, None) is x
+
+
+def _tiny_dataset(folder, dim=8, n_images=6, seed=0):
+    rng = np.random.default_rng(seed)
+    images, sent = [], 0
+    for i in range(n_images):
+        split = "train" if i < n_images - 2 else ("val" if i == n_images - 2 else "test")
+        sents = []
+        for _ in range(2):
+            sents.append({"sentid": sent, "raw": f"a dog number {sent}"})
+            sent += 1
+        images.append({"imgid": i, "split": split, "filename": f"{i}.jpg", "sentences": sents})
+    DatasetMeta(images).save(folder / "dataset_meta.json")
+    write_embeddings(folder / "img_embs.parquet", [str(i) for i in range(n_images)],
+                     rng.standard_normal((n_images, dim)).astype(np.float32))
+    write_embeddings(folder / "text_embs.parquet", [str(i) for i in range(sent)],
+                     rng.standard_normal((sent, dim)).astype(np.float32))
+    return folder
+
+
+def test_bad_input_names_file_and_id(tmp_path):
+    folder = _tiny_dataset(tmp_path)
+    write_embeddings(folder / "text_embs.parquet", ["0", "1"], np.zeros((2, 5), np.float32))
+    with pytest.raises(DataError, match=r"img_embs.parquet has 8-d vectors but .*text_embs.parquet has 5-d"):
+        TrainingData.load(folder)
+    folder = _tiny_dataset(tmp_path)
+    write_embeddings(folder / "text_embs.parquet", [str(i) for i in range(11)], np.ones((11, 8), np.float32))
+    data = TrainingData.load(folder)
+    with pytest.raises(DataError, match=r"id '11' is in the metadata but not in .*text_embs.parquet"):
+        data.split("test", "cpu")
+    bad = np.ones((12, 8), np.float32)
+    bad[4, 2] = np.nan
+    write_embeddings(folder / "text_embs.parquet", [str(i) for i in range(12)], bad)
+    with pytest.raises(DataError, match=r"text_embs.parquet: 1 vectors are not finite, the first is id '4'"):
+        TrainingData.load(folder)
+    meta = json.loads((folder / "dataset_meta.json").read_text())
+    for img in meta["images"]:
+        img["split"] = "train"
+    (folder / "dataset_meta.json").write_text(json.dumps(meta))
+    write_embeddings(folder / "text_embs.parquet", [str(i) for i in range(12)], np.ones((12, 8), np.float32))
+    with pytest.raises(DataError, match=r"split 'val' has no images"):
+        Trainer(TrainConfig(epochs=1, batch_size=4, init="minilm"), TrainingData.load(folder), tmp_path / "o")
+    with pytest.raises(ConfigError, match="fixed p"):
+        TrainConfig(p=1.5).check()
+
+
+def test_fixed_p_one_never_expands_and_p_zero_always_does(tmp_path):
+    folder = _tiny_dataset(tmp_path)
+    data = TrainingData.load(folder)
+    never = Trainer(TrainConfig(epochs=2, batch_size=4, p=1.0, init="minilm"), data, tmp_path / "a")
+    row = never.train_epoch(0)
+    assert row["masked_batches"] == row["batches"] == 2
+    # own tokens only: [CLS] a dog number <n> [SEP] -> at most 6 distinct terms
+    assert 0 < row["train_nnz_query"] <= 6 and row["train_nnz_doc"] > 100
+    always = Trainer(TrainConfig(epochs=2, batch_size=4, p=0.0, init="minilm"), data, tmp_path / "b")
+    row = always.train_epoch(0)
+    assert row["masked_batches"] == 0 and row["train_nnz_query"] > 100
+    # two learning-rate groups: LayerNorm + vocabulary projection, and the new projection
+    names = [g["name"] for g in always.optimizer.param_groups]
+    assert names == ["head", "proj"]
+    assert always.warmup_steps == int(always.total_steps * 0.2)
