@@ -1,0 +1,42 @@
+"""Integration tier for search: the clause cap read from the node, explain through the CLI."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from lsr_os import index as ix
+from lsr_os.search import build_query, max_clause_count, prepare_query, search
+from lsr_os.sparse import SparseRecord
+from lsr_os.vocab import Vocabulary
+
+pytestmark = pytest.mark.integration
+
+
+def test_max_clause_count_is_read_and_a_full_capped_query_with_a_filter_runs(os_client, index_name):
+    cap = max_clause_count(os_client)
+    assert cap >= 1024
+    terms = Vocabulary.default().terms[2000:2000 + cap + 50]
+    ix.ingest(os_client, iter([SparseRecord("all", dict.fromkeys(terms, 1.0), {"split": "test"})]), index_name,
+              "images", source="t", progress=False)
+    filters = [{"term": {"split": "test"}}]
+    query = prepare_query(dict.fromkeys(terms, 1.0), cap - len(filters))
+    hits, _ = search(os_client, index_name, build_query(query, 5, filters))
+    assert [h["_id"] for h in hits] == ["all"] and hits[0]["_score"] == pytest.approx(cap - 1, rel=1e-5)
+
+
+def test_cli_explain_prints_pasteable_dsl_and_contributions_summing_to_the_score(os_client, index_name):
+    from cli import main
+
+    docs = [SparseRecord("a", {"dog": 2.0, "beach": 1.0, ".": 0.5}, {"caption": "a dog on a beach"}),
+            SparseRecord("b", {"cat": 2.0, "beach": 0.25})]
+    ix.ingest(os_client, iter(docs), index_name, "captions", source="t", progress=False)
+    res = CliRunner().invoke(main, ["search", "--vector-json", '{"dog": 1.0, "beach": 2.0, ".": 1.0}',
+                                    "--index", index_name, "--explain", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert [h["id"] for h in out["hits"]] == ["a", "b"]
+    for hit in out["hits"]:
+        assert sum(m["contribution"] for m in hit["matches"]) == pytest.approx(hit["score"], rel=1e-5)
+    assert {m["term"] for m in out["hits"][0]["matches"]} == {"dog", "beach", "."}
+    assert os_client.search(index=index_name, body=out["dsl"])["hits"]["hits"][0]["_id"] == "a"
