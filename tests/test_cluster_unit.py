@@ -65,3 +65,21 @@ def test_snapshot_commands_report_an_unreachable_cluster_in_one_line():
     for args in (["create", "x"], ["list"], ["restore", "snap-1"], ["delete", "snap-1"]):
         result = CliRunner().invoke(main, ["snapshot", *args, "--url", "http://127.0.0.1:1", "--timeout", "1"])
         assert result.exit_code == 3 and "no OpenSearch answered at http://127.0.0.1:1" in result.output
+
+
+def test_ingest_count_check_tolerates_resent_bulks_but_not_lost_documents():
+    from lsr_os.errors import ClusterError
+    from lsr_os.index import IngestReport, _check_count
+
+    def report(count, created, indexed, before=0):
+        return IngestReport(alias="a", index="a-v1", collection="images", count=count, created=created,
+                            indexed=indexed, docs_before=before)
+
+    _check_count(report(8000, 8000, 8000))
+    # 329 documents applied by a first attempt whose answer was lost, then re-sent: "updated".
+    _check_count(report(8000, 7671, 8000))
+    _check_count(report(110, 10, 12, before=100))
+    with pytest.raises(ClusterError, match="holds 7990 documents, expected 8000"):
+        _check_count(report(7990, 8000, 8000))
+    with pytest.raises(ClusterError, match=r"expected 7671 to 8000 \(0 before this run \+ 7671 created, 329 updated\)"):
+        _check_count(report(7600, 7671, 8000))

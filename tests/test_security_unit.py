@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from cli import main
 from lsr_os.config import ClusterConfig, connect
-from lsr_os.errors import ClusterUnreachable, ConfigError
+from lsr_os.errors import ClusterError, ClusterUnreachable, ConfigError
 
 SECRET = "s3cr3t-Pa55word!"
 
@@ -90,3 +90,67 @@ def test_cli_prompts_for_a_missing_password_without_echoing_it(monkeypatch):
     assert "Password for admin" in result.output
     assert SECRET not in result.output
     assert result.exit_code == 3  # it went on to connect (nothing listens on port 1)
+
+
+@pytest.fixture
+def tls_listener(tmp_path):
+    """A bare TLS endpoint on loopback with a self-signed certificate (no HTTP behind it)."""
+    import shutil
+    import socket
+    import ssl
+    import subprocess
+    import threading
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+
+    def serve():
+        try:
+            conn, _ = server.accept()
+            with conn:
+                try:
+                    ctx.wrap_socket(conn, server_side=True).close()
+                except (ssl.SSLError, OSError):
+                    pass  # the client refused our certificate: what the test expects
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    thread.join(timeout=5)
+
+
+def test_an_unverified_certificate_is_one_clear_error_that_suggests_the_ca(tls_listener, caplog):
+    caplog.set_level(logging.DEBUG)
+    cfg = ClusterConfig(urls=(tls_listener,), user="admin", password=SECRET, timeout=5, max_retries=0)
+    with pytest.raises(ClusterError, match=f"TLS handshake with {tls_listener} failed .*--ca-certs") as err:
+        connect(cfg)
+    assert not isinstance(err.value, ClusterUnreachable)
+    assert SECRET not in str(err.value) and SECRET not in caplog.text
+
+
+def test_secure_compose_takes_the_admin_password_only_from_the_environment():
+    from pathlib import Path
+
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docker-compose.secure.yml").read_text()
+    svc = yaml.safe_load(text)["services"]["opensearch"]
+    env = svc["environment"]
+    assert env["OPENSEARCH_INITIAL_ADMIN_PASSWORD"].startswith("${OPENSEARCH_INITIAL_ADMIN_PASSWORD:?")
+    assert "DISABLE_SECURITY_PLUGIN" not in env and "DISABLE_INSTALL_DEMO_CONFIG" not in env
+    assert svc["image"].split(":", 1)[1].startswith("${OPENSEARCH_VERSION")
+    assert svc["ports"] == ["127.0.0.1:9200:9200"]
+    assert "https://localhost:9200" in " ".join(svc["healthcheck"]["test"])
+    assert env["path.repo"] == "/usr/share/opensearch/snapshots"
+    assert "OPENSEARCH_INITIAL_ADMIN_PASSWORD" not in (root / ".env").read_text()
