@@ -129,3 +129,32 @@ def test_fixed_p_one_never_expands_and_p_zero_always_does(tmp_path):
     names = [g["name"] for g in always.optimizer.param_groups]
     assert names == ["head", "proj"]
     assert always.warmup_steps == int(always.total_steps * 0.2)
+
+
+def test_cli_train_writes_checkpoint_log_report_and_resumes(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+    from lsr_os.models.head import load_head
+
+    (tmp_path / "d").mkdir()
+    folder = _tiny_dataset(tmp_path / "d")
+    args = ["train", "--data", str(folder), "--out", str(tmp_path / "o"), "--epochs", "2", "--batch-size", "4",
+            "--init", "minilm", "--q-reg", "0.01"]
+    res = CliRunner().invoke(cli.main, args)
+    assert res.exit_code == 0, res.output
+    assert "test sparse: t2i R@1" in res.output and "test dense:" in res.output
+    rows = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[0]["p"] == 1.0 and rows[1]["p"] == pytest.approx(1 - 1 / 1.9)
+    for key in ("loss", "loss_distill", "loss_reg", "q_reg_weight", "d_reg_weight", "temperature", "lr_head",
+                "lr_proj", "train_nnz_query", "train_nnz_doc"):
+        assert key in rows[0]
+    assert set(rows[0]["val"]) == {"t2i", "i2t", "flops", "nnz_query", "nnz_doc"}
+    report = json.loads((tmp_path / "o" / "test_report.json").read_text())
+    assert set(report["sparse"]["i2t"]) == {"R@1", "R@5", "R@10", "MRR@10"}
+    assert load_head(tmp_path / "o" / "best").init_info["method"] == "minilm-word-embeddings"
+    res = CliRunner().invoke(cli.main, args + ["--resume"])  # all epochs done: only the report again
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()) == 2
+    res = CliRunner().invoke(cli.main, args[:-2] + ["--q-reg", "0.5", "--resume"])
+    assert res.exit_code == 2 and "other settings" in res.output
