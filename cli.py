@@ -726,5 +726,69 @@ def synth_cmd(out, n_images, seed, dim, noise, encoder) -> None:
     click.echo(f"wrote {len(truth.image_concepts)} images over {len(truth.synonyms)} concepts to {out}")
 
 
+# --------------------------------------------------------------------------- demo
+
+
+@main.command("demo")
+@cluster_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("lsr-os-demo"), show_default=True,
+              help="Folder for every step's output; a re-run reuses finished steps.")
+@click.option("--images", "n_images", type=click.IntRange(50), default=2000, show_default=True,
+              help="Images in the built-in world (80% train, 10% val, 10% test).")
+@click.option("--encoder-epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--head-epochs", type=click.IntRange(1), default=12, show_default=True)
+@click.option("--query", "queries", multiple=True, help="Example text query (repeatable) [default: five built-in ones].")
+@click.option("-k", type=click.IntRange(1, 20), default=5, show_default=True, help="Hits per example query.")
+@click.option("--prefix", default="demo", show_default=True, help="Collections are served as <prefix>-images and <prefix>-captions.")
+@click.option("--no-node", is_flag=True, help="Never start a local node; fail when no cluster answers.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, head_epochs: int,
+         queries: tuple[str, ...], k: int, prefix: str, no_node: bool, as_json: bool) -> None:
+    """Run the whole pipeline offline on a built-in image-caption world, end to end."""
+    from lsr_os.demo import DEFAULT_QUERIES, DemoConfig, run_demo
+
+    client = _client_or_local_node(cluster, allow_start=not no_node)
+    cfg = DemoConfig(out=out, n_images=n_images, encoder_epochs=encoder_epochs, head_epochs=head_epochs,
+                     k=k, prefix=prefix, queries=queries or DEFAULT_QUERIES, progress=not as_json)
+    result = run_demo(client, cfg)
+    if as_json:
+        echo_json({"seconds": result.seconds, "report": result.report,
+                   "examples": [{"query": e.query, "query_terms": e.query_terms, "hits": e.hits,
+                                 "sheet": str(e.sheet)} for e in result.examples]})
+        return
+    for ex in result.examples:
+        click.secho(f"\n{ex.query}", bold=True)
+        click.echo("  query terms: " + ", ".join(f"{t} {w:.2f}" for t, w in ex.query_terms))
+        for h in ex.hits:
+            click.echo(f"  {h['rank']:>2}. {h['score']:7.2f}  {h['image']:<20} matched: {', '.join(h['matched_terms'][:5])}")
+        click.echo(f"  contact sheet: {ex.sheet}")
+    click.secho("\nTest split, R@k in % (image-text sense):", bold=True)
+    click.echo(" " * 38 + "".join(f"{m:>7}" for m in ("R@1", "R@5", "R@10")))
+    for direction, label in (("t2i", "text -> image"), ("i2t", "image -> text")):
+        sec = result.report[direction]
+        for system, metrics in (("dense (teacher)", sec["dense"]["metrics"]),
+                                ("sparse via OpenSearch", sec["cluster"]["metrics"])):
+            click.echo(f"  {label}, {system}".ljust(38) + "".join(f"{100 * metrics[m]:7.1f}" for m in ("R@1", "R@5", "R@10")))
+        click.echo(f"    parity with exact scoring: top-10 overlap {sec['parity']['top10_overlap']:.3f}")
+    click.echo(f"\nreport: {result.report.get('out_dir')}/report.json; served as {prefix}-images, {prefix}-captions")
+    click.echo("steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
+
+
+def _client_or_local_node(cluster: ClusterConfig, allow_start: bool):
+    """A client to the configured cluster; with the default URL and none answering, a local node."""
+    from lsr_os import node as node_lib
+    from lsr_os.config import DEFAULT_URL, connect
+    from lsr_os.errors import ClusterUnreachable
+
+    try:
+        return connect(cluster)
+    except ClusterUnreachable:
+        if not allow_start or cluster.urls != (DEFAULT_URL,):
+            raise
+    click.echo("no cluster at the default URL: starting a local node (lsr-os node start)", err=True)
+    node_lib.start(node_lib.NodeSpec())
+    return connect(cluster)
+
+
 if __name__ == "__main__":
     main()

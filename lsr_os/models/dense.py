@@ -207,6 +207,7 @@ def _load_builtin() -> None:
     """Import the built-in models so that they register themselves."""
     import lsr_os.models.albef  # noqa: F401
     import lsr_os.models.blip  # noqa: F401
+    import lsr_os.models.demo  # noqa: F401
 
 
 def load_encoder(name_or_path: str | Path, device: str | None = None, dtype: str | None = None) -> DenseEncoder:

@@ -1,0 +1,182 @@
+"""The whole job, offline, on the built-in world: what `lsr-os demo` runs.
+
+world -> dense dual encoder (trained here) -> dense files -> sparse head (the paper's
+schedule) -> two OpenSearch indices -> example searches with contact sheets -> evaluation of
+dense vs sparse in both directions. Every step writes into one folder and is reused when a
+re-run finds it finished, so a second run goes straight to the searches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opensearchpy import OpenSearch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUERIES = (
+    "a red ball on the grass",
+    "three small blue stars at night",
+    "a big striped square on the beach",
+    "purple triangles at the top",
+    "a tiny dotted yellow diamond in the snow",
+)
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the demo; the defaults finish in a few minutes on 2 CPU cores."""
+
+    out: Path = Path("lsr-os-demo")
+    n_images: int = 2000
+    encoder_epochs: int = 10
+    head_epochs: int = 12
+    head_batch_size: int = 128
+    seed: int = 0
+    prefix: str = "demo"
+    k: int = 5
+    queries: tuple[str, ...] = DEFAULT_QUERIES
+    progress: bool = True
+
+
+@dataclass
+class Example:
+    """One example search: the query's heaviest terms and its top hits."""
+
+    query: str
+    query_terms: list[tuple[str, float]]
+    hits: list[dict]
+    sheet: Path
+
+
+@dataclass
+class DemoResult:
+    examples: list[Example]
+    report: dict  # lsr_os.evaluate.evaluate's report, with the dense teacher's figures
+    train_report: dict  # the head trainer's test report (exact, in memory)
+    seconds: dict[str, float] = field(default_factory=dict)
+    out: Path = Path()
+
+
+class _Steps:
+    """Times each step and logs when a cached one is reused."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, done: bool, fn):
+        t0 = time.perf_counter()
+        if done:
+            log.info("step %s: reusing earlier output", name)
+            result = None
+        else:
+            log.info("step %s", name)
+            result = fn()
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        return result
+
+
+def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
+    """Run (or resume) every step of the demo into `cfg.out` against the cluster of `client`."""
+    from lsr_os import world
+    from lsr_os.data import load_karpathy
+    from lsr_os.dense_files import META_FILE
+    from lsr_os.encode import EncodeOptions, encode_dataset
+    from lsr_os.models.dense import MARKER_FILE, load_encoder
+    from lsr_os.models.demo import train_demo_encoder
+    from lsr_os.models.head import load_head
+    from lsr_os.train import BEST_DIR, REPORT_FILE, TrainConfig, train
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = _Steps()
+    world_dir, enc_dir, dense_dir, head_dir = out / "world", out / "encoder", out / "dense", out / "head"
+
+    meta_path = steps.run("world", False, lambda: world.build(world_dir, n_images=cfg.n_images, seed=cfg.seed))
+    steps.run("dense encoder", (enc_dir / MARKER_FILE).exists(),
+              lambda: train_demo_encoder(meta_path, world_dir, enc_dir, epochs=cfg.encoder_epochs, seed=cfg.seed))
+    encoder = load_encoder(enc_dir, device="cpu")
+    # encode_dataset resumes by id, so a finished folder costs one scan.
+    steps.run("encode", False, lambda: encode_dataset(
+        encoder, load_karpathy(meta_path, world_dir), dense_dir, EncodeOptions(progress=cfg.progress)))
+    head_cfg = TrainConfig(epochs=cfg.head_epochs, batch_size=cfg.head_batch_size, seed=cfg.seed, device="cpu",
+                           q_reg=1e-3, d_reg=1e-3)
+    steps.run("sparse head", (head_dir / REPORT_FILE).exists(),
+              lambda: train(dense_dir, head_dir, head_cfg, progress=cfg.progress))
+    head = load_head(head_dir / BEST_DIR)
+    train_report = json.loads((head_dir / REPORT_FILE).read_text())
+
+    aliases = {c: f"{cfg.prefix}-{c}" for c in ("images", "captions")}
+    steps.run("ingest", False, lambda: _ingest(client, dense_dir, head, head_dir / BEST_DIR, aliases, cfg.progress))
+    examples = steps.run("examples", False, lambda: _examples(client, encoder, head, aliases["images"],
+                                                              world_dir, cfg, out / "sheets"))
+    report = steps.run("evaluate", False, lambda: _evaluate(client, dense_dir, head_dir / BEST_DIR, aliases,
+                                                            out / "eval", cfg.progress))
+    return DemoResult(examples, report, train_report, steps.seconds, out)
+
+
+def _fingerprint(path: Path) -> str:
+    """Which head produced an index: a hash of its weights file."""
+    digest = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _ingest(client: OpenSearch, dense_dir: Path, head, head_path: Path, aliases: dict[str, str],
+            progress: bool) -> dict:
+    """Load both collections; skipped when the aliases already serve this head's complete output."""
+    from lsr_os.index import dense_records, ingest, serving_source
+
+    reports = {}
+    for collection, alias in aliases.items():
+        source = f"demo:{collection}:{_fingerprint(head_path)}"
+        if serving_source(client, alias) == source:
+            log.info("%s already serves %s", alias, source)
+            continue
+        report = ingest(client, dense_records(dense_dir, head, collection), alias, collection, source=source,
+                        progress=progress, failures_path=dense_dir.parent / f"ingest-failures-{collection}.jsonl")
+        reports[collection] = report.to_dict()
+    return reports
+
+
+def _examples(client: OpenSearch, encoder, head, images_alias: str, world_dir: Path, cfg: DemoConfig,
+              sheet_dir: Path) -> list[Example]:
+    """Search the images with each example query and draw its contact sheet."""
+    from lsr_os.search import build_query, explain_hit, max_clause_count, prepare_query, search
+    from lsr_os.sheet import SheetHit, contact_sheet
+
+    cap = max_clause_count(client)
+    vectors = head.encode(encoder.encode_texts(list(cfg.queries)), texts=list(cfg.queries), expand=True)
+    images_by_name = {p.name: p for p in (world_dir / "images").glob("*.png")}
+    examples = []
+    for n, (query, vector) in enumerate(zip(cfg.queries, vectors), 1):
+        prepared = prepare_query(vector, cap)
+        hits, _ = search(client, images_alias, build_query(prepared, cfg.k, with_vectors=True))
+        rows = []
+        for rank, hit in enumerate(hits, 1):
+            src = hit["_source"]
+            terms = [r["term"] for r in explain_hit(prepared, hit)]
+            rows.append({"rank": rank, "id": hit["_id"], "score": hit["_score"], "image": src.get("image"),
+                         "doc_terms": src.get("terms", [])[:6], "matched_terms": terms[:6]})
+        sheet = contact_sheet(
+            f"text -> image: \"{query}\"", [SheetHit(images_by_name[r["image"]], r["rank"], r["score"], r["matched_terms"])
+                                            for r in rows if r["image"] in images_by_name],
+            sheet_dir / f"query-{n}.png", columns=cfg.k)
+        top_terms = sorted(prepared.items(), key=lambda tw: -tw[1])[:8]
+        examples.append(Example(query, top_terms, rows, sheet))
+    return examples
+
+
+def _evaluate(client: OpenSearch, dense_dir: Path, head_path: Path, aliases: dict[str, str], out_dir: Path,
+              progress: bool) -> dict:
+    from lsr_os.evaluate import encode_split, evaluate
+
+    data = encode_split(dense_dir, head_path, "test")
+    return evaluate(client, aliases["images"], aliases["captions"], data, split="test", out_dir=out_dir,
+                    dense_dir=dense_dir, progress=progress)
