@@ -555,6 +555,7 @@ def snapshot_create(cluster: ClusterConfig, repository: str, location: str | Non
     from lsr_os.config import connect
     from lsr_os.errors import ClusterError
 
+    snapshot = snap.check_name(snapshot or snap.default_snapshot_name())  # before any request
     client = connect(cluster)
     if location:
         snap.register_repository(client, repository, location)
@@ -564,7 +565,7 @@ def snapshot_create(cluster: ClusterConfig, repository: str, location: str | Non
         indices = tuple(r["index"] for r in list_collections(client) if r["state"] == "complete")
         if not indices:
             raise ClusterError("no complete lsr-os collection to snapshot; name the indices or aliases")
-    result = snap.create_snapshot(client, repository, snapshot or snap.default_snapshot_name(), indices)
+    result = snap.create_snapshot(client, repository, snapshot, indices)
     if as_json:
         echo_json(result)
     else:

@@ -174,11 +174,11 @@ def restore_snapshot(client: OpenSearch, repository: str, snapshot: str, indices
     try:
         resp = client.snapshot.restore(repository=repository, snapshot=snapshot, body=body,
                                        params={"wait_for_completion": "true"})
-    except NotFoundError as exc:
-        raise ClusterError(f"no snapshot {snapshot} in repository {repository} "
-                           f"(see `lsr-os snapshot list --repo {repository}`)") from exc
     except TransportError as exc:
         text = _error_text(exc)
+        if isinstance(exc, NotFoundError) or "snapshot does not exist" in text:
+            raise ClusterError(f"no snapshot {snapshot} in repository {repository} "
+                               f"(see `lsr-os snapshot list --repo {repository}`)") from exc
         hint = ("; delete or close that index first, or restore beside it with --rename-suffix"
                 if "open index with same name" in text else "")
         raise ClusterError(f"restore of {repository}/{snapshot} failed: HTTP {exc.status_code} {text}{hint}") from exc

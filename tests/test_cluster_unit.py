@@ -1,4 +1,4 @@
-"""Cluster administration without a server: choosing nodes to stop, path.repo, snapshot names."""
+"""Cluster administration without a server: choosing nodes to stop, path.repo, the ingest count check."""
 
 import json
 
@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from lsr_os import node, snapshot
-from lsr_os.errors import ConfigError, NodeError
+from lsr_os import node
+from lsr_os.errors import NodeError
 
 
 def write_state(port: int, name: str, pid: int) -> None:
@@ -43,22 +43,6 @@ def test_path_repo_defaults_to_the_cluster_folder_and_can_be_shared(tmp_path, mo
     assert path_repo(node.NodeSpec(port=9500)) == str(tmp_path / "home" / "clusters" / "9500" / "snapshots")
     shared = tmp_path / "home" / "clusters" / "9500" / "snapshots"
     assert path_repo(node.NodeSpec(port=9510, repo=shared)) == str(shared)
-
-
-@pytest.mark.parametrize("name", ["nightly-1", "lsr-20260101-120000", "a.b+c_d"])
-def test_snapshot_names_opensearch_accepts(name):
-    assert snapshot.check_name(name) == name
-
-
-@pytest.mark.parametrize("name", ["", "Upper", "-lead", "_lead", "has space", "a/b", "a,b", "a*"])
-def test_snapshot_names_opensearch_refuses_fail_before_any_request(name):
-    with pytest.raises(ConfigError, match="must be lowercase"):
-        snapshot.check_name(name)
-
-
-def test_default_snapshot_names_are_valid_and_sortable():
-    name = snapshot.default_snapshot_name()
-    assert snapshot.check_name(name) and name.startswith("lsr-2")
 
 
 def test_snapshot_commands_report_an_unreachable_cluster_in_one_line():
