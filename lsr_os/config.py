@@ -35,6 +35,11 @@ def split_urls(values: Iterable[str] | str | None) -> tuple[str, ...]:
         for part in value.replace(",", " ").split():
             if "://" not in part:
                 raise ConfigError(f"cluster URL {part!r} needs a scheme, e.g. http://{part}")
+            scheme, rest = part.split("://", 1)
+            if "@" in rest.split("/", 1)[0]:  # credentials in a URL end up in logs and error messages
+                host = rest.split("/", 1)[0].rsplit("@", 1)[1]
+                raise ConfigError(f"cluster URL {scheme}://***@{host} carries credentials: give --user and "
+                                  f"OPENSEARCH_PASSWORD (or the prompt) instead")
             urls.append(part.rstrip("/"))
     return tuple(urls) or (DEFAULT_URL,)
 

@@ -154,3 +154,12 @@ def test_secure_compose_takes_the_admin_password_only_from_the_environment():
     assert "https://localhost:9200" in " ".join(svc["healthcheck"]["test"])
     assert env["path.repo"] == "/usr/share/opensearch/snapshots"
     assert "OPENSEARCH_INITIAL_ADMIN_PASSWORD" not in (root / ".env").read_text()
+
+
+def test_credentials_in_a_url_are_refused_without_repeating_them():
+    from lsr_os.config import split_urls
+
+    with pytest.raises(ConfigError, match=r"https://\*\*\*@db.example:9200 carries credentials") as err:
+        split_urls(f"http://a.example:9200,https://admin:{SECRET}@db.example:9200")
+    assert SECRET not in str(err.value) and "admin" not in str(err.value)
+    assert split_urls("https://db.example:9200/path@x") == ("https://db.example:9200/path@x",)
