@@ -36,7 +36,7 @@ from bench.harness import md_table, write_results  # noqa: E402
 from lsr_os.dense_files import DatasetMeta, Embeddings  # noqa: E402
 from lsr_os.models.head import SparseHead  # noqa: E402
 from lsr_os.synthetic import CONCEPTS, TEMPLATES  # noqa: E402
-from lsr_os.train import (TrainConfig, Trainer, TrainingData, distillation_loss, l1, lr_factor,  # noqa: E402
+from lsr_os.train import (TrainConfig, Trainer, TrainingData, distillation_loss, l1,  # noqa: E402
                           pick_dtype, reg_weight)
 
 MSCOCO_IMAGES = 113_287
