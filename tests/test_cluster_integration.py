@@ -208,6 +208,9 @@ def test_evaluate_gives_the_same_results_when_a_node_is_lost(cluster, tmp_path):
     for coll in ("images", "captions"):
         invoke("ingest", "--url", ",".join(URLS), "--sparse", str(tmp_path / f"{coll}.jsonl"), "--collection", coll,
                "--prefix", prefix, "--failures", str(tmp_path / f"{coll}.failures.jsonl"))
+    # No --replicas: on a cluster of 3 data nodes the default is 1, so every shard survives a lost node.
+    for settings in client.indices.get_settings(index=f"{prefix}-*").values():
+        assert settings["settings"]["index"]["number_of_replicas"] == "1"
 
     def evaluate(out: Path) -> dict:
         result = invoke("evaluate", "--url", ",".join(URLS), "--images", str(tmp_path / "images.jsonl"),
