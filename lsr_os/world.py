@@ -233,5 +233,6 @@ def load_scenes(folder: str | Path) -> dict[str, Scene]:
     scenes = {}
     for line in (Path(folder) / "scenes.jsonl").read_text().splitlines():
         obj = json.loads(line)
-        scenes[str(obj.pop("imgid"))] = Scene(**obj)
+        image_id = str(obj.pop("imgid"))
+        scenes[image_id] = Scene(**obj)
     return scenes
