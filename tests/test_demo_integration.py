@@ -1,0 +1,65 @@
+"""`lsr-os demo`, reduced, end to end against the real node: thresholds only a working pipeline meets."""
+
+import json
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from lsr_os import world
+
+pytestmark = pytest.mark.integration
+
+# Reduced settings: a world of 400 images (40 test images, so chance R@10 is 0.25).
+SETTINGS = ["--images", "400", "--encoder-epochs", "10", "--head-epochs", "8", "-k", "4"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(os_client, cluster_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    prefix = f"test-demo-{uuid.uuid4().hex[:8]}"
+    args = ["demo", "--url", ",".join(cluster_config.urls), "--no-node", "--out", str(out), "--prefix", prefix,
+            "--json", *SETTINGS]
+    first = CliRunner().invoke(main, args)
+    try:
+        assert first.exit_code == 0, first.output
+        second = CliRunner().invoke(main, args)
+        assert second.exit_code == 0, second.output
+        yield {"out": out, "prefix": prefix, "first": json.loads(first.output), "second": json.loads(second.output)}
+    finally:
+        os_client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, expand_wildcards="all")
+
+
+def test_sparse_retrieval_through_opensearch_is_far_above_chance_and_close_to_dense(demo_run):
+    t2i = demo_run["first"]["report"]["t2i"]
+    sparse, dense = t2i["cluster"]["metrics"], t2i["dense"]["metrics"]
+    assert sparse["R@10"] >= 0.7  # chance: 10 / 40 test images = 0.25
+    assert sparse["R@10"] >= 0.8 * dense["R@10"]
+    assert t2i["parity"]["top10_overlap"] >= 0.99  # the cluster scores what exact scoring scores
+    assert demo_run["first"]["report"]["i2t"]["cluster"]["metrics"]["R@10"] >= 0.7
+
+
+def test_test_images_carry_their_colour_and_shape_among_their_top_terms(demo_run, os_client):
+    scenes = world.load_scenes(demo_run["out"] / "world")
+    hits = os_client.search(index=f"{demo_run['prefix']}-images", body={
+        "size": 100, "query": {"term": {"split": "test"}}, "_source": ["terms"]})["hits"]["hits"]
+    assert len(hits) == 40
+    colour = shape = 0
+    for hit in hits:
+        scene, terms = scenes[hit["_id"]], set(hit["_source"]["terms"])
+        colour += bool(terms & set(world.COLOURS[scene.colour][1]))
+        shape += bool(terms & set(world.SHAPES[scene.shape]))
+    assert colour / len(hits) >= 0.7 and shape / len(hits) >= 0.5, (colour, shape)
+
+
+def test_examples_have_contact_sheets_and_a_rerun_reuses_finished_steps(demo_run):
+    first, second = demo_run["first"], demo_run["second"]
+    assert len(first["examples"]) == 5
+    for ex in first["examples"]:
+        assert len(ex["hits"]) == 4
+        with open(ex["sheet"], "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    # the second run trains nothing and loads nothing again: it goes straight to the searches
+    assert second["seconds"]["dense encoder"] < 1 and second["seconds"]["sparse head"] < 1
+    assert second["report"]["t2i"]["cluster"]["metrics"] == first["report"]["t2i"]["cluster"]["metrics"]
