@@ -36,6 +36,7 @@ from torch import Tensor
 from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, Embeddings, Split, read_embeddings
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.metrics import flops_from_counts, topk_metrics
+from lsr_os.models.dense import resolve_device
 from lsr_os.models.head import SparseHead, load_head, own_token_mask
 
 log = logging.getLogger(__name__)
@@ -322,18 +323,6 @@ def evaluate_dense(data: SplitTensors, chunk: int = 2048) -> dict:
 # ---------------------------------------------------------------------------- training
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {name!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA device is available")
-    return device
-
-
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype (None = fp32). auto: bf16 on GPUs that have it, else fp16; fp32 on CPU.
 
@@ -367,7 +356,7 @@ class Trainer:
         self.cfg = config
         self.data = data
         self.out = Path(out)
-        self.device = pick_device(config.device)
+        self.device = resolve_device(config.device)
         self.dtype = pick_dtype(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.head = SparseHead.initialise(config.init, data.dim, config.seed)
