@@ -101,12 +101,12 @@ def test_injected_stop_then_rerun_resumes_with_the_exact_count(os_client, index_
     assert os_client.count(index=index_name)["count"] == 1500
 
 
-def test_killed_cli_ingest_rerun_ends_with_exact_count(os_client, index_name, tmp_path):
+def test_killed_cli_ingest_rerun_ends_with_exact_count(os_client, cluster_config, index_name, tmp_path):
     path = tmp_path / "docs.jsonl"
     write_jsonl(path, synthetic_records(20000, per_doc=40))
     cmd = [sys.executable, "-m", "lsr_os", "ingest", "--sparse", str(path), "--collection", "images",
            "--index", index_name, "--chunk-docs", "200", "--failures", str(tmp_path / "f.jsonl")]
-    env = {**os.environ, "OPENSEARCH_URL": "http://localhost:9200"}
+    env = {**os.environ, "OPENSEARCH_URL": ",".join(cluster_config.urls)}  # the node os_client talks to
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
