@@ -179,10 +179,25 @@ def node_logs(port: int, lines: int) -> None:
               help="Sparse JSONL to load (one collection; give --collection).")
 @click.option("--dense", "dense_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Dense files folder (img_embs.parquet, text_embs.parquet, dataset_meta.json); needs --head.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Karpathy-split JSON to encode on the fly; needs --images, --model and --head.")
+@click.option("--captions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Captions file (JSONL or CSV with image, caption[, split]) to encode on the fly; needs --model, --head.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Image root of --data or --captions [default for --captions: its folder].")
+@click.option("--model", help="Dense encoder (name or folder, as for `lsr-os encode`) for --data or --captions.")
 @click.option("--head", "head_path", type=click.Path(exists=True, path_type=Path), help="Sparse head checkpoint.")
 @click.option("--collection", type=click.Choice(["images", "captions"]), multiple=True,
-              help="Which collection(s); --sparse needs exactly one, --dense defaults to both.")
-@click.option("--split", "splits", multiple=True, help="Only these splits (with --dense; repeatable) [default: all].")
+              help="Which collection(s); --sparse needs exactly one, the others default to both.")
+@click.option("--split", "splits", multiple=True,
+              help="Only these splits (with --dense or a dataset; repeatable) [default: all].")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+              help="With a dataset: images per model call.")
+@click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True,
+              help="With a dataset: captions per model call.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="With a dataset: image-decoding processes [default: min(8, cores - 1)].")
+@click.option("--device", default=None, help="With a dataset: cpu, cuda, ... [default: cuda when available].")
 @click.option("--index", "alias", default=None, help="Alias to serve under [default: <prefix>-<collection>].")
 @click.option("--prefix", default="lsr", show_default=True, help="Alias prefix: <prefix>-images, <prefix>-captions.")
 @click.option("--fresh", is_flag=True, help="Do not resume an unfinished load: start a new index.")
@@ -199,78 +214,44 @@ def node_logs(port: int, lines: int) -> None:
 @click.option("--failures", "failures_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Failures file (JSONL) [default: ingest-failures-<alias>.jsonl].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def ingest_cmd(cluster: ClusterConfig, sparse_file: Path | None, dense_dir: Path | None, head_path: Path | None,
-               collection: tuple[str, ...], splits: tuple[str, ...], alias: str | None, prefix: str, fresh: bool,
+def ingest_cmd(cluster: ClusterConfig, sparse_file: Path | None, dense_dir: Path | None, data: Path | None,
+               captions: Path | None, images: Path | None, model: str | None, head_path: Path | None,
+               collection: tuple[str, ...], splits: tuple[str, ...], batch_size: int, text_batch_size: int,
+               workers: int | None, device: str | None, alias: str | None, prefix: str, fresh: bool,
                keep_old: bool, chunk_docs: int, chunk_mb: float, max_retries: int, prune_top_k: int | None,
                threshold: float, shards: int | None, replicas: int | None, failures_path: Path | None,
                as_json: bool) -> None:
     """Load sparse vectors into a new versioned index and swap its alias when complete.
 
-    An interrupted load resumes when re-run with the same input; ids are the records' ids.
+    Input: sparse JSONL, dense files plus a head, or a dataset encoded on the fly by a dense
+    encoder and a head. An interrupted load resumes when re-run with the same input; ids are
+    the records' ids. Skipped items are listed in the failures file.
     """
+    import os
+
     from lsr_os import index as ix
     from lsr_os.config import connect
-    from lsr_os.errors import ConfigError
 
-    if (sparse_file is None) == (dense_dir is None):
-        raise ConfigError("give one input: --sparse FILE, or --dense DIR with --head")
-    if sparse_file is not None and len(collection) != 1:
-        raise ConfigError("--sparse loads one collection: add --collection images or --collection captions")
-    if dense_dir is not None and head_path is None:
-        raise ConfigError("--dense needs --head (a sparse head checkpoint)")
-    collections = collection or ("images", "captions")
-    if alias and len(collections) > 1:
-        raise ConfigError("--index names one alias: give one --collection with it")
-    client = connect(cluster)
-    head = None
-    if dense_dir is not None:
-        from lsr_os.models.head import load_head
-
-        head = load_head(head_path)
-    retry = ix.RetryPolicy(max_attempts=max_retries)
-    for coll in collections:
-        name = alias or ix.default_alias(coll, prefix)
-        read_errors: list[tuple[str, str]] = []
-        if sparse_file is not None:
-            records, source, total = (ix.read_sparse_jsonl(sparse_file, read_errors), ix.source_of(sparse_file),
-                                      ix.count_lines(sparse_file))
-        else:
-            records = ix.dense_records(dense_dir, head, coll, splits or None)
-            source, total = f"{ix.source_of(dense_dir / 'dataset_meta.json')}|{Path(head_path).resolve()}|{coll}", None
-        report = ix.ingest(client, records, name, coll, source=source, fresh=fresh, keep_old=keep_old,
-                           chunk_size=chunk_docs, max_chunk_bytes=int(chunk_mb * 2**20), retry=retry,
-                           prune_top_k=prune_top_k, threshold=threshold,
-                           failures_path=failures_path or Path(f"ingest-failures-{name}.jsonl"),
-                           read_errors=read_errors, total=total, shards=shards, replicas=replicas)
+    inputs = ix.IngestInput(sparse_file=sparse_file, dense_dir=dense_dir, head=head_path, model=model, data=data,
+                            images=images, captions=captions, splits=splits, batch_size=batch_size,
+                            text_batch_size=text_batch_size, device=device,
+                            workers=workers if workers is not None else min(8, max(0, (os.cpu_count() or 1) - 1)))
+    collections = inputs.collections(collection, alias)
+    reports = ix.ingest_inputs(connect(cluster), inputs, collections, alias=alias, prefix=prefix,
+                               failures_path=failures_path, fresh=fresh, keep_old=keep_old, chunk_size=chunk_docs,
+                               max_chunk_bytes=int(chunk_mb * 2**20), retry=ix.RetryPolicy(max_attempts=max_retries),
+                               prune_top_k=prune_top_k, threshold=threshold, shards=shards, replicas=replicas)
+    for report in reports:
         if as_json:
             echo_json(report.to_dict())
             continue
-        click.echo(f"{name} -> {report.index}: {report.count} documents ({report.sent} sent, {report.failed} failed, "
-                   f"{report.docs_per_s:.0f} docs/s{', resumed' if report.resumed else ''})")
+        click.echo(f"{report.alias} -> {report.index}: {report.count} documents ({report.sent} sent, "
+                   f"{report.failed} failed, {report.docs_per_s:.0f} docs/s{', resumed' if report.resumed else ''})")
         if report.failed:
             click.secho(f"  {report.failed} failures listed in {report.failures_file}", fg="yellow", err=True)
         if report.replaced:
             verb = "kept" if keep_old else "deleted"
             click.echo(f"  replaced {', '.join(report.replaced)} ({verb})")
-
-
-def _read_vector_json(value: str) -> dict:
-    """A {term: weight} query from inline JSON or a JSON file (also {"vector": {...}})."""
-    from lsr_os.errors import DataError
-
-    try:
-        text = Path(value).read_text(encoding="utf-8") if not value.lstrip().startswith("{") else value
-    except OSError as exc:
-        raise DataError(f"--vector-json {value}: neither inline JSON nor a readable file ({exc.strerror})") from exc
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"--vector-json is not valid JSON: {exc.msg} at column {exc.colno}") from exc
-    obj = obj.get("vector", obj) if isinstance(obj, dict) else obj
-    if not isinstance(obj, dict) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
-                                            for w in obj.values()):
-        raise DataError('--vector-json must be an object of term: weight (or {"vector": {...}})')
-    return {str(t): float(w) for t, w in obj.items()}
 
 
 @main.command("search")
@@ -297,52 +278,20 @@ def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None
                index_name: str | None, prefix: str, k: int, max_terms: int | None, split: str | None,
                explain: bool, as_json: bool) -> None:
     """Search with a text, an image or a raw term-weight vector; prints rank, id, score, image or caption."""
-    from lsr_os import search as se
-    from lsr_os.config import connect
-    from lsr_os.errors import ConfigError, DataError
-    from lsr_os.vocab import Vocabulary
+    from lsr_os.search import run_search
 
-    given = [x is not None for x in (text, image_path, vector_json)]
-    if sum(given) != 1:
-        raise ConfigError("give one query: TEXT, --image FILE or --vector-json")
-    if text is not None and not text.strip():
-        raise DataError("empty query: give some text")
-    if image_path is not None:
-        se.read_query_image(image_path)  # a clear error before any model loads
-    if vector_json is not None:
-        query, vocab = _read_vector_json(vector_json), Vocabulary.default()
-    else:
-        if not model or not head_path:
-            raise ConfigError("text and image queries need --model and --head (or use --vector-json)")
-        query = se.encode_query(model, str(head_path), text=text, image=image_path, expand=not no_expansion)
-        vocab = None
-    se.prepare_query(query, len(query) or 1, vocab)  # empty or unknown-only queries fail before connecting
-    collection = collection or ("captions" if image_path is not None else "images")
-    index_name = index_name or f"{prefix}-{collection}"
-    client = connect(cluster)
-    filters = [{"term": {"split": split}}] if split else []
-    cap = (max_terms or se.max_clause_count(client)) - len(filters)
-    query = se.prepare_query(query, cap, vocab)
-    body = se.build_query(query, k, filters, with_vectors=explain)
-    hits, took = se.search(client, index_name, body)
-    rows = []
-    for rank, hit in enumerate(hits, 1):
-        src = hit.get("_source", {})
-        row = {"rank": rank, "id": hit["_id"], "score": hit["_score"],
-               **{f: src[f] for f in ("image", "caption", "image_id", "split") if f in src}}
-        if explain:
-            row["matches"] = se.explain_hit(query, hit)
-        rows.append(row)
+    result = run_search(cluster, text=text, image=image_path, vector_json=vector_json, model=model, head=head_path,
+                        expand=not no_expansion, collection=collection, index=index_name, prefix=prefix, k=k,
+                        max_terms=max_terms, split=split, explain=explain)
     if as_json:
-        echo_json({"index": index_name, "took_ms": took, "query": query, "hits": rows,
-                   **({"dsl": body} if explain else {})})
+        echo_json(result.to_dict())
         return
     if explain:
-        click.echo(f"# Dev Tools: GET {index_name}/_search")
-        click.echo(json.dumps(body, indent=2, ensure_ascii=False))
-    if not rows:
-        click.echo(f"no document of {index_name} matches the {len(query)} query terms")
-    for row in rows:
+        click.echo(f"# Dev Tools: GET {result.index}/_search")
+        click.echo(json.dumps(result.dsl, indent=2, ensure_ascii=False))
+    if not result.hits:
+        click.echo(f"no document of {result.index} matches the {len(result.query)} query terms")
+    for row in result.hits:
         label = row.get("caption") or row.get("image") or ""
         click.echo(f"{row['rank']:>3}  {row['id']:<20} {row['score']:10.4f}  {label}")
         for m in row.get("matches", [])[:20]:

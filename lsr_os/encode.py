@@ -31,7 +31,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -216,6 +216,60 @@ def image_loader(source: ImageSource, batch_size: int, workers: int, pin: bool) 
     if workers > 0:
         kwargs["prefetch_factor"] = 4
     return torch.utils.data.DataLoader(source, shuffle=False, **kwargs)
+
+
+# ---------------------------------------------------------------- sparse records on the fly (ingest)
+
+
+def dataset_records(encoder: DenseEncoder, head, dataset: Dataset, collection: str,
+                    on_failure: Callable[[Failure], None], batch_size: int = 64, text_batch_size: int = 256,
+                    workers: int = 0, expand_captions: bool = True) -> Iterator[SparseRecord]:
+    """Sparse records of one collection ("images" or "captions") of `dataset`, encoded batch by batch.
+
+    For `lsr-os ingest` straight from a dataset: images are decoded by the same DataLoader as
+    `encode_dataset` (in `workers` processes), embedded on the encoder's device and sparsified
+    there (the head is moved to that device), so only one batch exists at a time. Bad images and
+    captions go to `on_failure` and are skipped. Metadata follows `lsr_os.index.dense_records`:
+    dataset, split, image (the path under the image root); captions add image_id and caption.
+    """
+    if collection not in ("images", "captions"):
+        raise ConfigError(f"unknown collection {collection!r}; choose images or captions")
+    head = head.to(encoder.device)
+    images = {img.id: img for img in dataset.images}
+
+    def meta(img: ImageItem) -> dict:
+        return {"dataset": dataset.name, "split": img.split, "image": img.path}
+
+    if collection == "images":
+        source = ImageSource(dataset.root, dataset.images, encoder.image_preprocessor())
+        for good, batch, bad in image_loader(source, batch_size, workers, pin=encoder.device.type == "cuda"):
+            for i, reason in bad:
+                on_failure(Failure("image", dataset.images[i].id, reason, dataset.images[i].path))
+            if batch is None:
+                continue
+            vectors = head.encode(encoder.encode_pixels(batch))
+            for i, vector in zip(good, vectors):
+                yield SparseRecord(dataset.images[i].id, vector, meta(dataset.images[i]))
+        return
+
+    def encode_chunk(chunk: list[CaptionItem]) -> Iterator[SparseRecord]:
+        texts = [c.text for c in chunk]
+        vectors = head.encode(encoder.encode_text_batch(texts), texts=texts, expand=expand_captions)
+        for c, vector in zip(chunk, vectors):
+            yield SparseRecord(c.id, vector, {**meta(images[c.image_id]), "image_id": c.image_id, "caption": c.text})
+
+    chunk: list[CaptionItem] = []
+    for c in dataset.captions:
+        problem = caption_problem(c.text)
+        if problem:
+            on_failure(Failure("caption", c.id, problem, repr(c.text[:80]) if isinstance(c.text, str) else ""))
+            continue
+        chunk.append(c)
+        if len(chunk) >= text_batch_size:
+            yield from encode_chunk(chunk)
+            chunk = []
+    if chunk:
+        yield from encode_chunk(chunk)
 
 
 # ---------------------------------------------------------------- the run

@@ -290,7 +290,8 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord], alias: str, coll
 
     `source` names the input (a path, a model): a later run with the same source resumes an
     unfinished index. `read_errors` is filled by the record reader (`read_jsonl(on_error=...)`)
-    while the stream is consumed; those lines are listed in the failures file too. Memory
+    while the stream is consumed, with (where, reason) or (id, where, status, reason) entries;
+    they are listed in the failures file too. Memory
     stays bounded by one bulk chunk: nothing keeps the collection. `replicas` None: 1 on a
     cluster of 2+ data nodes, else 0 (`default_replicas`).
     """
@@ -315,8 +316,11 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord], alias: str, coll
     def flush_read_errors() -> None:
         nonlocal reported_read_errors
         if read_errors is not None:
-            for where, reason in read_errors[reported_read_errors:]:
-                failures.add(None, where, "unreadable", reason)
+            for entry in read_errors[reported_read_errors:]:
+                if len(entry) == 4:  # (id, where, status, reason) of an item the reader skipped
+                    failures.add(*entry)
+                else:
+                    failures.add(None, entry[0], "unreadable", entry[1])
             reported_read_errors = len(read_errors)
 
     def actions() -> Iterator[dict]:
@@ -530,3 +534,120 @@ def dense_records(dense_dir: str | Path, head, collection: str, splits: Iterable
         vectors = head.encode(dense, texts=texts, expand=expand or collection == "images")
         for (rid, meta_row, _), vector in zip(part, vectors):
             yield SparseRecord(rid, vector, dict(meta_row))
+
+
+# --------------------------------------------------------------------------- what ingest reads
+
+
+@dataclass
+class RecordStream:
+    """One collection's input: lazy records, the resume key, the size when known, and the list of
+    skipped items (see `ingest`'s `read_errors`) that the reader fills while it is consumed."""
+
+    records: Iterator[SparseRecord]
+    source: str
+    total: int | None
+    read_errors: list[tuple]
+
+
+class IngestInput:
+    """Where `lsr-os ingest` reads its records: a sparse JSONL file, dense files plus a head, or a
+    dataset (Karpathy JSON + image root, or captions file) encoded on the fly by a dense encoder
+    (GPU when present) and a head. Options are checked here, before anything is loaded or any
+    cluster contacted; models and the dataset load once, on the first `stream`."""
+
+    def __init__(self, sparse_file: str | Path | None = None, dense_dir: str | Path | None = None,
+                 head: str | Path | None = None, model: str | None = None, data: str | Path | None = None,
+                 images: str | Path | None = None, captions: str | Path | None = None,
+                 splits: Iterable[str] = (), batch_size: int = 64, text_batch_size: int = 256, workers: int = 0,
+                 device: str | None = None):
+        from_dataset = data is not None or captions is not None
+        if sum((sparse_file is not None, dense_dir is not None, from_dataset)) != 1:
+            raise ConfigError("give one input: --sparse FILE, --dense DIR with --head, or a dataset "
+                              "(--data KARPATHY.json --images ROOT, or --captions FILE) with --model and --head")
+        if dense_dir is not None and head is None:
+            raise ConfigError("--dense needs --head (a sparse head checkpoint)")
+        if from_dataset and (model is None or head is None):
+            raise ConfigError("a dataset input needs --model (dense encoder) and --head (sparse head)")
+        if model is not None and not from_dataset:
+            raise ConfigError("--model encodes a dataset: give --data KARPATHY.json --images ROOT or --captions FILE")
+        if images is not None and not from_dataset:
+            raise ConfigError("--images is the image root of a dataset input (--data or --captions)")
+        self.sparse_file = Path(sparse_file) if sparse_file is not None else None
+        self.dense_dir = Path(dense_dir) if dense_dir is not None else None
+        self.head_path = Path(head) if head is not None else None
+        self.model, self.data, self.images, self.captions = model, data, images, captions
+        self.splits = tuple(splits)
+        self.batch_size, self.text_batch_size, self.workers, self.device = batch_size, text_batch_size, workers, device
+        self._head = self._encoder = self._dataset = None
+
+    def collections(self, requested: Iterable[str] = (), alias: str | None = None) -> tuple[str, ...]:
+        """The collections to load: `requested`, else both (a sparse file holds exactly one)."""
+        requested = tuple(requested)
+        if self.sparse_file is not None and len(requested) != 1:
+            raise ConfigError("--sparse loads one collection: add --collection images or --collection captions")
+        chosen = requested or COLLECTIONS
+        if alias and len(chosen) > 1:
+            raise ConfigError("--index names one alias: give one --collection with it")
+        return chosen
+
+    def _loaded_head(self):
+        if self._head is None:
+            from lsr_os.models.head import load_head
+
+            self._head = load_head(self.head_path)
+        return self._head
+
+    def stream(self, collection: str) -> RecordStream:
+        """The records of one collection, with the source key that makes a re-run resume."""
+        errors: list[tuple] = []
+        if self.sparse_file is not None:
+            return RecordStream(read_sparse_jsonl(self.sparse_file, errors), source_of(self.sparse_file),
+                                count_lines(self.sparse_file), errors)
+        if self.dense_dir is not None:
+            records = dense_records(self.dense_dir, self._loaded_head(), collection, self.splits or None)
+            source = f"{source_of(self.dense_dir / 'dataset_meta.json')}|{self.head_path.resolve()}|{collection}"
+            return RecordStream(records, source, None, errors)
+        return self._dataset_stream(collection, errors)
+
+    def _dataset_stream(self, collection: str, errors: list[tuple]) -> RecordStream:
+        from lsr_os.data import Failure, load_dataset
+        from lsr_os.encode import dataset_records
+        from lsr_os.models.dense import load_encoder
+
+        if collection not in COLLECTIONS:
+            raise ConfigError(f"unknown collection {collection!r}; choose one of {', '.join(COLLECTIONS)}")
+        if self._dataset is None:
+            self._dataset = load_dataset(data=self.data, images=self.images, captions=self.captions,
+                                         split=",".join(self.splits) or None)
+            self._encoder = load_encoder(self.model, device=self.device)
+        dataset = self._dataset
+        # Rows of the dataset file that could not be read are listed with each collection.
+        errors.extend((None, f.source or f.id, "unreadable", f.reason) for f in dataset.failures)
+
+        def on_failure(f: Failure) -> None:
+            errors.append((f.id, f.source, "unreadable" if f.what == "image" else "invalid", f.reason))
+
+        records = dataset_records(self._encoder, self._loaded_head(), dataset, collection, on_failure,
+                                  self.batch_size, self.text_batch_size, self.workers)
+        model = Path(self.model).expanduser()
+        parts = [source_of(self.data or self.captions), str(dataset.root.resolve()),
+                 str(model.resolve()) if model.exists() else self.model, str(self.head_path.resolve()),
+                 "split=" + (",".join(sorted(self.splits)) or "all"), collection]
+        total = len(dataset.images) if collection == "images" else len(dataset.captions)
+        return RecordStream(records, "|".join(parts), total, errors)
+
+
+def ingest_inputs(client: OpenSearch, inputs: IngestInput, collections: Iterable[str], alias: str | None = None,
+                  prefix: str = "lsr", failures_path: str | Path | None = None, **options) -> Iterator[IngestReport]:
+    """Load each collection of `inputs` (see `ingest` for `options`); yields one report per collection.
+
+    The alias is `alias` or `<prefix>-<collection>`; failures go to `failures_path` or
+    `ingest-failures-<alias>.jsonl`.
+    """
+    for collection in collections:
+        name = alias or default_alias(collection, prefix)
+        stream = inputs.stream(collection)
+        yield ingest(client, stream.records, name, collection, source=stream.source,
+                     failures_path=failures_path or Path(f"ingest-failures-{name}.jsonl"),
+                     read_errors=stream.read_errors, total=stream.total, **options)

@@ -8,6 +8,7 @@ cluster's `indices.query.bool.max_clause_count` by keeping the heaviest query te
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -232,3 +233,85 @@ def encode_query(model: str, head_path: str, text: str | None = None, image: str
     if not vector:
         raise DataError(f"the query {text!r} has no known token with a positive weight")
     return vector
+
+
+# --------------------------------------------------------------------------- one search, as the CLI runs it
+
+
+def parse_vector_json(value: str) -> SparseVector:
+    """A {term: weight} query from inline JSON or a JSON file (also {"vector": {...}})."""
+    try:
+        text = Path(value).read_text(encoding="utf-8") if not value.lstrip().startswith("{") else value
+    except OSError as exc:
+        raise DataError(f"--vector-json {value}: neither inline JSON nor a readable file ({exc.strerror})") from exc
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"--vector-json is not valid JSON: {exc.msg} at column {exc.colno}") from exc
+    obj = obj.get("vector", obj) if isinstance(obj, dict) else obj
+    if not isinstance(obj, dict) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                            for w in obj.values()):
+        raise DataError('--vector-json must be an object of term: weight (or {"vector": {...}})')
+    return {str(t): float(w) for t, w in obj.items()}
+
+
+@dataclass
+class SearchResult:
+    """One search as shown to a user: rows (rank, id, score, display fields[, matches]) and the DSL."""
+
+    index: str
+    took_ms: int
+    query: SparseVector
+    hits: list[dict]
+    dsl: dict
+    explain: bool
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "took_ms": self.took_ms, "query": self.query, "hits": self.hits,
+                **({"dsl": self.dsl} if self.explain else {})}
+
+
+def run_search(cluster, text: str | None = None, image: str | Path | None = None, vector_json: str | None = None,
+               model: str | None = None, head: str | Path | None = None, expand: bool = True,
+               collection: str | None = None, index: str | None = None, prefix: str = "lsr", k: int = 10,
+               max_terms: int | None = None, split: str | None = None, explain: bool = False) -> SearchResult:
+    """Search with exactly one of a text, an image or a raw `vector_json` query.
+
+    The query is built and checked before the cluster is contacted, so empty queries, queries
+    with no known term and unreadable images fail without a request. `cluster` is a
+    `ClusterConfig` (connected only then) or a client. The collection defaults to images for
+    text and vector queries, captions for an image query; `split` filters documents.
+    """
+    from lsr_os.config import ClusterConfig, connect
+    from lsr_os.errors import ConfigError
+    from lsr_os.vocab import Vocabulary
+
+    if sum(x is not None for x in (text, image, vector_json)) != 1:
+        raise ConfigError("give one query: TEXT, --image FILE or --vector-json")
+    if text is not None and not text.strip():
+        raise DataError("empty query: give some text")
+    if image is not None:
+        read_query_image(image)  # a clear error before any model loads
+    if vector_json is not None:
+        query, vocab = parse_vector_json(vector_json), Vocabulary.default()
+    else:
+        if not model or not head:
+            raise ConfigError("text and image queries need --model and --head (or use --vector-json)")
+        query = encode_query(model, str(head), text=text, image=image, expand=expand)
+        vocab = None
+    prepare_query(query, len(query) or 1, vocab)  # empty or unknown-only queries fail before connecting
+    index = index or f"{prefix}-{collection or ('captions' if image is not None else 'images')}"
+    client = connect(cluster) if isinstance(cluster, ClusterConfig) else cluster
+    filters = [{"term": {"split": split}}] if split else []
+    query = prepare_query(query, (max_terms or max_clause_count(client)) - len(filters), vocab)
+    body = build_query(query, k, filters, with_vectors=explain)
+    hits, took = search(client, index, body)
+    rows = []
+    for rank, hit in enumerate(hits, 1):
+        src = hit.get("_source", {})
+        row = {"rank": rank, "id": hit["_id"], "score": hit["_score"],
+               **{f: src[f] for f in ("image", "caption", "image_id", "split") if f in src}}
+        if explain:
+            row["matches"] = explain_hit(query, hit)
+        rows.append(row)
+    return SearchResult(index, took, query, rows, body, explain)

@@ -1,0 +1,124 @@
+"""`lsr-os ingest` straight from a dataset (tiny random BLIP + head, encoded on the fly) against the
+real node: good items indexed with their metadata, bad ones listed, re-run idempotent, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from encode_helpers import BOMB_LIMIT, IMAGE_CASES, make_bad_dataset, make_tiny_blip
+from lsr_os import index as ix
+from lsr_os.data import load_dataset
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from lsr_os.models.head import SparseHead
+
+    root = tmp_path_factory.mktemp("models")
+    blip = make_tiny_blip(root / "tiny-blip")
+    SparseHead.init_offline(dense_size=256).save_pretrained(root / "head")
+    return blip, root / "head"
+
+
+@pytest.fixture
+def bad(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)  # in-process decoding: --workers 0
+    return make_bad_dataset(tmp_path / "ds")
+
+
+def cli(*args):
+    from cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def ingest_args(captions, models, index, collection, failures):
+    blip, head = models
+    return ["ingest", "--captions", str(captions), "--images", str(captions.parent / "images"), "--model", str(blip),
+            "--head", str(head), "--collection", collection, "--index", index, "--workers", "0",
+            "--batch-size", "4", "--text-batch-size", "5", "--chunk-docs", "3", "--failures", str(failures)]
+
+
+def docs(client, index):
+    client.indices.refresh(index=index)
+    hits = client.search(index=index, body={"size": 100, "query": {"match_all": {}}})["hits"]["hits"]
+    return {h["_id"]: h["_source"] for h in hits}
+
+
+def test_images_good_indexed_with_metadata_bad_listed_rerun_idempotent(os_client, index_name, bad, models, tmp_path):
+    dataset = load_dataset(captions=bad, images=bad.parent / "images")
+    by_path = {img.path: img.id for img in dataset.images}
+    good = {by_path[name] for name, ok in IMAGE_CASES.items() if ok}
+    failed = {by_path[name] for name, ok in IMAGE_CASES.items() if not ok}
+    failures = tmp_path / "failures.jsonl"
+
+    res = cli(*ingest_args(bad, models, index_name, "images", failures))
+    assert res.exit_code == 0, res.output
+    indexed = docs(os_client, index_name)
+    assert set(indexed) == good
+    first = indexed[by_path["good1.jpg"]]
+    assert {k: first[k] for k in ("id", "split", "image", "dataset")} == {
+        "id": by_path["good1.jpg"], "split": "test", "image": "good1.jpg", "dataset": "captions"}
+    assert first["terms"]  # a real sparse vector through the head
+    listed = [json.loads(line) for line in failures.read_text().splitlines()]
+    assert {f["id"] for f in listed if f["id"] is not None} == failed
+    assert all(f["status"] == "unreadable" and f["reason"] for f in listed)
+    assert sum(f["id"] is None for f in listed) == 2  # the captions file's unreadable rows
+    assert f"{len(good)} documents ({len(good)} sent, {len(listed)} failed" in res.output
+
+    again = cli(*ingest_args(bad, models, index_name, "images", failures), "--json")
+    assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout)
+    assert report["count"] == len(good) and report["created"] == len(good) and report["replaced"]
+    assert os_client.count(index=index_name)["count"] == len(good)
+    assert docs(os_client, index_name) == indexed
+
+
+def test_captions_metadata_empty_ones_listed_and_an_interrupted_load_resumes(os_client, index_name, bad, models,
+                                                                             tmp_path):
+    dataset = load_dataset(captions=bad, images=bad.parent / "images")
+    empty = {c.id for c in dataset.captions if not c.text.strip()}
+    good = {c.id for c in dataset.captions} - empty
+    blip, head = models
+    inputs = ix.IngestInput(captions=bad, images=bad.parent / "images", model=str(blip), head=head, workers=0,
+                            text_batch_size=5)
+    stream = inputs.stream("captions")
+
+    def stops_halfway():
+        for n, record in enumerate(stream.records):
+            if n == 10:
+                raise KeyboardInterrupt
+            yield record
+
+    with pytest.raises(KeyboardInterrupt):
+        ix.ingest(os_client, stops_halfway(), index_name, "captions", source=stream.source, chunk_size=3,
+                  read_errors=stream.read_errors, progress=False)
+    assert not os_client.indices.exists_alias(name=index_name)
+
+    failures = tmp_path / "failures.jsonl"
+    res = cli(*ingest_args(bad, models, index_name, "captions", failures))
+    assert res.exit_code == 0, res.output
+    assert "resumed" in res.output
+    indexed = docs(os_client, index_name)
+    assert set(indexed) == good
+    cat = next(c for c in dataset.captions if c.text == "a cat in the training split")
+    doc = indexed[cat.id]
+    assert doc["caption"] == cat.text and doc["image_id"] == cat.image_id and doc["image"] == "good3.jpg"
+    assert doc["split"] == "test"  # a caption takes its image's split (the image's first row)
+    listed = [json.loads(line) for line in failures.read_text().splitlines()]
+    assert {f["id"] for f in listed if f["status"] == "invalid"} == empty
+    assert all("empty" in f["reason"] for f in listed if f["status"] == "invalid")
+
+
+def test_dataset_input_needs_model_and_head_before_any_cluster_call(bad):
+    res = cli("ingest", "--captions", str(bad), "--url", "http://127.0.0.1:9")
+    assert res.exit_code == 2 and "--model" in res.output and "--head" in res.output
+    res = cli("ingest", "--sparse", str(bad), "--captions", str(bad), "--collection", "images",
+              "--url", "http://127.0.0.1:9")
+    assert res.exit_code == 2 and "give one input" in res.output
