@@ -26,7 +26,7 @@ def demo_run(os_client, cluster_config, tmp_path_factory):
         assert first.exit_code == 0, first.output
         second = CliRunner().invoke(main, args)
         assert second.exit_code == 0, second.output
-        yield {"out": out, "prefix": prefix, "first": json.loads(first.output), "second": json.loads(second.output)}
+        yield {"out": out, "prefix": prefix, "first": json.loads(first.stdout), "second": json.loads(second.stdout)}
     finally:
         os_client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, expand_wildcards="all")
 
