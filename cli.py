@@ -685,8 +685,8 @@ def synth_cmd(out, n_images, seed, dim, noise, encoder) -> None:
               help="Folder for every step's output; a re-run reuses finished steps.")
 @click.option("--images", "n_images", type=click.IntRange(50), default=2000, show_default=True,
               help="Images in the built-in world (80% train, 10% val, 10% test).")
-@click.option("--encoder-epochs", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--head-epochs", type=click.IntRange(1), default=12, show_default=True)
+@click.option("--encoder-epochs", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--head-epochs", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--query", "queries", multiple=True, help="Example text query (repeatable) [default: five built-in ones].")
 @click.option("-k", type=click.IntRange(1, 20), default=5, show_default=True, help="Hits per example query.")
 @click.option("--prefix", default="demo", show_default=True, help="Collections are served as <prefix>-images and <prefix>-captions.")

@@ -17,6 +17,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,13 @@ class Scene:
     background: str
     count: int
 
+    def words_for(self, attribute: str) -> set[str]:
+        """Every word a caption may use for one attribute ("shape", "colour", ...), plurals included."""
+        table = {"shape": SHAPES, "colour": {k: v[1] for k, v in COLOURS.items()}, "size": SIZES,
+                 "texture": TEXTURES, "background": {k: v[1] for k, v in BACKGROUNDS.items()}}[attribute]
+        words = set(table[getattr(self, attribute)])
+        return words | {_plural(w, 2) for w in words} if attribute == "shape" else words
+
     def concept_words(self) -> set[str]:
         """Every word that names one of the scene's colour, shape, size, texture or background."""
         words = set(SHAPES[self.shape]) | set(COLOURS[self.colour][1]) | set(SIZES[self.size])
@@ -123,27 +131,42 @@ def captions(scene: Scene, rng: random.Random, n: int = 5) -> list[str]:
 
 
 def render(scene: Scene, rng: random.Random, size: int = 64) -> Image.Image:
-    """Draw the scene: a slightly noisy background, then `count` textured objects in its region."""
+    """Draw the scene: a slightly noisy background, then `count` textured objects in its region.
+
+    Objects are large relative to the image (a small one spans about a quarter of it) and never
+    overlap, so that a small CNN can tell the shapes apart at a reduced input size.
+    """
     base = BACKGROUNDS[scene.background][0]
-    img = Image.new("RGB", (size, size), base)
-    draw = ImageDraw.Draw(img)
-    for _ in range(size // 2):  # speckle, so the background is not a flat colour
-        x, y = rng.randrange(size), rng.randrange(size)
-        jitter = rng.randint(-18, 18)
-        draw.point((x, y), fill=tuple(max(0, min(255, c + jitter)) for c in base))
-    radius = size * (0.09 if scene.size == "small" else 0.17) * rng.uniform(0.9, 1.1)
+    noise = np.random.default_rng(rng.getrandbits(32))
+    arr = np.empty((size, size, 3), dtype=np.int16)
+    arr[:] = base
+    speckle = noise.random((size, size)) < 0.06  # so the background is not a flat colour
+    arr[speckle] += noise.integers(-18, 19, size=(int(speckle.sum()), 1), dtype=np.int16)
+    radius = size * (0.14 if scene.size == "small" else 0.23) * (1.0, 0.85, 0.75)[scene.count - 1]
+    radius *= rng.uniform(0.9, 1.1)
     cx, cy = _CENTRES[scene.position]
-    spread = radius * 1.3
-    offsets = {1: [(0, 0)], 2: [(-spread, 0), (spread, 0)], 3: [(-spread, spread * 0.6), (spread, spread * 0.6), (0, -spread * 0.7)]}
+    spread = radius * 1.15  # centres 2.3 radii apart: neighbours do not touch
+    offsets = {1: [(0, 0)], 2: [(-spread, 0), (spread, 0)],
+               3: [(-spread, spread * 0.9), (spread, spread * 0.9), (0, -spread * 1.1)]}[scene.count]
     if scene.position in ("left", "right"):  # stack vertically where the region is tall
-        offsets = {k: [(dy, dx) for dx, dy in v] for k, v in offsets.items()}
+        offsets = [(dy, dx) for dx, dy in offsets]
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    points = [(cx * size + dx + rng.uniform(-2, 2), cy * size + dy + rng.uniform(-2, 2)) for dx, dy in offsets]
+    # Shift the group as a whole back inside the frame (shifting objects one by one would merge them).
+    lo, hi = radius + 1, size - radius - 1
+    shift_x = max(0.0, lo - min(x for x, _ in points)) - max(0.0, max(x for x, _ in points) - hi)
+    shift_y = max(0.0, lo - min(y for _, y in points)) - max(0.0, max(y for _, y in points) - hi)
+    for x, y in points:
+        _draw_shape(draw, scene.shape, x + shift_x, y + shift_y, radius, 255)
+    inside = np.asarray(mask) > 0
     colour = COLOURS[scene.colour][0]
-    for dx, dy in offsets[scene.count]:
-        x = cx * size + dx + rng.uniform(-2, 2)
-        y = cy * size + dy + rng.uniform(-2, 2)
-        _draw_shape(draw, scene.shape, x, y, radius, colour)
-        _draw_texture(img, scene.texture, x, y, radius, colour)
-    return img
+    arr[inside] = colour
+    pattern = _texture_pattern(scene.texture, size)
+    if pattern is not None:
+        tone = tuple(255 - c // 2 for c in colour) if sum(colour) < 200 else tuple(c // 3 for c in colour)
+        arr[inside & pattern] = tone
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, fill) -> None:
@@ -170,22 +193,16 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: fl
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def _draw_texture(img: Image.Image, texture: str, x: float, y: float, r: float, colour) -> None:
-    """Stripes or dots in a contrasting tone, only where the object was drawn."""
+def _texture_pattern(texture: str, size: int) -> np.ndarray | None:
+    """Where a texture recolours an object (stripes two pixels wide, or a dot grid); None when plain."""
     if texture == "plain":
-        return
-    tone = tuple(255 - c // 2 for c in colour) if sum(colour) < 200 else tuple(c // 3 for c in colour)
-    px = img.load()
-    x0, x1 = max(0, int(x - r)), min(img.width, int(x + r) + 1)
-    y0, y1 = max(0, int(y - r)), min(img.height, int(y + r) + 1)
-    for yy in range(y0, y1):
-        for xx in range(x0, x1):
-            if px[xx, yy] != tuple(colour):
-                continue
-            if texture == "striped" and (yy // 2) % 2 == 0:
-                px[xx, yy] = tone
-            elif texture == "dotted" and xx % 4 == 0 and yy % 4 == 0:
-                px[xx, yy] = tone
+        return None
+    yy, xx = np.mgrid[:size, :size]
+    if texture == "striped":
+        return (yy // 2) % 2 == 0
+    if texture == "dotted":
+        return (xx % 4 == 0) & (yy % 4 == 0)
+    raise ValueError(f"unknown texture {texture!r}")
 
 
 def build(out: str | Path, n_images: int = 3000, seed: int = 0, image_size: int = 64,
