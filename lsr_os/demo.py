@@ -109,7 +109,8 @@ def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
 
     meta_path = steps.run("world", False, lambda: world.build(world_dir, n_images=cfg.n_images, seed=cfg.seed))
     steps.run("dense encoder", (enc_dir / MARKER_FILE).exists(),
-              lambda: train_demo_encoder(meta_path, world_dir, enc_dir, epochs=cfg.encoder_epochs, seed=cfg.seed))
+              lambda: train_demo_encoder(meta_path, world_dir, enc_dir, epochs=cfg.encoder_epochs, seed=cfg.seed,
+                                         progress=cfg.progress))
     encoder = load_encoder(enc_dir, device="cpu")
     # encode_dataset resumes by id, so a finished folder costs one scan.
     steps.run("encode", False, lambda: encode_dataset(

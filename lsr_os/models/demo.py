@@ -127,7 +127,7 @@ def tokenize(tokenizer, texts: list[str], max_tokens: int) -> torch.Tensor:
 
 def train_demo_encoder(meta_path: str | Path, image_root: str | Path, out: str | Path, epochs: int = 40,
                        batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
-                       config: DemoConfig | None = None) -> DemoEncoder:
+                       config: DemoConfig | None = None, progress: bool = True) -> DemoEncoder:
     """Train the dual encoder contrastively on the training split of a built world and save it.
 
     Each step takes distinct images with one random caption each, so the only positives in a
@@ -169,7 +169,7 @@ def train_demo_encoder(meta_path: str | Path, image_root: str | Path, out: str |
     warmup = max(1, int(0.1 * total))
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: _lr_factor(step, warmup, total)) for o in opts]
     model.train()
-    bar = tqdm(total=total, desc="train demo encoder", unit="step")
+    bar = tqdm(total=total, desc="train demo encoder", unit="step", disable=not progress)
     for epoch in range(epochs):
         order = rng.permutation(len(train.image_ids))
         for s in range(steps_per_epoch):
