@@ -104,6 +104,7 @@ def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, cfg)
     steps = _Steps()
     world_dir, enc_dir, dense_dir, head_dir = out / "world", out / "encoder", out / "dense", out / "head"
 
@@ -129,6 +130,24 @@ def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
     report = steps.run("evaluate", False, lambda: _evaluate(client, dense_dir, head_dir / BEST_DIR, aliases,
                                                             out / "eval", cfg.progress))
     return DemoResult(examples, report, train_report, steps.seconds, out)
+
+
+def _check_settings(out: Path, cfg: DemoConfig) -> None:
+    """Finished steps are reused only for the settings that produced them: refuse a mix."""
+    from lsr_os.errors import ConfigError
+
+    settings = {"n_images": cfg.n_images, "seed": cfg.seed, "encoder_epochs": cfg.encoder_epochs,
+                "head_epochs": cfg.head_epochs, "head_batch_size": cfg.head_batch_size, "head_lr": cfg.head_lr,
+                "proj_lr": cfg.proj_lr, "reg": cfg.reg}
+    path = out / "demo-settings.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        if changed:
+            raise ConfigError(f"{out} holds a demo built with other settings ({', '.join(changed)} differ); "
+                              "give another --out or delete that folder")
+    else:
+        path.write_text(json.dumps(settings, indent=2))
 
 
 def _fingerprint(path: Path) -> str:
