@@ -20,14 +20,18 @@ _ESCAPES = {"%": "%25", ".": "%2E"}
 
 
 def term_to_feature(term: str) -> str:
-    """Encode a vocabulary term as a dot-free, reversible feature name."""
+    """Encode a vocabulary term as a dot-free, reversible feature name (on the ingest hot path)."""
     if not term:
         raise ValueError("empty term")
-    return "".join(_ESCAPES.get(ch, ch) for ch in term)
+    if "." not in term and "%" not in term:
+        return term
+    return term.replace("%", _ESCAPES["%"]).replace(".", _ESCAPES["."])
 
 
 def feature_to_term(feature: str) -> str:
     """Invert `term_to_feature`."""
+    if "%" not in feature:
+        return feature
     out: list[str] = []
     i = 0
     while i < len(feature):
