@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from lsr_os.errors import ModelError
-from lsr_os.models.dense import DenseEncoder, ImagePreprocessor, register_encoder, resolve_device, resolve_dtype
+from lsr_os.models.dense import (DenseEncoder, ImagePreprocessor, itc_text_features, register_encoder,
+                                 resolve_device, resolve_dtype)
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +228,7 @@ class AlbefEncoder(DenseEncoder):
         return self.model.vision_proj(hidden[:, 0, :])
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:
-        tok = self.tokenizer([clean_caption(t) for t in texts], padding="longest", truncation=True,
-                             max_length=MAX_TOKENS, return_tensors="pt")
-        out = self.model.text_encoder(input_ids=tok["input_ids"].to(self.device),
-                                      attention_mask=tok["attention_mask"].to(self.device))
-        return self.model.text_proj(out.last_hidden_state[:, 0, :])
+        return itc_text_features(self, [clean_caption(t) for t in texts], MAX_TOKENS)
 
 
 register_encoder("albef", AlbefEncoder)

@@ -187,6 +187,19 @@ class DenseEncoder(ABC):
                 "dtype": str(self.dtype).replace("torch.", "")}
 
 
+def itc_text_features(encoder: DenseEncoder, cleaned: list[str], max_tokens: int) -> torch.Tensor:
+    """The [CLS] output of a BLIP-style text tower through its ITC projection (BLIP and ALBEF).
+
+    `encoder` has `tokenizer` and `model.text_encoder` / `model.text_proj`; captions arrive
+    already cleaned the way the model's own retrieval code cleans them.
+    """
+    tok = encoder.tokenizer(cleaned, padding="longest", truncation=True, max_length=max_tokens,
+                            return_tensors="pt")
+    out = encoder.model.text_encoder(input_ids=tok["input_ids"].to(encoder.device),
+                                     attention_mask=tok["attention_mask"].to(encoder.device))
+    return encoder.model.text_proj(out.last_hidden_state[:, 0, :])
+
+
 _REGISTRY: dict[str, type[DenseEncoder]] = {}
 
 
