@@ -72,6 +72,43 @@ def test_forward_with_mask_matches_reference():
     assert (got <= unmasked + 1e-7).all() and (unmasked > 0).sum() > (got > 0).sum()
 
 
+def test_own_token_weights_equal_the_masked_forward_at_the_ids():
+    torch.manual_seed(0)
+    head = SparseHead(dense_size=8, hidden_size=16, vocab_size=50, blocked_token_ids=[7])
+    with torch.no_grad():
+        head.vocab_projector.bias.fill_(0.5)
+    dense = torch.randn(3, 8)
+    ids = torch.tensor([[1, 5, 9, 7, 0], [2, 3, 0, 0, 0], [49, 48, 47, 46, 45]])  # distinct per row
+    am = (ids != 0).long()
+    want = head(dense, ids, am).gather(1, ids) * am
+    got = head.own_token_weights(dense, ids, am)
+    torch.testing.assert_close(got, want)
+    assert got[0, 3] == 0 and (got[1, 2:] == 0).all() and (got[2] > 0).any()
+
+
+def test_blocked_tokens_are_zero_everywhere_and_saved(tmp_path):
+    torch.manual_seed(0)
+    head = SparseHead(dense_size=8, hidden_size=16)
+    with torch.no_grad():
+        head.vocab_projector.bias.fill_(20.0)  # every term positive, the special ones too
+    dense = torch.randn(2, 8)
+    assert (head(dense)[:, [0, 100, 101, 102, 103]] > 0).all()
+    head.block_special_tokens()
+    assert head.blocked_token_ids == [0, 100, 101, 102, 103]
+    assert (head(dense)[:, [0, 100, 101, 102, 103]] == 0).all() and (head(dense)[:, 104:] > 0).all()
+    own = head.encode(dense.numpy(), texts=["a dog", "the dog runs"], expand=False)
+    assert set(own[0]) == {"a", "dog"} and set(own[1]) == {"the", "dog", "runs"}
+    head.save_pretrained(tmp_path / "h")
+    assert json.loads((tmp_path / "h" / "config.json").read_text())["blocked_token_ids"] == [0, 100, 101, 102, 103]
+    again = load_head(tmp_path / "h")
+    assert torch.equal(again(dense), head(dense))
+    cfg = json.loads((tmp_path / "h" / "config.json").read_text())
+    cfg["blocked_token_ids"] = [40000]
+    (tmp_path / "h" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match=r"config.json: bad blocked_token_ids: .*got 40000"):
+        load_head(tmp_path / "h")
+
+
 def _random_authors_state(dense=16, hidden=24, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {
@@ -99,6 +136,7 @@ def test_authors_checkpoint_loads_and_matches_direct_computation(tmp_path, weigh
     dense = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
     np.testing.assert_allclose(head(dense).detach().numpy(), _reference(dense, state), atol=2e-4)
     assert head.terms[3899] == "dog"
+    assert head.blocked_token_ids == []  # the authors' heads keep [CLS] and friends
 
 
 def test_own_format_roundtrip_records_init_and_versions(tmp_path):

@@ -6,8 +6,15 @@
 The parameter names (`proj`, `vocab_layer_norm`, `vocab_projector`) are the paper authors', so
 their released `d2s` checkpoints load without renaming and without their `mlm_head` model.
 
-Checkpoint folder (own format): `config.json` (model_type "lsr-os-d2s", shapes, how the head
-was initialised, library versions), `model.safetensors`, and the tokenizer files in
+Blocked tokens: a head may hold a list of vocabulary ids whose weight is always zero. Heads this
+project trains block the tokenizer's special tokens ([CLS], [SEP], [PAD], [UNK], [MASK]): they
+are in every caption's own-token mask, so without the block an image learns to spend weight on
+[CLS] (it heads the top terms of most synthetic-world images), which is no word a user can read
+or type and only adds a posting to every document. METHOD.md has no such block, so heads loaded
+from the authors' format, and own heads saved without the key, block nothing.
+
+Checkpoint folder (own format): `config.json` (model_type "lsr-os-d2s", shapes, blocked ids, how
+the head was initialised, library versions), `model.safetensors`, and the tokenizer files in
 `tokenizer/`.
 """
 
@@ -58,7 +65,8 @@ class SparseHead(nn.Module):
 
     def __init__(self, dense_size: int = 256, hidden_size: int = 768, vocab_size: int = VOCAB_SIZE,
                  layer_norm_eps: float = 1e-12, init: dict | None = None,
-                 max_text_length: int = DEFAULT_MAX_TEXT_LENGTH, tokenizer_dir: str | Path | None = None):
+                 max_text_length: int = DEFAULT_MAX_TEXT_LENGTH, tokenizer_dir: str | Path | None = None,
+                 blocked_token_ids: Sequence[int] = ()):
         super().__init__()
         self.proj = nn.Linear(dense_size, hidden_size)
         self.vocab_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -67,6 +75,7 @@ class SparseHead(nn.Module):
         self.max_text_length = int(max_text_length)
         self._tokenizer_dir = str(tokenizer_dir) if tokenizer_dir else None
         self._terms: list[str] | None = None
+        self.blocked_token_ids = blocked_token_ids
 
     # ------------------------------------------------------------------ shapes and vocabulary
 
@@ -81,6 +90,28 @@ class SparseHead(nn.Module):
     @property
     def vocab_size(self) -> int:
         return self.vocab_projector.out_features
+
+    @property
+    def blocked_token_ids(self) -> list[int]:
+        """Vocabulary ids whose weight is always zero (see the module docstring)."""
+        return self._blocked
+
+    @blocked_token_ids.setter
+    def blocked_token_ids(self, ids: Sequence[int]) -> None:
+        ids = sorted({int(i) for i in ids})
+        if ids and not 0 <= ids[0] <= ids[-1] < self.vocab_size:
+            raise ModelError(f"blocked token ids must lie in [0, {self.vocab_size}), got {ids[0]}..{ids[-1]}")
+        self._blocked = ids
+        self._blocked_cache: dict[torch.device, Tensor] = {}
+
+    def block_special_tokens(self) -> None:
+        """Block the tokenizer's special tokens ([CLS], [SEP], [PAD], [UNK], [MASK])."""
+        self.blocked_token_ids = self.tokenizer.all_special_ids
+
+    def _blocked_on(self, device: torch.device) -> Tensor:
+        if device not in self._blocked_cache:
+            self._blocked_cache[device] = torch.tensor(self._blocked, dtype=torch.long, device=device)
+        return self._blocked_cache[device]
 
     @property
     def tokenizer(self):
@@ -110,10 +141,27 @@ class SparseHead(nn.Module):
         """Sparse weights; with `input_ids` only the caption's own tokens keep theirs (no expansion)."""
         h = self.vocab_layer_norm(self.proj(dense))
         s = torch.log1p(torch.relu(self.vocab_projector(h)))
+        if self._blocked:
+            s = s.index_fill(1, self._blocked_on(s.device), 0.0)
         if input_ids is not None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             s = s * own_token_mask(input_ids, attention_mask, s.shape[1], s.dtype)
+        return s
+
+    def own_token_weights(self, dense: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B x L) weights at each caption's own token ids: the masked forward without its 30,522-wide product.
+
+        Equal to `forward(dense, input_ids, attention_mask).gather(1, input_ids)` (times the mask)
+        when each row's ids are distinct, which training's token lists are; costs L instead of V
+        dot products per caption, so a batch with unexpanded captions costs about half as much.
+        """
+        h = self.vocab_layer_norm(self.proj(dense))
+        ids = input_ids.long()
+        z = torch.einsum("bh,blh->bl", h, self.vocab_projector.weight[ids]) + self.vocab_projector.bias[ids]
+        s = torch.log1p(torch.relu(z)) * attention_mask.to(z.dtype)
+        if self._blocked:
+            s = s.masked_fill(torch.isin(ids, self._blocked_on(ids.device)), 0.0)
         return s
 
     @torch.no_grad()
@@ -226,7 +274,7 @@ class SparseHead(nn.Module):
         return {"model_type": MODEL_TYPE, "format_version": 1, "dense_size": self.dense_size,
                 "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
                 "layer_norm_eps": self.vocab_layer_norm.eps, "max_text_length": self.max_text_length,
-                "init": self.init_info,
+                "blocked_token_ids": self.blocked_token_ids, "init": self.init_info,
                 "versions": {"lsr_os": __version__, "torch": torch.__version__,
                              "transformers": transformers.__version__}}
 
@@ -267,13 +315,19 @@ class SparseHead(nn.Module):
                 raise ModelError(f"{cfg_path}: dense_size {cfg['dense_size']} but proj.weight has {dense} inputs")
             init = {"method": "authors-d2s-checkpoint", "source": str(folder), "mlm_head": cfg.get("mlm_head")}
             eps, max_len = 1e-12, DEFAULT_MAX_TEXT_LENGTH  # DistilBERT's LayerNorm eps and tokenizer limit
+            blocked: list[int] = []
         else:
             init = cfg.get("init", {})
             eps = float(cfg.get("layer_norm_eps", 1e-12))
             max_len = int(cfg.get("max_text_length", DEFAULT_MAX_TEXT_LENGTH))
+            blocked = cfg.get("blocked_token_ids", [])
         tok_dir = next((str(d) for d in (folder / TOKENIZER_DIR, folder)
                         if (d / "vocab.txt").exists() or (d / "tokenizer.json").exists()), None)
-        head = cls(dense, hidden, vocab, eps, init=init, max_text_length=max_len, tokenizer_dir=tok_dir)
+        try:
+            head = cls(dense, hidden, vocab, eps, init=init, max_text_length=max_len, tokenizer_dir=tok_dir,
+                       blocked_token_ids=blocked)
+        except (TypeError, ValueError, ModelError) as exc:
+            raise ModelError(f"{cfg_path}: bad blocked_token_ids: {exc}") from exc
         try:
             head.load_state_dict({k: state[k].float() for k in PARAM_NAMES})
         except RuntimeError as exc:
