@@ -127,7 +127,7 @@ def authors_style(data: TrainingData, cfg: TrainConfig, steps: int, warmup: int,
             else:
                 s_txt = head(txt)
             s_img = head(img)
-            loss = distillation_loss(s_img, s_txt, img, txt, cfg.temperature)
+            loss = distillation_loss(s_img @ s_txt.t(), img, txt, cfg.temperature)
             loss = loss + (reg_weight(cfg.q_reg, step, warm) * l1(s_txt) + reg_weight(cfg.d_reg, step, warm) * l1(s_img)) / 2
         opt1.zero_grad()
         opt2.zero_grad()

@@ -10,12 +10,16 @@ at epoch 0 to 0 at 95% of the epochs (or stays fixed, for the ablations).
 Speed: every dense vector and every caption's token ids live on the device for the whole run;
 a batch is a slice of a random permutation; no host work or device sync happens per step (loss
 parts are summed on the device and read once per epoch); evaluation is batched matrix products
-on the device, caption chunk by caption chunk, keeping only the top 10 in both directions.
+on the device, caption chunk by caption chunk, keeping only the top 10 in both directions. A
+batch whose captions keep their own tokens never builds their 30,522-wide vectors: the head is
+evaluated at each caption's (distinct) token ids only and the in-batch scores gather the image
+weights at those ids, which is the same loss at about half the cost of the batch.
 
 Deliberate differences from the reference code (METHOD.md, "Known pitfalls"): the caption side
 always starts from the caption's dense vector; validation encodes captions fully expanded (p = 0,
 as the test does) rather than drawing a fresh mask per batch, so that checkpoint selection is
-not noisy; metrics stop at the top 10 because that is all that is kept.
+not noisy; metrics stop at the top 10 because that is all that is kept; by default the head
+blocks the special tokens ([CLS], [SEP], ...; see lsr_os.models.head), which METHOD.md does not.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +41,7 @@ from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, Embe
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.metrics import flops_from_counts, topk_metrics
 from lsr_os.models.dense import resolve_device
-from lsr_os.models.head import SparseHead, load_head, own_token_mask
+from lsr_os.models.head import SparseHead, load_head
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class TrainConfig:
     init: str = "auto"  # auto | minilm | a local masked-LM folder | a head checkpoint to continue from
     eval_batch_size: int = 2048
     max_text_length: int = 512
+    block_special_tokens: bool = True  # keep [CLS]/[SEP]/... weights at zero (not in METHOD.md)
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
@@ -113,15 +118,24 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 # ---------------------------------------------------------------------------- loss
 
 
-def distillation_loss(sparse_img: Tensor, sparse_txt: Tensor, dense_img: Tensor, dense_txt: Tensor,
-                      temperature: float) -> Tensor:
-    """½ [CE(S, softmax(T/τ)) + CE(Sᵀ, softmax(Tᵀ/τ))], S sparse and T dense in-batch scores."""
-    scores = (sparse_img @ sparse_txt.t()).float()
+def distillation_loss(scores: Tensor, dense_img: Tensor, dense_txt: Tensor, temperature: float) -> Tensor:
+    """½ [CE(S, softmax(T/τ)) + CE(Sᵀ, softmax(Tᵀ/τ))], S the sparse (image x caption) and T the dense in-batch scores."""
+    scores = scores.float()
     with torch.no_grad():
         teacher = dense_img.float() @ dense_txt.float().t() / temperature
         p_i2t = torch.softmax(teacher, dim=1)
         p_t2i = torch.softmax(teacher.t(), dim=1)
     return (F.cross_entropy(scores, p_i2t) + F.cross_entropy(scores.t(), p_t2i)) / 2
+
+
+def own_token_scores(sparse_img: Tensor, token_ids: Tensor, token_weights: Tensor) -> Tensor:
+    """(images x captions) dot products when each caption has weights only at its own token ids.
+
+    `token_weights[j, l]` is caption j's weight at `token_ids[j, l]` (ids distinct per row, padding
+    weighted 0), so S[i, j] = Σ_l sparse_img[i, ids[j, l]] · w[j, l]; memory images x captions x L.
+    """
+    gathered = sparse_img[:, token_ids.reshape(-1).long()].view(sparse_img.shape[0], *token_ids.shape)
+    return (gathered * token_weights.unsqueeze(0)).sum(dim=2)
 
 
 def l1(sparse: Tensor) -> Tensor:
@@ -134,18 +148,24 @@ def l1(sparse: Tensor) -> Tensor:
 
 @dataclass
 class TextTokens:
-    """Caption token ids (padded) and attention masks, kept on the device."""
+    """Each caption's distinct token ids (padded) and their mask, kept on the device.
+
+    Distinct, because the own-token mask counts a repeated token once; ids in `drop_ids` (the
+    head's blocked tokens) are left out, as the head would zero them anyway.
+    """
 
     ids: Tensor  # (N, L) int32
     mask: Tensor  # (N, L) uint8
 
     @classmethod
-    def build(cls, tokenizer, texts: list[str], max_length: int, device, chunk: int = 65536) -> "TextTokens":
-        ids, masks, width = [], [], 1
+    def build(cls, tokenizer, texts: list[str], max_length: int, device, chunk: int = 65536,
+              drop_ids: Sequence[int] = ()) -> "TextTokens":
+        ids: list[list[int]] = []
+        drop = set(drop_ids)
         for start in range(0, len(texts), chunk):
             enc = tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length, padding=False)
-            ids.extend(enc["input_ids"])
-            width = max(width, max((len(x) for x in enc["input_ids"]), default=1))
+            ids.extend([t for t in dict.fromkeys(row) if t not in drop] for row in enc["input_ids"])
+        width = max(1, max((len(x) for x in ids), default=1))
         arr = np.zeros((len(ids), width), dtype=np.int32)
         msk = np.zeros((len(ids), width), dtype=np.uint8)
         for r, row in enumerate(ids):
@@ -204,7 +224,8 @@ class TrainingData:
     def dim(self) -> int:
         return self.images.dim
 
-    def split(self, name: str, device, tokenizer=None, max_length: int = 512) -> SplitTensors:
+    def split(self, name: str, device, tokenizer=None, max_length: int = 512,
+              drop_token_ids: Sequence[int] = ()) -> SplitTensors:
         """A split's tensors on `device`; images without captions are counted and logged."""
         split = self.meta.split(name)
         if not split.caption_ids:
@@ -218,7 +239,8 @@ class TrainingData:
         txt = torch.from_numpy(self.texts.take(split.caption_ids)).to(device)
         row = {i: r for r, i in enumerate(split.image_ids)}
         cap_img = torch.tensor([row[i] for i in split.caption_image], dtype=torch.long, device=device)
-        tokens = TextTokens.build(tokenizer, split.captions, max_length, device) if tokenizer is not None else None
+        tokens = (TextTokens.build(tokenizer, split.captions, max_length, device, drop_ids=drop_token_ids)
+                  if tokenizer is not None else None)
         return SplitTensors(split, img, txt, cap_img, tokens)
 
 
@@ -363,10 +385,14 @@ class Trainer:
         if self.head.dense_size != data.dim:
             raise ConfigError(f"head expects {self.head.dense_size}-d vectors, {data.folder} has {data.dim}-d")
         self.head.max_text_length = config.max_text_length
+        if config.block_special_tokens:
+            self.head.block_special_tokens()
+        else:
+            self.head.blocked_token_ids = []
         self.head.to(self.device).train()
-        tok = self.head.tokenizer
-        self.train_data = data.split("train", self.device, tok, config.max_text_length)
-        self.val_data = data.split("val", self.device, tok, config.max_text_length)
+        tok, blocked = self.head.tokenizer, self.head.blocked_token_ids
+        self.train_data = data.split("train", self.device, tok, config.max_text_length, blocked)
+        self.val_data = data.split("val", self.device, tok, config.max_text_length, blocked)
         self.n_pairs = self.train_data.txt.shape[0]
         self.steps_per_epoch = math.ceil(self.n_pairs / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -406,11 +432,16 @@ class Trainer:
             wq = reg_weight(cfg.q_reg, self.step, self.warmup_steps)
             wd = reg_weight(cfg.d_reg, self.step, self.warmup_steps)
             with _autocast(self.device, self.dtype):
-                both = head(torch.cat([img_dense, txt_dense]))
-                s_img, s_txt = both[:len(idx)], both[len(idx):]
-                if masked[b]:
-                    s_txt = s_txt * own_token_mask(d.tokens.ids[idx], d.tokens.mask[idx], s_txt.shape[1], s_txt.dtype)
-                distill = distillation_loss(s_img, s_txt, img_dense, txt_dense, cfg.temperature)
+                if masked[b]:  # captions keep their own tokens: only their weights are computed
+                    s_img = head(img_dense)
+                    ids = d.tokens.ids[idx]
+                    s_txt = head.own_token_weights(txt_dense, ids, d.tokens.mask[idx])
+                    scores = own_token_scores(s_img, ids, s_txt)
+                else:
+                    both = head(torch.cat([img_dense, txt_dense]))
+                    s_img, s_txt = both[:len(idx)], both[len(idx):]
+                    scores = s_img @ s_txt.t()
+                distill = distillation_loss(scores, img_dense, txt_dense, cfg.temperature)
                 reg = (wq * l1(s_txt) + wd * l1(s_img)) / 2
                 loss = distill + reg
             self.optimizer.zero_grad(set_to_none=True)
@@ -500,7 +531,7 @@ class Trainer:
     def test_report(self) -> dict:
         """The best checkpoint on the test split: full expansion (p = 0), no query expansion, dense."""
         best = load_head(self.out / BEST_DIR).to(self.device)
-        test = self.data.split("test", self.device, best.tokenizer, best.max_text_length)
+        test = self.data.split("test", self.device, best.tokenizer, best.max_text_length, best.blocked_token_ids)
         return {"best_epoch": self.best_epoch, "best_val_t2i_R@1": self.best_r1,
                 "n_images": test.img.shape[0], "n_captions": test.txt.shape[0],
                 "sparse": evaluate_head(best, test, True, self.dtype, self.cfg.eval_batch_size),

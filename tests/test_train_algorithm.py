@@ -60,8 +60,51 @@ def test_distillation_loss_matches_formula_on_fixed_tensors():
         return float(-(target * logp).sum(axis=1).mean())
 
     want = (ce(S, softmax(T)) + ce(S.T, softmax(T.T))) / 2
-    assert distillation_loss(s_img, s_txt, d_img, d_txt, tau).item() == pytest.approx(want, rel=1e-5)
+    assert distillation_loss(s_img @ s_txt.T, d_img, d_txt, tau).item() == pytest.approx(want, rel=1e-5)
     assert l1(s_img).item() == pytest.approx((3.0 + 1.5) / 2)
+
+
+def test_unexpanded_batch_by_gathering_equals_the_full_masked_computation():
+    """The trainer's cheap path for unexpanded captions: same loss and gradients as 30,522-wide vectors."""
+    from lsr_os.models.head import SparseHead
+    from lsr_os.train import own_token_scores
+
+    torch.manual_seed(0)
+    head = SparseHead(dense_size=8, hidden_size=16, vocab_size=60, blocked_token_ids=[0, 1])
+    with torch.no_grad():
+        head.vocab_projector.bias.fill_(0.3)
+    d_img, d_txt = torch.randn(4, 8), torch.randn(4, 8)
+    ids = torch.tensor([[2, 9, 1, 0], [5, 6, 7, 8], [9, 0, 0, 0], [59, 3, 2, 0]])
+    am = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]])
+
+    def loss_and_grads(cheap: bool):
+        head.zero_grad()
+        s_img = head(d_img)
+        if cheap:
+            s_txt = head.own_token_weights(d_txt, ids, am)
+            scores = own_token_scores(s_img, ids, s_txt)
+        else:
+            s_txt = head(d_txt, ids, am)
+            scores = s_img @ s_txt.t()
+        loss = distillation_loss(scores, d_img, d_txt, 0.05) + 0.01 * l1(s_txt) + 0.01 * l1(s_img)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in head.parameters()]
+
+    loss_full, grads_full = loss_and_grads(False)
+    loss_cheap, grads_cheap = loss_and_grads(True)
+    torch.testing.assert_close(loss_cheap, loss_full)
+    for a, b in zip(grads_cheap, grads_full):
+        torch.testing.assert_close(a, b)
+
+
+def test_caption_tokens_are_distinct_and_leave_out_blocked_ids():
+    from lsr_os.train import TextTokens
+    from lsr_os.vocab import load_tokenizer
+
+    tok = load_tokenizer()
+    t = TextTokens.build(tok, ["a dog and a dog", "dog"], 512, "cpu", drop_ids=tok.all_special_ids)
+    a, dog, and_ = tok.convert_tokens_to_ids(["a", "dog", "and"])
+    assert t.ids.tolist() == [[a, dog, and_], [dog, 0, 0]] and t.mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
 def test_keep_top_k():
