@@ -3,20 +3,25 @@
 The CI settings are not the paper's (200 epochs at lr 5e-5 is far beyond a 2-minute CPU
 budget): 6 epochs, batch 128, lr 2e-3 (LayerNorm + vocabulary projection) and 1e-2 (new
 projection), q_reg = d_reg = 1e-2, warm-up 20%, the paper's p schedule, offline MiniLM init,
-world of 240 images (180 train / 30 val / 30 test, five captions each), seed 0. Measured on
-these settings (2 shared CPU cores): dense t2i R@1 0.97; sparse 0.87 (R@5 1.0), FLOPs 49,
-about 65 terms per vector; pruned to 32 terms 0.78 against 0.53 untrained. Thresholds:
+special tokens blocked (the default), world of 900 images (750 train / 50 val / 100 test, five
+captions each), seed 0. Building the world takes about 30 s and training about 60 s on 2 CPU
+cores. Measured on these settings (seed 0; seed 1 in brackets): dense t2i R@1 0.95 (0.94);
+sparse 0.88 (0.86), R@5 0.99 (1.0); FLOPs 16; about 28 terms per image, 40 per caption; the
+share of an image's 3 heaviest terms outside its concepts and their synonyms (semantic
+deviation@3) 0.27 (0.36); its heaviest term is one of them for 76% (64%) of the test images;
+pruned to 32 terms per vector, R@1 0.88 against 0.50 untrained.
+Thresholds, with margin:
 
 (a) training beats the untrained head: with every vector pruned to its 32 heaviest terms,
     test text->image R@1 rises by at least 0.15, and FLOPs of the full vectors fall below 1/20;
 (b) sparse text->image R@1 >= 0.8 x dense R@1 and R@5 >= 0.95 x dense R@5;
-(c) the image's weight on content words points at its own concepts: among the ~110 concept
-    and synonym terms of the world, the heaviest is one of the image's own concepts or their
-    synonyms for at least 25% of the test images (chance ~6%; measured 0.33-0.47 over three
-    settings, 0.0-0.1 with p = 0). The issue's plain reading, "most of an image's top terms
-    overall are its concepts", is NOT met at this budget: caption function words ("a", "and",
-    [CLS]) and a few terms shared by all images still rank first (top-3 semantic deviation
-    measured 0.84-0.90); the test only asserts that deviation is below 0.99.
+(c) an image's top terms are mostly its concepts or their synonyms: semantic deviation@3 <= 0.45
+    (so at least 55% of the 3 heaviest terms of a test image are its own concepts or synonyms),
+    and the single heaviest term is one for at least half of the test images.
+
+What is left in the top terms is caption filler ("a", "and") and a term or two the head puts on
+nearly every image; with 240 images (a world a quarter the size, same number of steps) deviation@3
+was 0.52, and 0.84 before the special tokens were blocked ([CLS] headed most images).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from lsr_os.models.head import SparseHead, load_head
 from lsr_os.synthetic import semantic_deviation, write_synthetic
 from lsr_os.train import TrainConfig, TrainingData, evaluate_dense, evaluate_head, train
 
-WORLD = {"n_images": 240, "seed": 0, "n_val": 30, "n_test": 30}
+WORLD = {"n_images": 900, "seed": 0, "n_val": 50, "n_test": 100}
 CONFIG = TrainConfig(epochs=6, batch_size=128, lr_head=2e-3, lr_proj=1e-2, q_reg=1e-2, d_reg=1e-2,
                      warmup_ratio=0.2, init="minilm", seed=0, device="cpu")
 PRUNE = 32
@@ -65,19 +70,13 @@ def test_b_sparse_reaches_a_fraction_of_dense(run):
     assert sparse["R@5"] >= 0.95 * dense["R@5"]
 
 
-def test_c_image_weights_point_at_its_concepts(run):
+def test_c_an_images_top_terms_are_mostly_its_concepts(run):
     test, truth = run["test"], run["truth"]
-    concept_terms = sorted({t for c, syns in truth.synonyms.items() for t in (c, *syns)})
-    full = run["best"].encode(test.img.numpy())
-    hits = total = 0
-    for image_id, vec in zip(test.split.image_ids, full):
-        content = sorted(concept_terms, key=lambda t: -vec.get(t, 0.0))[:1]
-        relevant = truth.relevant_terms(image_id)
-        hits += sum(t in relevant for t in content if vec.get(t, 0.0) > 0)
-        total += 1
-    assert hits / total >= 0.25
-    top = run["best"].encode(test.img.numpy(), top_k=3)
-    assert semantic_deviation({i: list(v) for i, v in zip(test.split.image_ids, top)}, truth) < 0.99
+    top = dict(zip(test.split.image_ids, (list(v) for v in run["best"].encode(test.img.numpy(), top_k=3))))
+    assert all(len(terms) == 3 for terms in top.values())
+    assert semantic_deviation(top, truth) <= 0.45
+    heaviest_is_own = [terms[0] in truth.relevant_terms(i) for i, terms in top.items()]
+    assert sum(heaviest_is_own) >= 0.5 * len(top)
 
 
 def test_log_follows_the_schedule_and_the_report_has_both_directions(run):
