@@ -98,6 +98,15 @@ def test_blocked_tokens_are_zero_everywhere_and_saved(tmp_path):
     assert (head(dense)[:, [0, 100, 101, 102, 103]] == 0).all() and (head(dense)[:, 104:] > 0).all()
     own = head.encode(dense.numpy(), texts=["a dog", "the dog runs"], expand=False)
     assert set(own[0]) == {"a", "dog"} and set(own[1]) == {"the", "dog", "runs"}
+    head(dense).sum().backward()  # blocked terms get no gradient; the others the same as unblocked
+    blocked_grad = head.vocab_projector.bias.grad.clone()
+    head.zero_grad()
+    head.blocked_token_ids = []
+    head(dense).sum().backward()
+    assert (blocked_grad[[0, 100, 101, 102, 103]] == 0).all()
+    assert (head.vocab_projector.bias.grad[[0, 100, 101, 102, 103]] > 0).all()
+    assert torch.equal(blocked_grad[104:], head.vocab_projector.bias.grad[104:])
+    head.block_special_tokens()
     head.save_pretrained(tmp_path / "h")
     assert json.loads((tmp_path / "h" / "config.json").read_text())["blocked_token_ids"] == [0, 100, 101, 102, 103]
     again = load_head(tmp_path / "h")

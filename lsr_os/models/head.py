@@ -140,9 +140,13 @@ class SparseHead(nn.Module):
     def forward(self, dense: Tensor, input_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
         """Sparse weights; with `input_ids` only the caption's own tokens keep theirs (no expansion)."""
         h = self.vocab_layer_norm(self.proj(dense))
-        s = torch.log1p(torch.relu(self.vocab_projector(h)))
+        z = self.vocab_projector(h)
         if self._blocked:
-            s = s.index_fill(1, self._blocked_on(s.device), 0.0)
+            # Zero logits give weight 0. In place and unrecorded, so no (B x V) copy is made in either
+            # pass; the gradient there is still 0, because ReLU's backward masks by its output.
+            with torch.no_grad():
+                z.index_fill_(1, self._blocked_on(z.device), 0.0)
+        s = torch.log1p(torch.relu(z))
         if input_ids is not None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
