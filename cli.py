@@ -667,15 +667,18 @@ def sparsify_cmd(model_path, dense, out, kind, no_expansion, split, top_k, batch
 @main.command("synth")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--images", "n_images", type=int, default=400, show_default=True)
+@click.option("--val", "n_val", type=click.IntRange(1), default=None, help="Validation images [default: an eighth].")
+@click.option("--test", "n_test", type=click.IntRange(1), default=None, help="Test images [default: an eighth].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dim", type=int, default=256, show_default=True)
 @click.option("--noise", type=float, default=0.3, show_default=True, help="Norm of the noise added to image vectors.")
 @click.option("--encoder", type=click.Choice(["minilm", "bag-of-words"]), default="minilm", show_default=True)
-def synth_cmd(out, n_images, seed, dim, noise, encoder) -> None:
+def synth_cmd(out, n_images, n_val, n_test, seed, dim, noise, encoder) -> None:
     """Write the synthetic world with known truth (authors' layout + ground_truth.json)."""
     from lsr_os.synthetic import write_synthetic
 
-    truth = write_synthetic(out, n_images=n_images, seed=seed, dim=dim, noise=noise, encoder=encoder)
+    truth = write_synthetic(out, n_images=n_images, seed=seed, dim=dim, noise=noise, encoder=encoder,
+                            n_val=n_val, n_test=n_test)
     click.echo(f"wrote {len(truth.image_concepts)} images over {len(truth.synonyms)} concepts to {out}")
 
 

@@ -56,8 +56,10 @@ def test_cli_synth_then_sparsify_with_and_without_expansion(tmp_path):
 
     runner = CliRunner()
     res = runner.invoke(cli.main, ["synth", "--out", str(tmp_path / "w"), "--images", "12", "--seed", "1",
-                                   "--encoder", "bag-of-words"])
+                                   "--encoder", "bag-of-words", "--val", "3", "--test", "2"])
     assert res.exit_code == 0, res.output
+    meta = DatasetMeta.load(tmp_path / "w" / "dataset_meta.json")
+    assert [len(meta.split(s).image_ids) for s in ("train", "val", "test")] == [7, 3, 2]
     head = SparseHead(dense_size=256, hidden_size=16)
     head.save_pretrained(tmp_path / "head")
     res = runner.invoke(cli.main, ["sparsify", "--model", str(tmp_path / "head"), "--dense", str(tmp_path / "w"),
