@@ -606,7 +606,8 @@ class IngestInput:
                                 count_lines(self.sparse_file), errors)
         if self.dense_dir is not None:
             records = dense_records(self.dense_dir, self._loaded_head(), collection, self.splits or None)
-            source = f"{source_of(self.dense_dir / 'dataset_meta.json')}|{self.head_path.resolve()}|{collection}"
+            source = "|".join((source_of(self.dense_dir / "dataset_meta.json"), str(self.head_path.resolve()),
+                               "split=" + (",".join(sorted(self.splits)) or "all"), collection))
             return RecordStream(records, source, None, errors)
         return self._dataset_stream(collection, errors)
 
@@ -642,12 +643,19 @@ def ingest_inputs(client: OpenSearch, inputs: IngestInput, collections: Iterable
                   prefix: str = "lsr", failures_path: str | Path | None = None, **options) -> Iterator[IngestReport]:
     """Load each collection of `inputs` (see `ingest` for `options`); yields one report per collection.
 
-    The alias is `alias` or `<prefix>-<collection>`; failures go to `failures_path` or
-    `ingest-failures-<alias>.jsonl`.
+    The alias is `alias` or `<prefix>-<collection>`; failures go to `ingest-failures-<alias>.jsonl`,
+    or to `failures_path` (with `-<collection>` before its suffix when several collections load, so
+    the second does not overwrite the first).
     """
+    collections = tuple(collections)
     for collection in collections:
         name = alias or default_alias(collection, prefix)
+        if failures_path is None:
+            failures = Path(f"ingest-failures-{name}.jsonl")
+        elif len(collections) > 1:
+            failures = Path(failures_path).with_name(f"{Path(failures_path).stem}-{collection}{Path(failures_path).suffix}")
+        else:
+            failures = Path(failures_path)
         stream = inputs.stream(collection)
-        yield ingest(client, stream.records, name, collection, source=stream.source,
-                     failures_path=failures_path or Path(f"ingest-failures-{name}.jsonl"),
+        yield ingest(client, stream.records, name, collection, source=stream.source, failures_path=failures,
                      read_errors=stream.read_errors, total=stream.total, **options)

@@ -72,8 +72,19 @@ def test_evaluate_synthetic_world_through_the_cluster_agrees_with_memory(os_clie
     head_dir = tmp_path / "head"
     SparseHead.init_offline(seed=0).save_pretrained(head_dir)
     res = cli("ingest", "--dense", world, "--head", head_dir, "--prefix", index_name, "--prune-top-k", "256",
-              "--failures", tmp_path / "f.jsonl")
+              "--failures", tmp_path / "f.jsonl", "--json")
     assert res.exit_code == 0, res.output
+    decoder, reports, at = json.JSONDecoder(), [], 0
+    while res.output[at:].strip():
+        obj, at = decoder.raw_decode(res.output, at + len(res.output[at:]) - len(res.output[at:].lstrip()))
+        reports.append(obj)
+    # one --failures path, two collections: each gets its own file instead of overwriting the other's
+    assert [r["failures_file"] for r in reports] == [str(tmp_path / "f-images.jsonl"), str(tmp_path / "f-captions.jsonl")]
+    # an unfinished load resumes only from the same input: the splits are part of that key
+    from lsr_os.index import IngestInput
+
+    keys = {IngestInput(dense_dir=world, head=head_dir, splits=s).stream("images").source for s in ((), ("test",))}
+    assert len(keys) == 2
     res = cli("evaluate", "--dense", world, "--head", head_dir, "--prefix", index_name, "--max-terms", "256",
               "--prune-top-k", "256", "--out", tmp_path / "eval")
     assert res.exit_code == 0, res.output
