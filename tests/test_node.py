@@ -98,3 +98,22 @@ def test_status_of_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("LSR_OS_HOME", str(tmp_path))
     assert node.status(9555) == {"running": False, "nodes": [], "url": None, "version": None,
                                  "cluster_name": None, "health": None, "number_of_nodes": 0}
+
+
+def test_start_refuses_a_running_node_on_other_data_or_version(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSR_OS_HOME", str(tmp_path))
+    node_dir = node.cluster_dir(9555) / "node-1"
+    node_dir.mkdir(parents=True)
+    state = node.NodeState(name="node-1", pid=4242, version=node.DEFAULT_VERSION, url="http://127.0.0.1:9555",
+                           http_port=9555, transport_port=9655, log_file="x.log", data=str(tmp_path / "a"))
+    from dataclasses import asdict
+
+    (node_dir / "node.json").write_text(json.dumps(asdict(state)))
+    monkeypatch.setattr(node, "_alive", lambda pid: pid == 4242)
+    monkeypatch.setattr(node, "provision", lambda v: pytest.fail("must not provision"))
+    again = node.start(node.NodeSpec(port=9555, data=tmp_path / "a"))
+    assert [s.already_running for s in again] == [True]
+    with pytest.raises(NodeError, match=r"already runs OpenSearch .* on data .*/a, not .* on .*/b; stop it first"):
+        node.start(node.NodeSpec(port=9555, data=tmp_path / "b"))
+    with pytest.raises(NodeError, match="already runs OpenSearch"):
+        node.start(node.NodeSpec(port=9555, data=tmp_path / "a", version="2.19.0"))
