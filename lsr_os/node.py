@@ -304,15 +304,17 @@ def start(spec: NodeSpec, timeout: float = 180.0) -> list[NodeState]:
     """Start the cluster's nodes (provisioning on first use) and wait until it is ready.
 
     Idempotent: nodes already running are reported with `already_running=True`, provided they
-    run the version and data folder asked for; otherwise nothing is started and the error says so
-    (a silent "already running" would leave the caller on data they did not ask for).
+    run the version asked for, and the data folder when one is asked for (`spec.data`); otherwise
+    nothing is started and the error says so (a silent "already running" would leave the caller
+    on data they did not ask for).
     """
     running = {s.name: s for s in _states(spec.port) if _alive(s.pid)}
     expected = [f"node-{i + 1}" for i in range(spec.nodes)]
     for i, name in enumerate(expected):
         state = running.get(name)
         want = _data_dir(spec, i, cluster_dir(spec.port) / name).resolve()
-        if state is not None and (state.version != spec.version or Path(state.data).resolve() != want):
+        other_data = spec.data is not None and state is not None and Path(state.data).resolve() != want
+        if state is not None and (state.version != spec.version or other_data):
             raise NodeError(f"{name} on port {state.http_port} already runs OpenSearch {state.version} on data "
                             f"{state.data}, not {spec.version} on {want}; stop it first "
                             f"(lsr-os node stop --port {spec.port}) or choose another --port")

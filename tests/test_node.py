@@ -113,6 +113,7 @@ def test_start_refuses_a_running_node_on_other_data_or_version(tmp_path, monkeyp
     monkeypatch.setattr(node, "provision", lambda v: pytest.fail("must not provision"))
     again = node.start(node.NodeSpec(port=9555, data=tmp_path / "a"))
     assert [s.already_running for s in again] == [True]
+    assert [s.already_running for s in node.start(node.NodeSpec(port=9555))] == [True]  # no --data: any
     with pytest.raises(NodeError, match=r"already runs OpenSearch .* on data .*/a, not .* on .*/b; stop it first"):
         node.start(node.NodeSpec(port=9555, data=tmp_path / "b"))
     with pytest.raises(NodeError, match="already runs OpenSearch"):
