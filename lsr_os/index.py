@@ -598,6 +598,10 @@ class IngestInput:
             self._head = load_head(self.head_path)
         return self._head
 
+    def _split_key(self) -> str:
+        """The splits' part of a resume key: a load of other splits must not resume this one."""
+        return "split=" + (",".join(sorted(self.splits)) or "all")
+
     def stream(self, collection: str) -> RecordStream:
         """The records of one collection, with the source key that makes a re-run resume."""
         errors: list[tuple] = []
@@ -607,7 +611,7 @@ class IngestInput:
         if self.dense_dir is not None:
             records = dense_records(self.dense_dir, self._loaded_head(), collection, self.splits or None)
             source = "|".join((source_of(self.dense_dir / "dataset_meta.json"), str(self.head_path.resolve()),
-                               "split=" + (",".join(sorted(self.splits)) or "all"), collection))
+                               self._split_key(), collection))
             return RecordStream(records, source, None, errors)
         return self._dataset_stream(collection, errors)
 
@@ -634,7 +638,7 @@ class IngestInput:
         model = Path(self.model).expanduser()
         parts = [source_of(self.data or self.captions), str(dataset.root.resolve()),
                  str(model.resolve()) if model.exists() else self.model, str(self.head_path.resolve()),
-                 "split=" + (",".join(sorted(self.splits)) or "all"), collection]
+                 self._split_key(), collection]
         total = len(dataset.images) if collection == "images" else len(dataset.captions)
         return RecordStream(records, "|".join(parts), total, errors)
 
@@ -650,12 +654,9 @@ def ingest_inputs(client: OpenSearch, inputs: IngestInput, collections: Iterable
     collections = tuple(collections)
     for collection in collections:
         name = alias or default_alias(collection, prefix)
-        if failures_path is None:
-            failures = Path(f"ingest-failures-{name}.jsonl")
-        elif len(collections) > 1:
-            failures = Path(failures_path).with_name(f"{Path(failures_path).stem}-{collection}{Path(failures_path).suffix}")
-        else:
-            failures = Path(failures_path)
+        failures = Path(failures_path or f"ingest-failures-{name}.jsonl")
+        if failures_path is not None and len(collections) > 1:
+            failures = failures.with_name(f"{failures.stem}-{collection}{failures.suffix}")
         stream = inputs.stream(collection)
         yield ingest(client, stream.records, name, collection, source=stream.source, failures_path=failures,
                      read_errors=stream.read_errors, total=stream.total, **options)

@@ -165,7 +165,7 @@ class TextTokens:
         for start in range(0, len(texts), chunk):
             enc = tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length, padding=False)
             ids.extend([t for t in dict.fromkeys(row) if t not in drop] for row in enc["input_ids"])
-        width = max(1, max((len(x) for x in ids), default=1))
+        width = max([1, *map(len, ids)])
         arr = np.zeros((len(ids), width), dtype=np.int32)
         msk = np.zeros((len(ids), width), dtype=np.uint8)
         for r, row in enumerate(ids):
