@@ -246,7 +246,8 @@ def ingest_cmd(cluster: ClusterConfig, sparse_file: Path | None, dense_dir: Path
             echo_json(report.to_dict())
             continue
         click.echo(f"{report.alias} -> {report.index}: {report.count} documents ({report.sent} sent, "
-                   f"{report.failed} failed, {report.docs_per_s:.0f} docs/s{', resumed' if report.resumed else ''})")
+                   f"{report.failed} failed, {report.docs_per_s:.0f} docs/s"
+                   f"{f', resumed: {report.already_indexed} already there' if report.resumed else ''})")
         if report.failed:
             click.secho(f"  {report.failed} failures listed in {report.failures_file}", fg="yellow", err=True)
         if report.replaced:

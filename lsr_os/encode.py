@@ -31,7 +31,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -223,7 +223,8 @@ def image_loader(source: ImageSource, batch_size: int, workers: int, pin: bool) 
 
 def dataset_records(encoder: DenseEncoder, head, dataset: Dataset, collection: str,
                     on_failure: Callable[[Failure], None], batch_size: int = 64, text_batch_size: int = 256,
-                    workers: int = 0, expand_captions: bool = True) -> Iterator[SparseRecord]:
+                    workers: int = 0, expand_captions: bool = True,
+                    skip: Collection[str] = frozenset()) -> Iterator[SparseRecord]:
     """Sparse records of one collection ("images" or "captions") of `dataset`, encoded batch by batch.
 
     For `lsr-os ingest` straight from a dataset: images are decoded by the same DataLoader as
@@ -231,6 +232,7 @@ def dataset_records(encoder: DenseEncoder, head, dataset: Dataset, collection: s
     there (the head is moved to that device), so only one batch exists at a time. Bad images and
     captions go to `on_failure` and are skipped. Metadata follows `lsr_os.index.dense_records`:
     dataset, split, image (the path under the image root); captions add image_id and caption.
+    Items whose id is in `skip` (already indexed, on a resumed load) are neither decoded nor encoded.
     """
     if collection not in ("images", "captions"):
         raise ConfigError(f"unknown collection {collection!r}; choose images or captions")
@@ -241,15 +243,18 @@ def dataset_records(encoder: DenseEncoder, head, dataset: Dataset, collection: s
         return {"dataset": dataset.name, "split": img.split, "image": img.path}
 
     if collection == "images":
-        source = ImageSource(dataset.root, dataset.images, encoder.image_preprocessor())
+        todo = [img for img in dataset.images if img.id not in skip]
+        if not todo:
+            return
+        source = ImageSource(dataset.root, todo, encoder.image_preprocessor())
         for good, batch, bad in image_loader(source, batch_size, workers, pin=encoder.device.type == "cuda"):
             for i, reason in bad:
-                on_failure(Failure("image", dataset.images[i].id, reason, dataset.images[i].path))
+                on_failure(Failure("image", todo[i].id, reason, todo[i].path))
             if batch is None:
                 continue
             vectors = head.encode(encoder.encode_pixels(batch))
             for i, vector in zip(good, vectors):
-                yield SparseRecord(dataset.images[i].id, vector, meta(dataset.images[i]))
+                yield SparseRecord(todo[i].id, vector, meta(todo[i]))
         return
 
     def encode_chunk(chunk: list[CaptionItem]) -> Iterator[SparseRecord]:
@@ -260,6 +265,8 @@ def dataset_records(encoder: DenseEncoder, head, dataset: Dataset, collection: s
 
     chunk: list[CaptionItem] = []
     for c in dataset.captions:
+        if c.id in skip:
+            continue
         problem = caption_problem(c.text)
         if problem:
             on_failure(Failure("caption", c.id, problem, repr(c.text[:80]) if isinstance(c.text, str) else ""))

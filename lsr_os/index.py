@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 from opensearchpy import OpenSearch, helpers
 from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
@@ -113,6 +113,7 @@ class IngestReport:
     failed: int = 0
     empty_vectors: int = 0
     docs_before: int = 0
+    already_indexed: int = 0  # ids the resumed index held, not loaded again
     count: int = 0
     resumed: bool = False
     replaced: list[str] = field(default_factory=list)
@@ -280,7 +281,7 @@ def _reason(info: dict) -> str:
     return str(err)
 
 
-def ingest(client: OpenSearch, records: Iterable[SparseRecord], alias: str, collection: str, *,
+def ingest(client: OpenSearch, records: Iterable[SparseRecord] | RecordsAfter, alias: str, collection: str, *,
            source: str, fresh: bool = False, keep_old: bool = False, chunk_size: int = 500,
            max_chunk_bytes: int = 10 * 2**20, retry: RetryPolicy = RetryPolicy(), prune_top_k: int | None = None,
            threshold: float = 0.0, top_terms: int = 16, failures_path: str | Path | None = None,
@@ -289,7 +290,9 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord], alias: str, coll
     """Stream `records` into a new (or resumed) versioned index of `alias`, check, then swap.
 
     `source` names the input (a path, a model): a later run with the same source resumes an
-    unfinished index. `read_errors` is filled by the record reader (`read_jsonl(on_error=...)`)
+    unfinished index, and ids that index already holds are not loaded again: `records` is either
+    an iterable (filtered by id) or a `RecordsAfter` function that skips them itself, before any
+    encoding. `read_errors` is filled by the record reader (`read_jsonl(on_error=...)`)
     while the stream is consumed, with (where, reason) or (id, where, status, reason) entries;
     they are listed in the failures file too. Memory
     stays bounded by one bulk chunk: nothing keeps the collection. `replicas` None: 1 on a
@@ -305,6 +308,11 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord], alias: str, coll
     report = IngestReport(alias=alias, index=index, collection=collection, resumed=resumed)
     client.indices.refresh(index=index)
     report.docs_before = int(client.count(index=index)["count"])
+    done = indexed_ids(client, index) if report.docs_before else frozenset()
+    report.already_indexed = len(done)
+    todo = records(done) if callable(records) else (r for r in records if r.id not in done)
+    if total is not None:
+        total = max(0, total - len(done))
     failures = _Failures(Path(failures_path) if failures_path else None)
     report.failures_file = str(failures_path) if failures_path else None
     in_flight: collections.deque = collections.deque()
@@ -324,7 +332,7 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord], alias: str, coll
             reported_read_errors = len(read_errors)
 
     def actions() -> Iterator[dict]:
-        for record in records:
+        for record in todo:
             report.read += 1
             flush_read_errors()
             try:
@@ -393,6 +401,12 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord], alias: str, coll
     report.replaced = finish_index(client, alias, index, collection, keep_old, replicas)
     log.info("ingest %s: %s", alias, report.to_dict())
     return report
+
+
+def indexed_ids(client: OpenSearch, index: str) -> frozenset[str]:
+    """The ids `index` holds (a resumed load skips them); one scroll over ids only, no sources."""
+    hits = helpers.scan(client, index=index, query={"_source": False}, size=5000)
+    return frozenset(hit["_id"] for hit in hits)
 
 
 def _bulk(client: OpenSearch, actions: Iterable[dict], chunk_size: int, max_chunk_bytes: int):
@@ -498,12 +512,13 @@ def require_index(client: OpenSearch, name: str) -> int:
 
 
 def dense_records(dense_dir: str | Path, head, collection: str, splits: Iterable[str] | None = None,
-                  batch_size: int = 256, expand: bool = True) -> Iterator[SparseRecord]:
+                  batch_size: int = 256, expand: bool = True,
+                  skip: Collection[str] = frozenset()) -> Iterator[SparseRecord]:
     """Sparse records of one collection, encoded batch by batch from the authors' dense layout.
 
     `head` is a loaded sparse head (`lsr_os.models.head.load_head`). Metadata (split, image
     file name, caption, image id) comes from `dataset_meta.json`. Only one batch of sparse
-    vectors exists at a time.
+    vectors exists at a time. Ids in `skip` (already indexed) are not encoded.
     """
     from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, read_embeddings
 
@@ -526,6 +541,7 @@ def dense_records(dense_dir: str | Path, head, collection: str, splits: Iterable
                              s["raw"]))
     if not rows:
         raise DataError(f"{dense_dir / META_FILE} has no {collection} in split(s) {sorted(wanted or [])}")
+    rows = [r for r in rows if r[0] not in skip]
     emb = read_embeddings(dense_dir / (IMG_FILE if collection == "images" else TEXT_FILE))
     for start in range(0, len(rows), batch_size):
         part = rows[start:start + batch_size]
@@ -539,12 +555,18 @@ def dense_records(dense_dir: str | Path, head, collection: str, splits: Iterable
 # --------------------------------------------------------------------------- what ingest reads
 
 
+# Given the ids an index already holds, the records still to load (lazily): a resumed load of an
+# expensive source (a dataset encoded on the fly) skips those ids before computing anything.
+RecordsAfter = Callable[[frozenset[str]], Iterable[SparseRecord]]
+
+
 @dataclass
 class RecordStream:
-    """One collection's input: lazy records, the resume key, the size when known, and the list of
-    skipped items (see `ingest`'s `read_errors`) that the reader fills while it is consumed."""
+    """One collection's input: its records (see `RecordsAfter`), the resume key, the size when
+    known, and the list of skipped items (see `ingest`'s `read_errors`) that the reader fills
+    while it is consumed."""
 
-    records: Iterator[SparseRecord]
+    records: RecordsAfter
     source: str
     total: int | None
     read_errors: list[tuple]
@@ -606,10 +628,15 @@ class IngestInput:
         """The records of one collection, with the source key that makes a re-run resume."""
         errors: list[tuple] = []
         if self.sparse_file is not None:
-            return RecordStream(read_sparse_jsonl(self.sparse_file, errors), source_of(self.sparse_file),
-                                count_lines(self.sparse_file), errors)
+            path = self.sparse_file
+            return RecordStream(lambda done: (r for r in read_sparse_jsonl(path, errors) if r.id not in done),
+                                source_of(path), count_lines(path), errors)
         if self.dense_dir is not None:
-            records = dense_records(self.dense_dir, self._loaded_head(), collection, self.splits or None)
+            head, dense_dir, splits = self._loaded_head(), self.dense_dir, self.splits or None
+
+            def records(done: frozenset[str]) -> Iterator[SparseRecord]:
+                return dense_records(dense_dir, head, collection, splits, skip=done)
+
             source = "|".join((source_of(self.dense_dir / "dataset_meta.json"), str(self.head_path.resolve()),
                                self._split_key(), collection))
             return RecordStream(records, source, None, errors)
@@ -633,8 +660,12 @@ class IngestInput:
         def on_failure(f: Failure) -> None:
             errors.append((f.id, f.source, "unreadable" if f.what == "image" else "invalid", f.reason))
 
-        records = dataset_records(self._encoder, self._loaded_head(), dataset, collection, on_failure,
-                                  self.batch_size, self.text_batch_size, self.workers)
+        encoder, head = self._encoder, self._loaded_head()
+
+        def records(done: frozenset[str]) -> Iterator[SparseRecord]:
+            return dataset_records(encoder, head, dataset, collection, on_failure, self.batch_size,
+                                   self.text_batch_size, self.workers, skip=done)
+
         model = Path(self.model).expanduser()
         parts = [source_of(self.data or self.captions), str(dataset.root.resolve()),
                  str(model.resolve()) if model.exists() else self.model, str(self.head_path.resolve()),

@@ -12,14 +12,13 @@ from PIL import Image
 from encode_helpers import BOMB_LIMIT, IMAGE_CASES, make_bad_dataset, make_tiny_blip
 from lsr_os import index as ix
 from lsr_os.data import load_dataset
+from lsr_os.models.head import SparseHead
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from lsr_os.models.head import SparseHead
-
     root = tmp_path_factory.mktemp("models")
     blip = make_tiny_blip(root / "tiny-blip")
     SparseHead.init_offline(dense_size=256).save_pretrained(root / "head")
@@ -91,7 +90,7 @@ def test_captions_metadata_empty_ones_listed_and_an_interrupted_load_resumes(os_
     stream = inputs.stream("captions")
 
     def stops_halfway():
-        for n, record in enumerate(stream.records):
+        for n, record in enumerate(stream.records(frozenset())):
             if n == 10:
                 raise KeyboardInterrupt
             yield record
@@ -101,10 +100,24 @@ def test_captions_metadata_empty_ones_listed_and_an_interrupted_load_resumes(os_
                   read_errors=stream.read_errors, progress=False)
     assert not os_client.indices.exists_alias(name=index_name)
 
+    os_client.indices.refresh(index=f"{index_name}-v*")  # a loading index refreshes only when asked
+    before = int(os_client.count(index=f"{index_name}-v*")["count"])
+    assert before > 0
+    encoded = []
+    original = SparseHead.encode
+
+    def counting_encode(self, dense, *args, **kwargs):
+        encoded.append(len(dense))
+        return original(self, dense, *args, **kwargs)
+
     failures = tmp_path / "failures.jsonl"
-    res = cli(*ingest_args(bad, models, index_name, "captions", failures))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SparseHead, "encode", counting_encode)
+        res = cli(*ingest_args(bad, models, index_name, "captions", failures))
     assert res.exit_code == 0, res.output
-    assert "resumed" in res.output
+    assert f"resumed: {before} already there" in res.output
+    # the captions the unfinished index held were neither encoded nor sent again
+    assert sum(encoded) == len(good) - before and f"({len(good) - before} sent" in res.output
     indexed = docs(os_client, index_name)
     assert set(indexed) == good
     cat = next(c for c in dataset.captions if c.text == "a cat in the training split")

@@ -98,6 +98,8 @@ def test_injected_stop_then_rerun_resumes_with_the_exact_count(os_client, index_
     # the chunk being filled when the stop came was never sent: whole chunks only
     assert report.resumed and 0 < report.docs_before <= 800 and report.docs_before % 100 == 0
     assert report.count == 1500 and report.created == 1500 - report.docs_before
+    # what the unfinished index held is not sent again
+    assert report.already_indexed == report.docs_before and report.sent == 1500 - report.docs_before
     assert os_client.count(index=index_name)["count"] == 1500
 
 

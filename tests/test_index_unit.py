@@ -95,3 +95,14 @@ def test_dashboards_saved_objects_reference_packaged_fields():
         fields = set(ix.load_mapping(collection)["mappings"]["properties"])
         assert set(s["attributes"]["columns"]) <= fields
         assert json.loads(s["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])["indexRefName"] == ref["name"]
+
+
+def test_dense_records_skip_what_a_resumed_index_holds(tmp_path):
+    from lsr_os.models.head import SparseHead
+    from lsr_os.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "w", n_images=12, seed=1, encoder="bag-of-words")
+    head = SparseHead(dense_size=256, hidden_size=16)
+    every = [r.id for r in ix.dense_records(tmp_path / "w", head, "captions")]
+    rest = [r.id for r in ix.dense_records(tmp_path / "w", head, "captions", skip=frozenset(every[:25]))]
+    assert len(every) == 60 and rest == every[25:]
