@@ -202,6 +202,10 @@ def node_logs(port: int, lines: int) -> None:
 @click.option("--prefix", default="lsr", show_default=True, help="Alias prefix: <prefix>-images, <prefix>-captions.")
 @click.option("--fresh", is_flag=True, help="Do not resume an unfinished load: start a new index.")
 @click.option("--keep-old", is_flag=True, help="Keep the replaced index instead of deleting it after the swap.")
+@click.option("--allow-empty", is_flag=True, help="Serve the new index even when it holds no documents.")
+@click.option("--max-failed", type=click.IntRange(0), default=None,
+              help="Serve the new index only when at most this many records failed "
+                   "[default: 0 when replacing a served collection, no limit for a first load].")
 @click.option("--chunk-docs", type=click.IntRange(1), default=500, show_default=True, help="Documents per bulk request.")
 @click.option("--chunk-mb", type=click.FloatRange(0.01), default=10.0, show_default=True, help="Max MiB per bulk request.")
 @click.option("--max-retries", type=click.IntRange(0), default=8, show_default=True,
@@ -218,16 +222,20 @@ def ingest_cmd(cluster: ClusterConfig, sparse_file: Path | None, dense_dir: Path
                captions: Path | None, images: Path | None, model: str | None, head_path: Path | None,
                collection: tuple[str, ...], splits: tuple[str, ...], batch_size: int, text_batch_size: int,
                workers: int | None, device: str | None, alias: str | None, prefix: str, fresh: bool,
-               keep_old: bool, chunk_docs: int, chunk_mb: float, max_retries: int, prune_top_k: int | None,
+               keep_old: bool, allow_empty: bool, max_failed: int | None, chunk_docs: int, chunk_mb: float, max_retries: int, prune_top_k: int | None,
                threshold: float, shards: int | None, replicas: int | None, failures_path: Path | None,
                as_json: bool) -> None:
     """Load sparse vectors into a new versioned index and swap its alias when complete.
 
     Input: sparse JSONL, dense files plus a head, or a dataset encoded on the fly by a dense
     encoder and a head. An interrupted load resumes when re-run with the same input; ids are
-    the records' ids. Skipped items are listed in the failures file.
+    the records' ids. Skipped items are listed in the failures file. The alias moves only to a
+    sound replacement (see --allow-empty, --max-failed). Exit status: 0 when every record was
+    indexed and served, 4 when some failed, 5 when a collection was not swapped in.
     """
     import os
+
+    from lsr_os.errors import EXIT_FAILURES, EXIT_NOT_SWAPPED
 
     from lsr_os import index as ix
     from lsr_os.config import connect
@@ -240,8 +248,12 @@ def ingest_cmd(cluster: ClusterConfig, sparse_file: Path | None, dense_dir: Path
     reports = ix.ingest_inputs(connect(cluster), inputs, collections, alias=alias, prefix=prefix,
                                failures_path=failures_path, fresh=fresh, keep_old=keep_old, chunk_size=chunk_docs,
                                max_chunk_bytes=int(chunk_mb * 2**20), retry=ix.RetryPolicy(max_attempts=max_retries),
-                               prune_top_k=prune_top_k, threshold=threshold, shards=shards, replicas=replicas)
+                               prune_top_k=prune_top_k, threshold=threshold, shards=shards, replicas=replicas,
+                               allow_empty=allow_empty, max_failed=max_failed)
+    failed = not_swapped = False
     for report in reports:
+        failed |= report.failed > 0
+        not_swapped |= report.not_swapped is not None
         if as_json:
             echo_json(report.to_dict())
             continue
@@ -250,9 +262,13 @@ def ingest_cmd(cluster: ClusterConfig, sparse_file: Path | None, dense_dir: Path
                    f"{f', resumed: {report.already_indexed} already there' if report.resumed else ''})")
         if report.failed:
             click.secho(f"  {report.failed} failures listed in {report.failures_file}", fg="yellow", err=True)
-        if report.replaced:
+        if report.not_swapped:
+            click.secho(f"  not swapped: {report.not_swapped}", fg="red", err=True)
+        elif report.replaced:
             verb = "kept" if keep_old else "deleted"
             click.echo(f"  replaced {', '.join(report.replaced)} ({verb})")
+    if not_swapped or failed:
+        sys.exit(EXIT_NOT_SWAPPED if not_swapped else EXIT_FAILURES)
 
 
 @main.command("search")
@@ -443,7 +459,8 @@ def encode_cmd(model: str, data: Path | None, images: Path | None, captions: Pat
     import os
 
     from lsr_os import data as data_lib
-    from lsr_os.encode import EXIT_FAILURES, EncodeOptions, encode_dataset
+    from lsr_os.encode import EncodeOptions, encode_dataset
+    from lsr_os.errors import EXIT_FAILURES
     from lsr_os.models.dense import load_encoder
 
     opts = EncodeOptions(batch_size=batch_size, text_batch_size=text_batch_size,

@@ -48,7 +48,6 @@ from lsr_os.sparse import SparseRecord, write_jsonl
 log = logging.getLogger(__name__)
 
 MANIFEST = "encode.json"
-EXIT_FAILURES = 4  # the CLI's exit status when the run finished but some items failed
 
 
 @dataclass

@@ -2,7 +2,12 @@
 
 Every failure a user can cause or fix is an `LsrOsError`: the CLI prints its message as one
 line and exits with its `exit_code`, so messages must name the file, line, id or URL at fault.
+
+Exit codes of commands that finish but not completely (the README lists them):
 """
+
+EXIT_FAILURES = 4  # the run finished, but some items failed; they are listed in a failures file
+EXIT_NOT_SWAPPED = 5  # a load finished but was not served: the alias still serves what it served
 
 
 class LsrOsError(Exception):

@@ -111,12 +111,12 @@ class IngestReport:
     indexed: int = 0
     created: int = 0
     failed: int = 0
-    empty_vectors: int = 0
     docs_before: int = 0
     already_indexed: int = 0  # ids the resumed index held, not loaded again
     count: int = 0
     resumed: bool = False
     replaced: list[str] = field(default_factory=list)
+    not_swapped: str | None = None  # why the alias was left as it was (see `swap_refusal`)
     failures_file: str | None = None
     seconds: float = 0.0
 
@@ -220,9 +220,33 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
     return name, False
 
 
+def swap_refusal(report: "IngestReport", served: list[str], allow_empty: bool = False,
+                 max_failed: int | None = None) -> str | None:
+    """Why the loaded index must not be served, or None when it is a sound replacement.
+
+    An index with no documents is never swapped in unless `allow_empty`. `max_failed` bounds the
+    records that may fail; None means 0 when `served` (the alias already serves something: any
+    failure keeps the old collection) and no bound for a first load.
+    """
+    now = f"{report.alias} still serves {', '.join(served)}" if served else f"{report.alias} serves nothing yet"
+    if report.count == 0 and not allow_empty:
+        return (f"{report.index} holds no documents ({report.failed} records failed), so {now}; "
+                f"pass --allow-empty to serve an empty collection")
+    limit = (0 if served else None) if max_failed is None else max_failed
+    if limit is not None and report.failed > limit:
+        return (f"{report.failed} records failed (limit {limit}{' when replacing a served collection' if served and max_failed is None else ''}), "
+                f"so {now}; {report.index} keeps the {report.count} documents loaded and is resumed by the same "
+                f"command once the input is fixed, or pass --max-failed {report.failed} to serve it as it is")
+    return None
+
+
 def finish_index(client: OpenSearch, alias: str, index: str, collection: str, keep_old: bool = False,
                  replicas: int | None = None) -> list[str]:
-    """Restore serving settings, mark the index complete, swap the alias; returns the replaced indices."""
+    """Restore serving settings, mark the index complete, swap the alias; returns the replaced indices.
+
+    The replaced indices are deleted (unless `keep_old`) only once the alias is read back
+    pointing at `index` alone.
+    """
     settings = load_mapping(collection)["settings"].get("index", {})
     client.indices.put_settings(index=index, body={"index": {
         "refresh_interval": settings.get("refresh_interval", "1s"),
@@ -235,6 +259,10 @@ def finish_index(client: OpenSearch, alias: str, index: str, collection: str, ke
     actions: list[dict] = [{"remove": {"index": i, "alias": alias}} for i in old]
     actions.append({"add": {"index": index, "alias": alias}})
     client.indices.update_aliases(body={"actions": actions})
+    now = _aliased(client, alias)
+    if now != [index]:
+        raise ClusterError(f"alias {alias} points to {', '.join(now) or 'nothing'} after the swap, not {index}; "
+                           f"nothing was deleted")
     log.info("alias %s -> %s (was %s)", alias, index, ", ".join(old) or "nothing")
     if not keep_old:
         for i in old:
@@ -286,7 +314,8 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord] | RecordsAfter, a
            max_chunk_bytes: int = 10 * 2**20, retry: RetryPolicy = RetryPolicy(), prune_top_k: int | None = None,
            threshold: float = 0.0, top_terms: int = 16, failures_path: str | Path | None = None,
            read_errors: list[tuple[str, str]] | None = None, total: int | None = None,
-           progress: bool | None = None, shards: int | None = None, replicas: int | None = None) -> IngestReport:
+           progress: bool | None = None, shards: int | None = None, replicas: int | None = None,
+           allow_empty: bool = False, max_failed: int | None = None) -> IngestReport:
     """Stream `records` into a new (or resumed) versioned index of `alias`, check, then swap.
 
     `source` names the input (a path, a model): a later run with the same source resumes an
@@ -296,7 +325,9 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord] | RecordsAfter, a
     while the stream is consumed, with (where, reason) or (id, where, status, reason) entries;
     they are listed in the failures file too. Memory
     stays bounded by one bulk chunk: nothing keeps the collection. `replicas` None: 1 on a
-    cluster of 2+ data nodes, else 0 (`default_replicas`).
+    cluster of 2+ data nodes, else 0 (`default_replicas`). The alias moves only when the new
+    index is a sound replacement (`swap_refusal`: `allow_empty`, `max_failed`); otherwise the
+    report's `not_swapped` says why, and the index stays unfinished, so the same command resumes it.
     """
     from tqdm.auto import tqdm
 
@@ -341,8 +372,10 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord] | RecordsAfter, a
                 failures.add(record.id, None, "invalid", str(exc))
                 bar.update(1)
                 continue
-            if not doc[SPARSE_FIELD]:
-                report.empty_vectors += 1
+            if not doc[SPARSE_FIELD]:  # it would match nothing, ever: a failure, not a silent document
+                failures.add(record.id, None, "invalid", "no term with a finite weight > 0 (after pruning)")
+                bar.update(1)
+                continue
             action = {"_op_type": "index", "_index": index, "_id": record.id, "_source": doc}
             in_flight.append(action)
             report.sent += 1
@@ -398,6 +431,10 @@ def ingest(client: OpenSearch, records: Iterable[SparseRecord] | RecordsAfter, a
     report.count = int(client.count(index=index)["count"])
     report.seconds = time.perf_counter() - t0
     _check_count(report)
+    report.not_swapped = swap_refusal(report, _aliased(client, alias), allow_empty, max_failed)
+    if report.not_swapped:
+        log.warning("ingest %s: not swapped: %s", alias, report.not_swapped)
+        return report
     report.replaced = finish_index(client, alias, index, collection, keep_old, replicas)
     log.info("ingest %s: %s", alias, report.to_dict())
     return report

@@ -13,7 +13,7 @@ from PIL import Image
 import cli
 from encode_helpers import BOMB_LIMIT, IMAGE_CASES, make_bad_dataset, make_tiny_blip, rgb
 from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, read_embeddings
-from lsr_os.encode import EXIT_FAILURES
+from lsr_os.errors import EXIT_FAILURES
 
 
 @pytest.fixture(scope="module")

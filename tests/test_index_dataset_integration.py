@@ -12,6 +12,7 @@ from PIL import Image
 from encode_helpers import BOMB_LIMIT, IMAGE_CASES, make_bad_dataset, make_tiny_blip
 from lsr_os import index as ix
 from lsr_os.data import load_dataset
+from lsr_os.errors import EXIT_FAILURES
 from lsr_os.models.head import SparseHead
 
 pytestmark = pytest.mark.integration
@@ -58,7 +59,7 @@ def test_images_good_indexed_with_metadata_bad_listed_rerun_idempotent(os_client
     failures = tmp_path / "failures.jsonl"
 
     res = cli(*ingest_args(bad, models, index_name, "images", failures))
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == EXIT_FAILURES, res.output  # a first load serves the good items and says some failed
     indexed = docs(os_client, index_name)
     assert set(indexed) == good
     first = indexed[by_path["good1.jpg"]]
@@ -71,8 +72,9 @@ def test_images_good_indexed_with_metadata_bad_listed_rerun_idempotent(os_client
     assert sum(f["id"] is None for f in listed) == 2  # the captions file's unreadable rows
     assert f"{len(good)} documents ({len(good)} sent, {len(listed)} failed" in res.output
 
-    again = cli(*ingest_args(bad, models, index_name, "images", failures), "--json")
-    assert again.exit_code == 0, again.output
+    # A replacement with the same failures is served only when they are allowed.
+    again = cli(*ingest_args(bad, models, index_name, "images", failures), "--max-failed", str(len(listed)), "--json")
+    assert again.exit_code == EXIT_FAILURES, again.output
     report = json.loads(again.stdout)
     assert report["count"] == len(good) and report["created"] == len(good) and report["replaced"]
     assert os_client.count(index=index_name)["count"] == len(good)
@@ -114,7 +116,7 @@ def test_captions_metadata_empty_ones_listed_and_an_interrupted_load_resumes(os_
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SparseHead, "encode", counting_encode)
         res = cli(*ingest_args(bad, models, index_name, "captions", failures))
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == EXIT_FAILURES, res.output
     assert f"resumed: {before} already there" in res.output
     # the captions the unfinished index held were neither encoded nor sent again
     assert sum(encoded) == len(good) - before and f"({len(good) - before} sent" in res.output

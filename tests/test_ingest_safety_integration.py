@@ -1,0 +1,95 @@
+"""A re-ingest never leaves a served collection worse than it found it (real node)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from lsr_os import index as ix
+from lsr_os.errors import EXIT_FAILURES, EXIT_NOT_SWAPPED
+from lsr_os.sparse import SparseRecord, write_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args):
+    from cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def good(n: int, prefix: str = "d") -> list[SparseRecord]:
+    return [SparseRecord(f"{prefix}{i}", {"dog": 1.0 + i, f"t{i}": 0.5}, {"split": "test"}) for i in range(n)]
+
+
+def served(client, alias: str) -> tuple[list[str], int]:
+    """The indices the alias points to and the documents it answers with."""
+    indices = list(client.indices.get_alias(name=alias))
+    return indices, int(client.count(index=alias)["count"])
+
+
+@pytest.fixture
+def serving(os_client, index_name, tmp_path):
+    """A collection of 5 documents, served from a sparse file through the CLI."""
+    path = tmp_path / "good.jsonl"
+    write_jsonl(path, good(5))
+    res = cli("ingest", "--sparse", str(path), "--collection", "images", "--index", index_name,
+              "--failures", str(tmp_path / "f0.jsonl"))
+    assert res.exit_code == 0, res.output
+    return served(os_client, index_name)
+
+
+@pytest.mark.parametrize("content", ["", "{garbage\nnot json either\n",
+                                     '{"id": "x", "vector": {"dog": "heavy"}}\n{"id": "y", "vector": []}\n'],
+                         ids=["empty", "garbage", "all-invalid"])
+def test_a_reingest_of_nothing_usable_keeps_the_old_collection_served(os_client, index_name, tmp_path, serving,
+                                                                     content):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    res = cli("ingest", "--sparse", str(path), "--collection", "images", "--index", index_name,
+              "--failures", str(tmp_path / "f.jsonl"))
+    assert res.exit_code == EXIT_NOT_SWAPPED, res.output
+    assert "not swapped" in res.output and f"still serves {serving[0][0]}" in res.output
+    assert served(os_client, index_name) == serving  # same index, all 5 documents
+
+
+def test_failed_records_keep_the_old_collection_until_allowed(os_client, index_name, tmp_path, serving):
+    path = tmp_path / "mixed.jsonl"
+    lines = [r.to_json() for r in good(7, "n")] + ['{"id": "bad", "vector": {"dog": "heavy"}}']
+    path.write_text("\n".join(lines) + "\n")
+    args = ["ingest", "--sparse", str(path), "--collection", "images", "--index", index_name,
+            "--failures", str(tmp_path / "f.jsonl")]
+    res = cli(*args)
+    assert res.exit_code == EXIT_NOT_SWAPPED, res.output
+    assert "1 records failed" in res.output and "--max-failed 1" in res.output
+    assert served(os_client, index_name) == serving
+    pending = [r for r in ix.list_collections(os_client, f"{index_name}*") if not r["served"]]
+    assert [r["state"] for r in pending] == ["loading"] and pending[0]["docs"] == 7  # named and resumable
+    assert pending[0]["index"] in res.output
+    # The same command with the failure allowed resumes that index and serves it, exit 4 (one failed).
+    res = cli(*args, "--max-failed", "1")
+    assert res.exit_code == EXIT_FAILURES, res.output
+    assert "resumed: 7 already there" in res.output
+    indices, count = served(os_client, index_name)
+    assert indices == [pending[0]["index"]] and count == 7
+    assert not os_client.indices.exists(index=serving[0][0])  # deleted only after the swap
+
+
+def test_empty_is_served_only_when_allowed(os_client, index_name, tmp_path, serving):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    res = cli("ingest", "--sparse", str(path), "--collection", "images", "--index", index_name, "--allow-empty",
+              "--failures", str(tmp_path / "f.jsonl"), "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["count"] == 0 and report["not_swapped"] is None and report["replaced"] == serving[0]
+    assert served(os_client, index_name)[1] == 0
+
+
+def test_first_load_with_failures_is_served_and_exits_4(os_client, index_name):
+    records = good(3) + [SparseRecord("nan", {"dog": float("nan")})]
+    report = ix.ingest(os_client, iter(records), index_name, "images", source="t", progress=False)
+    assert report.not_swapped is None and report.count == 3
+    # the library's own default for a replacement: any failure keeps the old one
+    again = ix.ingest(os_client, iter(records), index_name, "images", source="t2", progress=False)
+    assert again.not_swapped and served(os_client, index_name)[0] == [report.index]
