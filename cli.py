@@ -108,7 +108,7 @@ def node() -> None:
               help="Data folder [default: under the node's state folder].")
 @click.option("--heap", default="1g", show_default=True, help="JVM heap of each node, e.g. 512m or 2g.")
 @click.option("--wait", type=float, default=180.0, show_default=True, help="Seconds to wait for the cluster to be ready.")
-@click.option("--repo", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--path-repo", "repo", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The nodes' path.repo (snapshot folders live under it) [default: <state folder>/snapshots].")
 def node_start(os_version: str | None, port: int, nodes: int, data: Path | None, heap: str, wait: float,
                repo: Path | None) -> None:
@@ -127,7 +127,7 @@ def node_start(os_version: str | None, port: int, nodes: int, data: Path | None,
 
 
 @node.command("status")
-@click.option("--port", type=int, default=9200, show_default=True)
+@click.option("--port", type=int, default=9200, show_default=True, help="HTTP port of the local node (the first one of a cluster).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def node_status(port: int, as_json: bool) -> None:
     """Show whether the local node runs, its version and cluster health."""
@@ -149,7 +149,7 @@ def node_status(port: int, as_json: bool) -> None:
 
 
 @node.command("stop")
-@click.option("--port", type=int, default=9200, show_default=True)
+@click.option("--port", type=int, default=9200, show_default=True, help="HTTP port of the local node (the first one of a cluster).")
 @click.option("--node", "names", multiple=True, help="Stop only this node, e.g. node-2 (repeatable) [default: all].")
 def node_stop(port: int, names: tuple[str, ...]) -> None:
     """Stop the local node(s) and wait until their processes are gone."""
@@ -161,8 +161,8 @@ def node_stop(port: int, names: tuple[str, ...]) -> None:
 
 
 @node.command("logs")
-@click.option("--port", type=int, default=9200, show_default=True)
-@click.option("-n", "--lines", type=int, default=50, show_default=True)
+@click.option("--port", type=int, default=9200, show_default=True, help="HTTP port of the local node (the first one of a cluster).")
+@click.option("-n", "--lines", type=int, default=50, show_default=True, help="Lines of each node's log.")
 def node_logs(port: int, lines: int) -> None:
     """Print the last lines of the local node's log."""
     from lsr_os import node as node_lib
@@ -170,36 +170,96 @@ def node_logs(port: int, lines: int) -> None:
     click.echo(node_lib.logs(port, lines))
 
 
+# --------------------------------------------------------------------------- one meaning per word
+#
+# Every option below means the same in every command that takes it: --model is always the dense
+# encoder, --head the sparse head, --collection images|captions, --images an image root, --data a
+# Karpathy JSON, --captions a captions file, --dense a dense files folder, --sparse sparse JSONL,
+# --split a selection of splits ("train" includes restval), --top-k document pruning, -k the
+# number of hits, --no-expansion "captions keep their own tokens".
+
+_PATH_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_PATH_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+WORDS = {
+    "sparse": click.option("--sparse", type=click.Path(exists=True, path_type=Path),
+                           help="Sparse JSONL: a file (one collection) or a folder with images.jsonl and captions.jsonl."),
+    "dense": click.option("--dense", type=_PATH_DIR,
+                          help="Dense files folder (img_embs.parquet, text_embs.parquet, dataset_meta.json); needs --head."),
+    "data": click.option("--data", type=_PATH_FILE,
+                         help="Karpathy-split JSON (MSCOCO, Flickr30k) of a dataset; needs --images."),
+    "captions": click.option("--captions", type=_PATH_FILE,
+                             help="Captions file of a dataset: JSONL or CSV with image, caption[, split]."),
+    "images": click.option("--images", type=_PATH_DIR,
+                           help="Image root of --data or --captions; image paths must stay inside it "
+                                "[default for --captions: its folder]."),
+    "model": click.option("--model", help="Dense encoder: Salesforce/blip-itm-{base,large}-{coco,flickr}, a local "
+                                          "BLIP folder, an ALBEF .pth checkpoint, a folder saved by lsr-os, or KIND:SOURCE."),
+    "head": click.option("--head", type=click.Path(exists=True, path_type=Path),
+                         help="Sparse head checkpoint folder (own or the authors' d2s format)."),
+    "no_expansion": click.option("--no-expansion", is_flag=True,
+                                 help="Captions (and text queries) keep only their own tokens; images are always expanded."),
+    "batch_size": click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+                               help="Images per model call."),
+    "text_batch_size": click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True,
+                                    help="Captions (or dense vectors) per model call."),
+    "workers": click.option("--workers", type=click.IntRange(0), default=None,
+                            help="Image-decoding processes [default: min(8, cores - 1)]."),
+    "device": click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda when available]."),
+    "top_k": click.option("--top-k", type=click.IntRange(1), default=None,
+                          help="Keep each document's k heaviest terms (document pruning)."),
+    "threshold": click.option("--threshold", type=float, default=0.0, show_default=True,
+                              help="Drop document weights <= this."),
+    "prefix": click.option("--prefix", default="lsr", show_default=True,
+                           help="Collections are served as <prefix>-images and <prefix>-captions."),
+    "json": click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+}
+
+
+def words(*names: str):
+    """Apply the shared options `names` (see WORDS) to a command."""
+    def decorate(func):
+        for name in reversed(names):
+            func = WORDS[name](func)
+        return func
+    return decorate
+
+
+def split_option(default: str | None):
+    return click.option("--split", default=default, show_default=default is not None,
+                        help="Splits, comma-separated; 'train' includes restval" + ("" if default else " [default: all]") + ".")
+
+
+def source_options(split_default: str | None = None):
+    """The record source group (one of --sparse, --dense, --data/--captions); the command receives
+    `source: SourceOptions` (checked and opened by `lsr_os.records.open_source`)."""
+    def decorate(func):
+        @words("sparse", "dense", "data", "captions", "images", "model", "head", "no_expansion", "batch_size",
+               "text_batch_size", "workers", "device")
+        @split_option(split_default)
+        @functools.wraps(func)
+        def wrapper(*args, sparse, dense, data, captions, images, model, head, no_expansion, batch_size,
+                    text_batch_size, workers, device, split, **kwargs):
+            from lsr_os.records import SourceOptions
+
+            source = SourceOptions(sparse=sparse, dense=dense, data=data, captions=captions, images=images,
+                                   model=model, head=head, split=split, expand=not no_expansion,
+                                   batch_size=batch_size, text_batch_size=text_batch_size, workers=workers,
+                                   device=device)
+            return func(*args, source=source, **kwargs)
+        return wrapper
+    return decorate
+
+
 # --------------------------------------------------------------------------- serving: ingest, search, evaluate
 
 
 @main.command("ingest")
 @cluster_options
-@click.option("--sparse", "sparse_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Sparse JSONL to load (one collection; give --collection).")
-@click.option("--dense", "dense_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Dense files folder (img_embs.parquet, text_embs.parquet, dataset_meta.json); needs --head.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Karpathy-split JSON to encode on the fly; needs --images, --model and --head.")
-@click.option("--captions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Captions file (JSONL or CSV with image, caption[, split]) to encode on the fly; needs --model, --head.")
-@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Image root of --data or --captions [default for --captions: its folder].")
-@click.option("--model", help="Dense encoder (name or folder, as for `lsr-os encode`) for --data or --captions.")
-@click.option("--head", "head_path", type=click.Path(exists=True, path_type=Path), help="Sparse head checkpoint.")
+@source_options()
 @click.option("--collection", type=click.Choice(["images", "captions"]), multiple=True,
-              help="Which collection(s); --sparse needs exactly one, the others default to both.")
-@click.option("--split", "splits", multiple=True,
-              help="Only these splits (with --dense or a dataset; repeatable) [default: all].")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
-              help="With a dataset: images per model call.")
-@click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True,
-              help="With a dataset: captions per model call.")
-@click.option("--workers", type=click.IntRange(0), default=None,
-              help="With a dataset: image-decoding processes [default: min(8, cores - 1)].")
-@click.option("--device", default=None, help="With a dataset: cpu, cuda, ... [default: cuda when available].")
-@click.option("--index", "alias", default=None, help="Alias to serve under [default: <prefix>-<collection>].")
-@click.option("--prefix", default="lsr", show_default=True, help="Alias prefix: <prefix>-images, <prefix>-captions.")
+              help="Which collection(s) [default: both, or the one a sparse file holds].")
+@click.option("--index", "alias", default=None, help="Alias to serve one collection under [default: <prefix>-<collection>].")
+@words("prefix")
 @click.option("--fresh", is_flag=True, help="Do not resume an unfinished load: start a new index.")
 @click.option("--keep-old", is_flag=True, help="Keep the replaced index instead of deleting it after the swap.")
 @click.option("--allow-empty", is_flag=True, help="Serve the new index even when it holds no documents.")
@@ -208,67 +268,64 @@ def node_logs(port: int, lines: int) -> None:
                    "[default: 0 when replacing a served collection, no limit for a first load].")
 @click.option("--chunk-docs", type=click.IntRange(1), default=500, show_default=True, help="Documents per bulk request.")
 @click.option("--chunk-mb", type=click.FloatRange(0.01), default=10.0, show_default=True, help="Max MiB per bulk request.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Bulk requests in flight.")
 @click.option("--max-retries", type=click.IntRange(0), default=8, show_default=True,
               help="Re-sends of documents refused with 429/5xx (exponential backoff).")
-@click.option("--prune-top-k", type=click.IntRange(1), default=None, help="Keep each document's k heaviest terms.")
-@click.option("--threshold", type=float, default=0.0, show_default=True, help="Drop weights <= this.")
+@words("top_k", "threshold")
 @click.option("--shards", type=click.IntRange(1), default=None, help="Primary shards of the new index [default: 1].")
 @click.option("--replicas", type=click.IntRange(0), default=None,
               help="Replicas, kept during the load too [default: 1 on a cluster of 2+ data nodes, else 0].")
 @click.option("--failures", "failures_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Failures file (JSONL) [default: ingest-failures-<alias>.jsonl].")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def ingest_cmd(cluster: ClusterConfig, sparse_file: Path | None, dense_dir: Path | None, data: Path | None,
-               captions: Path | None, images: Path | None, model: str | None, head_path: Path | None,
-               collection: tuple[str, ...], splits: tuple[str, ...], batch_size: int, text_batch_size: int,
-               workers: int | None, device: str | None, alias: str | None, prefix: str, fresh: bool,
-               keep_old: bool, allow_empty: bool, max_failed: int | None, chunk_docs: int, chunk_mb: float, max_retries: int, prune_top_k: int | None,
-               threshold: float, shards: int | None, replicas: int | None, failures_path: Path | None,
-               as_json: bool) -> None:
-    """Load sparse vectors into a new versioned index and swap its alias when complete.
+@words("json")
+def ingest_cmd(cluster: ClusterConfig, source, collection: tuple[str, ...], alias: str | None, prefix: str,
+               fresh: bool, keep_old: bool, allow_empty: bool, max_failed: int | None, chunk_docs: int,
+               chunk_mb: float, concurrency: int, max_retries: int, top_k: int | None, threshold: float,
+               shards: int | None, replicas: int | None, failures_path: Path | None, as_json: bool) -> None:
+    """Load sparse records into a new versioned index per collection and swap its alias when sound.
 
-    Input: sparse JSONL, dense files plus a head, or a dataset encoded on the fly by a dense
-    encoder and a head. An interrupted load resumes when re-run with the same input; ids are
-    the records' ids. Skipped items are listed in the failures file. The alias moves only to a
-    sound replacement (see --allow-empty, --max-failed). Exit status: 0 when every record was
-    indexed and served, 4 when some failed, 5 when a collection was not swapped in.
+    Records come from sparse JSONL, dense files plus a head, or a dataset encoded on the fly. An
+    interrupted load resumes when re-run with the same input. Skipped items are listed in the
+    failures file. Exit status: 0 when every record was indexed and served, 4 when some failed,
+    5 when a collection was not swapped in (the old one still serves).
     """
-    import os
-
-    from lsr_os.errors import EXIT_FAILURES, EXIT_NOT_SWAPPED
-
     from lsr_os import index as ix
     from lsr_os.config import connect
+    from lsr_os.errors import EXIT_FAILURES, EXIT_NOT_SWAPPED
+    from lsr_os.records import open_source
 
-    inputs = ix.IngestInput(sparse_file=sparse_file, dense_dir=dense_dir, head=head_path, model=model, data=data,
-                            images=images, captions=captions, splits=splits, batch_size=batch_size,
-                            text_batch_size=text_batch_size, device=device,
-                            workers=workers if workers is not None else min(8, max(0, (os.cpu_count() or 1) - 1)))
-    collections = inputs.collections(collection, alias)
-    reports = ix.ingest_inputs(connect(cluster), inputs, collections, alias=alias, prefix=prefix,
-                               failures_path=failures_path, fresh=fresh, keep_old=keep_old, chunk_size=chunk_docs,
-                               max_chunk_bytes=int(chunk_mb * 2**20), retry=ix.RetryPolicy(max_attempts=max_retries),
-                               prune_top_k=prune_top_k, threshold=threshold, shards=shards, replicas=replicas,
-                               allow_empty=allow_empty, max_failed=max_failed)
+    records = open_source(source)
+    collections = records.collections(collection)
+    options = ix.IngestOptions(fresh=fresh, keep_old=keep_old, allow_empty=allow_empty, max_failed=max_failed,
+                               chunk_docs=chunk_docs, chunk_bytes=int(chunk_mb * 2**20), concurrency=concurrency,
+                               retry=ix.RetryPolicy(max_attempts=max_retries), top_k=top_k, threshold=threshold,
+                               shards=shards, replicas=replicas)
     failed = not_swapped = False
-    for report in reports:
+    for report in ix.ingest_collections(connect(cluster), records.stream, collections, options, alias, prefix,
+                                        failures_path):
         failed |= report.failed > 0
         not_swapped |= report.not_swapped is not None
         if as_json:
             echo_json(report.to_dict())
-            continue
-        click.echo(f"{report.alias} -> {report.index}: {report.count} documents ({report.sent} sent, "
-                   f"{report.failed} failed, {report.docs_per_s:.0f} docs/s"
-                   f"{f', resumed: {report.already_indexed} already there' if report.resumed else ''})")
-        if report.failed:
-            click.secho(f"  {report.failed} failures listed in {report.failures_file}", fg="yellow", err=True)
-        if report.not_swapped:
-            click.secho(f"  not swapped: {report.not_swapped}", fg="red", err=True)
-        elif report.replaced:
-            verb = "kept" if keep_old else "deleted"
-            click.echo(f"  replaced {', '.join(report.replaced)} ({verb})")
+        else:
+            _print_ingest(report, keep_old)
     if not_swapped or failed:
         sys.exit(EXIT_NOT_SWAPPED if not_swapped else EXIT_FAILURES)
+
+
+def _print_ingest(report, keep_old: bool) -> None:
+    served = "not served" if report.not_swapped else "served"
+    click.echo(f"{report.alias}: {report.index} {served}, {report.count} documents ({report.sent} sent, "
+               f"{report.failed} failed, {report.docs_per_s:.0f} docs/s"
+               f"{f', resumed: {report.already_indexed} already there' if report.resumed else ''})")
+    if report.failed:
+        kinds = ", ".join(f"{n} {what}" for what, n in sorted(report.failed_by_what.items()))
+        click.secho(f"  {report.failed} failures ({kinds}) listed in {report.failures_file}", fg="yellow", err=True)
+    if report.not_swapped:
+        click.secho(f"  not swapped: {report.not_swapped}", fg="red", err=True)
+    elif report.replaced:
+        click.echo(f"  replaced {', '.join(report.replaced)} ({'kept' if keep_old else 'deleted'})")
 
 
 @main.command("search")
@@ -277,27 +334,25 @@ def ingest_cmd(cluster: ClusterConfig, sparse_file: Path | None, dense_dir: Path
 @click.option("--image", "image_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Image -> text: search the captions with this image.")
 @click.option("--vector-json", help="A raw query {term: weight}, inline or a file; needs no model.")
-@click.option("--model", help="Dense encoder (name or folder) for text and image queries.")
-@click.option("--head", "head_path", type=click.Path(exists=True, path_type=Path), help="Sparse head checkpoint.")
-@click.option("--no-expansion", is_flag=True, help="Text queries keep only their own tokens.")
+@words("model", "head", "no_expansion")
 @click.option("--collection", type=click.Choice(["images", "captions"]), default=None,
               help="Collection to search [default: images for text, captions for --image].")
 @click.option("--index", "index_name", default=None, help="Alias or index to search [default: <prefix>-<collection>].")
-@click.option("--prefix", default="lsr", show_default=True)
-@click.option("-k", "--top", "k", type=click.IntRange(1, 10000), default=10, show_default=True)
+@words("prefix")
+@click.option("-k", "k", type=click.IntRange(1, 10000), default=10, show_default=True, help="Number of hits.")
 @click.option("--max-terms", type=click.IntRange(1), default=None,
               help="Keep the query's heaviest terms [default: the cluster's max clause count].")
-@click.option("--split", default=None, help="Only documents of this split.")
+@click.option("--split", default=None, help="Only documents of these splits (comma-separated; 'train' includes restval).")
 @click.option("--explain", is_flag=True, help="Print the query DSL and each hit's matching terms.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@words("json")
 def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None, vector_json: str | None,
-               model: str | None, head_path: Path | None, no_expansion: bool, collection: str | None,
+               model: str | None, head: Path | None, no_expansion: bool, collection: str | None,
                index_name: str | None, prefix: str, k: int, max_terms: int | None, split: str | None,
                explain: bool, as_json: bool) -> None:
     """Search with a text, an image or a raw term-weight vector; prints rank, id, score, image or caption."""
     from lsr_os.search import run_search
 
-    result = run_search(cluster, text=text, image=image_path, vector_json=vector_json, model=model, head=head_path,
+    result = run_search(cluster, text=text, image=image_path, vector_json=vector_json, model=model, head=head,
                         expand=not no_expansion, collection=collection, index=index_name, prefix=prefix, k=k,
                         max_terms=max_terms, split=split, explain=explain)
     if as_json:
@@ -317,47 +372,33 @@ def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None
 
 @main.command("evaluate")
 @cluster_options
-@click.option("--images", "images_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Sparse JSONL of the images (documents for text -> image, queries for image -> text).")
-@click.option("--captions", "captions_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Sparse JSONL of the captions.")
-@click.option("--meta", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="dataset_meta.json (splits, caption -> image); else records need split and image_id keys.")
-@click.option("--dense", "dense_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Dense files folder: with --head, encode the split from it; always adds the dense teacher's figures.")
-@click.option("--head", "head_path", type=click.Path(exists=True, path_type=Path), help="Sparse head checkpoint.")
-@click.option("--split", default="test", show_default=True)
-@click.option("--prefix", default="lsr", show_default=True)
-@click.option("--images-index", default=None, help="[default: <prefix>-images]")
-@click.option("--captions-index", default=None, help="[default: <prefix>-captions]")
-@click.option("-k", "--depth", "k", type=click.IntRange(10), default=10, show_default=True, help="Hits per query.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Queries per _msearch.")
+@source_options(split_default="test")
+@words("prefix")
+@click.option("--images-index", default=None, help="Alias or index of the images [default: <prefix>-images].")
+@click.option("--captions-index", default=None, help="Alias or index of the captions [default: <prefix>-captions].")
+@click.option("-k", "k", type=click.IntRange(10), default=10, show_default=True, help="Hits per query.")
+@click.option("--query-batch", type=click.IntRange(1), default=64, show_default=True, help="Queries per _msearch.")
 @click.option("--max-terms", type=click.IntRange(1), default=None, help="Query term cap [default: max clause count].")
-@click.option("--prune-top-k", type=click.IntRange(1), default=None,
-              help="The document pruning the ingest used (--prune-top-k there), applied in memory too.")
-@click.option("--threshold", type=float, default=0.0, show_default=True, help="The ingest's --threshold, likewise.")
+@words("top_k", "threshold")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("eval"),
               show_default=True, help="Folder for TREC runs and report.json.")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-def evaluate_cmd(cluster: ClusterConfig, images_file: Path | None, captions_file: Path | None, meta: Path | None,
-                 dense_dir: Path | None, head_path: Path | None, split: str, prefix: str, images_index: str | None,
-                 captions_index: str | None, k: int, batch_size: int, max_terms: int | None,
-                 prune_top_k: int | None, threshold: float, out_dir: Path, as_json: bool) -> None:
-    """Both directions of a split through the cluster, with exact in-memory scoring beside it."""
-    from lsr_os import evaluate as ev
-    from lsr_os.config import connect
-    from lsr_os.errors import ConfigError
+@words("json")
+def evaluate_cmd(cluster: ClusterConfig, source, prefix: str, images_index: str | None, captions_index: str | None,
+                 k: int, query_batch: int, max_terms: int | None, top_k: int | None, threshold: float,
+                 out_dir: Path, as_json: bool) -> None:
+    """Both directions of a split through the cluster, with exact in-memory scoring beside it.
 
-    if head_path is not None and dense_dir is not None:
-        data = ev.encode_split(dense_dir, head_path, split)
-    elif images_file is not None and captions_file is not None:
-        data = ev.load_split(images_file, captions_file, meta, split)
-    else:
-        raise ConfigError("give --images and --captions (sparse JSONL), or --dense DIR with --head")
-    data = data.pruned(prune_top_k, threshold)
-    client = connect(cluster)
-    report = ev.evaluate(client, images_index or f"{prefix}-images", captions_index or f"{prefix}-captions", data,
-                         split, k, batch_size, max_terms, out_dir, dense_dir)
+    The split's records come from the same sources as `ingest` (give the --top-k/--threshold the
+    ingest used); with dense files, the dense teacher's figures are added.
+    """
+    from lsr_os.config import connect
+    from lsr_os.evaluate import evaluate_source
+    from lsr_os.records import open_source
+
+    records = open_source(source)
+    report = evaluate_source(connect(cluster), records, source.split, images_index or f"{prefix}-images",
+                             captions_index or f"{prefix}-captions", top_k, threshold, k=k, batch_size=query_batch,
+                             max_terms=max_terms, out_dir=out_dir)
     if as_json:
         echo_json(report)
         return
@@ -382,7 +423,7 @@ def collections_group() -> None:
 
 @collections_group.command("list")
 @cluster_options
-@click.option("--json", "as_json", is_flag=True)
+@words("json")
 def collections_list(cluster: ClusterConfig, as_json: bool) -> None:
     """Every lsr-os index: alias, state, documents, size, served or not."""
     from lsr_os.config import connect
@@ -420,64 +461,38 @@ def collections_delete(cluster: ClusterConfig, alias: str, yes: bool) -> None:
 
 
 @main.command("encode")
-@click.option("--model", required=True,
-              help="Dense encoder: Salesforce/blip-itm-{base,large}-{coco,flickr}, a local BLIP folder, an ALBEF "
-                   ".pth checkpoint, a folder saved by lsr-os, or KIND:SOURCE.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Karpathy-split JSON (MSCOCO, Flickr30k); needs --images.")
-@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Image root; image paths must stay inside it [default for --captions: its folder].")
-@click.option("--captions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Captions file, JSONL or CSV with image, caption[, split].")
-@click.option("--split", default="all", show_default=True, help="Split(s), comma-separated; 'train' includes restval.")
+@words("model", "data", "images", "captions")
+@split_option(None)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@click.option("--head", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Sparse head checkpoint: write sparse JSONL through it instead of dense parquet.")
-@click.option("--expand-captions/--no-expand-captions", default=True, show_default=True,
-              help="With --head: expand captions, or keep only their own tokens.")
-@click.option("--top-k", type=int, default=None, help="With --head: keep the k heaviest terms per vector.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per model call.")
-@click.option("--text-batch-size", type=int, default=256, show_default=True, help="Captions per model call.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda when available].")
+@click.option("--collection", type=click.Choice(["images", "captions"]), default=None,
+              help="Encode one collection only [default: both].")
+@words("batch_size", "text_batch_size", "device")
 @click.option("--dtype", default=None, help="float32, bfloat16, float16 [default: bfloat16 on GPU, float32 on CPU].")
-@click.option("--workers", type=int, default=None, help="Image-decoding processes [default: min(8, cores - 1)].")
+@words("workers")
 @click.option("--shard", default=None, help="I/N: encode shard I of N (several machines, one output folder).")
 @click.option("--part-size", type=int, default=8192, show_default=True,
               help="Vectors per parquet part (the most an interruption loses).")
-@click.option("--only", type=click.Choice(["images", "captions"]), default=None, help="Encode one side only.")
 @click.option("--max-batches", type=int, default=None, help="Stop after this many batches per side (a trial run).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def encode_cmd(model: str, data: Path | None, images: Path | None, captions: Path | None, split: str, out: Path,
-               head: Path | None, expand_captions: bool, top_k: int | None, batch_size: int, text_batch_size: int,
-               device: str | None, dtype: str | None, workers: int | None, shard: str | None, part_size: int,
-               only: str | None, max_batches: int | None, as_json: bool) -> None:
-    """Encode a dataset's images and captions to dense parquet (the authors' layout) or sparse JSONL.
+@words("json")
+def encode_cmd(model: str | None, data: Path | None, images: Path | None, captions: Path | None, split: str | None,
+               out: Path, collection: str | None, batch_size: int, text_batch_size: int, device: str | None,
+               dtype: str | None, workers: int | None, shard: str | None, part_size: int, max_batches: int | None,
+               as_json: bool) -> None:
+    """Encode a dataset's images and captions to dense parquet files (the authors' layout).
 
     Resumes by default (ids already in OUT are skipped). Bad items are skipped and listed in
-    OUT/failures*.jsonl; the exit status is 4 when any item failed.
+    OUT/failures*.jsonl; the exit status is 4 when any item failed. Sparse records come from
+    `lsr-os sparsify` (or `ingest`) over the output.
     """
-    import os
-
-    from lsr_os import data as data_lib
-    from lsr_os.encode import EncodeOptions, encode_dataset
+    from lsr_os.encode import EncodeOptions, encode_folder
     from lsr_os.errors import EXIT_FAILURES
-    from lsr_os.models.dense import load_encoder
 
-    opts = EncodeOptions(batch_size=batch_size, text_batch_size=text_batch_size,
-                         workers=workers if workers is not None else min(8, max(0, (os.cpu_count() or 1) - 1)),
-                         shard=data_lib.parse_shard(shard), part_size=part_size, images=only != "captions",
-                         captions=only != "images", max_batches=max_batches, expand_captions=expand_captions,
-                         top_k=top_k)
-    dataset = data_lib.load_dataset(data=data, images=images, captions=captions, split=split)
-    encoder = load_encoder(model, device=device, dtype=dtype)
-    head_model = None
-    if head is not None:
-        from lsr_os.models.head import load_head
-
-        head_model = load_head(head)
-    report = encode_dataset(encoder, dataset, out, opts, head=head_model, head_name=str(head) if head else None)
+    options = EncodeOptions(batch_size=batch_size, text_batch_size=text_batch_size, part_size=part_size,
+                            max_batches=max_batches)
+    report, encoder = encode_folder(model, out, data, images, captions, split, collection, options, workers, shard,
+                                    device, dtype)
     if as_json:
-        echo_json({**report.to_dict(), "encoder": encoder.describe()})
+        echo_json({**report.to_dict(), "encoder": encoder})
     else:
         for side in ("images", "captions"):
             c = getattr(report, side)
@@ -489,6 +504,40 @@ def encode_cmd(model: str, data: Path | None, images: Path | None, captions: Pat
         click.echo(f"output: {report.out} ({report.seconds:.1f} s)")
     if report.failed:
         click.echo(f"{report.failed} items failed; reasons in {report.failures_file}", err=True)
+        sys.exit(EXIT_FAILURES)
+
+
+@main.command("sparsify")
+@source_options()
+@click.option("--collection", type=click.Choice(["images", "captions"]), multiple=True,
+              help="Which collection(s) [default: both].")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: images.jsonl, captions.jsonl, failures-<collection>.jsonl.")
+@words("top_k")
+@click.option("--fresh", is_flag=True, help="Start the output over instead of resuming it.")
+@words("json")
+def sparsify_cmd(source, collection: tuple[str, ...], out: Path, top_k: int | None, fresh: bool,
+                 as_json: bool) -> None:
+    """Write sparse JSONL records (the one schema) from dense files or a dataset, through a head.
+
+    Resumes by default: ids already in the output are neither encoded nor written again. Exit
+    status 4 when any item was skipped (listed in the failures file).
+    """
+    from lsr_os.errors import EXIT_FAILURES
+    from lsr_os.records import open_source, sparsify
+
+    records = open_source(source)
+    failed = False
+    for report in sparsify(records, records.collections(collection), out, fresh=fresh, top_k=top_k,
+                           progress=False if as_json else None):
+        failed |= report.failed > 0
+        if as_json:
+            echo_json(report.__dict__)
+            continue
+        click.echo(f"{report.collection}: wrote {report.written} to {report.out}"
+                   + (f"; {report.already} already there" if report.already else "")
+                   + (f"; {report.failed} skipped, listed in {report.failures_file}" if report.failed else ""))
+    if failed:
         sys.exit(EXIT_FAILURES)
 
 
@@ -514,24 +563,17 @@ def snapshot_group() -> None:
 @_repo_options
 @click.argument("indices", nargs=-1)
 @click.option("--name", "snapshot", default=None, help="Snapshot name [default: lsr-<UTC time>].")
-@click.option("--json", "as_json", is_flag=True)
+@words("json")
 def snapshot_create(cluster: ClusterConfig, repository: str, location: str | None, indices: tuple[str, ...],
                     snapshot: str | None, as_json: bool) -> None:
     """Snapshot INDICES (indices, aliases or wildcards) [default: every complete lsr-os collection]."""
     from lsr_os import snapshot as snap
     from lsr_os.config import connect
-    from lsr_os.errors import ClusterError
 
     snapshot = snap.check_name(snapshot or snap.default_snapshot_name())  # before any request
     client = connect(cluster)
     if location:
         snap.register_repository(client, repository, location)
-    if not indices:
-        from lsr_os.index import list_collections
-
-        indices = tuple(r["index"] for r in list_collections(client) if r["state"] == "complete")
-        if not indices:
-            raise ClusterError("no complete lsr-os collection to snapshot; name the indices or aliases")
     result = snap.create_snapshot(client, repository, snapshot, indices)
     if as_json:
         echo_json(result)
@@ -543,7 +585,7 @@ def snapshot_create(cluster: ClusterConfig, repository: str, location: str | Non
 @snapshot_group.command("list")
 @cluster_options
 @_repo_options
-@click.option("--json", "as_json", is_flag=True)
+@words("json")
 def snapshot_list(cluster: ClusterConfig, repository: str, location: str | None, as_json: bool) -> None:
     """The repository's snapshots, oldest first."""
     from lsr_os import snapshot as snap
@@ -570,7 +612,7 @@ def snapshot_list(cluster: ClusterConfig, repository: str, location: str | None,
 @click.option("--rename-suffix", default=None,
               help="Restore each index as <name><suffix>, beside the existing one, without its aliases.")
 @click.option("--no-aliases", is_flag=True, help="Do not restore the aliases saved with the indices.")
-@click.option("--json", "as_json", is_flag=True)
+@words("json")
 def snapshot_restore(cluster: ClusterConfig, repository: str, location: str | None, snapshot: str,
                      indices: tuple[str, ...], rename_suffix: str | None, no_aliases: bool, as_json: bool) -> None:
     """Restore SNAPSHOT's indices (with their aliases) and wait until they serve.
@@ -608,12 +650,14 @@ def snapshot_delete(cluster: ClusterConfig, repository: str, snapshot: str) -> N
 
 
 @main.command("train")
-@click.option("--data", required=True, help="Dataset folder (img_embs.parquet, text_embs.parquet, dataset_meta.json) "
-              "or a Hugging Face dataset id when the hub is reachable.")
+@click.option("--dense", "data", required=True,
+              help="Dense files folder (img_embs.parquet, text_embs.parquet, dataset_meta.json) "
+                   "or a Hugging Face dataset id when the hub is reachable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: best/ checkpoint, metrics.jsonl, test_report.json.")
-@click.option("--epochs", type=int, default=200, show_default=True)
-@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=200, show_default=True, help="Passes over the training pairs.")
+@click.option("--batch-size", type=click.IntRange(2), default=512, show_default=True,
+              help="Pairs per step (the in-batch negatives of the distillation loss).")
 @click.option("--q-reg", type=float, default=1e-3, show_default=True, help="L1 weight on captions (queries).")
 @click.option("--d-reg", type=float, default=1e-3, show_default=True, help="L1 weight on images (documents).")
 @click.option("--temperature", type=float, default=1e-3, show_default=True, help="Teacher temperature τ (fixed).")
@@ -629,9 +673,9 @@ def snapshot_delete(cluster: ClusterConfig, repository: str, snapshot: str) -> N
               help="auto: bf16 (else fp16) on GPU, fp32 on CPU.")
 @click.option("--init", default="auto", show_default=True,
               help="auto | minilm | a local masked-LM folder | a head checkpoint folder.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (the same seed, the same result).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--eval-batch-size", type=int, default=2048, show_default=True)
+@click.option("--eval-batch-size", type=int, default=2048, show_default=True, help="Vectors per call in validation.")
 @click.option("--max-text-length", type=int, default=512, show_default=True, help="Caption truncation (tokens).")
 @click.option("--block-special-tokens/--keep-special-tokens", default=True, show_default=True,
               help="Keep the weights of [CLS], [SEP], [PAD], [UNK], [MASK] at zero (METHOD.md keeps them).")
@@ -657,40 +701,18 @@ def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p,
         click.echo(f"test {name}: {cells}{extra}")
 
 
-@main.command("sparsify")
-@click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Head checkpoint folder (own or the authors' d2s format).")
-@click.option("--dense", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Dataset folder (authors' layout) or one parquet file of dense vectors.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Sparse JSONL to write.")
-@click.option("--kind", type=click.Choice(["images", "captions"]), default="images", show_default=True)
-@click.option("--no-expansion", is_flag=True, help="Captions keep only their own tokens (text from dataset_meta.json).")
-@click.option("--split", default=None, help="Only this split of dataset_meta.json (train includes restval).")
-@click.option("--top-k", type=int, default=None, help="Keep the k heaviest terms of each vector.")
-@click.option("--batch-size", type=int, default=1024, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--resume", is_flag=True, help="Append, skipping ids already in OUT.")
-def sparsify_cmd(model_path, dense, out, kind, no_expansion, split, top_k, batch_size, device, resume) -> None:
-    """Turn dense vectors into sparse JSONL with a trained head."""
-    from lsr_os.models.head import load_head
-    from lsr_os.sparsify import sparsify
-
-    report = sparsify(load_head(model_path), dense, out, kind=kind, expand=not no_expansion, top_k=top_k,
-                      batch_size=batch_size, split=split, resume=resume, device=device)
-    click.echo(f"wrote {report.written} {kind} to {report.out}"
-               + (f"; {report.skipped_existing} already there" if report.skipped_existing else "")
-               + (f"; {report.empty} with no terms" if report.empty else ""))
-
-
 @main.command("synth")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--images", "n_images", type=int, default=400, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: the world in the authors' dense layout and ground_truth.json.")
+@click.option("--num-images", "n_images", type=click.IntRange(4), default=400, show_default=True,
+              help="Images in the world (train, val and test together).")
 @click.option("--val", "n_val", type=click.IntRange(1), default=None, help="Validation images [default: an eighth].")
 @click.option("--test", "n_test", type=click.IntRange(1), default=None, help="Test images [default: an eighth].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dim", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (the same seed, the same result).")
+@click.option("--dim", type=int, default=256, show_default=True, help="Dimension of the dense vectors.")
 @click.option("--noise", type=float, default=0.3, show_default=True, help="Norm of the noise added to image vectors.")
-@click.option("--encoder", type=click.Choice(["minilm", "bag-of-words"]), default="minilm", show_default=True)
+@click.option("--encoder", type=click.Choice(["minilm", "bag-of-words"]), default="minilm", show_default=True,
+              help="How captions become dense vectors: the offline MiniLM model or a random bag of words.")
 def synth_cmd(out, n_images, n_val, n_test, seed, dim, noise, encoder) -> None:
     """Write the synthetic world with known truth (authors' layout + ground_truth.json)."""
     from lsr_os.synthetic import write_synthetic
@@ -707,10 +729,12 @@ def synth_cmd(out, n_images, n_val, n_test, seed, dim, noise, encoder) -> None:
 @cluster_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("lsr-os-demo"), show_default=True,
               help="Folder for every step's output; a re-run reuses finished steps.")
-@click.option("--images", "n_images", type=click.IntRange(50), default=2000, show_default=True,
+@click.option("--num-images", "n_images", type=click.IntRange(50), default=2000, show_default=True,
               help="Images in the built-in world (80% train, 10% val, 10% test).")
-@click.option("--encoder-epochs", type=click.IntRange(1), default=40, show_default=True)
-@click.option("--head-epochs", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--encoder-epochs", type=click.IntRange(1), default=40, show_default=True,
+              help="Training epochs of the demo's dense encoder.")
+@click.option("--head-epochs", type=click.IntRange(1), default=4, show_default=True,
+              help="Training epochs of the sparse head.")
 @click.option("--query", "queries", multiple=True, help="Example text query (repeatable) [default: five built-in ones].")
 @click.option("-k", type=click.IntRange(1, 20), default=5, show_default=True, help="Hits per example query.")
 @click.option("--prefix", default="demo", show_default=True, help="Collections are served as <prefix>-images and <prefix>-captions.")
@@ -721,7 +745,9 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
     """Run the whole pipeline offline on a built-in image-caption world, end to end."""
     from lsr_os.demo import DEFAULT_QUERIES, DemoConfig, run_demo
 
-    client = _client_or_local_node(cluster, allow_start=not no_node)
+    from lsr_os.node import connect_or_start
+
+    client = connect_or_start(cluster, allow_start=not no_node)
     cfg = DemoConfig(out=out, n_images=n_images, encoder_epochs=encoder_epochs, head_epochs=head_epochs,
                      k=k, prefix=prefix, queries=queries or DEFAULT_QUERIES, progress=not as_json)
     result = run_demo(client, cfg)
@@ -746,22 +772,6 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
         click.echo(f"    parity with exact scoring: top-10 overlap {sec['parity']['top10_overlap']:.3f}")
     click.echo(f"\nreport: {result.report.get('out_dir')}/report.json; served as {prefix}-images, {prefix}-captions")
     click.echo("steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
-
-
-def _client_or_local_node(cluster: ClusterConfig, allow_start: bool):
-    """A client to the configured cluster; with the default URL and none answering, a local node."""
-    from lsr_os import node as node_lib
-    from lsr_os.config import DEFAULT_URL, connect
-    from lsr_os.errors import ClusterUnreachable
-
-    try:
-        return connect(cluster)
-    except ClusterUnreachable:
-        if not allow_start or cluster.urls != (DEFAULT_URL,):
-            raise
-    click.echo("no cluster at the default URL: starting a local node (lsr-os node start)", err=True)
-    node_lib.start(node_lib.NodeSpec())
-    return connect(cluster)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Both become a `Dataset`: image items (id, path under the image root, split) and 
 (id, text, image id), plus what is needed to write `dataset_meta.json` in the Karpathy layout.
 Ids follow the authors' convention: `str(imgid)` and `str(sentid)`.
 
-Bad input never stops a job: an unreadable row, image or caption becomes a `Failure` (what,
-id, reason) that the caller lists in a failures file. Image paths must stay inside the image
+Bad input never stops a job: an unreadable row (also one that is not UTF-8), image or caption
+becomes a `Failure` that the caller lists in a failures file. Image paths must stay inside the image
 root: absolute paths and paths that leave it (`../`, or a symlink pointing out) are refused
 without being opened.
 """
@@ -19,13 +19,14 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from lsr_os.dense_files import TRAIN_SPLITS, DatasetMeta
+from lsr_os.dense_files import DatasetMeta, image_path, select_splits
 from lsr_os.errors import ConfigError, DataError
+from lsr_os.failures import Failure
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 class ImageLoadError(DataError):
     """One image that cannot be used; the message is the reason recorded in the failures file."""
-
-
-@dataclass
-class Failure:
-    """One skipped item: `what` is image, caption or row; `id` names it; `reason` says why."""
-
-    what: str
-    id: str
-    reason: str
-    source: str = ""  # the image path, caption text (shortened) or file:line
-
-    def to_json(self) -> str:
-        return json.dumps({"what": self.what, "id": self.id, "reason": self.reason, "source": self.source},
-                          ensure_ascii=False)
 
 
 @dataclass
@@ -88,18 +75,6 @@ class Dataset:
         return DatasetMeta(images, name=self.name)
 
 
-def parse_splits(split: str | None) -> set[str] | None:
-    """`None` or "all": every split; "train" includes "restval"; "a,b": several."""
-    if split is None or split.strip().lower() in ("", "all"):
-        return None
-    wanted: set[str] = set()
-    for part in split.split(","):
-        part = part.strip()
-        if part:
-            wanted.update(TRAIN_SPLITS if part == "train" else (part,))
-    return wanted
-
-
 def _int_or_str(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
@@ -107,15 +82,14 @@ def _int_or_str(value: str) -> int | str:
 def load_karpathy(json_path: str | Path, image_root: str | Path, split: str | None = None) -> Dataset:
     """A Karpathy-split JSON (MSCOCO, Flickr30k): image path = `filepath/filename` (or `filename`)."""
     meta = DatasetMeta.load(json_path)
-    wanted = parse_splits(split)
+    wanted = select_splits(split)
     images: list[ImageItem] = []
     captions: list[CaptionItem] = []
     for entry in meta.images:
         if wanted is not None and entry["split"] not in wanted:
             continue
         image_id = str(entry["imgid"])
-        rel = "/".join(p for p in (entry.get("filepath", ""), entry.get("filename", "")) if p)
-        images.append(ImageItem(image_id, rel, entry["split"], {k: v for k, v in entry.items() if k != "sentences"}))
+        images.append(ImageItem(image_id, image_path(entry), entry["split"], {k: v for k, v in entry.items() if k != "sentences"}))
         for s in entry.get("sentences", []):
             captions.append(CaptionItem(str(s["sentid"]), s["raw"], image_id, s))
     if not images:
@@ -123,21 +97,40 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, split: str | No
     return Dataset(meta.name or Path(json_path).stem, Path(image_root), images, captions)
 
 
+def _decoded_lines(handle, problems: list[tuple[int, str]]) -> Iterator[str]:
+    """The lines of a binary file as text; a line that is not UTF-8 is left out and noted in
+    `problems` as (line, reason), so one bad line never ends the read."""
+    for lineno, raw in enumerate(handle, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append((lineno, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"))
+            yield "\n"  # keeps the line numbers of the csv reader and of JSONL in step
+
+
 def _caption_rows(path: Path) -> Iterable[tuple[int, dict | None, str]]:
     """(line, row, problem) from a JSONL or CSV captions file."""
     try:
-        handle = path.open(encoding="utf-8", newline="")
+        handle = path.open("rb")
     except OSError as exc:
         raise DataError(f"cannot read captions file {path}: {exc.strerror}") from exc
+    problems: list[tuple[int, str]] = []
     with handle:
+        lines = _decoded_lines(handle, problems)
         if path.suffix.lower() in (".csv", ".tsv"):
-            reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            reader = csv.DictReader(lines, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             if not reader.fieldnames or "image" not in reader.fieldnames:
                 raise DataError(f"{path}: the header must name an 'image' column (and 'caption', optionally 'split')")
             for row in reader:
+                yield from ((lineno, None, reason) for lineno, reason in problems)
+                problems.clear()
                 yield reader.line_num, row, ""
+            yield from ((lineno, None, reason) for lineno, reason in problems)
             return
-        for lineno, line in enumerate(handle, 1):
+        for lineno, line in enumerate(lines, 1):
+            if problems and problems[0][0] == lineno:
+                yield lineno, None, problems.pop(0)[1]
+                continue
             if not line.strip():
                 continue
             try:
@@ -159,7 +152,7 @@ def load_captions_file(captions: str | Path, image_root: str | Path | None = Non
     """
     path = Path(captions)
     root = Path(image_root) if image_root else path.parent
-    wanted = parse_splits(split)
+    wanted = select_splits(split)
     images: dict[str, ImageItem] = {}
     result = Dataset(path.stem, root, [], [])
     next_image = next_caption = 0
@@ -169,7 +162,7 @@ def load_captions_file(captions: str | Path, image_root: str | Path | None = Non
         if not problem and (not isinstance(image, str) or not image.strip()):
             problem = "no 'image' value"
         if problem:
-            result.failures.append(Failure("row", where, problem, where))
+            result.failures.append(Failure("row", None, where, problem))
             continue
         row_split = str(row.get("split") or default_split)
         caption = row.get("caption")

@@ -124,7 +124,7 @@ def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
     train_report = json.loads((head_dir / REPORT_FILE).read_text())
 
     aliases = {c: f"{cfg.prefix}-{c}" for c in ("images", "captions")}
-    steps.run("ingest", False, lambda: _ingest(client, dense_dir, head, head_dir / BEST_DIR, aliases, cfg.progress))
+    steps.run("ingest", False, lambda: _ingest(client, dense_dir, head_dir / BEST_DIR, aliases, cfg.progress))
     examples = steps.run("examples", False, lambda: _examples(client, encoder, head, aliases["images"],
                                                               world_dir, cfg, out / "sheets"))
     report = steps.run("evaluate", False, lambda: _evaluate(client, dense_dir, head_dir / BEST_DIR, aliases,
@@ -158,19 +158,23 @@ def _fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _ingest(client: OpenSearch, dense_dir: Path, head, head_path: Path, aliases: dict[str, str],
-            progress: bool) -> dict:
+def _ingest(client: OpenSearch, dense_dir: Path, head_path: Path, aliases: dict[str, str], progress: bool) -> dict:
     """Load both collections; skipped when the aliases already serve this head's complete output."""
-    from lsr_os.index import dense_records, ingest, serving_source
+    from lsr_os.index import IngestOptions, ingest, serving_source
+    from lsr_os.records import SourceOptions, open_source
+    from lsr_os.sparse import RecordStream
 
+    source = open_source(SourceOptions(dense=dense_dir, head=head_path, device="cpu"))
     reports = {}
     for collection, alias in aliases.items():
-        source = f"demo:{collection}:{_fingerprint(head_path)}"
-        if serving_source(client, alias) == source:
-            log.info("%s already serves %s", alias, source)
+        key = f"demo:{collection}:{_fingerprint(head_path)}"
+        if serving_source(client, alias) == key:
+            log.info("%s already serves %s", alias, key)
             continue
-        report = ingest(client, dense_records(dense_dir, head, collection), alias, collection, source=source,
-                        progress=progress, failures_path=dense_dir.parent / f"ingest-failures-{collection}.jsonl")
+        stream = source.stream(collection)
+        report = ingest(client, RecordStream(stream.records, key, stream.total), alias, collection,
+                        IngestOptions(progress=progress),
+                        failures_path=dense_dir.parent / f"ingest-failures-{collection}.jsonl")
         reports[collection] = report.to_dict()
     return reports
 
@@ -182,8 +186,7 @@ def _examples(client: OpenSearch, encoder, head, images_alias: str, world_dir: P
     from lsr_os.sheet import SheetHit, contact_sheet
 
     cap = max_clause_count(client)
-    vectors = head.encode(encoder.encode_texts(list(cfg.queries)), texts=list(cfg.queries), expand=True)
-    images_by_name = {p.name: p for p in (world_dir / "images").glob("*.png")}
+    vectors = head.encode_captions(encoder.encode_texts(list(cfg.queries)), list(cfg.queries))
     examples = []
     for n, (query, vector) in enumerate(zip(cfg.queries, vectors), 1):
         prepared = prepare_query(vector, cap)
@@ -195,8 +198,8 @@ def _examples(client: OpenSearch, encoder, head, images_alias: str, world_dir: P
             rows.append({"rank": rank, "id": hit["_id"], "score": hit["_score"], "image": src.get("image"),
                          "doc_terms": src.get("terms", [])[:6], "matched_terms": terms[:6]})
         sheet = contact_sheet(
-            f"text -> image: \"{query}\"", [SheetHit(images_by_name[r["image"]], r["rank"], r["score"], r["matched_terms"])
-                                            for r in rows if r["image"] in images_by_name],
+            f"text -> image: \"{query}\"", [SheetHit(world_dir / r["image"], r["rank"], r["score"], r["matched_terms"])
+                                            for r in rows if r["image"]],
             sheet_dir / f"query-{n}.png", columns=cfg.k)
         top_terms = sorted(prepared.items(), key=lambda tw: -tw[1])[:8]
         examples.append(Example(query, top_terms, rows, sheet))
@@ -205,8 +208,9 @@ def _examples(client: OpenSearch, encoder, head, images_alias: str, world_dir: P
 
 def _evaluate(client: OpenSearch, dense_dir: Path, head_path: Path, aliases: dict[str, str], out_dir: Path,
               progress: bool) -> dict:
-    from lsr_os.evaluate import encode_split, evaluate
+    from lsr_os.evaluate import evaluate_source
+    from lsr_os.records import SourceOptions, open_source
 
-    data = encode_split(dense_dir, head_path, "test")
-    return evaluate(client, aliases["images"], aliases["captions"], data, split="test", out_dir=out_dir,
-                    dense_dir=dense_dir, progress=progress)
+    source = open_source(SourceOptions(dense=dense_dir, head=head_path, split="test", device="cpu"))
+    return evaluate_source(client, source, "test", aliases["images"], aliases["captions"], out_dir=out_dir,
+                           progress=progress)

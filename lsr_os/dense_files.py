@@ -27,6 +27,33 @@ META_FILE = "dataset_meta.json"
 TRAIN_SPLITS = ("train", "restval")
 
 
+def select_splits(spec: str | Iterable[str] | None) -> frozenset[str] | None:
+    """The split labels a selection means; None = every split. The one split rule of lsr-os.
+
+    `spec` is "all" (or None/empty), a comma-separated string, or several names. "train" means
+    Karpathy's "train" plus "restval" (the 113k MSCOCO training images, as BLIP fine-tunes on).
+    """
+    names = spec.split(",") if isinstance(spec, str) else list(spec or ())
+    names = [n.strip() for n in names if n and n.strip()]
+    if not names or any(n.lower() == "all" for n in names):
+        return None
+    wanted: set[str] = set()
+    for name in names:
+        wanted.update(TRAIN_SPLITS if name == "train" else (name,))
+    return frozenset(wanted)
+
+
+def split_label(spec: str | Iterable[str] | None) -> str:
+    """How a selection is named in messages and resume keys: "all" or the sorted names given."""
+    names = sorted({n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec or ()) if n.strip()})
+    return ",".join(names) if names and "all" not in names else "all"
+
+
+def image_path(entry: dict) -> str:
+    """An image entry's path under the image root: `filepath/filename` (or `filename`)."""
+    return "/".join(p for p in (entry.get("filepath", ""), entry.get("filename", "")) if p)
+
+
 @dataclass
 class Embeddings:
     """Dense vectors with their ids; `row` maps an id to its row."""
@@ -102,17 +129,6 @@ class Split:
     captions: list[str]
     caption_image: list[str]  # parallel to caption_ids: the id of the described image
 
-    def qrels_t2i(self) -> dict[str, dict[str, int]]:
-        """Relevance for text -> image: each caption's one image."""
-        return {c: {i: 1} for c, i in zip(self.caption_ids, self.caption_image)}
-
-    def qrels_i2t(self) -> dict[str, dict[str, int]]:
-        """Relevance for image -> text: each image's captions (about five)."""
-        out: dict[str, dict[str, int]] = {i: {} for i in self.image_ids}
-        for c, i in zip(self.caption_ids, self.caption_image):
-            out[i][c] = 1
-        return out
-
 
 @dataclass
 class DatasetMeta:
@@ -126,11 +142,13 @@ class DatasetMeta:
     def load(cls, path: str | Path) -> "DatasetMeta":
         path = Path(path)
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
+            obj = json.loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError as exc:
             raise DataError(f"{path} does not exist") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path} is not valid JSON: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from exc
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
         images = obj.get("images") if isinstance(obj, dict) else None
         if not isinstance(images, list):
             raise DataError(f'{path}: expected an object with an "images" list (Karpathy layout)')
@@ -147,12 +165,12 @@ class DatasetMeta:
                               encoding="utf-8")
 
     def split(self, names: str | Iterable[str]) -> Split:
-        """Select one split ("train" includes "restval") or several; DataError when empty."""
-        wanted = set(TRAIN_SPLITS) if names == "train" else {names} if isinstance(names, str) else set(names)
-        label = names if isinstance(names, str) else "+".join(sorted(wanted))
+        """The images and captions of a selection (`select_splits`); DataError when empty."""
+        wanted = select_splits(names)
+        label = split_label(names)
         split = Split(label, [], [], [], [])
         for img in self.images:
-            if img["split"] not in wanted:
+            if wanted is not None and img["split"] not in wanted:
                 continue
             image_id = str(img["imgid"])
             split.image_ids.append(image_id)

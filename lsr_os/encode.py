@@ -1,7 +1,7 @@
-"""Batched, resumable, sharded encoding of a dataset to dense files or sparse JSONL.
+"""Batched, resumable, sharded encoding of a dataset to dense files (sparse records: lsr_os.records).
 
-Dense output (`encode_dataset(..., head=None)`) is the authors' layout, so `lsr-os train`
-reads it unchanged:
+The output is the authors' layout, so `lsr-os train` and `lsr-os sparsify --dense` read it
+unchanged:
 
     OUT/img_embs.parquet/part-<shard>-<seq>.parquet   a folder of parquet parts (id, emb)
     OUT/text_embs.parquet/part-<shard>-<seq>.parquet
@@ -16,9 +16,8 @@ by a stable hash of the id) write parts with their own names into the same folde
 outputs merge without a copy step; the last shard to finish writes the complete metadata
 (re-running any shard on finished output rewrites it).
 
-Sparse output (`head=...`) goes through the D2S head to `images.jsonl` / `captions.jsonl`
-(`images.shard-I-of-N.jsonl` when sharded), appended batch by batch; a re-run reads the ids
-already written (dropping a torn last line) and goes on.
+Image decoding runs in DataLoader worker processes (`ImageSource`, `image_loader`; the dataset
+source of lsr_os.records uses them too) while the model runs on the device.
 """
 
 from __future__ import annotations
@@ -31,19 +30,17 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from lsr_os.data import (CaptionItem, Dataset, Failure, ImageItem, ImageLoadError, caption_problem, load_image,
-                         resolve_image, shard)
+from lsr_os.data import CaptionItem, Dataset, ImageItem, ImageLoadError, caption_problem, load_image, resolve_image, shard
 from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, write_embeddings
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.models.dense import DenseEncoder, ImagePreprocessor
-from lsr_os.sparse import SparseRecord, write_jsonl
+from lsr_os.failures import Failure, FailureLog, read_failures
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +58,6 @@ class EncodeOptions:
     captions: bool = True
     max_batches: int | None = None  # stop after this many batches per side (a trial run)
     progress: bool = True
-    expand_captions: bool = True  # sparse output: expand captions (else keep their own tokens)
-    top_k: int | None = None  # sparse output: keep the heaviest k terms
 
 
 @dataclass
@@ -124,7 +119,7 @@ class ParquetParts:
                 raise DataError(f"{part} is not a readable parquet part ({exc}); delete it to re-encode its ids") from exc
         return done
 
-    def add(self, ids: list[str], emb: np.ndarray, texts: list[str] | None = None) -> None:
+    def add(self, ids: list[str], emb: np.ndarray) -> None:
         self.ids.extend(ids)
         self.embs.append(emb)
         if len(self.ids) >= self.part_size:
@@ -138,44 +133,6 @@ class ParquetParts:
         os.replace(tmp, self.folder / f"{self.prefix}{self.seq:05d}.parquet")
         self.seq += 1
         self.ids, self.embs = [], []
-
-
-class SparseJsonl:
-    """Sparse records through a head, appended to one JSONL file per side and shard."""
-
-    def __init__(self, path: Path, head, expand: bool, top_k: int | None, meta: Callable[[str], dict]):
-        self.path = path
-        self.head = head
-        self.expand = expand
-        self.top_k = top_k
-        self.meta = meta
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def done_ids(self) -> set[str]:
-        """Ids already written; a torn last line (an interrupted write) is cut off first."""
-        if not self.path.exists():
-            return set()
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end != len(data):
-            with self.path.open("r+b") as handle:
-                handle.truncate(end)
-        done = set()
-        for lineno, line in enumerate(data[:end].splitlines(), 1):
-            if line.strip():
-                try:
-                    done.add(str(json.loads(line)["id"]))
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise DataError(f"{self.path}:{lineno}: not a sparse record ({exc})") from exc
-        return done
-
-    def add(self, ids: list[str], emb: np.ndarray, texts: list[str] | None = None) -> None:
-        with torch.inference_mode():
-            vectors = self.head.encode(emb, texts=texts, expand=self.expand or texts is None, top_k=self.top_k)
-        write_jsonl(self.path, (SparseRecord(i, v, self.meta(i)) for i, v in zip(ids, vectors)), append=True)
-
-    def flush(self) -> None:
-        """Every batch is appended as it comes; nothing is buffered."""
 
 
 # ---------------------------------------------------------------- image loading for the DataLoader
@@ -217,81 +174,7 @@ def image_loader(source: ImageSource, batch_size: int, workers: int, pin: bool) 
     return torch.utils.data.DataLoader(source, shuffle=False, **kwargs)
 
 
-# ---------------------------------------------------------------- sparse records on the fly (ingest)
-
-
-def dataset_records(encoder: DenseEncoder, head, dataset: Dataset, collection: str,
-                    on_failure: Callable[[Failure], None], batch_size: int = 64, text_batch_size: int = 256,
-                    workers: int = 0, expand_captions: bool = True,
-                    skip: Collection[str] = frozenset()) -> Iterator[SparseRecord]:
-    """Sparse records of one collection ("images" or "captions") of `dataset`, encoded batch by batch.
-
-    For `lsr-os ingest` straight from a dataset: images are decoded by the same DataLoader as
-    `encode_dataset` (in `workers` processes), embedded on the encoder's device and sparsified
-    there (the head is moved to that device), so only one batch exists at a time. Bad images and
-    captions go to `on_failure` and are skipped. Metadata follows `lsr_os.index.dense_records`:
-    dataset, split, image (the path under the image root); captions add image_id and caption.
-    Items whose id is in `skip` (already indexed, on a resumed load) are neither decoded nor encoded.
-    """
-    if collection not in ("images", "captions"):
-        raise ConfigError(f"unknown collection {collection!r}; choose images or captions")
-    head = head.to(encoder.device)
-    images = {img.id: img for img in dataset.images}
-
-    def meta(img: ImageItem) -> dict:
-        return {"dataset": dataset.name, "split": img.split, "image": img.path}
-
-    if collection == "images":
-        todo = [img for img in dataset.images if img.id not in skip]
-        if not todo:
-            return
-        source = ImageSource(dataset.root, todo, encoder.image_preprocessor())
-        for good, batch, bad in image_loader(source, batch_size, workers, pin=encoder.device.type == "cuda"):
-            for i, reason in bad:
-                on_failure(Failure("image", todo[i].id, reason, todo[i].path))
-            if batch is None:
-                continue
-            vectors = head.encode(encoder.encode_pixels(batch))
-            for i, vector in zip(good, vectors):
-                yield SparseRecord(todo[i].id, vector, meta(todo[i]))
-        return
-
-    def encode_chunk(chunk: list[CaptionItem]) -> Iterator[SparseRecord]:
-        texts = [c.text for c in chunk]
-        vectors = head.encode(encoder.encode_text_batch(texts), texts=texts, expand=expand_captions)
-        for c, vector in zip(chunk, vectors):
-            yield SparseRecord(c.id, vector, {**meta(images[c.image_id]), "image_id": c.image_id, "caption": c.text})
-
-    chunk: list[CaptionItem] = []
-    for c in dataset.captions:
-        if c.id in skip:
-            continue
-        problem = caption_problem(c.text)
-        if problem:
-            on_failure(Failure("caption", c.id, problem, repr(c.text[:80]) if isinstance(c.text, str) else ""))
-            continue
-        chunk.append(c)
-        if len(chunk) >= text_batch_size:
-            yield from encode_chunk(chunk)
-            chunk = []
-    if chunk:
-        yield from encode_chunk(chunk)
-
-
 # ---------------------------------------------------------------- the run
-
-
-class _Failures:
-    def __init__(self, path: Path):
-        self.path = path
-        self.handle = path.open("w", encoding="utf-8")
-
-    def add(self, failure: Failure) -> None:
-        self.handle.write(failure.to_json() + "\n")
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
 
 
 def _check_manifest(out: Path, manifest: dict) -> None:
@@ -302,51 +185,65 @@ def _check_manifest(out: Path, manifest: dict) -> None:
             old = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise DataError(f"{path} is not valid JSON: {exc}") from exc
-        for key in ("model", "dim", "dataset", "head"):
+        for key in ("model", "dim", "dataset"):
             if old.get(key) != manifest.get(key):
                 raise ConfigError(f"{out} holds output of {key} {old.get(key)!r}, not {manifest.get(key)!r}; "
                                   f"use another --out")
     path.write_text(json.dumps(manifest, indent=2))
 
 
-def encode_dataset(encoder: DenseEncoder, dataset: Dataset, out: str | Path, options: EncodeOptions | None = None,
-                   head=None, head_name: str | None = None) -> EncodeReport:
-    """Encode the dataset's images and captions to `out` (dense parts, or sparse JSONL with `head`)."""
+def encode_dataset(encoder: DenseEncoder, dataset: Dataset, out: str | Path,
+                   options: EncodeOptions | None = None) -> EncodeReport:
+    """Encode the dataset's images and captions to dense parquet parts in `out`."""
     opts = options or EncodeOptions()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index, count = opts.shard
     tag = shard_tag(index, count)
     _check_manifest(out, {"model": encoder.name, "kind": encoder.kind, "dim": encoder.dim, "dataset": dataset.name,
-                          "head": head_name, "format": "sparse-jsonl" if head is not None else "dense-parquet"})
-    failures = _Failures(out / f"failures{tag}.jsonl")
-    report = EncodeReport(str(out), str(failures.path))
+                          "format": "dense-parquet"})
+    report = EncodeReport(str(out), str(out / f"failures{tag}.jsonl"))
     t0 = time.perf_counter()
-    try:
+    with FailureLog(report.failures_file) as failures:
         for f in dataset.failures:
             failures.add(f)
         report.row_failures = len(dataset.failures)
-        if head is not None:
-            captions_by_id = {c.id: c for c in dataset.captions}
-            images_by_id = {i.id: i for i in dataset.images}
-            img_sink = SparseJsonl(out / f"images{tag}.jsonl", head, True, opts.top_k,
-                                   lambda i: {"filename": images_by_id[i].path})
-            txt_sink = SparseJsonl(out / f"captions{tag}.jsonl", head, opts.expand_captions, opts.top_k,
-                                   lambda i: {"image_id": captions_by_id[i].image_id, "text": captions_by_id[i].text})
-        else:
-            img_sink = ParquetParts(out / IMG_FILE, index, count, opts.part_size)
-            txt_sink = ParquetParts(out / TEXT_FILE, index, count, opts.part_size)
         if opts.images:
-            report.stopped_early |= _encode_images(encoder, dataset, img_sink, opts, report.images, failures)
+            sink = ParquetParts(out / IMG_FILE, index, count, opts.part_size)
+            report.stopped_early |= _encode_images(encoder, dataset, sink, opts, report.images, failures)
         if opts.captions:
-            report.stopped_early |= _encode_captions(encoder, dataset, txt_sink, opts, report.captions, failures)
-    finally:
-        failures.close()
-    if head is None:
-        _write_meta(out, dataset)
+            sink = ParquetParts(out / TEXT_FILE, index, count, opts.part_size)
+            report.stopped_early |= _encode_captions(encoder, dataset, sink, opts, report.captions, failures)
+    _write_meta(out, dataset)
     report.seconds = time.perf_counter() - t0
     log.info("encoded %s", report.to_dict())
     return report
+
+
+def encode_folder(model: str | None, out: str | Path, data: str | Path | None = None, images: str | Path | None = None,
+                  captions: str | Path | None = None, split: str | None = None, collection: str | None = None,
+                  options: EncodeOptions | None = None, workers: int | None = None, shard: str | None = None,
+                  device: str | None = None, dtype: str | None = None) -> tuple[EncodeReport, dict]:
+    """`lsr-os encode`: load the dataset (checked first) and the encoder, encode into `out`.
+
+    `collection` None encodes both; `workers` None means `records.default_workers()`; `shard`
+    is "I/N". Returns the report and the encoder's description.
+    """
+    from lsr_os.data import load_dataset, parse_shard
+    from lsr_os.models.dense import load_encoder
+    from lsr_os.records import check_collection, default_workers
+
+    if not model:
+        raise ConfigError("--model is required: the dense encoder to encode with")
+    opts = options or EncodeOptions()
+    opts.shard = parse_shard(shard)
+    opts.workers = default_workers() if workers is None else workers
+    if collection is not None:
+        check_collection(collection)
+        opts.images, opts.captions = collection == "images", collection == "captions"
+    dataset = load_dataset(data=data, images=images, captions=captions, split=split)
+    encoder = load_encoder(model, device=device, dtype=dtype)
+    return encode_dataset(encoder, dataset, out, opts), encoder.describe()
 
 
 def _write_meta(out: Path, dataset: Dataset) -> None:
@@ -354,10 +251,9 @@ def _write_meta(out: Path, dataset: Dataset) -> None:
     drop_images: set[str] = set()
     drop_captions: set[str] = set()
     for path in out.glob("failures*.jsonl"):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                (drop_images if rec["what"] == "image" else drop_captions).add(rec["id"])
+        for failure in read_failures(path):
+            if failure.what in ("image", "caption"):
+                (drop_images if failure.what == "image" else drop_captions).add(failure.id)
     tmp = out / f".{META_FILE}.{os.getpid()}.tmp"
     dataset.meta(drop_images, drop_captions).save(tmp)
     os.replace(tmp, out / META_FILE)
@@ -371,22 +267,22 @@ class _Drain:
         self.cuda = device.type == "cuda"
         self.pending: collections.deque = collections.deque()
 
-    def push(self, ids: list[str], emb: torch.Tensor, texts: list[str] | None = None) -> None:
+    def push(self, ids: list[str], emb: torch.Tensor) -> None:
         if self.cuda:
             host = emb.to("cpu", non_blocking=True)
             event = torch.cuda.Event()
             event.record()
         else:
             host, event = emb, None
-        self.pending.append((ids, host, event, texts))
+        self.pending.append((ids, host, event))
         while len(self.pending) > 1:
             self._finish()
 
     def _finish(self) -> None:
-        ids, host, event, texts = self.pending.popleft()
+        ids, host, event = self.pending.popleft()
         if event is not None:
             event.synchronize()
-        self.sink.add(ids, host.numpy(), texts)
+        self.sink.add(ids, host.numpy())
 
     def close(self) -> None:
         while self.pending:
@@ -395,7 +291,7 @@ class _Drain:
 
 
 def _encode_images(encoder: DenseEncoder, dataset: Dataset, sink, opts: EncodeOptions, counts: Counts,
-                   failures: _Failures) -> bool:
+                   failures: FailureLog) -> bool:
     items = shard(dataset.images, *opts.shard)
     done = sink.done_ids()
     todo = [it for it in items if it.id not in done]
@@ -410,7 +306,7 @@ def _encode_images(encoder: DenseEncoder, dataset: Dataset, sink, opts: EncodeOp
         try:
             for n, (good, batch, bad) in enumerate(loader, 1):
                 for i, reason in bad:
-                    failures.add(Failure("image", todo[i].id, reason, todo[i].path))
+                    failures.add(Failure("image", todo[i].id, todo[i].path, reason))
                 counts.failed += len(bad)
                 if batch is not None:
                     drain.push([todo[i].id for i in good], encoder.encode_pixels(batch))
@@ -425,7 +321,7 @@ def _encode_images(encoder: DenseEncoder, dataset: Dataset, sink, opts: EncodeOp
 
 
 def _encode_captions(encoder: DenseEncoder, dataset: Dataset, sink, opts: EncodeOptions, counts: Counts,
-                     failures: _Failures) -> bool:
+                     failures: FailureLog) -> bool:
     items: list[CaptionItem] = shard(dataset.captions, *opts.shard)
     done = sink.done_ids()
     todo = []
@@ -435,7 +331,7 @@ def _encode_captions(encoder: DenseEncoder, dataset: Dataset, sink, opts: Encode
             continue
         problem = caption_problem(c.text)
         if problem:
-            failures.add(Failure("caption", c.id, problem, repr(c.text[:80]) if isinstance(c.text, str) else ""))
+            failures.add(Failure("caption", c.id, repr(c.text[:80]) if isinstance(c.text, str) else "", problem))
             counts.failed += 1
         else:
             todo.append(c)
@@ -446,8 +342,7 @@ def _encode_captions(encoder: DenseEncoder, dataset: Dataset, sink, opts: Encode
         try:
             for n, start in enumerate(range(0, len(todo), opts.text_batch_size), 1):
                 chunk = todo[start:start + opts.text_batch_size]
-                texts = [c.text for c in chunk]
-                drain.push([c.id for c in chunk], encoder.encode_text_batch(texts), texts)
+                drain.push([c.id for c in chunk], encoder.encode_text_batch([c.text for c in chunk]))
                 counts.encoded += len(chunk)
                 bar.update(len(chunk))
                 if opts.max_batches is not None and n >= opts.max_batches and counts.encoded < len(todo):

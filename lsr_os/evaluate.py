@@ -20,9 +20,12 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
+from lsr_os.dense_files import split_label
 from lsr_os.errors import DataError
-from lsr_os.sparse import SparseVector, clean, prune, quantize, read_jsonl
-from lsr_os.search import Run, max_clause_count, prepare_query, search_run, write_trec
+from lsr_os.metrics import Qrels, image_text_qrels
+from lsr_os.records import RecordSource, read_split
+from lsr_os.search import Run, max_clause_count, prepare_query, search_run, split_filters, write_trec
+from lsr_os.sparse import SparseVector, clean, prune, quantize
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +145,15 @@ class SplitData:
 
     images: dict[str, SparseVector]
     captions: dict[str, SparseVector]
-    qrels_t2i: dict[str, dict[str, int]]
-    qrels_i2t: dict[str, dict[str, int]]
+    qrels_t2i: Qrels
+    qrels_i2t: Qrels
+
+    @classmethod
+    def load(cls, source: RecordSource) -> "SplitData":
+        """Both collections of a source opened on the split (`SourceOptions.split`)."""
+        part = read_split(source)
+        t2i, i2t = image_text_qrels(part.caption_image, part.images)
+        return cls(part.images, part.captions, t2i, i2t)
 
     def pruned(self, top_k: int | None = None, threshold: float = 0.0) -> "SplitData":
         """The same hygiene and pruning `lsr-os ingest` applies, so memory scores what the index holds."""
@@ -154,58 +164,19 @@ class SplitData:
         return SplitData(images, captions, self.qrels_t2i, self.qrels_i2t)
 
 
-def load_split(images_path: str | Path, captions_path: str | Path, meta_path: str | Path | None = None,
-               split: str = "test") -> SplitData:
-    """Read the split's vectors from sparse JSONL files.
-
-    The split and the caption -> image links come from `dataset_meta.json` when given, else
-    from each record's `split` and (captions) `image_id` keys.
-    """
-    if meta_path is not None:
-        from lsr_os.dense_files import DatasetMeta
-
-        part = DatasetMeta.load(meta_path).split(split)
-        image_ids, caption_image = set(part.image_ids), dict(zip(part.caption_ids, part.caption_image))
-        images = {r.id: r.vector for r in read_jsonl(images_path) if r.id in image_ids}
-        captions = {r.id: r.vector for r in read_jsonl(captions_path) if r.id in caption_image}
-        for wanted, got, path in ((image_ids, images, images_path), (caption_image, captions, captions_path)):
-            missing = [i for i in wanted if i not in got]
-            if missing:
-                raise DataError(f"{path} lacks {len(missing)} ids of split {split!r}, e.g. {missing[0]!r}")
-    else:
-        images, captions, caption_image = {}, {}, {}
-        for r in read_jsonl(images_path):
-            if r.meta.get("split") == split:
-                images[r.id] = r.vector
-        for r in read_jsonl(captions_path):
-            if r.meta.get("split") == split:
-                if "image_id" not in r.meta:
-                    raise DataError(f"{captions_path}: caption {r.id} has no image_id; give --meta dataset_meta.json")
-                captions[r.id] = r.vector
-                caption_image[r.id] = str(r.meta["image_id"])
-    if not images or not captions:
-        raise DataError(f"split {split!r} has {len(images)} images and {len(captions)} captions in "
-                        f"{images_path} and {captions_path}; give --meta or records with a split key")
-    qrels_t2i = {c: {caption_image[c]: 1} for c in captions}
-    qrels_i2t: dict[str, dict[str, int]] = {i: {} for i in images}
-    for c, i in caption_image.items():
-        if i in qrels_i2t:
-            qrels_i2t[i][c] = 1
-    return SplitData(images, captions, qrels_t2i, qrels_i2t)
-
-
-def split_filter(client, index: str, n_docs: int, split: str) -> list[dict]:
+def split_filter(client, index: str, n_docs: int, split: str | None) -> list[dict]:
     """The filter that restricts `index` to the evaluated documents, checking their number."""
     from lsr_os.index import require_index
 
     total = require_index(client, index)
     if total == n_docs:
         return []
-    in_split = int(client.count(index=index, body={"query": {"term": {"split": split}}})["count"])
+    filters = split_filters(split)
+    in_split = int(client.count(index=index, body={"query": {"bool": {"filter": filters}}})["count"]) if filters else total
     if in_split != n_docs:
-        raise DataError(f"{index} holds {total} documents, {in_split} of split {split!r}, but the files "
-                        f"hold {n_docs}: ingest the same files, or evaluate the split they hold")
-    return [{"term": {"split": split}}]
+        raise DataError(f"{index} holds {total} documents, {in_split} of split {split_label(split)}, but the source "
+                        f"holds {n_docs}: ingest the same source, or evaluate the split it holds")
+    return filters
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -282,21 +253,16 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
     return report
 
 
-def encode_split(dense_dir: str | Path, head_path: str | Path, split: str = "test") -> SplitData:
-    """The split's sparse vectors encoded from dense files by a head (full expansion, as at test)."""
-    from lsr_os.dense_files import META_FILE
-    from lsr_os.index import dense_records
-    from lsr_os.models.head import load_head
+def evaluate_source(client, source: RecordSource, split: str = "test", images_index: str = "lsr-images",
+                    captions_index: str = "lsr-captions", top_k: int | None = None, threshold: float = 0.0,
+                    **options) -> dict:
+    """`lsr-os evaluate`: the split's records from `source` (opened on `split`), pruned as the ingest
+    pruned them, evaluated against both indices (see `evaluate` for `options`); with dense files
+    behind the source, the dense teacher's figures too. The indices are checked before any model
+    or file is loaded."""
+    from lsr_os.index import require_index
 
-    head = load_head(head_path)
-    images = {r.id: r.vector for r in dense_records(dense_dir, head, "images", [split])}
-    captions, caption_image = {}, {}
-    for r in dense_records(dense_dir, head, "captions", [split]):
-        captions[r.id] = r.vector
-        caption_image[r.id] = r.meta["image_id"]
-    if not images:
-        raise DataError(f"{Path(dense_dir) / META_FILE} has no images in split {split!r}")
-    qrels_i2t: dict[str, dict[str, int]] = {i: {} for i in images}
-    for c, i in caption_image.items():
-        qrels_i2t[i][c] = 1
-    return SplitData(images, captions, {c: {i: 1} for c, i in caption_image.items()}, qrels_i2t)
+    for index in (images_index, captions_index):
+        require_index(client, index)
+    data = SplitData.load(source).pruned(top_k, threshold)
+    return evaluate(client, images_index, captions_index, data, split, dense_dir=source.dense_dir, **options)

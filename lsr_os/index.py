@@ -1,32 +1,42 @@
-"""Index lifecycle and bulk ingest of sparse vectors into OpenSearch `rank_features` fields.
+"""OpenSearch only: collections' mappings, index lifecycle, and bulk ingest of sparse records.
 
-A collection (images or captions) is served under an alias. Every load builds a new
-versioned index `<alias>-v<UTC timestamp>` with refresh off (replicas: see `ingest`), streams the
-documents in with `helpers.streaming_bulk`, checks the exact count, restores the settings of
-`mappings/<collection>.json`, and only then swaps the alias: what is already served is never
-touched by a load that fails. A load that stops halfway leaves its index marked `loading` in
-the index's `_meta`; the next run for the same alias and source resumes into it, and since
-document ids are the records' ids, re-sent documents overwrite themselves instead of
-duplicating.
+A collection (images or captions) is served under an alias. Every load builds a new versioned
+index `<alias>-v<UTC timestamp>` with refresh off, loads it (prepare -> load -> check -> swap):
+
+- prepare: a new index with `mappings/<collection>.json`, or the unfinished one of the same
+  source, resumed (the ids it holds are not produced again);
+- load: each record is checked and turned into a document before anything is sent (a record
+  OpenSearch could not take is listed, never sent), then bulk requests of bounded size go out,
+  several at a time; 429/5xx and lost connections are retried with backoff, a request the
+  cluster refuses as a whole is split until the one document at fault is found;
+- check: the index holds exactly what it held plus what this run created;
+- swap: only to a sound replacement (`swap_refusal`), restoring the serving settings first and
+  deleting the old index only after the alias is read back.
+
+What is already served is never touched by a load that fails or is refused. Document ids are
+the records' ids, so a re-sent document overwrites itself instead of duplicating. This module
+takes any stream of `SparseRecord`s (lsr_os.records makes them) and knows nothing of models.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 from opensearchpy import OpenSearch, helpers
 from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
 
-from lsr_os.errors import ClusterError, ConfigError, DataError
-from lsr_os.sparse import SparseRecord, clean, prune
+from lsr_os.errors import ClusterError, ConfigError
+from lsr_os.failures import Failure, FailureLog
+from lsr_os.sparse import RecordStream, SparseRecord, clean, prune
 from lsr_os.vocab import term_to_feature
 
 log = logging.getLogger(__name__)
@@ -35,6 +45,13 @@ COLLECTIONS = ("images", "captions")
 SPARSE_FIELD = "sparse"
 META_KEY = "lsr_os"
 VERSION_SEP = "-v"
+# Limits of the engine that a document must respect, checked before it is sent:
+MAX_ID_BYTES = 512  # OpenSearch refuses the whole bulk request over a longer _id
+MAX_TERM_BYTES = 32766  # Lucene's longest term ("immense term")
+# Lucene adds up a field's term frequencies in an int; a rank_feature's frequency is its weight's
+# float32 bits >>> 15, so a vector whose frequencies sum past 2^31 - 1 cannot be indexed ("too
+# many tokens"). Any vector within the 30,522-term vocabulary stays below it.
+MAX_FIELD_FREQ = 2**31 - 1
 
 
 def load_mapping(collection: str) -> dict:
@@ -53,19 +70,39 @@ def default_alias(collection: str, prefix: str = "lsr") -> str:
 # --------------------------------------------------------------------------- documents
 
 
-def to_document(record: SparseRecord, top_terms: int = 16, prune_top_k: int | None = None,
-                threshold: float = 0.0) -> dict:
-    """The OpenSearch document of a record: hygiene, pruning, feature names, top terms, metadata.
+class InvalidRecord(ValueError):
+    """A record that cannot become a document; the message is the failure's reason."""
 
-    Weights that are not finite or not > 0 are dropped (rank_features cannot store them);
-    `terms` keeps the `top_terms` heaviest readable terms for filters and Dashboards.
+
+def to_document(record: SparseRecord, top_terms: int = 16, top_k: int | None = None,
+                threshold: float = 0.0) -> dict:
+    """The OpenSearch document of a record: checks, hygiene, pruning, feature names, top terms.
+
+    Weights that are not finite or not > 0 are dropped (rank_features cannot store them); a
+    record left with no term, or over one of the engine's limits, raises InvalidRecord. `terms`
+    keeps the `top_terms` heaviest readable terms for filters and Dashboards.
     """
-    vector = prune(clean(record.vector), prune_top_k, threshold)
+    if len(record.id.encode("utf-8")) > MAX_ID_BYTES:
+        raise InvalidRecord(f"id is {len(record.id.encode('utf-8'))} bytes; OpenSearch takes at most {MAX_ID_BYTES}")
+    vector = prune(clean(record.vector), top_k, threshold)
+    if not vector:
+        raise InvalidRecord("no term with a finite weight > 0" + (" after pruning" if record.vector else ""))
     ranked = sorted(vector.items(), key=lambda tw: (-tw[1], tw[0]))
+    sparse = {}
+    for term, weight in ranked:
+        feature = term_to_feature(term)
+        if len(feature.encode("utf-8")) > MAX_TERM_BYTES:
+            raise InvalidRecord(f"term {term[:20]!r}... is {len(feature.encode('utf-8'))} bytes; "
+                                f"Lucene takes at most {MAX_TERM_BYTES}")
+        sparse[feature] = weight
+    freq = int((np.asarray([w for _, w in ranked], dtype=np.float32).view(np.int32) >> 15).astype(np.int64).sum())
+    if freq > MAX_FIELD_FREQ:
+        raise InvalidRecord(f"{len(ranked)} terms: their weights exceed Lucene's per-field limit "
+                            f"(sum of stored frequencies {freq} > {MAX_FIELD_FREQ}); prune with --top-k")
     doc = dict(record.meta)
     doc["id"] = record.id
     doc["terms"] = [t for t, _ in ranked[:top_terms]]
-    doc[SPARSE_FIELD] = {term_to_feature(t): w for t, w in ranked}
+    doc[SPARSE_FIELD] = sparse
     return doc
 
 
@@ -96,7 +133,33 @@ class RetryPolicy:
         return min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1))
 
 
-# --------------------------------------------------------------------------- index lifecycle
+# --------------------------------------------------------------------------- a load
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How a load runs and when its result is served."""
+
+    fresh: bool = False  # start a new index instead of resuming an unfinished one
+    keep_old: bool = False  # keep the replaced index
+    allow_empty: bool = False  # serve an index with no documents
+    max_failed: int | None = None  # failed records that still allow a swap (None: see swap_refusal)
+    chunk_docs: int = 500  # documents per bulk request
+    chunk_bytes: int = 10 * 2**20  # most bytes per bulk request
+    concurrency: int = 2  # bulk requests in flight
+    retry: RetryPolicy = RetryPolicy()
+    top_k: int | None = None  # keep each document's k heaviest terms
+    threshold: float = 0.0  # drop weights <= this
+    top_terms: int = 16  # readable terms kept in the `terms` keyword field
+    shards: int | None = None  # primary shards [default: the mapping's]
+    replicas: int | None = None  # None: 1 on a cluster of 2+ data nodes, else 0
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+
+    def check(self) -> None:
+        if self.chunk_docs < 1 or self.chunk_bytes < 1024:
+            raise ConfigError("chunk size must be >= 1 document and >= 1 KiB")
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be >= 1")
 
 
 @dataclass
@@ -111,6 +174,7 @@ class IngestReport:
     indexed: int = 0
     created: int = 0
     failed: int = 0
+    failed_by_what: dict[str, int] = field(default_factory=dict)
     docs_before: int = 0
     already_indexed: int = 0  # ids the resumed index held, not loaded again
     count: int = 0
@@ -126,6 +190,9 @@ class IngestReport:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "docs_per_s": round(self.docs_per_s, 1)}
+
+
+# --------------------------------------------------------------------------- index lifecycle
 
 
 def _now_tag() -> str:
@@ -273,184 +340,205 @@ def finish_index(client: OpenSearch, alias: str, index: str, collection: str, ke
 # --------------------------------------------------------------------------- bulk load
 
 
-class _Failures:
-    """The failures file: one JSON object a line (id, where, status, reason), opened lazily."""
+@dataclass
+class _Doc:
+    """One document on its way: id and its two NDJSON lines, serialised once."""
 
-    def __init__(self, path: Path | None):
-        self.path = path
-        self.count = 0
-        self._handle = None
-        if path is not None and path.exists():
-            path.unlink()  # a listing belongs to one run; a re-run lists what still fails
-
-    def add(self, doc_id: str | None, where: str | None, status: Any, reason: str) -> None:
-        self.count += 1
-        log.debug("failed %s (%s): %s", doc_id or where, status, reason)
-        if self.path is None:
-            return
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("a", encoding="utf-8")
-        self._handle.write(json.dumps({"id": doc_id, "where": where, "status": status, "reason": reason},
-                                      ensure_ascii=False) + "\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
+    id: str
+    lines: bytes
 
 
-def _reason(info: dict) -> str:
-    err = info.get("error")
-    if isinstance(err, dict):
-        caused = err.get("caused_by", {})
-        text = f"{err.get('type')}: {err.get('reason')}"
+@dataclass
+class Outcome:
+    """What became of one document: indexed (created or updated) or failed with a reason."""
+
+    id: str
+    ok: bool
+    created: bool = False
+    reason: str = ""
+
+
+def _reason(error: Any) -> str:
+    if isinstance(error, dict):
+        caused = error.get("caused_by") or {}
+        text = f"{error.get('type')}: {error.get('reason')}"
         return text + (f" ({caused.get('type')}: {caused.get('reason')})" if caused else "")
-    return str(err)
+    return str(error)
 
 
-def ingest(client: OpenSearch, records: Iterable[SparseRecord] | RecordsAfter, alias: str, collection: str, *,
-           source: str, fresh: bool = False, keep_old: bool = False, chunk_size: int = 500,
-           max_chunk_bytes: int = 10 * 2**20, retry: RetryPolicy = RetryPolicy(), prune_top_k: int | None = None,
-           threshold: float = 0.0, top_terms: int = 16, failures_path: str | Path | None = None,
-           read_errors: list[tuple[str, str]] | None = None, total: int | None = None,
-           progress: bool | None = None, shards: int | None = None, replicas: int | None = None,
-           allow_empty: bool = False, max_failed: int | None = None) -> IngestReport:
-    """Stream `records` into a new (or resumed) versioned index of `alias`, check, then swap.
+def _chunks(docs: Iterable[_Doc], max_docs: int, max_bytes: int) -> Iterator[list[_Doc]]:
+    chunk: list[_Doc] = []
+    size = 0
+    for doc in docs:
+        if chunk and (len(chunk) >= max_docs or size + len(doc.lines) > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(doc)
+        size += len(doc.lines)
+    if chunk:
+        yield chunk
 
-    `source` names the input (a path, a model): a later run with the same source resumes an
-    unfinished index, and ids that index already holds are not loaded again: `records` is either
-    an iterable (filtered by id) or a `RecordsAfter` function that skips them itself, before any
-    encoding. `read_errors` is filled by the record reader (`read_jsonl(on_error=...)`)
-    while the stream is consumed, with (where, reason) or (id, where, status, reason) entries;
-    they are listed in the failures file too. Memory
-    stays bounded by one bulk chunk: nothing keeps the collection. `replicas` None: 1 on a
-    cluster of 2+ data nodes, else 0 (`default_replicas`). The alias moves only when the new
-    index is a sound replacement (`swap_refusal`: `allow_empty`, `max_failed`); otherwise the
-    report's `not_swapped` says why, and the index stays unfinished, so the same command resumes it.
+
+class BulkLoader:
+    """Bulk requests into one index, a few in flight, with the retry policy; one `Outcome` a document.
+
+    A document the cluster answers 429/5xx for, or a request that got no answer, is re-sent
+    with backoff (`RetryPolicy`) until it succeeds or the attempts run out (ClusterError: the
+    load stops, and a re-run resumes). A request refused as a whole (400, 413: one document in it
+    is at fault) is split in halves until that document fails alone and the others are indexed.
     """
-    from tqdm.auto import tqdm
 
-    if chunk_size < 1 or max_chunk_bytes < 1024:
-        raise ConfigError("chunk size must be >= 1 document and >= 1 KiB")
-    if replicas is None:
-        replicas = default_replicas(client)
-    index, resumed = prepare_index(client, alias, collection, source, fresh, shards, replicas)
+    def __init__(self, client: OpenSearch, index: str, retry: RetryPolicy = RetryPolicy(),
+                 chunk_docs: int = 500, chunk_bytes: int = 10 * 2**20, concurrency: int = 2):
+        self.client, self.index, self.retry = client, index, retry
+        self.chunk_docs, self.chunk_bytes, self.concurrency = chunk_docs, chunk_bytes, concurrency
+
+    def doc(self, doc_id: str, source: dict) -> _Doc:
+        action = json.dumps({"index": {"_index": self.index, "_id": doc_id}}, ensure_ascii=False)
+        body = json.dumps(source, ensure_ascii=False, separators=(",", ":"))
+        return _Doc(doc_id, f"{action}\n{body}\n".encode("utf-8"))
+
+    def load(self, docs: Iterable[_Doc]) -> Iterator[Outcome]:
+        """Outcomes of every document, chunk by chunk in the order sent."""
+        pending: list[Future] = []
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="bulk") as pool:
+            for chunk in _chunks(docs, self.chunk_docs, self.chunk_bytes):
+                pending.append(pool.submit(self._settle, chunk))
+                while len(pending) >= self.concurrency:
+                    yield from pending.pop(0).result()
+            while pending:
+                yield from pending.pop(0).result()
+
+    def _settle(self, chunk: list[_Doc]) -> list[Outcome]:
+        """Final outcomes of a chunk, after its retries and splits."""
+        done: list[Outcome] = []
+        todo, attempt = chunk, 0
+        while todo:
+            retry_later: list[_Doc] = []
+            last = None
+            for outcome, doc, status in self._send(todo):
+                if outcome is not None:
+                    done.append(outcome)
+                else:
+                    retry_later.append(doc)
+                    last = status
+            if not retry_later:
+                break
+            attempt += 1
+            if attempt > self.retry.max_attempts:
+                raise ClusterError(f"{len(retry_later)} documents kept failing with HTTP {last} after "
+                                   f"{self.retry.max_attempts} retries; what was indexed stays in {self.index}. "
+                                   f"Run the same command again to resume.")
+            wait = self.retry.delay(attempt)
+            log.warning("re-sending %d documents in %.1fs (HTTP %s; retry %d of %d)", len(retry_later), wait, last,
+                        attempt, self.retry.max_attempts)
+            time.sleep(wait)
+            todo = retry_later
+        return done
+
+    def _send(self, docs: list[_Doc]) -> Iterator[tuple[Outcome | None, _Doc, Any]]:
+        """(outcome, doc, status) per document of one request; outcome None: retry the document."""
+        try:
+            resp = self.client.bulk(body=b"".join(d.lines for d in docs),
+                                    filter_path="errors,items.*.status,items.*.result,items.*.error")
+        except TransportError as exc:
+            if self.retry.retryable(exc.status_code):
+                yield from ((None, d, exc.status_code) for d in docs)
+            elif len(docs) == 1:
+                yield Outcome(docs[0].id, False, reason=f"HTTP {exc.status_code} {_reason(_error_of(exc))}"), docs[0], None
+            else:  # one document spoils the request for all: find it, index the rest
+                half = len(docs) // 2
+                yield from self._send(docs[:half])
+                yield from self._send(docs[half:])
+            return
+        for doc, item in zip(docs, resp.get("items", [])):
+            info = next(iter(item.values()))
+            status = info.get("status")
+            if isinstance(status, int) and status < 300:
+                yield Outcome(doc.id, True, info.get("result") == "created"), doc, status
+            elif self.retry.retryable(status):
+                yield None, doc, status
+            else:
+                yield Outcome(doc.id, False, reason=f"HTTP {status} {_reason(info.get('error'))}"), doc, status
+
+
+def _error_of(exc: TransportError) -> Any:
+    info = exc.info
+    return info.get("error", info) if isinstance(info, dict) else info
+
+
+def ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str,
+           options: IngestOptions = IngestOptions(), failures_path: str | Path | None = None) -> IngestReport:
+    """Load a collection's record stream into a new (or resumed) versioned index of `alias`, check, swap.
+
+    `stream.source` is the resume key: a later run with the same key resumes an unfinished
+    index, and the ids that index holds are not produced again. Memory stays bounded by the
+    chunks in flight. The alias moves only to a sound replacement (`swap_refusal`); otherwise the
+    report's `not_swapped` says why and the index stays unfinished, so the same command resumes it.
+    """
+    options.check()
+    replicas = default_replicas(client) if options.replicas is None else options.replicas
+    index, resumed = prepare_index(client, alias, collection, stream.source, options.fresh, options.shards, replicas)
     report = IngestReport(alias=alias, index=index, collection=collection, resumed=resumed)
     client.indices.refresh(index=index)
     report.docs_before = int(client.count(index=index)["count"])
     done = indexed_ids(client, index) if report.docs_before else frozenset()
     report.already_indexed = len(done)
-    todo = records(done) if callable(records) else (r for r in records if r.id not in done)
-    if total is not None:
-        total = max(0, total - len(done))
-    failures = _Failures(Path(failures_path) if failures_path else None)
-    report.failures_file = str(failures_path) if failures_path else None
-    in_flight: collections.deque = collections.deque()
-    # progress None: tqdm decides (off when stderr is not a terminal).
-    bar = tqdm(total=total, unit="doc", desc=f"ingest {alias}", disable=None if progress is None else not progress,
-               dynamic_ncols=True)
-    reported_read_errors = 0
-
-    def flush_read_errors() -> None:
-        nonlocal reported_read_errors
-        if read_errors is not None:
-            for entry in read_errors[reported_read_errors:]:
-                if len(entry) == 4:  # (id, where, status, reason) of an item the reader skipped
-                    failures.add(*entry)
-                else:
-                    failures.add(None, entry[0], "unreadable", entry[1])
-            reported_read_errors = len(read_errors)
-
-    def actions() -> Iterator[dict]:
-        for record in todo:
-            report.read += 1
-            flush_read_errors()
-            try:
-                doc = to_document(record, top_terms, prune_top_k, threshold)
-            except ValueError as exc:
-                failures.add(record.id, None, "invalid", str(exc))
-                bar.update(1)
-                continue
-            if not doc[SPARSE_FIELD]:  # it would match nothing, ever: a failure, not a silent document
-                failures.add(record.id, None, "invalid", "no term with a finite weight > 0 (after pruning)")
-                bar.update(1)
-                continue
-            action = {"_op_type": "index", "_index": index, "_id": record.id, "_source": doc}
-            in_flight.append(action)
-            report.sent += 1
-            yield action
-
-    def settle(ok: bool, item: dict, action: dict, retry_later: list[dict]) -> None:
-        _, info = next(iter(item.items()))
-        if ok:
-            report.indexed += 1
-            report.created += info.get("result") == "created"
-            bar.update(1)
-        elif retry.retryable(info.get("status")):
-            retry_later.append(action)
-        else:
-            failures.add(action["_id"], None, info.get("status"), _reason(info))
-            bar.update(1)
-
-    def resend(batch: list[dict]) -> None:
-        for attempt in range(1, retry.max_attempts + 1):
-            wait = retry.delay(attempt)
-            log.warning("re-sending %d documents in %.1fs (attempt %d of %d)", len(batch), wait, attempt,
-                        retry.max_attempts)
-            time.sleep(wait)
-            still: list[dict] = []
-            last_status: Any = None
-            for action, (ok, item) in zip(batch, _bulk(client, batch, chunk_size, max_chunk_bytes)):
-                settle(ok, item, action, still)
-                if not ok:
-                    last_status = next(iter(item.values())).get("status")
-            if not still:
-                return
-            batch = still
-        raise ClusterError(f"{len(batch)} documents kept failing with HTTP {last_status} after "
-                           f"{retry.max_attempts} attempts; {report.indexed} were indexed into {index}. "
-                           f"Run the same command again to resume.")
-
     t0 = time.perf_counter()
-    try:
-        retry_later: list[dict] = []
-        for ok, item in _bulk(client, actions(), chunk_size, max_chunk_bytes):
-            settle(ok, item, in_flight.popleft(), retry_later)
-            if len(retry_later) >= chunk_size:
-                resend(retry_later)
-                retry_later = []
-        if retry_later:
-            resend(retry_later)
-        flush_read_errors()
-    finally:
-        bar.close()
-        failures.close()
-    report.failed = failures.count
+    with FailureLog(failures_path) as failures:
+        report.failures_file = str(failures_path) if failures_path else None
+        _load(client, stream, index, done, options, failures, report)
+        report.failed, report.failed_by_what = failures.count, dict(failures.by_what)
     client.indices.refresh(index=index)
     report.count = int(client.count(index=index)["count"])
     report.seconds = time.perf_counter() - t0
     _check_count(report)
-    report.not_swapped = swap_refusal(report, _aliased(client, alias), allow_empty, max_failed)
+    report.not_swapped = swap_refusal(report, _aliased(client, alias), options.allow_empty, options.max_failed)
     if report.not_swapped:
         log.warning("ingest %s: not swapped: %s", alias, report.not_swapped)
         return report
-    report.replaced = finish_index(client, alias, index, collection, keep_old, replicas)
+    report.replaced = finish_index(client, alias, index, collection, options.keep_old, replicas)
     log.info("ingest %s: %s", alias, report.to_dict())
     return report
+
+
+def _load(client: OpenSearch, stream: RecordStream, index: str, done: frozenset[str], options: IngestOptions,
+          failures: FailureLog, report: IngestReport) -> None:
+    """Send every record not yet `done`; bad records and refused documents go to `failures`."""
+    from tqdm.auto import tqdm
+
+    loader = BulkLoader(client, index, options.retry, options.chunk_docs, options.chunk_bytes, options.concurrency)
+    total = None if stream.total is None else max(0, stream.total - len(done))
+    with tqdm(total=total, unit="doc", desc=f"ingest {index}", dynamic_ncols=True,
+              disable=None if options.progress is None else not options.progress) as bar:
+        def failed(failure: Failure) -> None:
+            failures.add(failure)
+            bar.update(1)
+
+        def docs() -> Iterator[_Doc]:
+            for record in stream.records(done, failed):
+                report.read += 1
+                try:
+                    doc = to_document(record, options.top_terms, options.top_k, options.threshold)
+                except InvalidRecord as exc:
+                    failed(Failure("record", record.id, index, str(exc)))
+                    continue
+                report.sent += 1
+                yield loader.doc(record.id, doc)
+
+        for outcome in loader.load(docs()):
+            if outcome.ok:
+                report.indexed += 1
+                report.created += outcome.created
+                bar.update(1)
+            else:
+                failed(Failure("document", outcome.id, index, outcome.reason))
 
 
 def indexed_ids(client: OpenSearch, index: str) -> frozenset[str]:
     """The ids `index` holds (a resumed load skips them); one scroll over ids only, no sources."""
     hits = helpers.scan(client, index=index, query={"_source": False}, size=5000)
     return frozenset(hit["_id"] for hit in hits)
-
-
-def _bulk(client: OpenSearch, actions: Iterable[dict], chunk_size: int, max_chunk_bytes: int):
-    """streaming_bulk yielding one (ok, item) per action, in order; never raises per document."""
-    return helpers.streaming_bulk(client, actions, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes,
-                                  raise_on_error=False, raise_on_exception=False, max_retries=0,
-                                  yield_ok=True)
 
 
 def _check_count(report: IngestReport) -> None:
@@ -474,27 +562,24 @@ def _check_count(report: IngestReport) -> None:
                     report.alias)
 
 
-def read_sparse_jsonl(path: str | Path, errors: list[tuple[str, str]]) -> Iterator[SparseRecord]:
-    """Records of a sparse JSONL file; malformed lines go to `errors` as (file:line, reason)."""
-    from lsr_os.sparse import read_jsonl
+def ingest_collections(client: OpenSearch, streams: Callable[[str], RecordStream], collections: Iterable[str],
+                       options: IngestOptions = IngestOptions(), alias: str | None = None, prefix: str = "lsr",
+                       failures_path: str | Path | None = None) -> Iterator[IngestReport]:
+    """Load each collection (its stream from `streams(collection)`); one report per collection.
 
-    return read_jsonl(path, on_error=lambda where, reason: errors.append((where, reason)))
-
-
-def count_lines(path: str | Path) -> int:
-    """Non-empty lines of a file (the progress bar's total), streamed."""
-    try:
-        with Path(path).open("rb") as handle:
-            return sum(1 for line in handle if line.strip())
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror}") from exc
-
-
-def source_of(path: str | Path) -> str:
-    """A resume key for a file: its absolute path, size and modification time."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return f"{p}:{st.st_size}:{int(st.st_mtime)}"
+    The alias is `alias` (one collection only) or `<prefix>-<collection>`; failures go to
+    `ingest-failures-<alias>.jsonl`, or to `failures_path` (with `-<collection>` before its suffix
+    when several collections load, so the second does not overwrite the first).
+    """
+    collections = tuple(collections)
+    if alias and len(collections) > 1:
+        raise ConfigError("--index names one alias: give one --collection with it")
+    for collection in collections:
+        name = alias or default_alias(collection, prefix)
+        failures = Path(failures_path or f"ingest-failures-{name}.jsonl")
+        if failures_path is not None and len(collections) > 1:
+            failures = failures.with_name(f"{failures.stem}-{collection}{failures.suffix}")
+        yield ingest(client, streams(collection), name, collection, options, failures)
 
 
 # --------------------------------------------------------------------------- housekeeping
@@ -542,189 +627,3 @@ def require_index(client: OpenSearch, name: str) -> int:
         raise ClusterError(f"no index or alias {name} on the cluster; ingest it first with `lsr-os ingest`") from exc
     except TransportError as exc:
         raise ClusterError(f"cannot count {name}: HTTP {exc.status_code} {exc.error}") from exc
-
-
-
-# --------------------------------------------------------------------------- records from dense files
-
-
-def dense_records(dense_dir: str | Path, head, collection: str, splits: Iterable[str] | None = None,
-                  batch_size: int = 256, expand: bool = True,
-                  skip: Collection[str] = frozenset()) -> Iterator[SparseRecord]:
-    """Sparse records of one collection, encoded batch by batch from the authors' dense layout.
-
-    `head` is a loaded sparse head (`lsr_os.models.head.load_head`). Metadata (split, image
-    file name, caption, image id) comes from `dataset_meta.json`. Only one batch of sparse
-    vectors exists at a time. Ids in `skip` (already indexed) are not encoded.
-    """
-    from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, read_embeddings
-
-    if collection not in COLLECTIONS:
-        raise ConfigError(f"unknown collection {collection!r}; choose one of {', '.join(COLLECTIONS)}")
-    dense_dir = Path(dense_dir)
-    meta = DatasetMeta.load(dense_dir / META_FILE)
-    wanted = set(splits) if splits else None
-    rows: list[tuple[str, dict, str | None]] = []  # (id, metadata, caption text)
-    for img in meta.images:
-        if wanted is not None and img["split"] not in wanted:
-            continue
-        base = {"dataset": meta.name or None, "split": img["split"], "image": img.get("filename")}
-        base = {k: v for k, v in base.items() if v is not None}
-        if collection == "images":
-            rows.append((str(img["imgid"]), base, None))
-        else:
-            for s in img.get("sentences", []):
-                rows.append((str(s["sentid"]), {**base, "image_id": str(img["imgid"]), "caption": s["raw"]},
-                             s["raw"]))
-    if not rows:
-        raise DataError(f"{dense_dir / META_FILE} has no {collection} in split(s) {sorted(wanted or [])}")
-    rows = [r for r in rows if r[0] not in skip]
-    emb = read_embeddings(dense_dir / (IMG_FILE if collection == "images" else TEXT_FILE))
-    for start in range(0, len(rows), batch_size):
-        part = rows[start:start + batch_size]
-        dense = emb.take([r[0] for r in part])
-        texts = [r[2] for r in part] if collection == "captions" else None
-        vectors = head.encode(dense, texts=texts, expand=expand or collection == "images")
-        for (rid, meta_row, _), vector in zip(part, vectors):
-            yield SparseRecord(rid, vector, dict(meta_row))
-
-
-# --------------------------------------------------------------------------- what ingest reads
-
-
-# Given the ids an index already holds, the records still to load (lazily): a resumed load of an
-# expensive source (a dataset encoded on the fly) skips those ids before computing anything.
-RecordsAfter = Callable[[frozenset[str]], Iterable[SparseRecord]]
-
-
-@dataclass
-class RecordStream:
-    """One collection's input: its records (see `RecordsAfter`), the resume key, the size when
-    known, and the list of skipped items (see `ingest`'s `read_errors`) that the reader fills
-    while it is consumed."""
-
-    records: RecordsAfter
-    source: str
-    total: int | None
-    read_errors: list[tuple]
-
-
-class IngestInput:
-    """Where `lsr-os ingest` reads its records: a sparse JSONL file, dense files plus a head, or a
-    dataset (Karpathy JSON + image root, or captions file) encoded on the fly by a dense encoder
-    (GPU when present) and a head. Options are checked here, before anything is loaded or any
-    cluster contacted; models and the dataset load once, on the first `stream`."""
-
-    def __init__(self, sparse_file: str | Path | None = None, dense_dir: str | Path | None = None,
-                 head: str | Path | None = None, model: str | None = None, data: str | Path | None = None,
-                 images: str | Path | None = None, captions: str | Path | None = None,
-                 splits: Iterable[str] = (), batch_size: int = 64, text_batch_size: int = 256, workers: int = 0,
-                 device: str | None = None):
-        from_dataset = data is not None or captions is not None
-        if sum((sparse_file is not None, dense_dir is not None, from_dataset)) != 1:
-            raise ConfigError("give one input: --sparse FILE, --dense DIR with --head, or a dataset "
-                              "(--data KARPATHY.json --images ROOT, or --captions FILE) with --model and --head")
-        if dense_dir is not None and head is None:
-            raise ConfigError("--dense needs --head (a sparse head checkpoint)")
-        if from_dataset and (model is None or head is None):
-            raise ConfigError("a dataset input needs --model (dense encoder) and --head (sparse head)")
-        if model is not None and not from_dataset:
-            raise ConfigError("--model encodes a dataset: give --data KARPATHY.json --images ROOT or --captions FILE")
-        if images is not None and not from_dataset:
-            raise ConfigError("--images is the image root of a dataset input (--data or --captions)")
-        self.sparse_file = Path(sparse_file) if sparse_file is not None else None
-        self.dense_dir = Path(dense_dir) if dense_dir is not None else None
-        self.head_path = Path(head) if head is not None else None
-        self.model, self.data, self.images, self.captions = model, data, images, captions
-        self.splits = tuple(splits)
-        self.batch_size, self.text_batch_size, self.workers, self.device = batch_size, text_batch_size, workers, device
-        self._head = self._encoder = self._dataset = None
-
-    def collections(self, requested: Iterable[str] = (), alias: str | None = None) -> tuple[str, ...]:
-        """The collections to load: `requested`, else both (a sparse file holds exactly one)."""
-        requested = tuple(requested)
-        if self.sparse_file is not None and len(requested) != 1:
-            raise ConfigError("--sparse loads one collection: add --collection images or --collection captions")
-        chosen = requested or COLLECTIONS
-        if alias and len(chosen) > 1:
-            raise ConfigError("--index names one alias: give one --collection with it")
-        return chosen
-
-    def _loaded_head(self):
-        if self._head is None:
-            from lsr_os.models.head import load_head
-
-            self._head = load_head(self.head_path)
-        return self._head
-
-    def _split_key(self) -> str:
-        """The splits' part of a resume key: a load of other splits must not resume this one."""
-        return "split=" + (",".join(sorted(self.splits)) or "all")
-
-    def stream(self, collection: str) -> RecordStream:
-        """The records of one collection, with the source key that makes a re-run resume."""
-        errors: list[tuple] = []
-        if self.sparse_file is not None:
-            path = self.sparse_file
-            return RecordStream(lambda done: (r for r in read_sparse_jsonl(path, errors) if r.id not in done),
-                                source_of(path), count_lines(path), errors)
-        if self.dense_dir is not None:
-            head, dense_dir, splits = self._loaded_head(), self.dense_dir, self.splits or None
-
-            def records(done: frozenset[str]) -> Iterator[SparseRecord]:
-                return dense_records(dense_dir, head, collection, splits, skip=done)
-
-            source = "|".join((source_of(self.dense_dir / "dataset_meta.json"), str(self.head_path.resolve()),
-                               self._split_key(), collection))
-            return RecordStream(records, source, None, errors)
-        return self._dataset_stream(collection, errors)
-
-    def _dataset_stream(self, collection: str, errors: list[tuple]) -> RecordStream:
-        from lsr_os.data import Failure, load_dataset
-        from lsr_os.encode import dataset_records
-        from lsr_os.models.dense import load_encoder
-
-        if collection not in COLLECTIONS:
-            raise ConfigError(f"unknown collection {collection!r}; choose one of {', '.join(COLLECTIONS)}")
-        if self._dataset is None:
-            self._dataset = load_dataset(data=self.data, images=self.images, captions=self.captions,
-                                         split=",".join(self.splits) or None)
-            self._encoder = load_encoder(self.model, device=self.device)
-        dataset = self._dataset
-        # Rows of the dataset file that could not be read are listed with each collection.
-        errors.extend((None, f.source or f.id, "unreadable", f.reason) for f in dataset.failures)
-
-        def on_failure(f: Failure) -> None:
-            errors.append((f.id, f.source, "unreadable" if f.what == "image" else "invalid", f.reason))
-
-        encoder, head = self._encoder, self._loaded_head()
-
-        def records(done: frozenset[str]) -> Iterator[SparseRecord]:
-            return dataset_records(encoder, head, dataset, collection, on_failure, self.batch_size,
-                                   self.text_batch_size, self.workers, skip=done)
-
-        model = Path(self.model).expanduser()
-        parts = [source_of(self.data or self.captions), str(dataset.root.resolve()),
-                 str(model.resolve()) if model.exists() else self.model, str(self.head_path.resolve()),
-                 self._split_key(), collection]
-        total = len(dataset.images) if collection == "images" else len(dataset.captions)
-        return RecordStream(records, "|".join(parts), total, errors)
-
-
-def ingest_inputs(client: OpenSearch, inputs: IngestInput, collections: Iterable[str], alias: str | None = None,
-                  prefix: str = "lsr", failures_path: str | Path | None = None, **options) -> Iterator[IngestReport]:
-    """Load each collection of `inputs` (see `ingest` for `options`); yields one report per collection.
-
-    The alias is `alias` or `<prefix>-<collection>`; failures go to `ingest-failures-<alias>.jsonl`,
-    or to `failures_path` (with `-<collection>` before its suffix when several collections load, so
-    the second does not overwrite the first).
-    """
-    collections = tuple(collections)
-    for collection in collections:
-        name = alias or default_alias(collection, prefix)
-        failures = Path(failures_path or f"ingest-failures-{name}.jsonl")
-        if failures_path is not None and len(collections) > 1:
-            failures = failures.with_name(f"{failures.stem}-{collection}{failures.suffix}")
-        stream = inputs.stream(collection)
-        yield ingest(client, stream.records, name, collection, source=stream.source, failures_path=failures,
-                     read_errors=stream.read_errors, total=stream.total, **options)

@@ -11,11 +11,25 @@ All values are fractions in [0, 1] (the CLI may print percentages):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 METRIC_KEYS = ("R@1", "R@5", "R@10", "MRR@10")
+
+Qrels = dict[str, dict[str, int]]
+
+
+def image_text_qrels(caption_image: Mapping[str, str], images: Iterable[str]) -> tuple[Qrels, Qrels]:
+    """Relevance both ways: text -> image (each caption's one image) and image -> text (each
+    image's captions, about five). Only the given images are judged."""
+    images = set(images)
+    t2i: Qrels = {c: {i: 1} for c, i in caption_image.items() if i in images}
+    i2t: Qrels = {i: {} for i in images}
+    for c, i in caption_image.items():
+        if i in i2t:
+            i2t[i][c] = 1
+    return t2i, i2t
 
 
 def retrieval_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:

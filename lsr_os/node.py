@@ -439,3 +439,19 @@ def logs(port: int = 9200, lines: int = 50) -> str:
     if not dirs:
         raise NodeError(f"no local node was ever started on port {port} (state folder {cluster_dir(port)})")
     return "\n".join(_log_tail(d, lines) for d in dirs)
+
+
+def connect_or_start(cluster, allow_start: bool = True):
+    """A client to the configured cluster; with the default URL and no node answering there, a
+    local node is started first (the demo's "works on a fresh machine")."""
+    from lsr_os.config import DEFAULT_URL, connect
+    from lsr_os.errors import ClusterUnreachable
+
+    try:
+        return connect(cluster)
+    except ClusterUnreachable:
+        if not allow_start or cluster.urls != (DEFAULT_URL,):
+            raise
+    log.warning("no cluster at the default URL: starting a local node (lsr-os node start)")
+    start(NodeSpec())
+    return connect(cluster)

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Sequence
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import NotFoundError, TransportError
 
+from lsr_os.dense_files import select_splits
 from lsr_os.errors import ClusterError, DataError
 from lsr_os.index import SPARSE_FIELD
 from lsr_os.sparse import SparseVector, clean, prune, quantize
@@ -46,6 +47,13 @@ def max_clause_count(client: OpenSearch) -> int:
         if value is not None:
             return int(value)
     return DEFAULT_MAX_CLAUSES
+
+
+def split_filters(spec: str | None) -> list[dict]:
+    """The filter clauses that keep documents of the selected splits (`select_splits`: "train"
+    includes restval); none for every split."""
+    wanted = select_splits(spec)
+    return [] if wanted is None else [{"terms": {"split": sorted(wanted)}}]
 
 
 def prepare_query(vector: SparseVector, max_terms: int, vocabulary=None) -> SparseVector:
@@ -228,8 +236,8 @@ def encode_query(model: str, head_path: str, text: str | None = None, image: str
     head = load_head(head_path)
     encoder = load_encoder(model, device=device)
     if picture is not None:
-        return head.encode(encoder.encode_images([picture]), expand=True)[0]
-    vector = head.encode(encoder.encode_texts([text]), texts=[text], expand=expand)[0]
+        return head.encode_images(encoder.encode_images([picture]))[0]
+    vector = head.encode_captions(encoder.encode_texts([text]), [text], expand=expand)[0]
     if not vector:
         raise DataError(f"the query {text!r} has no known token with a positive weight")
     return vector
@@ -240,18 +248,27 @@ def encode_query(model: str, head_path: str, text: str | None = None, image: str
 
 def parse_vector_json(value: str) -> SparseVector:
     """A {term: weight} query from inline JSON or a JSON file (also {"vector": {...}})."""
-    try:
-        text = Path(value).read_text(encoding="utf-8") if not value.lstrip().startswith("{") else value
-    except OSError as exc:
-        raise DataError(f"--vector-json {value}: neither inline JSON nor a readable file ({exc.strerror})") from exc
+    inline = value.lstrip()[:1] in ("{", "[", '"') or value.strip() in ("", "null", "true", "false")
+    if inline:
+        text, where = value, "--vector-json"
+    else:
+        try:
+            text, where = Path(value).read_bytes().decode("utf-8"), f"--vector-json {value}"
+        except OSError as exc:
+            raise DataError(f"--vector-json {value}: not inline JSON (which starts with {{) and not a readable "
+                            f"file ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            raise DataError(f"--vector-json {value}: not UTF-8 text (byte at offset {exc.start})") from exc
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"--vector-json is not valid JSON: {exc.msg} at column {exc.colno}") from exc
-    obj = obj.get("vector", obj) if isinstance(obj, dict) else obj
+        raise DataError(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("vector"), dict):  # a sparse record ("vector" is also a term)
+        obj = obj["vector"]
     if not isinstance(obj, dict) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
                                             for w in obj.values()):
-        raise DataError('--vector-json must be an object of term: weight (or {"vector": {...}})')
+        raise DataError(f'{where} must be an object of term: weight (or {{"vector": {{...}}}}), '
+                        f"not {type(obj).__name__ if not isinstance(obj, dict) else 'one with non-numeric weights'}")
     return {str(t): float(w) for t, w in obj.items()}
 
 
@@ -302,7 +319,7 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
     prepare_query(query, len(query) or 1, vocab)  # empty or unknown-only queries fail before connecting
     index = index or f"{prefix}-{collection or ('captions' if image is not None else 'images')}"
     client = connect(cluster) if isinstance(cluster, ClusterConfig) else cluster
-    filters = [{"term": {"split": split}}] if split else []
+    filters = split_filters(split)
     query = prepare_query(query, (max_terms or max_clause_count(client)) - len(filters), vocab)
     body = build_query(query, k, filters, with_vectors=explain)
     hits, took = search(client, index, body)

@@ -90,7 +90,7 @@ def register_repository(client: OpenSearch, name: str, location: str, readonly: 
             repos = sorted({p for paths in path_repo(client).values() for p in paths})
             raise ClusterError(f"repository location {location!r} is not inside the nodes' path.repo "
                                f"({', '.join(repos) or 'not set'}); use a folder under it, or start the nodes "
-                               f"with path.repo including it (`lsr-os node start --repo DIR`)") from exc
+                               f"with path.repo including it (`lsr-os node start --path-repo DIR`)") from exc
         raise ClusterError(f"cannot register repository {name} at {location!r}: HTTP {exc.status_code} {text}") from exc
     log.info("registered fs repository %s at %s%s", name, location, " (read-only)" if readonly else "")
     return body
@@ -115,14 +115,23 @@ def resolve_indices(client: OpenSearch, names: Iterable[str]) -> list[str]:
     return out
 
 
-def create_snapshot(client: OpenSearch, repository: str, snapshot: str, indices: Iterable[str]) -> dict:
+def create_snapshot(client: OpenSearch, repository: str, snapshot: str, indices: Iterable[str] = ()) -> dict:
     """Snapshot the given indices (names, aliases, wildcards) with their aliases; waits until done.
+
+    No indices: every complete lsr-os collection (the served and kept versions, not unfinished loads).
 
     Returns {"snapshot", "state", "indices", "shards"}; anything but a complete success (every
     shard copied) is an error, since a partial snapshot would restore a partial collection.
     """
+    from lsr_os.index import list_collections
+
     check_name(snapshot)
     _require_repository(client, repository)
+    indices = tuple(indices)
+    if not indices:
+        indices = tuple(r["index"] for r in list_collections(client) if r["state"] == "complete")
+        if not indices:
+            raise ClusterError("no complete lsr-os collection to snapshot; name the indices or aliases")
     concrete = resolve_indices(client, indices)
     if not concrete:
         raise ConfigError("nothing to snapshot: name at least one index or alias")

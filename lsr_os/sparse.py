@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from lsr_os.errors import DataError
+from lsr_os.failures import Failure, OnFailure
 
 SparseVector = dict[str, float]
 
@@ -65,7 +66,7 @@ def from_rows(matrix, terms: Sequence[str], top_k: int | None = None) -> list[Sp
 
 @dataclass
 class SparseRecord:
-    """One line of a sparse JSONL file."""
+    """One sparse record: id, vector and metadata (the schema of lsr_os.records)."""
 
     id: str
     vector: SparseVector
@@ -75,52 +76,82 @@ class SparseRecord:
         return json.dumps({"id": self.id, "vector": self.vector, **self.meta}, ensure_ascii=False)
 
 
-ErrorHandler = Callable[[str, str], None]  # (where: "file:line", reason)
+# Given the ids already done (in an unfinished index, in an output file), the records still to
+# produce, lazily, with skipped items reported to the callback: an expensive source (a dataset
+# encoded on the fly) skips done ids before computing anything.
+RecordsAfter = Callable[[frozenset[str], OnFailure], Iterable[SparseRecord]]
 
 
-def read_jsonl(path: str | Path, on_error: ErrorHandler | None = None) -> Iterator[SparseRecord]:
+@dataclass
+class RecordStream:
+    """One collection's records from one source: the records (see `RecordsAfter`), the resume key
+    (a later run with the same key resumes), and the number of records when known (progress)."""
+
+    records: RecordsAfter
+    source: str
+    total: int | None = None
+
+    @classmethod
+    def of(cls, records: Iterable[SparseRecord], source: str, total: int | None = None) -> "RecordStream":
+        """A stream over records already at hand (an iterable, consumed once); done ids are skipped."""
+        return cls(lambda done, on_failure: (r for r in records if r.id not in done), source, total)
+
+
+def read_jsonl(path: str | Path, on_failure: OnFailure | None = None) -> Iterator[SparseRecord]:
     """Stream records from a sparse JSONL file.
 
-    A bad line raises DataError naming `file:line`, unless `on_error` is given: then it is
-    reported there and skipped, so one bad line does not stop a long job.
+    A bad line (not UTF-8, not JSON, not a record) raises DataError naming `file:line`, unless
+    `on_failure` is given: then it is reported there (with the id when it was readable) and
+    skipped, so one bad line does not stop a long job.
     """
     path = Path(path)
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror}") from exc
     with handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
+        for lineno, raw in enumerate(handle, 1):
+            if not raw.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
-                yield _parse_record(line)
-            except ValueError as exc:
-                if on_error is None:
-                    raise DataError(f"{where}: {exc}") from exc
-                on_error(where, str(exc))
+                yield _parse_record(raw)
+            except _BadLine as exc:
+                where = f"{path}:{lineno}"
+                if on_failure is None:
+                    raise DataError(f"{where}: {exc}") from None
+                on_failure(Failure("record", exc.record_id, where, str(exc)))
 
 
-def _parse_record(line: str) -> SparseRecord:
+class _BadLine(ValueError):
+    def __init__(self, reason: str, record_id: str | None = None):
+        super().__init__(reason)
+        self.record_id = record_id
+
+
+def _parse_record(raw: bytes) -> SparseRecord:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadLine(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        raise _BadLine(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(obj, dict):
-        raise ValueError("a line must be a JSON object")
+        raise _BadLine("a line must be a JSON object")
     rid = obj.pop("id", None)
     vector = obj.pop("vector", None)
-    if not isinstance(rid, (str, int)) or rid == "":
-        raise ValueError('missing or empty "id"')
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+        raise _BadLine('missing or empty "id" (a string or an integer)')
+    rid = str(rid)
     if not isinstance(vector, dict):
-        raise ValueError(f'record {rid}: "vector" must be an object of term: weight')
+        raise _BadLine('"vector" must be an object of term: weight', rid)
     weights: SparseVector = {}
     for term, weight in vector.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise ValueError(f"record {rid}: weight of {term!r} is not a number")
+            raise _BadLine(f"weight of {term!r} is not a number", rid)
         weights[term] = float(weight)
-    return SparseRecord(str(rid), weights, obj)
+    return SparseRecord(rid, weights, obj)
 
 
 def write_jsonl(path: str | Path, records: Iterable[SparseRecord], append: bool = False) -> int:

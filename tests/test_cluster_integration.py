@@ -213,9 +213,8 @@ def test_evaluate_gives_the_same_results_when_a_node_is_lost(cluster, tmp_path):
         assert settings["settings"]["index"]["number_of_replicas"] == "1"
 
     def evaluate(out: Path) -> dict:
-        result = invoke("evaluate", "--url", ",".join(URLS), "--images", str(tmp_path / "images.jsonl"),
-                        "--captions", str(tmp_path / "captions.jsonl"), "--prefix", prefix,
-                        "--batch-size", "4", "--out", str(out), "--json")
+        result = invoke("evaluate", "--url", ",".join(URLS), "--sparse", str(tmp_path), "--prefix", prefix,
+                        "--query-batch", "4", "--out", str(out), "--json")
         return json.loads(result.stdout)
 
     before = evaluate(tmp_path / "before")

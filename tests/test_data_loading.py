@@ -72,7 +72,7 @@ def test_captions_file_rows_splits_and_row_failures(bad_dataset):
     assert [i.path for i in ds.images] == list(IMAGE_CASES)
     reasons = sorted(f.reason for f in ds.failures)
     assert len(reasons) == 2 and reasons[0] == "no 'image' value" and reasons[1].startswith("not valid JSON")
-    assert [f.id.rsplit(":", 1)[1] for f in ds.failures] == ["4", "6"]  # file:line
+    assert [f.where.rsplit(":", 1)[1] for f in ds.failures] == ["4", "6"]  # file:line
     assert "a cat in the training split" not in [c.text for c in ds.captions]
     train = load_captions_file(bad_dataset, bad_dataset.parent / "images", split="train")
     assert [c.text for c in train.captions] == ["a cat in the training split"]

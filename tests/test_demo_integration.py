@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 # Reduced settings: a world of 800 images (80 test images, so chance R@10 is 0.125). Measured
 # offline with these settings: dense t2i R@10 1.00, sparse 1.00; colour / shape words among a
 # test image's top-16 terms for 0.66 / 0.875 of them; about two minutes on 2 cores.
-SETTINGS = ["--images", "800", "--encoder-epochs", "60", "--head-epochs", "4", "-k", "4"]
+SETTINGS = ["--num-images", "800", "--encoder-epochs", "60", "--head-epochs", "4", "-k", "4"]
 N_TEST = 80
 
 

@@ -1,5 +1,5 @@
 """`lsr-os encode`: bad items skipped and listed, resume after an interruption, shards that merge
-in one folder, output that the training reader takes unchanged, sparse JSONL through a head."""
+in one folder, output that the training reader takes unchanged."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_bad_items_are_skipped_listed_and_the_rest_trains(blip_dir, bad, tmp_pat
     assert report["captions"]["failed"] == 2 and report["row_failures"] == 2
 
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
-    by_source = {f["source"]: f for f in failures if f["what"] == "image"}
+    by_source = {f["where"]: f for f in failures if f["what"] == "image"}
     assert set(by_source) == {n for n, ok in IMAGE_CASES.items() if not ok}
     assert all(f["reason"] for f in failures)
     assert sorted(f["reason"] for f in failures if f["what"] == "caption") == ["empty or whitespace-only caption"] * 2
@@ -116,26 +116,7 @@ def test_shards_write_into_one_folder_and_merge(blip_dir, clean, tmp_path):
 
 def test_another_model_into_the_same_folder_is_refused(blip_dir, clean, tmp_path):
     out = tmp_path / "out"
-    assert run("--model", blip_dir, "--captions", clean, "--out", out, "--only", "captions").exit_code == 0
+    assert run("--model", blip_dir, "--captions", clean, "--out", out, "--collection", "captions").exit_code == 0
     other = make_tiny_blip(tmp_path / "other-blip", seed=1)
     res = CliRunner().invoke(cli.main, ["encode", "--model", str(other), "--captions", str(clean), "--out", str(out)])
     assert res.exit_code == 2 and "use another --out" in res.output
-
-
-def test_sparse_jsonl_through_a_head_resumes_without_duplicates(blip_dir, clean, tmp_path):
-    head_mod = pytest.importorskip("lsr_os.models.head")
-    head_dir = tmp_path / "head"
-    head_mod.SparseHead.init_offline(dense_size=256).save_pretrained(head_dir)
-    common = ["--model", blip_dir, "--captions", clean, "--device", "cpu", "--workers", 0, "--head", head_dir,
-              "--top-k", 20, "--batch-size", 4, "--text-batch-size", 5, "--out", tmp_path / "sparse"]
-    assert run(*common, "--max-batches", 1).exit_code == 0
-    captions = tmp_path / "sparse" / "captions.jsonl"
-    with captions.open("a") as handle:
-        handle.write('{"id": "torn')  # an interrupted append
-    assert run(*common).exit_code == 0
-    for name, n in (("images.jsonl", 11), ("captions.jsonl", 22)):
-        records = [json.loads(line) for line in (tmp_path / "sparse" / name).read_text().splitlines()]
-        assert len(records) == n and len({r["id"] for r in records}) == n
-        assert all(0 < len(r["vector"]) <= 20 and min(r["vector"].values()) > 0 for r in records)
-    rec = json.loads(captions.read_text().splitlines()[0])
-    assert rec["text"] and rec["image_id"] == "0"

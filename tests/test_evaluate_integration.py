@@ -47,8 +47,8 @@ def test_evaluate_sparse_files_both_directions(os_client, index_name, tmp_path):
         res = cli("ingest", "--sparse", tmp_path / f"{coll}.jsonl", "--collection", coll, "--prefix", index_name,
                   "--failures", tmp_path / f"f-{coll}.jsonl")
         assert res.exit_code == 0, res.output
-    res = cli("evaluate", "--images", tmp_path / "images.jsonl", "--captions", tmp_path / "captions.jsonl",
-              "--prefix", index_name, "--out", tmp_path / "eval", "--batch-size", "16")
+    res = cli("evaluate", "--sparse", tmp_path, "--prefix", index_name, "--out", tmp_path / "eval",
+              "--query-batch", "16")
     assert res.exit_code == 0, res.output
     assert "text -> image: 300 queries, 60 documents" in res.output
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -57,9 +57,8 @@ def test_evaluate_sparse_files_both_directions(os_client, index_name, tmp_path):
     lines = (tmp_path / "eval" / "t2i.cluster.trec").read_text().splitlines()
     assert lines[0].split()[1] == "Q0" and len({ln.split()[0] for ln in lines}) == 300
     # a mismatch between files and index is a clear error, not a silently wrong figure
-    res = cli("evaluate", "--images", tmp_path / "images.jsonl", "--captions", tmp_path / "captions.jsonl",
-              "--prefix", index_name, "--split", "train", "--out", tmp_path / "e2", "--images-index",
-              f"{index_name}-captions")
+    res = cli("evaluate", "--sparse", tmp_path, "--prefix", index_name, "--split", "train", "--out", tmp_path / "e2",
+              "--images-index", f"{index_name}-captions")
     assert res.exit_code != 0 and "holds" in res.output
 
 
@@ -71,7 +70,7 @@ def test_evaluate_synthetic_world_through_the_cluster_agrees_with_memory(os_clie
     write_synthetic(world, n_images=64, seed=3)
     head_dir = tmp_path / "head"
     SparseHead.init_offline(seed=0).save_pretrained(head_dir)
-    res = cli("ingest", "--dense", world, "--head", head_dir, "--prefix", index_name, "--prune-top-k", "256",
+    res = cli("ingest", "--dense", world, "--head", head_dir, "--prefix", index_name, "--top-k", "256",
               "--failures", tmp_path / "f.jsonl", "--json")
     assert res.exit_code == 0, res.output
     decoder, reports, at = json.JSONDecoder(), [], 0
@@ -81,12 +80,13 @@ def test_evaluate_synthetic_world_through_the_cluster_agrees_with_memory(os_clie
     # one --failures path, two collections: each gets its own file instead of overwriting the other's
     assert [r["failures_file"] for r in reports] == [str(tmp_path / "f-images.jsonl"), str(tmp_path / "f-captions.jsonl")]
     # an unfinished load resumes only from the same input: the splits are part of that key
-    from lsr_os.index import IngestInput
+    from lsr_os.records import SourceOptions, open_source
 
-    keys = {IngestInput(dense_dir=world, head=head_dir, splits=s).stream("images").source for s in ((), ("test",))}
+    keys = {open_source(SourceOptions(dense=world, head=head_dir, split=s)).stream("images").source
+            for s in (None, "test")}
     assert len(keys) == 2
     res = cli("evaluate", "--dense", world, "--head", head_dir, "--prefix", index_name, "--max-terms", "256",
-              "--prune-top-k", "256", "--out", tmp_path / "eval")
+              "--top-k", "256", "--out", tmp_path / "eval")
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert "dense" in report["t2i"] and (tmp_path / "eval" / "i2t.dense.trec").exists()

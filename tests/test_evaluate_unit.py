@@ -54,25 +54,21 @@ def test_latency_summary_in_milliseconds():
     assert lat["p50_ms"] == pytest.approx(1.0) and lat["n"] == 100 and lat["p99_ms"] > 50
 
 
-def test_load_split_from_records_or_meta(tmp_path):
+def test_split_data_from_a_sparse_folder_uses_the_records_split_and_image_id(tmp_path):
+    from lsr_os.records import SourceOptions, open_source
+
     images = [SparseRecord("1", {"dog": 1.0}, {"split": "test"}), SparseRecord("2", {"cat": 1.0}, {"split": "train"})]
     caps = [SparseRecord("10", {"dog": 1.0}, {"split": "test", "image_id": "1"}),
             SparseRecord("11", {"puppy": 1.0}, {"split": "test", "image_id": "1"}),
             SparseRecord("20", {"cat": 1.0}, {"split": "train", "image_id": "2"})]
-    write_jsonl(tmp_path / "i.jsonl", images)
-    write_jsonl(tmp_path / "c.jsonl", caps)
-    data = ev.load_split(tmp_path / "i.jsonl", tmp_path / "c.jsonl", split="test")
+    write_jsonl(tmp_path / "images.jsonl", images)
+    write_jsonl(tmp_path / "captions.jsonl", caps)
+    data = ev.SplitData.load(open_source(SourceOptions(sparse=tmp_path, split="test")))
     assert list(data.images) == ["1"] and list(data.captions) == ["10", "11"]
     assert data.qrels_t2i == {"10": {"1": 1}, "11": {"1": 1}} and data.qrels_i2t == {"1": {"10": 1, "11": 1}}
-    meta = {"images": [{"imgid": 1, "split": "test", "filename": "1.jpg",
-                        "sentences": [{"sentid": 10, "raw": "a dog"}, {"sentid": 11, "raw": "a puppy"}]},
-                       {"imgid": 2, "split": "train", "sentences": [{"sentid": 20, "raw": "a cat"}]}]}
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
-    with_meta = ev.load_split(tmp_path / "i.jsonl", tmp_path / "c.jsonl", tmp_path / "meta.json", "test")
-    assert with_meta.qrels_i2t == data.qrels_i2t
-    meta["images"][0]["sentences"].append({"sentid": 12, "raw": "missing"})
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="lacks 1 ids"):
-        ev.load_split(tmp_path / "i.jsonl", tmp_path / "c.jsonl", tmp_path / "meta.json", "test")
-    with pytest.raises(DataError, match="has 0 images"):
-        ev.load_split(tmp_path / "i.jsonl", tmp_path / "c.jsonl", split="val")
+    with pytest.raises(DataError, match="0 images"):
+        ev.SplitData.load(open_source(SourceOptions(sparse=tmp_path, split="val")))
+    write_jsonl(tmp_path / "captions.jsonl", [SparseRecord("10", {"dog": 1.0}, {"split": "test"})])
+    with pytest.raises(DataError, match="caption 10 has no image_id"):
+        ev.SplitData.load(open_source(SourceOptions(sparse=tmp_path, split="test")))
+

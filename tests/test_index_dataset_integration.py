@@ -13,6 +13,8 @@ from encode_helpers import BOMB_LIMIT, IMAGE_CASES, make_bad_dataset, make_tiny_
 from lsr_os import index as ix
 from lsr_os.data import load_dataset
 from lsr_os.errors import EXIT_FAILURES
+from lsr_os.records import SourceOptions, open_source
+from lsr_os.sparse import RecordStream
 from lsr_os.models.head import SparseHead
 
 pytestmark = pytest.mark.integration
@@ -68,7 +70,7 @@ def test_images_good_indexed_with_metadata_bad_listed_rerun_idempotent(os_client
     assert first["terms"]  # a real sparse vector through the head
     listed = [json.loads(line) for line in failures.read_text().splitlines()]
     assert {f["id"] for f in listed if f["id"] is not None} == failed
-    assert all(f["status"] == "unreadable" and f["reason"] for f in listed)
+    assert all(f["what"] in ("image", "row") and f["reason"] for f in listed)
     assert sum(f["id"] is None for f in listed) == 2  # the captions file's unreadable rows
     assert f"{len(good)} documents ({len(good)} sent, {len(listed)} failed" in res.output
 
@@ -87,19 +89,19 @@ def test_captions_metadata_empty_ones_listed_and_an_interrupted_load_resumes(os_
     empty = {c.id for c in dataset.captions if not c.text.strip()}
     good = {c.id for c in dataset.captions} - empty
     blip, head = models
-    inputs = ix.IngestInput(captions=bad, images=bad.parent / "images", model=str(blip), head=head, workers=0,
-                            text_batch_size=5)
-    stream = inputs.stream("captions")
+    source = open_source(SourceOptions(captions=bad, images=bad.parent / "images", model=str(blip), head=head,
+                                       workers=0, text_batch_size=5))
+    stream = source.stream("captions")
 
-    def stops_halfway():
-        for n, record in enumerate(stream.records(frozenset())):
+    def stops_halfway(done, on_failure):
+        for n, record in enumerate(stream.records(done, on_failure)):
             if n == 10:
                 raise KeyboardInterrupt
             yield record
 
     with pytest.raises(KeyboardInterrupt):
-        ix.ingest(os_client, stops_halfway(), index_name, "captions", source=stream.source, chunk_size=3,
-                  read_errors=stream.read_errors, progress=False)
+        ix.ingest(os_client, RecordStream(stops_halfway, stream.source), index_name, "captions",
+                  ix.IngestOptions(chunk_docs=3, progress=False))
     assert not os_client.indices.exists_alias(name=index_name)
 
     os_client.indices.refresh(index=f"{index_name}-v*")  # a loading index refreshes only when asked
@@ -127,8 +129,8 @@ def test_captions_metadata_empty_ones_listed_and_an_interrupted_load_resumes(os_
     assert doc["caption"] == cat.text and doc["image_id"] == cat.image_id and doc["image"] == "good3.jpg"
     assert doc["split"] == "test"  # a caption takes its image's split (the image's first row)
     listed = [json.loads(line) for line in failures.read_text().splitlines()]
-    assert {f["id"] for f in listed if f["status"] == "invalid"} == empty
-    assert all("empty" in f["reason"] for f in listed if f["status"] == "invalid")
+    assert {f["id"] for f in listed if f["what"] == "caption"} == empty
+    assert all("empty" in f["reason"] for f in listed if f["what"] == "caption")
 
 
 def test_dataset_input_needs_model_and_head_before_any_cluster_call(bad):
@@ -136,4 +138,4 @@ def test_dataset_input_needs_model_and_head_before_any_cluster_call(bad):
     assert res.exit_code == 2 and "--model" in res.output and "--head" in res.output
     res = cli("ingest", "--sparse", str(bad), "--captions", str(bad), "--collection", "images",
               "--url", "http://127.0.0.1:9")
-    assert res.exit_code == 2 and "give one input" in res.output
+    assert res.exit_code == 2 and "give one source" in res.output

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from index_helpers import load
 from lsr_os import index as ix
 from lsr_os.errors import EXIT_FAILURES, ClusterError
 from lsr_os.evaluate import ExactScorer, parity
@@ -44,7 +45,7 @@ def cli(*args):
 
 def test_special_and_rare_terms_rank_like_exact_dot_product(os_client, index_name):
     docs = synthetic_records(600)
-    report = ix.ingest(os_client, iter(docs), index_name, "images", source="t", progress=False)
+    report = load(os_client, iter(docs), index_name)
     assert report.count == 600 and report.failed == 0
     rng = np.random.default_rng(1)
     vocab_terms = SPECIAL + [f"w{i}" for i in range(300)] + [f"rare{i}" for i in range(600)]
@@ -67,8 +68,8 @@ def test_special_and_rare_terms_rank_like_exact_dot_product(os_client, index_nam
 
 def test_reingest_is_idempotent_and_swaps_the_alias(os_client, index_name):
     docs = synthetic_records(200)
-    first = ix.ingest(os_client, iter(docs), index_name, "images", source="t", progress=False)
-    second = ix.ingest(os_client, iter(docs), index_name, "images", source="t", progress=False)
+    first = load(os_client, iter(docs), index_name)
+    second = load(os_client, iter(docs), index_name)
     assert first.count == second.count == 200
     assert second.index != first.index and second.replaced == [first.index]
     assert list(os_client.indices.get_alias(name=index_name)) == [second.index]
@@ -92,9 +93,9 @@ def test_injected_stop_then_rerun_resumes_with_the_exact_count(os_client, index_
             yield d
 
     with pytest.raises(Stop):
-        ix.ingest(os_client, stops_halfway(), index_name, "images", source="file-a", chunk_size=100, progress=False)
+        load(os_client, stops_halfway(), index_name, source="file-a", chunk_docs=100)
     assert not os_client.indices.exists_alias(name=index_name)  # nothing half-loaded is served
-    report = ix.ingest(os_client, iter(docs), index_name, "images", source="file-a", chunk_size=100, progress=False)
+    report = load(os_client, iter(docs), index_name, source="file-a", chunk_docs=100)
     # the chunk being filled when the stop came was never sent: whole chunks only
     assert report.resumed and 0 < report.docs_before <= 800 and report.docs_before % 100 == 0
     assert report.count == 1500 and report.created == 1500 - report.docs_before
@@ -153,9 +154,10 @@ def test_bad_lines_and_rejected_documents_are_listed_and_the_rest_indexed(os_cli
     assert "2 documents" in res.output and "3 failed" in res.output
     listed = [json.loads(line) for line in failures.read_text().splitlines()]
     by_where = {(f["id"] or f["where"]): f for f in listed}
-    assert by_where[f"{path}:2"]["status"] == "unreadable"
-    assert "not a number" in by_where[f"{path}:4"]["reason"]
-    assert by_where["rejected"]["status"] == 400 and "split" in by_where["rejected"]["reason"]
+    assert by_where[f"{path}:2"]["what"] == "record" and "not valid JSON" in by_where[f"{path}:2"]["reason"]
+    assert by_where["noweights"]["where"] == f"{path}:4" and "not a number" in by_where["noweights"]["reason"]
+    rejected = by_where["rejected"]
+    assert rejected["what"] == "document" and "HTTP 400" in rejected["reason"] and "split" in rejected["reason"]
     assert os_client.count(index=index_name)["count"] == 2
 
 
@@ -163,7 +165,7 @@ def test_alias_name_taken_by_a_conflicting_index_is_refused_untouched(os_client,
     os_client.indices.create(index=index_name, body={"mappings": {"properties": {"sparse": {"type": "float"}}}})
     os_client.index(index=index_name, id="keep", body={"sparse": 1.0}, refresh=True)
     with pytest.raises(ClusterError, match="conflicts with rank_features"):
-        ix.ingest(os_client, iter(synthetic_records(3)), index_name, "images", source="t", progress=False)
+        load(os_client, iter(synthetic_records(3)), index_name)
     assert os_client.count(index=index_name)["count"] == 1  # nothing already indexed is lost
 
 
@@ -181,7 +183,7 @@ def test_a_document_with_every_vocabulary_term_is_indexed_and_each_term_matches(
     terms = Vocabulary.default().terms
     doc = SparseRecord("all", {t: 1.0 + (i % 97) / 97 for i, t in enumerate(terms)})
     other = SparseRecord("none", {"zzz-not-a-term": 1.0})
-    report = ix.ingest(os_client, iter([doc, other]), index_name, "images", source="t", progress=False)
+    report = load(os_client, iter([doc, other]), index_name)
     assert report.count == 2 and report.failed == 0
     # Every term matches: 31 queries of <= 1000 terms (boost 1) score exactly the sum of their
     # terms' stored weights (each >= 1), so one term that matched nothing would show as >= 1 less.

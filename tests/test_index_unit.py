@@ -50,8 +50,10 @@ def test_document_drops_unstorable_weights_and_encodes_feature_names():
 
 def test_document_pruning_keeps_the_heaviest_terms():
     rec = SparseRecord("c", {"a": 0.1, "b": 0.5, "c": 0.9, "d": 0.05})
-    assert set(ix.to_document(rec, prune_top_k=2)["sparse"]) == {"b", "c"}
+    assert set(ix.to_document(rec, top_k=2)["sparse"]) == {"b", "c"}
     assert set(ix.to_document(rec, threshold=0.08)["sparse"]) == {"a", "b", "c"}
+    with pytest.raises(ix.InvalidRecord, match="after pruning"):
+        ix.to_document(rec, threshold=1.0)
 
 
 def test_retry_policy_retries_429_5xx_and_connection_failures_only():
@@ -74,13 +76,6 @@ def test_a_burst_of_429s_is_absorbed_within_the_backoff_budget():
         waited += policy.delay(attempt)
 
 
-def test_count_lines_and_source_key(tmp_path):
-    path = tmp_path / "x.jsonl"
-    path.write_text('{"id": "a", "vector": {}}\n\n{"id": "b", "vector": {}}\n')
-    assert ix.count_lines(path) == 2
-    assert ix.source_of(path).startswith(str(path.resolve()))
-
-
 def test_dashboards_saved_objects_reference_packaged_fields():
     text = resources.files("lsr_os.mappings").joinpath("dashboards.ndjson").read_text(encoding="utf-8")
     objects = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -97,12 +92,20 @@ def test_dashboards_saved_objects_reference_packaged_fields():
         assert json.loads(s["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])["indexRefName"] == ref["name"]
 
 
-def test_dense_records_skip_what_a_resumed_index_holds(tmp_path):
-    from lsr_os.models.head import SparseHead
-    from lsr_os.synthetic import write_synthetic
+@pytest.mark.parametrize("record, reason", [
+    (SparseRecord("x" * 513, {"dog": 1.0}), "513 bytes; OpenSearch takes at most 512"),
+    (SparseRecord("é" * 300, {"dog": 1.0}), "600 bytes"),
+    (SparseRecord("empty", {}), "no term with a finite weight > 0"),
+    (SparseRecord("nan", {"dog": math.nan, "cat": -1.0}), "no term with a finite weight > 0"),
+    (SparseRecord("immense", {"a" * 40000: 1.0}), "Lucene takes at most 32766"),
+    (SparseRecord("many", {f"t{i}": 1.0 for i in range(80000)}), "per-field limit"),
+])
+def test_records_the_engine_would_refuse_are_invalid_before_sending(record, reason):
+    with pytest.raises(ix.InvalidRecord, match=reason):
+        ix.to_document(record)
 
-    write_synthetic(tmp_path / "w", n_images=12, seed=1, encoder="bag-of-words")
-    head = SparseHead(dense_size=256, hidden_size=16)
-    every = [r.id for r in ix.dense_records(tmp_path / "w", head, "captions")]
-    rest = [r.id for r in ix.dense_records(tmp_path / "w", head, "captions", skip=frozenset(every[:25]))]
-    assert len(every) == 60 and rest == every[25:]
+
+def test_a_whole_vocabulary_of_heavy_weights_stays_within_the_field_limit():
+    terms = Vocabulary.default().terms
+    doc = ix.to_document(SparseRecord("all", {t: 3.0e38 for t in terms}))
+    assert len(doc["sparse"]) == len(terms)

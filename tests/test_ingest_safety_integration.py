@@ -5,6 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from index_helpers import load
 from lsr_os import index as ix
 from lsr_os.errors import EXIT_FAILURES, EXIT_NOT_SWAPPED
 from lsr_os.sparse import SparseRecord, write_jsonl
@@ -88,8 +89,8 @@ def test_empty_is_served_only_when_allowed(os_client, index_name, tmp_path, serv
 
 def test_first_load_with_failures_is_served_and_exits_4(os_client, index_name):
     records = good(3) + [SparseRecord("nan", {"dog": float("nan")})]
-    report = ix.ingest(os_client, iter(records), index_name, "images", source="t", progress=False)
+    report = load(os_client, iter(records), index_name)
     assert report.not_swapped is None and report.count == 3
     # the library's own default for a replacement: any failure keeps the old one
-    again = ix.ingest(os_client, iter(records), index_name, "images", source="t2", progress=False)
+    again = load(os_client, iter(records), index_name, source="t2")
     assert again.not_swapped and served(os_client, index_name)[0] == [report.index]

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from lsr_os import index as ix
+from index_helpers import load
 from lsr_os.search import build_query, max_clause_count, prepare_query, search
 from lsr_os.sparse import SparseRecord
 from lsr_os.vocab import Vocabulary
@@ -17,8 +17,7 @@ def test_max_clause_count_is_read_and_a_full_capped_query_with_a_filter_runs(os_
     cap = max_clause_count(os_client)
     assert cap >= 1024
     terms = Vocabulary.default().terms[2000:2000 + cap + 50]
-    ix.ingest(os_client, iter([SparseRecord("all", dict.fromkeys(terms, 1.0), {"split": "test"})]), index_name,
-              "images", source="t", progress=False)
+    load(os_client, iter([SparseRecord("all", dict.fromkeys(terms, 1.0), {"split": "test"})]), index_name)
     filters = [{"term": {"split": "test"}}]
     query = prepare_query(dict.fromkeys(terms, 1.0), cap - len(filters))
     hits, _ = search(os_client, index_name, build_query(query, 5, filters))
@@ -30,7 +29,7 @@ def test_cli_explain_prints_pasteable_dsl_and_contributions_summing_to_the_score
 
     docs = [SparseRecord("a", {"dog": 2.0, "beach": 1.0, ".": 0.5}, {"caption": "a dog on a beach"}),
             SparseRecord("b", {"cat": 2.0, "beach": 0.25})]
-    ix.ingest(os_client, iter(docs), index_name, "captions", source="t", progress=False)
+    load(os_client, iter(docs), index_name, "captions")
     res = CliRunner().invoke(main, ["search", "--vector-json", '{"dog": 1.0, "beach": 2.0, ".": 1.0}',
                                     "--index", index_name, "--explain", "--json"])
     assert res.exit_code == 0, res.output

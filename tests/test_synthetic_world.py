@@ -55,36 +55,36 @@ def test_cli_synth_then_sparsify_with_and_without_expansion(tmp_path):
     from lsr_os.models.head import SparseHead
 
     runner = CliRunner()
-    res = runner.invoke(cli.main, ["synth", "--out", str(tmp_path / "w"), "--images", "12", "--seed", "1",
+    res = runner.invoke(cli.main, ["synth", "--out", str(tmp_path / "w"), "--num-images", "12", "--seed", "1",
                                    "--encoder", "bag-of-words", "--val", "3", "--test", "2"])
     assert res.exit_code == 0, res.output
     meta = DatasetMeta.load(tmp_path / "w" / "dataset_meta.json")
     assert [len(meta.split(s).image_ids) for s in ("train", "val", "test")] == [7, 3, 2]
     head = SparseHead(dense_size=256, hidden_size=16)
     head.save_pretrained(tmp_path / "head")
-    res = runner.invoke(cli.main, ["sparsify", "--model", str(tmp_path / "head"), "--dense", str(tmp_path / "w"),
-                                   "--out", str(tmp_path / "img.jsonl"), "--top-k", "20"])
+    common = ["sparsify", "--head", str(tmp_path / "head"), "--dense", str(tmp_path / "w"), "--device", "cpu"]
+    res = runner.invoke(cli.main, [*common, "--out", str(tmp_path / "all"), "--collection", "images", "--top-k", "20"])
     assert res.exit_code == 0, res.output
-    lines = [json.loads(x) for x in (tmp_path / "img.jsonl").read_text().splitlines()]
-    assert len(lines) == 12 and all(len(x["vector"]) <= 20 and x["kind"] == "image" for x in lines)
+    lines = [json.loads(x) for x in (tmp_path / "all" / "images.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 and all(len(x["vector"]) <= 20 for x in lines)
     assert all(w > 0 for x in lines for w in x["vector"].values())
-    res = runner.invoke(cli.main, ["sparsify", "--model", str(tmp_path / "head"), "--dense", str(tmp_path / "w"),
-                                   "--out", str(tmp_path / "cap.jsonl"), "--kind", "captions", "--no-expansion",
-                                   "--split", "test"])
+    assert {x["split"] for x in lines} == {"train", "val", "test"} and all(x["image"] for x in lines)
+    out = str(tmp_path / "test")
+    res = runner.invoke(cli.main, [*common, "--out", out, "--no-expansion", "--split", "test"])
     assert res.exit_code == 0, res.output
-    meta = DatasetMeta.load(tmp_path / "w" / "dataset_meta.json")
     raw = {str(s["sentid"]): s["raw"] for im in meta.images for s in im["sentences"]}
-    caps = [json.loads(x) for x in (tmp_path / "cap.jsonl").read_text().splitlines()]
+    caps = [json.loads(x) for x in (tmp_path / "test" / "captions.jsonl").read_text().splitlines()]
     assert len(caps) == len(meta.split("test").caption_ids)
+    assert all(c["caption"] == raw[c["id"]] and c["split"] == "test" and c["image_id"] for c in caps)
     tok = head.tokenizer
-    for c in caps:  # no expansion: only the caption's own word pieces (and [CLS]/[SEP])
-        own = set(tok.tokenize(raw[c["id"]])) | {"[CLS]", "[SEP]"}
-        assert set(c["vector"]) <= own
-    # resume: nothing new to write
-    res = runner.invoke(cli.main, ["sparsify", "--model", str(tmp_path / "head"), "--dense", str(tmp_path / "w"),
-                                   "--out", str(tmp_path / "cap.jsonl"), "--kind", "captions", "--no-expansion",
-                                   "--split", "test", "--resume"])
-    assert res.exit_code == 0 and "wrote 0 captions" in res.output
-    res = runner.invoke(cli.main, ["sparsify", "--model", str(tmp_path / "w"), "--dense", str(tmp_path / "w"),
-                                   "--out", str(tmp_path / "x.jsonl")])
+    for c in caps:  # no expansion: only the caption's own word pieces (a fresh head blocks no special token)
+        assert set(c["vector"]) <= set(tok.tokenize(raw[c["id"]])) | {"[CLS]", "[SEP]"}
+    # resume: nothing new to write; another source into the same folder is refused
+    res = runner.invoke(cli.main, [*common, "--out", out, "--no-expansion", "--split", "test"])
+    assert res.exit_code == 0 and "wrote 0 to" in res.output and "already there" in res.output
+    res = runner.invoke(cli.main, [*common, "--out", out, "--split", "test"])
+    assert res.exit_code == 2 and "another source" in res.output
+    res = runner.invoke(cli.main, ["sparsify", "--head", str(tmp_path / "w"), "--dense", str(tmp_path / "w"),
+                                   "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "config.json does not exist" in res.output
+

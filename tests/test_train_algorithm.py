@@ -182,7 +182,7 @@ def test_cli_train_writes_checkpoint_log_report_and_resumes(tmp_path):
 
     (tmp_path / "d").mkdir()
     folder = _tiny_dataset(tmp_path / "d")
-    args = ["train", "--data", str(folder), "--out", str(tmp_path / "o"), "--epochs", "2", "--batch-size", "4",
+    args = ["train", "--dense", str(folder), "--out", str(tmp_path / "o"), "--epochs", "2", "--batch-size", "4",
             "--init", "minilm", "--q-reg", "0.01"]
     res = CliRunner().invoke(cli.main, args)
     assert res.exit_code == 0, res.output

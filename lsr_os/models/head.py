@@ -194,6 +194,17 @@ class SparseHead(nn.Module):
         self.train(was_training)
         return out
 
+    def encode_images(self, dense: np.ndarray | Tensor, batch_size: int = 256,
+                      top_k: int | None = None) -> list[dict[str, float]]:
+        """Sparse vectors of images: always expanded (an image has no tokens of its own)."""
+        return self.encode(dense, batch_size=batch_size, top_k=top_k)
+
+    def encode_captions(self, dense: np.ndarray | Tensor, texts: Sequence[str], expand: bool = True,
+                        batch_size: int = 256, top_k: int | None = None) -> list[dict[str, float]]:
+        """Sparse vectors of captions (or text queries); `expand=False` keeps each text's own
+        tokens, the paper's no-expansion mode."""
+        return self.encode(dense, texts=list(texts), expand=expand, batch_size=batch_size, top_k=top_k)
+
     # ------------------------------------------------------------------ construction
 
     @classmethod

@@ -1,0 +1,91 @@
+"""One record schema end to end on the real node: sparsify -> ingest --sparse -> search --split ->
+evaluate needs nothing else; dense files and the dataset they came from load the same documents."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from encode_helpers import make_tiny_blip, rgb
+from lsr_os.data import load_dataset
+from lsr_os.encode import EncodeOptions, encode_dataset
+from lsr_os.models.dense import load_encoder
+from lsr_os.models.head import SparseHead
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args):
+    from cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A Karpathy dataset (train, restval, val, test; 3 captions an image), its dense files, a head."""
+    root = tmp_path_factory.mktemp("rt")
+    (root / "img").mkdir()
+    images = []
+    for i in range(16):
+        split = ("train", "restval", "val", "test")[i % 4]
+        rgb(100 + i).save(root / "img" / f"{i}.png")
+        images.append({"imgid": i, "split": split, "filepath": "img", "filename": f"{i}.png",
+                       "sentences": [{"sentid": 100 * i + j, "raw": f"photo {i} variant {j}"} for j in range(3)]})
+    (root / "karpathy.json").write_text(json.dumps({"dataset": "rt", "images": images}))
+    blip = make_tiny_blip(root / "blip")
+    encode_dataset(load_encoder(blip, device="cpu"), load_dataset(data=root / "karpathy.json", images=root),
+                   root / "dense", EncodeOptions(progress=False))
+    SparseHead.init_offline(dense_size=256).save_pretrained(root / "head")
+    return root
+
+
+def served_ids(client, alias: str) -> set[str]:
+    client.indices.refresh(index=alias)
+    hits = client.search(index=alias, body={"size": 1000, "_source": False, "query": {"match_all": {}}})
+    return {h["_id"] for h in hits["hits"]["hits"]}
+
+
+def test_sparsify_ingest_search_evaluate_round_trip_needs_no_metadata_file(os_client, index_name, world, tmp_path):
+    out = tmp_path / "sparse"
+    res = cli("sparsify", "--dense", world / "dense", "--head", world / "head", "--device", "cpu", "--out", out)
+    assert res.exit_code == 0, res.output
+    res = cli("ingest", "--sparse", out, "--prefix", index_name, "--failures", tmp_path / "f.jsonl")
+    assert res.exit_code == 0, res.output  # both collections from the folder
+    assert served_ids(os_client, f"{index_name}-images") == {str(i) for i in range(16)}
+    # search --split test finds labelled hits
+    query = json.loads((out / "captions.jsonl").read_text().splitlines()[0])["vector"]
+    res = cli("search", "--vector-json", json.dumps(query), "--prefix", index_name, "--split", "test", "-k", "3",
+              "--json")
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.output)["hits"]
+    assert len(hits) == 3 and all(h["split"] == "test" and h["image"].startswith("img/") for h in hits)
+    res = cli("search", "--vector-json", json.dumps(query), "--prefix", index_name, "--collection", "captions",
+              "--split", "train", "-k", "50", "--json")
+    splits = {h["split"] for h in json.loads(res.output)["hits"]}
+    assert splits == {"train", "restval"}  # one split rule: train includes restval
+    # evaluate reads split and image_id from the records themselves
+    res = cli("evaluate", "--sparse", out, "--prefix", index_name, "--out", tmp_path / "eval")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["t2i"]["queries"] == 12 and report["t2i"]["documents"] == 4
+    assert report["t2i"]["parity"]["top10_overlap"] >= 0.99
+
+
+def test_dense_and_dataset_ingest_of_train_index_the_same_ids(os_client, index_name, world, tmp_path):
+    common = ["--head", world / "head", "--device", "cpu", "--split", "train"]
+    res = cli("ingest", "--dense", world / "dense", *common, "--prefix", f"{index_name}-d",
+              "--failures", tmp_path / "d.jsonl")
+    assert res.exit_code == 0, res.output
+    res = cli("ingest", "--data", world / "karpathy.json", "--images", world, "--model", world / "blip", *common,
+              "--workers", "0", "--prefix", f"{index_name}-k", "--failures", tmp_path / "k.jsonl")
+    assert res.exit_code == 0, res.output
+    for collection in ("images", "captions"):
+        dense = served_ids(os_client, f"{index_name}-d-{collection}")
+        data = served_ids(os_client, f"{index_name}-k-{collection}")
+        assert dense == data and len(dense) == (8 if collection == "images" else 24)
+    doc = os_client.get(index=f"{index_name}-d-captions", id="101")["_source"]
+    assert {k: doc[k] for k in ("dataset", "split", "image", "image_id", "caption")} == {
+        "dataset": "rt", "split": "restval", "image": "img/1.png", "image_id": "1", "caption": "photo 1 variant 1"}
