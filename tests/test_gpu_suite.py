@@ -126,3 +126,27 @@ def test_full_size_on_the_cpu_is_refused(tmp_path):
     done = run_suite("--device", "cpu", "--out", str(tmp_path))
     assert done.returncode == 2 and "--size tiny" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_sampler_reads_nvidia_smi_and_stops_it(tmp_path, monkeypatch):
+    import time
+
+    import torch
+
+    from bench.gpu_suite import GpuSampler
+
+    fake = tmp_path / "nvidia-smi"  # nvidia-smi in loop mode: one CSV line per sample, until stopped
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\n'
+                    'while true; do echo "37, 1024"; echo "[N/A], 5"; sleep 0.02; done\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with GpuSampler(torch.device("cuda")) as sampler:
+        deadline = time.monotonic() + 30
+        while len(sampler.samples) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert sampler.proc.poll() is not None
+    summary = sampler.summary()
+    assert summary["samples"] >= 3 and summary["mean_pct"] == 37 and summary["max_memory_used_mib"] == 1024
+    assert "--id=3" in (tmp_path / "args").read_text().split()
+    assert GpuSampler(torch.device("cpu")).summary() is None
