@@ -28,16 +28,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import md_table, write_results  # noqa: E402
 
 
-def build_blip_base(folder: Path) -> Path:
-    """A blip-itm-base-coco-shaped checkpoint folder with random weights (BlipConfig defaults)."""
-    from transformers import BlipConfig, BlipForImageTextRetrieval, BlipImageProcessorPil, BlipProcessor
+# A BLIP small enough for CPU tests of the benchmarks (same architecture, 256-d ITC output)
+TINY_BLIP = {"image_size": 64,
+             "text": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                      "max_position_embeddings": 64, "encoder_hidden_size": 32},
+             "vision": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                        "intermediate_size": 64, "patch_size": 16}}
+
+
+def build_blip_base(folder: Path, tiny: bool = False, vocab: str | Path | None = None) -> Path:
+    """A blip-itm-base-coco-shaped checkpoint folder with random weights (BlipConfig defaults);
+    `tiny`: the same architecture at TINY_BLIP's sizes, for CPU runs of the benchmarks; `vocab`:
+    a BERT-uncased tokenizer folder [default: the offline MiniLM package's]."""
+    import transformers
+    from transformers import BlipConfig, BlipForImageTextRetrieval, BlipProcessor
 
     from lsr_os.vocab import load_tokenizer
 
+    # transformers >= 5.x names the PIL image processor BlipImageProcessorPil; older ones BlipImageProcessor
+    processor_cls = getattr(transformers, "BlipImageProcessorPil", None) or transformers.BlipImageProcessor
     torch.manual_seed(0)
-    config = BlipConfig(text_config={"vocab_size": 30524})
+    if tiny:
+        size = TINY_BLIP["image_size"]
+        config = BlipConfig(text_config={"vocab_size": 30524, **TINY_BLIP["text"]},
+                            vision_config={"image_size": size, **TINY_BLIP["vision"]})
+        image_processor = processor_cls(size={"height": size, "width": size})
+    else:
+        config = BlipConfig(text_config={"vocab_size": 30524})
+        image_processor = processor_cls()
     BlipForImageTextRetrieval(config).save_pretrained(folder)
-    BlipProcessor(image_processor=BlipImageProcessorPil(), tokenizer=load_tokenizer()).save_pretrained(folder)
+    tokenizer = load_tokenizer(str(vocab) if vocab else None)
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
 
 

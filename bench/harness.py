@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import time
@@ -25,9 +26,10 @@ def machine_facts() -> dict[str, Any]:
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         import torch
@@ -36,7 +38,10 @@ def machine_facts() -> dict[str, Any]:
         facts["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             facts["gpu"] = torch.cuda.get_device_name(0)
+            facts["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
             facts["cuda"] = torch.version.cuda
+            facts["cudnn"] = torch.backends.cudnn.version()
+            facts["gpu_driver"] = gpu_driver()
     except ImportError:
         pass
     try:
@@ -48,7 +53,24 @@ def machine_facts() -> dict[str, Any]:
     return facts
 
 
-def _cpu_model() -> str:
+def nvidia_smi(*args: str) -> list[str] | None:
+    """Lines of `nvidia-smi ARGS`, or None where there is no nvidia-smi or it fails."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        done = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip().splitlines() if done.returncode == 0 else None
+
+
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version (torch does not report it)."""
+    lines = nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader")
+    return lines[0].strip() if lines else None
+
+
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -92,11 +114,15 @@ def write_results(name: str, results: dict[str, Any], summary_md: str, out_dir: 
     return path
 
 
+def fmt_number(v: Any) -> str:
+    """Floats with 4 significant digits below 1,000 and as whole numbers with separators from there
+    (0.1234, 12.35, 12,346: never an exponent); anything else as str()."""
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+
+
 def md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A markdown table of `rows` (dicts) over `columns`; floats get 4 significant digits."""
-
-    def fmt(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
+    """A markdown table of `rows` (dicts) over `columns`, numbers as `fmt_number` writes them."""
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    return head + "\n".join("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows)
+    return head + "\n".join("| " + " | ".join(fmt_number(r.get(c, "")) for c in columns) + " |" for r in rows)

@@ -31,6 +31,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,20 +50,29 @@ MSCOCO_PAIRS = 566_747
 
 
 def mscoco_shaped(seed: int = 0, n_images: int = MSCOCO_IMAGES, n_pairs: int = MSCOCO_PAIRS,
-                  dim: int = 256, n_eval: int = 500) -> TrainingData:
-    """Random unit vectors and template captions with MSCOCO's counts (train) + small val/test."""
+                  dim: int = 256, n_eval: int = 500,
+                  captions: Callable[[np.random.Generator, int], list[str]] | None = None) -> TrainingData:
+    """Random unit vectors and captions with MSCOCO's counts (train) + small val/test.
+
+    Captions are the synthetic world's templates unless `captions(rng, n)` gives the n texts
+    (the GPU suite passes captions of MSCOCO's length distribution).
+    """
     rng = np.random.default_rng(seed)
     words = sorted({w for k, v in CONCEPTS.items() for w in (k, *v)})
     total_images = n_images + 2 * n_eval
     per_image = np.full(total_images, 5)
     per_image[rng.choice(n_images, n_pairs - 5 * n_images, replace=False)] += 1  # MSCOCO: a few have 6-7
+    given = captions(rng, int(per_image.sum())) if captions is not None else None
     images, sent_id = [], 0
     for img in range(total_images):
         split = "train" if img < n_images else "val" if img < n_images + n_eval else "test"
         sents = []
         for _ in range(per_image[img]):
-            ws = rng.choice(len(words), 3, replace=False)
-            text = TEMPLATES[sent_id % len(TEMPLATES)].format(x=", ".join(f"a {words[w]}" for w in ws))
+            if given is not None:
+                text = given[sent_id]
+            else:
+                ws = rng.choice(len(words), 3, replace=False)
+                text = TEMPLATES[sent_id % len(TEMPLATES)].format(x=", ".join(f"a {words[w]}" for w in ws))
             sents.append({"sentid": sent_id, "raw": text})
             sent_id += 1
         images.append({"imgid": img, "split": split, "filename": f"{img}.jpg", "sentences": sents})
@@ -76,8 +86,10 @@ def mscoco_shaped(seed: int = 0, n_images: int = MSCOCO_IMAGES, n_pairs: int = M
     return TrainingData(DatasetMeta(images, name="mscoco-shaped"), img, txt)
 
 
-def authors_style(data: TrainingData, cfg: TrainConfig, steps: int, warmup: int, workers: int) -> dict:
-    """The authors' data path around the same model and loss; returns timing of `steps` steps."""
+def authors_style(data: TrainingData, cfg: TrainConfig, steps: int, warmup: int, workers: int,
+                  budget_s: float | None = None) -> dict:
+    """The authors' data path around the same model and loss; returns timing of `steps` steps
+    (fewer when the timed steps pass `budget_s` seconds)."""
     from torch.utils.data import DataLoader, Dataset
     from transformers.optimization import get_linear_schedule_with_warmup
 
@@ -99,7 +111,7 @@ def authors_style(data: TrainingData, cfg: TrainConfig, steps: int, warmup: int,
                     "img_emb": torch.tensor(img_emb[img_rows[im]])}
 
     torch.manual_seed(cfg.seed)
-    head = SparseHead.init_offline(data.dim, cfg.seed).to(device).train()
+    head = SparseHead.initialise(cfg.init, data.dim, cfg.seed).to(device).train()  # the Trainer's start
     tok = head.tokenizer
 
     def collate(batch):
@@ -123,7 +135,8 @@ def authors_style(data: TrainingData, cfg: TrainConfig, steps: int, warmup: int,
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        if step == warmup + steps:
+        if step == warmup + steps or (budget_s is not None and step > warmup
+                                      and time.perf_counter() - t0 > budget_s):
             break
         enc, txt, img = enc.to(device), txt.to(device), img.to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -148,14 +161,29 @@ def authors_style(data: TrainingData, cfg: TrainConfig, steps: int, warmup: int,
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return {"steps": steps, "seconds": seconds, "pairs_per_s": steps * cfg.batch_size / seconds}
+    timed = step - warmup
+    return {"steps": timed, "seconds": seconds, "pairs_per_s": timed * cfg.batch_size / seconds}
+
+
+def time_trainer(trainer: Trainer, steps: int, warmup: int, budget_s: float | None = None) -> dict:
+    """`warmup` untimed steps of lsr_os.train.Trainer, then `steps` timed ones (in chunks of at most
+    50 when `budget_s` bounds the timed seconds, so fewer when they pass it)."""
+    if warmup:
+        trainer.train_epoch(0, max_steps=warmup)
+    chunk = steps if budget_s is None else max(1, min(steps, 50))
+    done = pairs = 0
+    seconds = 0.0
+    while done < steps and (budget_s is None or seconds < budget_s):
+        row = trainer.train_epoch(0, max_steps=min(chunk, steps - done))
+        done += row["batches"]
+        pairs += row["pairs_per_s"] * row["train_seconds"]
+        seconds += row["train_seconds"]
+    return {"steps": done, "seconds": seconds, "pairs_per_s": pairs / seconds}
 
 
 def ours(data: TrainingData, cfg: TrainConfig, steps: int, warmup: int) -> dict:
     trainer = Trainer(cfg, data, Path("/tmp/lsr-os-bench-unused"))
-    trainer.train_epoch(0, max_steps=warmup)
-    row = trainer.train_epoch(0, max_steps=steps)
-    return {"steps": steps, "seconds": row["train_seconds"], "pairs_per_s": row["pairs_per_s"]}
+    return time_trainer(trainer, steps, warmup)
 
 
 def main() -> None:
