@@ -116,7 +116,7 @@ def main() -> None:
 
     from lsr_os.data import load_dataset
     from lsr_os.encode import EncodeOptions, encode_dataset
-    from lsr_os.models.dense import load_encoder
+    from lsr_os.models import load_encoder
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -72,7 +72,8 @@ from bench.train_throughput import (MSCOCO_IMAGES, MSCOCO_PAIRS, authors_style, 
 from lsr_os.data import load_dataset, load_image  # noqa: E402
 from lsr_os.encode import EncodeOptions, encode_dataset  # noqa: E402
 from lsr_os.errors import LsrOsError  # noqa: E402
-from lsr_os.models.dense import load_encoder, resolve_device  # noqa: E402
+from lsr_os.models import load_encoder  # noqa: E402
+from lsr_os.models.dense import resolve_device  # noqa: E402
 from lsr_os.models.head import SparseHead, load_head  # noqa: E402
 from lsr_os.train import TrainConfig, Trainer, expansion_p, pick_dtype  # noqa: E402
 from lsr_os.vocab import VOCAB_SIZE, default_vocab_dir, load_tokenizer  # noqa: E402

@@ -230,7 +230,7 @@ def encode_folder(model: str | None, out: str | Path, data: str | Path | None = 
     is "I/N". Returns the report and the encoder's description.
     """
     from lsr_os.data import load_dataset, parse_shard
-    from lsr_os.models.dense import load_encoder
+    from lsr_os.models import load_encoder
     from lsr_os.records import check_collection, default_workers
 
     if not model:

@@ -310,7 +310,7 @@ class DatasetSource(_Encoded):
         """(dataset, encoder), loaded on first use."""
         if self._dataset is None:
             from lsr_os.data import load_dataset
-            from lsr_os.models.dense import load_encoder
+            from lsr_os.models import load_encoder
 
             self._dataset = load_dataset(data=self.opts.data, images=self.opts.images, captions=self.opts.captions,
                                          split=self.opts.split)

@@ -230,7 +230,7 @@ def encode_query(model: str, head_path: str, text: str | None = None, image: str
     if text is not None and not text.strip():
         raise DataError("empty query: give some text")
     picture = read_query_image(image) if image is not None else None
-    from lsr_os.models.dense import load_encoder
+    from lsr_os.models import load_encoder
     from lsr_os.models.head import load_head
 
     head = load_head(head_path)

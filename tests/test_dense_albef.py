@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from encode_helpers import rgb
 from lsr_os.errors import ModelError
 from lsr_os.models.albef import AlbefEncoder, clean_caption, map_albef_state_dict
-from lsr_os.models.dense import load_encoder
+from lsr_os.models import load_encoder
 
 # hidden/heads = 64, as in ViT-B and BERT-base: a raw .pth does not record heads, so they are inferred
 H, HEADS, PATCH, GRID, BLOCKS, TEXT_LAYERS, FUSION, VOCAB, EMBED = 128, 2, 16, 2, 2, 4, 2, 30522, 16

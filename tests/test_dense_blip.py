@@ -12,7 +12,8 @@ import torch
 from encode_helpers import make_tiny_blip, rgb
 from lsr_os.errors import ModelError
 from lsr_os.models.blip import BlipEncoder, clean_caption
-from lsr_os.models.dense import MARKER_FILE, DenseEncoder, ImagePreprocessor, load_encoder, register_encoder
+from lsr_os.models import load_encoder, register_encoder
+from lsr_os.models.dense import MARKER_FILE, DenseEncoder, ImagePreprocessor
 
 
 @pytest.fixture(scope="module")

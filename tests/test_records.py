@@ -14,7 +14,7 @@ from lsr_os.data import load_dataset
 from lsr_os.dense_files import DatasetMeta
 from lsr_os.encode import EncodeOptions, encode_dataset
 from lsr_os.errors import EXIT_FAILURES, ConfigError, DataError
-from lsr_os.models.dense import load_encoder
+from lsr_os.models import load_encoder
 from lsr_os.models.head import SparseHead
 from lsr_os.records import SourceOptions, open_source, read_split
 from lsr_os.search import parse_vector_json

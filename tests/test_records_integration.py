@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from encode_helpers import make_tiny_blip, rgb
 from lsr_os.data import load_dataset
 from lsr_os.encode import EncodeOptions, encode_dataset
-from lsr_os.models.dense import load_encoder
+from lsr_os.models import load_encoder
 from lsr_os.models.head import SparseHead
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lsr_os.errors import ModelError
-from lsr_os.models.dense import (DenseEncoder, ImagePreprocessor, itc_text_features, register_encoder,
+from lsr_os.models.dense import (DenseEncoder, ImagePreprocessor, itc_text_features,
                                  resolve_device, resolve_dtype)
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ def map_albef_state_dict(checkpoint: dict, vision_heads: int | None = None,
 class AlbefEncoder(DenseEncoder):
     """ALBEF ITC features from a public checkpoint file or a folder saved by `save`."""
 
+    kind = "albef"
+
     def __init__(self, model: AlbefItc, config: dict, tokenizer, name: str, device: torch.device,
                  dtype: torch.dtype):
         self.model = model.eval().to(device)
@@ -229,6 +231,3 @@ class AlbefEncoder(DenseEncoder):
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         return itc_text_features(self, [clean_caption(t) for t in texts], MAX_TOKENS)
-
-
-register_encoder("albef", AlbefEncoder)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lsr_os.errors import ModelError
-from lsr_os.models.dense import (DenseEncoder, ImagePreprocessor, itc_text_features, register_encoder,
+from lsr_os.models.dense import (DenseEncoder, ImagePreprocessor, itc_text_features,
                                  resolve_device, resolve_dtype)
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ def use_sdpa(model) -> int:
 
 class BlipEncoder(DenseEncoder):
     """A `BlipForImageTextRetrieval` checkpoint with its processor."""
+
+    kind = "blip"
 
     def __init__(self, model, processor, name: str, device: torch.device, dtype: torch.dtype, sdpa: bool = True):
         self.model = model.eval().to(device)
@@ -137,6 +139,3 @@ class BlipEncoder(DenseEncoder):
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         return itc_text_features(self, [clean_caption(t) for t in texts], MAX_TOKENS)
-
-
-register_encoder("blip", BlipEncoder)

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lsr_os.errors import ModelError
-from lsr_os.models.dense import DenseEncoder, ImagePreprocessor, register_encoder, resolve_device, resolve_dtype
+from lsr_os.models.dense import DenseEncoder, ImagePreprocessor, resolve_device, resolve_dtype
 from lsr_os.vocab import VOCAB_SIZE, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ class DemoDualEncoder(nn.Module):
 class DemoEncoder(DenseEncoder):
     """The demo dual encoder behind the DenseEncoder interface."""
 
+    kind = "demo"
+
     def __init__(self, model: DemoDualEncoder, device: torch.device, dtype: torch.dtype, name: str):
         self.model = model.to(device).eval()
         self.device, self.dtype, self.name = device, dtype, name
@@ -113,9 +115,6 @@ class DemoEncoder(DenseEncoder):
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.model.config), indent=2))
         save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(folder / WEIGHTS_FILE))
         self.write_marker(folder)
-
-
-register_encoder("demo", DemoEncoder)
 
 
 def tokenize(tokenizer, texts: list[str], max_tokens: int) -> torch.Tensor:

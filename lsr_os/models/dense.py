@@ -5,7 +5,7 @@ L2-normalised). The encoding pipeline (lsr_os.encode) splits the image side in t
 decoding and resizing run in DataLoader workers while the model runs on the device:
 `image_preprocessor()` is a small picklable callable (PIL image -> uint8 tensor), and
 `encode_pixels()` takes a batch of those tensors, normalises them on the device and embeds
-them. A new model is one subclass plus one `register_encoder` call.
+them. A new model is one subclass plus one `lsr_os.models.register_encoder` call.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class ImagePreprocessor:
 class DenseEncoder(ABC):
     """A frozen image-text encoder with L2-normalised outputs of `dim` dimensions."""
 
-    kind: str = ""  # the registry kind; also written into saved folders' marker files
+    kind: str = ""  # the registry kind (lsr_os.models); also written into saved folders' marker files
     name: str
     dim: int
     device: torch.device
@@ -198,63 +198,3 @@ def itc_text_features(encoder: DenseEncoder, cleaned: list[str], max_tokens: int
     out = encoder.model.text_encoder(input_ids=tok["input_ids"].to(encoder.device),
                                      attention_mask=tok["attention_mask"].to(encoder.device))
     return encoder.model.text_proj(out.last_hidden_state[:, 0, :])
-
-
-_REGISTRY: dict[str, type[DenseEncoder]] = {}
-
-
-def register_encoder(kind: str, cls: type[DenseEncoder]) -> None:
-    """Make `cls` loadable by `load_encoder` under `kind` (marker files and `kind:source` names)."""
-    if not (isinstance(cls, type) and issubclass(cls, DenseEncoder)):
-        raise TypeError(f"{cls!r} is not a DenseEncoder subclass")
-    cls.kind = kind
-    _REGISTRY[kind] = cls
-
-
-def registered_kinds() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def _load_builtin() -> None:
-    """Import the built-in models so that they register themselves."""
-    import lsr_os.models.albef  # noqa: F401
-    import lsr_os.models.blip  # noqa: F401
-    import lsr_os.models.demo  # noqa: F401
-
-
-def load_encoder(name_or_path: str | Path, device: str | None = None, dtype: str | None = None) -> DenseEncoder:
-    """Load a dense encoder from a name, a `kind:source` string, a saved folder or a checkpoint file.
-
-    Resolution order: `kind:source` for a registered kind; a local folder with a marker file
-    (its kind); a local path that a registered kind claims (a BLIP transformers folder, an
-    ALBEF `.pth` file); a known checkpoint name (the BLIP retrieval checkpoints).
-    """
-    _load_builtin()
-    text = str(name_or_path)
-    kind, sep, rest = text.partition(":")
-    if sep and kind in _REGISTRY and not Path(text).exists():
-        return _REGISTRY[kind].load(rest, device=device, dtype=dtype)
-    path = Path(text).expanduser()
-    if path.exists():
-        marker = path / MARKER_FILE
-        if path.is_dir() and marker.is_file():
-            try:
-                kind = json.loads(marker.read_text())["kind"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ModelError(f"{marker}: not a valid marker file ({exc})") from exc
-            if kind not in _REGISTRY:
-                raise ModelError(f"{marker} names kind {kind!r}, which is not registered "
-                                 f"(known: {', '.join(sorted(_REGISTRY))})")
-            return _REGISTRY[kind].load(path, device=device, dtype=dtype)
-        for cls in _REGISTRY.values():
-            if cls.claims(path):
-                return cls.load(path, device=device, dtype=dtype)
-        raise ModelError(f"{path} is neither a saved encoder folder ({MARKER_FILE}), a BLIP transformers "
-                         f"folder nor a checkpoint file that a registered kind recognises")
-    from lsr_os.models.blip import BLIP_CHECKPOINTS
-
-    if text in BLIP_CHECKPOINTS:
-        return _REGISTRY["blip"].load(text, device=device, dtype=dtype)
-    raise ModelError(f"unknown encoder {text!r}: not a local path, not one of {', '.join(BLIP_CHECKPOINTS)}, "
-                     f"and not 'kind:source' for a registered kind ({', '.join(sorted(_REGISTRY))})")
