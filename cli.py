@@ -334,40 +334,69 @@ def _print_ingest(report, keep_old: bool) -> None:
 @click.option("--image", "image_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Image -> text: search the captions with this image.")
 @click.option("--vector-json", help="A raw query {term: weight}, inline or a file; needs no model.")
-@words("model", "head", "no_expansion")
+@words("model", "head", "no_expansion", "device")
+@click.option("--demo", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The output folder of `lsr-os demo`: its model, head and prefix are the defaults.")
 @click.option("--collection", type=click.Choice(["images", "captions"]), default=None,
               help="Collection to search [default: images for text, captions for --image].")
 @click.option("--index", "index_name", default=None, help="Alias or index to search [default: <prefix>-<collection>].")
-@words("prefix")
+@click.option("--prefix", default=None, help="Collections are served as <prefix>-images and <prefix>-captions "
+                                             "[default: lsr, or the demo's].")
 @click.option("-k", "k", type=click.IntRange(1, 10000), default=10, show_default=True, help="Number of hits.")
 @click.option("--max-terms", type=click.IntRange(1), default=None,
               help="Keep the query's heaviest terms [default: the cluster's max clause count].")
+@click.option("--first-terms", type=click.IntRange(1), default=None,
+              help="Two-phase search: match with the query's heaviest N terms, then rescore --window hits "
+                   "with all of them [default: one phase].")
+@click.option("--window", type=click.IntRange(1), default=100, show_default=True,
+              help="Hits rescored with the full query in two-phase search.")
 @click.option("--split", default=None, help="Only documents of these splits (comma-separated; 'train' includes restval).")
-@click.option("--explain", is_flag=True, help="Print the query DSL and each hit's matching terms.")
+@click.option("--explain", is_flag=True, help="Show each hit's matching terms and the query DSL (for Dev Tools).")
 @words("json")
 def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None, vector_json: str | None,
-               model: str | None, head: Path | None, no_expansion: bool, collection: str | None,
-               index_name: str | None, prefix: str, k: int, max_terms: int | None, split: str | None,
-               explain: bool, as_json: bool) -> None:
+               model: str | None, head: Path | None, no_expansion: bool, device: str | None, demo: Path | None,
+               collection: str | None, index_name: str | None, prefix: str | None, k: int, max_terms: int | None,
+               first_terms: int | None, window: int, split: str | None, explain: bool, as_json: bool) -> None:
     """Search with a text, an image or a raw term-weight vector; prints rank, id, score, image or caption."""
     from lsr_os.search import run_search
 
     result = run_search(cluster, text=text, image=image_path, vector_json=vector_json, model=model, head=head,
                         expand=not no_expansion, collection=collection, index=index_name, prefix=prefix, k=k,
-                        max_terms=max_terms, split=split, explain=explain)
+                        max_terms=max_terms, split=split, explain=explain, first_terms=first_terms, window=window,
+                        demo=demo, device=device)
     if as_json:
         echo_json(result.to_dict())
         return
-    if explain:
-        click.echo(f"# Dev Tools: GET {result.index}/_search")
-        click.echo(json.dumps(result.dsl, indent=2, ensure_ascii=False))
+    terms = result.query_terms()
+    for kind in ("own", "expansion"):
+        if terms[kind]:
+            shown = ", ".join(f"{t} {w:.2f}" for t, w in list(terms[kind].items())[:12])
+            more = f" (+{len(terms[kind]) - 12} more)" if len(terms[kind]) > 12 else ""
+            click.echo(f"{kind} terms: {shown}{more}")
     if not result.hits:
         click.echo(f"no document of {result.index} matches the {len(result.query)} query terms")
     for row in result.hits:
-        label = row.get("caption") or row.get("image") or ""
+        label = row["label"] + (f"  [image {row['image']}]" if row.get("caption") and row.get("image") else "")
         click.echo(f"{row['rank']:>3}  {row['id']:<20} {row['score']:10.4f}  {label}")
-        for m in row.get("matches", [])[:20]:
-            click.echo(f"       {m['term']:<20} {m['query_weight']:.4f} x {m['doc_weight']:.4f} = {m['contribution']:.4f}")
+        if explain:
+            click.echo("       " + ", ".join(f"{m['term']} {m['query_weight']:.2f}x{m['doc_weight']:.2f}"
+                                         for m in row["matches"][:10]))
+    if explain:
+        click.echo(f"\n# Dev Tools: GET {result.index}/_search")
+        click.echo(compact_json(result.dsl))
+
+
+def compact_json(body: dict) -> str:
+    """JSON for people: indented, but each innermost clause on one line."""
+    def walk(obj, indent: int) -> str:
+        pad = "  " * indent
+        flat = json.dumps(obj, ensure_ascii=False)
+        if not isinstance(obj, (dict, list)) or len(flat) <= 100 - len(pad):
+            return flat
+        if isinstance(obj, list):
+            return "[\n" + ",\n".join(pad + "  " + walk(v, indent + 1) for v in obj) + "\n" + pad + "]"
+        return "{\n" + ",\n".join(f"{pad}  {json.dumps(k)}: {walk(v, indent + 1)}" for k, v in obj.items()) + "\n" + pad + "}"
+    return walk(body, 0)
 
 
 @main.command("evaluate")
@@ -772,6 +801,9 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
         click.echo(f"    parity with exact scoring: top-10 overlap {sec['parity']['top10_overlap']:.3f}")
     click.echo(f"\nreport: {result.report.get('out_dir')}/report.json; served as {prefix}-images, {prefix}-captions")
     click.echo("steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
+    click.echo(f"\nsearch it yourself:  lsr-os search \"two green stars\" --demo {out}")
+    click.echo(f"evaluate it:         lsr-os evaluate --dense {out / 'dense'} --head {out / 'head' / 'best'} "
+               f"--prefix {prefix}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from lsr_os.dense_files import DatasetMeta, image_path, select_splits
+from lsr_os.dense_files import DatasetMeta, image_path
+from lsr_os.splits import select_splits
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.failures import Failure
 

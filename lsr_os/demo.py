@@ -17,6 +17,8 @@ from pathlib import Path
 
 from opensearchpy import OpenSearch
 
+from lsr_os.search import DEMO_SEARCH_FILE
+
 log = logging.getLogger(__name__)
 
 DEFAULT_QUERIES = (
@@ -126,6 +128,10 @@ def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
 
     aliases = {c: f"{cfg.prefix}-{c}" for c in ("images", "captions")}
     steps.run("ingest", False, lambda: _ingest(client, dense_dir, head_dir / BEST_DIR, aliases, cfg.progress))
+    # What `lsr-os search --demo OUT` (and `serve --demo OUT`) needs: no other flag.
+    (out / DEMO_SEARCH_FILE).write_text(json.dumps({
+        "model": str(enc_dir.resolve()), "head": str((head_dir / BEST_DIR).resolve()), "prefix": cfg.prefix,
+        "images": str(world_dir.resolve())}, indent=2))
     examples = steps.run("examples", False, lambda: _examples(client, encoder, head, aliases["images"],
                                                               world_dir, cfg, out / "sheets"))
     report = steps.run("evaluate", False, lambda: _evaluate(client, dense_dir, head_dir / BEST_DIR, aliases,
@@ -183,21 +189,17 @@ def _ingest(client: OpenSearch, dense_dir: Path, head_path: Path, aliases: dict[
 def _examples(client: OpenSearch, encoder, head, images_alias: str, world_dir: Path, cfg: DemoConfig,
               sheet_dir: Path) -> list[Example]:
     """Search the images with each example query and draw its contact sheet."""
-    from lsr_os.search import build_query, explain_hit, max_clause_count, prepare_query, search
+    from lsr_os.search import Searcher
     from lsr_os.sheet import SheetHit, contact_sheet
 
-    cap = max_clause_count(client)
+    searcher = Searcher(client)
     vectors = head.encode_captions(encoder.encode_texts(list(cfg.queries)), list(cfg.queries))
     examples = []
     for n, (query, vector) in enumerate(zip(cfg.queries, vectors), 1):
-        prepared = prepare_query(vector, cap)
-        hits, _ = search(client, images_alias, build_query(prepared, cfg.k, with_vectors=True))
-        rows = []
-        for rank, hit in enumerate(hits, 1):
-            src = hit["_source"]
-            terms = [r["term"] for r in explain_hit(prepared, hit)]
-            rows.append({"rank": rank, "id": hit["_id"], "score": hit["_score"], "image": src.get("image"),
-                         "doc_terms": src.get("terms", [])[:6], "matched_terms": terms[:6]})
+        result = searcher.search(images_alias, vector, cfg.k, explain=True)
+        prepared = result.query
+        rows = [{"rank": h["rank"], "id": h["id"], "score": h["score"], "image": h.get("image"),
+                 "matched_terms": [m["term"] for m in h["matches"]][:6]} for h in result.hits]
         sheet = contact_sheet(
             f"text -> image: \"{query}\"", [SheetHit(world_dir / r["image"], r["rank"], r["score"], r["matched_terms"])
                                             for r in rows if r["image"]],

@@ -18,36 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lsr_os.errors import DataError
+from lsr_os.splits import select_splits, split_label
 
 IMG_FILE = "img_embs.parquet"
 TEXT_FILE = "text_embs.parquet"
 META_FILE = "dataset_meta.json"
-
-# Karpathy's MSCOCO split has a "restval" part that the standard 113k training set includes.
-TRAIN_SPLITS = ("train", "restval")
-
-
-def select_splits(spec: str | Iterable[str] | None) -> frozenset[str] | None:
-    """The split labels a selection means; None = every split. The one split rule of lsr-os.
-
-    `spec` is "all" (or None/empty), a comma-separated string, or several names. "train" means
-    Karpathy's "train" plus "restval" (the 113k MSCOCO training images, as BLIP fine-tunes on).
-    """
-    names = spec.split(",") if isinstance(spec, str) else list(spec or ())
-    names = [n.strip() for n in names if n and n.strip()]
-    if not names or any(n.lower() == "all" for n in names):
-        return None
-    wanted: set[str] = set()
-    for name in names:
-        wanted.update(TRAIN_SPLITS if name == "train" else (name,))
-    return frozenset(wanted)
-
-
-def split_label(spec: str | Iterable[str] | None) -> str:
-    """How a selection is named in messages and resume keys: "all" or the sorted names given."""
-    names = sorted({n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec or ()) if n.strip()})
-    return ",".join(names) if names and "all" not in names else "all"
-
 
 def image_path(entry: dict) -> str:
     """An image entry's path under the image root: `filepath/filename` (or `filename`)."""

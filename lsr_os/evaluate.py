@@ -20,7 +20,7 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
-from lsr_os.dense_files import split_label
+from lsr_os.splits import split_label
 from lsr_os.errors import DataError
 from lsr_os.metrics import Qrels, image_text_qrels
 from lsr_os.records import RecordSource, read_split

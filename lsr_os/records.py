@@ -36,7 +36,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, image_path, select_splits, split_label
+from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, image_path
+from lsr_os.splits import select_splits, split_label
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.failures import Failure, FailureLog, OnFailure
 from lsr_os.sparse import RecordStream, SparseRecord, SparseVector, prune, read_jsonl

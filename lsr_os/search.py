@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Sequence
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import NotFoundError, TransportError
 
-from lsr_os.dense_files import select_splits
+from lsr_os.splits import select_splits
 from lsr_os.errors import ClusterError, DataError
 from lsr_os.index import SPARSE_FIELD
 from lsr_os.sparse import SparseVector, clean, prune, quantize
@@ -81,22 +81,35 @@ def prepare_query(vector: SparseVector, max_terms: int, vocabulary=None) -> Spar
     return kept
 
 
-def build_query(vector: SparseVector, size: int = 10, filters: Sequence[dict] = (),
-                with_vectors: bool = False, with_source: bool = True) -> dict:
-    """The search body for a prepared query vector (see `prepare_query`).
+def _disjunction(vector: SparseVector) -> list[dict]:
+    return [{"rank_feature": {"field": f"{SPARSE_FIELD}.{term_to_feature(t)}", "linear": {}, "boost": w}}
+            for t, w in sorted(vector.items(), key=lambda tw: (-tw[1], tw[0]))]
 
-    `filters` are extra non-scoring clauses (e.g. `{"term": {"split": "test"}}`); each counts
+
+def build_query(vector: SparseVector, size: int = 10, filters: Sequence[dict] = (),
+                with_vectors: bool = False, with_source: bool = True, first_terms: int | None = None,
+                window: int = 100) -> dict:
+    """The search body for a prepared query vector (see `prepare_query`); clauses heaviest first.
+
+    `filters` are extra non-scoring clauses (e.g. `{"terms": {"split": ["test"]}}`); each counts
     against the max clause count, so callers cap the terms at max - len(filters).
     `with_vectors` returns the documents' sparse vectors too (for explain); `with_source=False`
     returns ids and scores only, which is all a run needs and spares the node parsing `_source`.
+    Two-phase search: with `first_terms`, the query matches with its heaviest `first_terms` terms
+    only, and the top `window` documents are rescored with the full query (their score is then
+    the full dot product), which trades a little recall for fewer postings to walk.
     """
-    should = [{"rank_feature": {"field": f"{SPARSE_FIELD}.{term_to_feature(t)}", "linear": {}, "boost": w}}
-              for t, w in vector.items()]
-    query: dict = {"bool": {"should": should}}
+    first = vector if first_terms is None or len(vector) <= first_terms else prune(vector, first_terms)
+    query: dict = {"bool": {"should": _disjunction(first)}}
     if filters:  # with a filter, should clauses turn optional unless one must match
         query["bool"].update(filter=list(filters), minimum_should_match=1)
     source = {"includes": DISPLAY_FIELDS + ([SPARSE_FIELD] if with_vectors else [])} if with_source else False
-    return {"size": size, "query": query, "_source": source, "track_total_hits": False}
+    body = {"size": size, "query": query, "_source": source, "track_total_hits": False}
+    if first is not vector:
+        body["rescore"] = {"window_size": max(window, size), "query": {
+            "rescore_query": {"bool": {"should": _disjunction(vector)}}, "query_weight": 0.0,
+            "rescore_query_weight": 1.0}}
+    return body
 
 
 def search(client: OpenSearch, index: str, body: dict) -> tuple[list[dict], int]:
@@ -167,10 +180,12 @@ def _msearch_batch(client: OpenSearch, index: str, batch: list[tuple[str, dict]]
 
 def search_run(client: OpenSearch, index: str, queries: Iterable[tuple[str, SparseVector]], k: int = 10,
                max_terms: int | None = None, filters: Sequence[dict] = (), batch_size: int = 64,
-               progress: bool | None = None, desc: str = "search") -> tuple[Run, BatchTiming]:
+               progress: bool | None = None, desc: str = "search", first_terms: int | None = None,
+               window: int = 100) -> tuple[Run, BatchTiming]:
     """Search many query vectors and collect a run {qid: {doc id: score}} plus timings."""
     cap = (max_terms or max_clause_count(client)) - len(filters)
-    bodies = ((qid, build_query(prepare_query(vec, cap), k, filters, with_source=False)) for qid, vec in queries)
+    bodies = ((qid, build_query(prepare_query(vec, cap), k, filters, with_source=False, first_terms=first_terms,
+                                window=window)) for qid, vec in queries)
     run: Run = {}
     took: list[int] = []
     t0 = time.perf_counter()
@@ -203,7 +218,48 @@ def write_trec(path: str | Path, run: Run, name: str) -> None:
                 handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n")
 
 
-# --------------------------------------------------------------------------- queries from models
+# --------------------------------------------------------------------------- queries
+
+
+# English function words (the BERT-uncased tokenizer's language): a text query made of these,
+# special tokens and punctuation only has nothing to search for. The README lists the rule.
+STOP_WORDS = frozenset("""
+a about above after again against all am an and any are as at be because been before being below between
+both but by can could did do does doing down during each few for from further had has have having he her
+here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not
+now of off on once only or other our ours ourselves out over own same she should so some such than that the
+their theirs them themselves then there these they this those through to too under until up very was we
+were what when where which while who whom why will with would you your yours yourself yourselves
+""".split())
+
+
+def content_tokens(text: str, tokenizer) -> list[str]:
+    """The word pieces of `text` that can carry a search: not special, not a stop word, not
+    punctuation. DataError when there is none, naming what the text turned into."""
+    if not text or not text.strip():
+        raise DataError("empty query: give some text")
+    pieces = tokenizer.tokenize(text)
+    special = set(tokenizer.all_special_tokens)
+    words = _words(pieces)
+    content = [p for p, word in zip(pieces, words) if p not in special and word not in STOP_WORDS
+               and any(ch.isalnum() for ch in p)]
+    if not content:
+        shown = " ".join(pieces) or "nothing"
+        raise DataError(f"the query {text!r} has no content word to search for (it tokenizes to: {shown}; "
+                        f"special tokens, stop words and punctuation are not searched)")
+    return content
+
+
+def _words(pieces: list[str]) -> list[str]:
+    """The whole word each word piece belongs to (`dog ##gy` -> `doggy` for both)."""
+    words, start = [], 0
+    for i, piece in enumerate(pieces + [""]):
+        if i == len(pieces) or not piece.startswith("##"):
+            if i > start:
+                word = pieces[start] + "".join(p[2:] for p in pieces[start + 1:i])
+                words.extend([word] * (i - start))
+            start = i
+    return words
 
 
 def read_query_image(path: str | Path):
@@ -219,31 +275,49 @@ def read_query_image(path: str | Path):
         raise DataError(f"cannot read query image {path}: {exc}") from exc
 
 
-def encode_query(model: str, head_path: str, text: str | None = None, image: str | Path | None = None,
-                 expand: bool = True, device: str | None = None) -> SparseVector:
-    """Turn a text (or an image) into a sparse query: the dense encoder, then the sparse head.
+class QueryEncoder:
+    """Texts and images -> sparse query vectors: the dense encoder, then the sparse head.
 
-    `expand=False` keeps only the text's own tokens (the paper's no-expansion mode).
+    Both load once, on first use, on `device` (the GPU when there is one), so a long-running
+    caller (`lsr-os serve`) keeps them warm; the head's tokenizer alone is enough to check texts.
     """
-    if (text is None) == (image is None):
-        raise DataError("give a query text or a query image, not both")
-    if text is not None and not text.strip():
-        raise DataError("empty query: give some text")
-    picture = read_query_image(image) if image is not None else None
-    from lsr_os.models import load_encoder
-    from lsr_os.models.head import load_head
 
-    head = load_head(head_path)
-    encoder = load_encoder(model, device=device)
-    if picture is not None:
-        return head.encode_images(encoder.encode_images([picture]))[0]
-    vector = head.encode_captions(encoder.encode_texts([text]), [text], expand=expand)[0]
-    if not vector:
-        raise DataError(f"the query {text!r} has no known token with a positive weight")
-    return vector
+    def __init__(self, model: str, head: str | Path, device: str | None = None):
+        self.model_name, self.head_path, self.device = model, head, device
+        self._encoder = self._head = None
 
+    @property
+    def head(self):
+        if self._head is None:
+            from lsr_os.models.head import load_head
 
-# --------------------------------------------------------------------------- one search, as the CLI runs it
+            self._head = load_head(self.head_path).eval()
+        return self._head
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from lsr_os.models import load_encoder
+
+            self._encoder = load_encoder(self.model_name, device=self.device)
+            self._head = self.head.to(self._encoder.device)
+        return self._encoder
+
+    def check_text(self, text: str) -> list[str]:
+        """The text's content word pieces (see `content_tokens`); DataError when it has none."""
+        return content_tokens(text, self.head.tokenizer)
+
+    def texts(self, texts: list[str], expand: bool = True) -> list[SparseVector]:
+        """Sparse vectors of text queries (checked first); `expand=False` keeps their own tokens."""
+        for text in texts:
+            self.check_text(text)
+        dense = self.encoder.encode_texts(texts, batch_size=max(1, len(texts)))
+        return self.head.encode_captions(dense, texts, expand=expand)
+
+    def images(self, images: list) -> list[SparseVector]:
+        """Sparse vectors of image queries (PIL images or paths)."""
+        dense = self.encoder.encode_images(images, batch_size=max(1, len(images)))
+        return self.head.encode_images(dense)
 
 
 def parse_vector_json(value: str) -> SparseVector:
@@ -272,9 +346,65 @@ def parse_vector_json(value: str) -> SparseVector:
     return {str(t): float(w) for t, w in obj.items()}
 
 
+# --------------------------------------------------------------------------- one search, as a user runs it
+
+
+class Searcher:
+    """The search path of one cluster: the clause cap is read once and the vocabulary loaded once,
+    so each search is prepare -> one request -> rows."""
+
+    def __init__(self, client: OpenSearch):
+        self.client = client
+        self._cap: int | None = None
+
+    @property
+    def clause_cap(self) -> int:
+        if self._cap is None:
+            self._cap = max_clause_count(self.client)
+        return self._cap
+
+    def require(self, index: str) -> int:
+        """The documents of alias or index `index`; when it is missing, the error lists the
+        collections that exist and the --prefix that reaches them."""
+        try:
+            return int(self.client.count(index=index)["count"])
+        except NotFoundError:
+            pass
+        except TransportError as exc:
+            raise ClusterError(f"cannot count {index}: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
+        from lsr_os.index import list_collections
+
+        served = sorted({r["alias"] for r in list_collections(self.client) if r["served"] and r["alias"]})
+        prefixes = sorted({a.rsplit("-", 1)[0] for a in served if a.endswith(("-images", "-captions"))})
+        hint = (f"; the cluster serves {', '.join(served)}" + (f" (--prefix {' or '.join(prefixes)})" if prefixes else "")
+                if served else "; the cluster serves no lsr-os collection yet: load one with `lsr-os ingest`")
+        raise ClusterError(f"no collection {index} on the cluster{hint}")
+
+    def search(self, index: str, vector: SparseVector, k: int = 10, split: str | None = None,
+               explain: bool = False, max_terms: int | None = None, first_terms: int | None = None,
+               window: int = 100, vocabulary=None) -> "SearchResult":
+        """One query vector against `index`: the hits as rows (rank, id, score, label and the
+        document's fields; with `explain`, each hit's matching terms)."""
+        filters = split_filters(split)
+        query = prepare_query(vector, (max_terms or self.clause_cap) - len(filters), vocabulary)
+        body = build_query(query, k, filters, with_vectors=explain, first_terms=first_terms, window=window)
+        hits, took = search(self.client, index, body)
+        rows = []
+        for rank, hit in enumerate(hits, 1):
+            src = hit.get("_source", {})
+            row = {"rank": rank, "id": hit["_id"], "score": hit["_score"],
+                   **{f: src[f] for f in ("split", "image", "image_id", "caption") if f in src}}
+            row["label"] = src.get("caption") or src.get("image") or ""
+            if explain:
+                row["matches"] = explain_hit(query, hit)
+            rows.append(row)
+        return SearchResult(index, took, query, rows, body, explain)
+
+
 @dataclass
 class SearchResult:
-    """One search as shown to a user: rows (rank, id, score, display fields[, matches]) and the DSL."""
+    """One search as shown to a user: the query's terms (its own and its expansion), the hits,
+    and the DSL that was sent."""
 
     index: str
     took_ms: int
@@ -282,22 +412,45 @@ class SearchResult:
     hits: list[dict]
     dsl: dict
     explain: bool
+    text: str | None = None
+    own: frozenset[str] = frozenset()  # the query's own terms (a text's tokens); the rest is expansion
+
+    def query_terms(self) -> dict:
+        """{"own": {term: weight}, "expansion": {term: weight}}, heaviest first."""
+        ranked = sorted(self.query.items(), key=lambda tw: (-tw[1], tw[0]))
+        return {"own": {t: w for t, w in ranked if t in self.own},
+                "expansion": {t: w for t, w in ranked if t not in self.own}}
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "took_ms": self.took_ms, "query": self.query, "hits": self.hits,
-                **({"dsl": self.dsl} if self.explain else {})}
+        return {"index": self.index, "took_ms": self.took_ms, "query": {"text": self.text, **self.query_terms()},
+                "hits": self.hits, **({"dsl": self.dsl} if self.explain else {})}
+
+
+DEMO_SEARCH_FILE = "search.json"  # what `lsr-os demo` writes for `search --demo` and `serve --demo`
+
+
+def load_demo_settings(folder: str | Path) -> dict:
+    """What `lsr-os demo` serves (model, head, prefix), from its output folder."""
+    path = Path(folder) / DEMO_SEARCH_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataError(f"{path} does not exist: run `lsr-os demo --out {folder}` first") from exc
 
 
 def run_search(cluster, text: str | None = None, image: str | Path | None = None, vector_json: str | None = None,
                model: str | None = None, head: str | Path | None = None, expand: bool = True,
-               collection: str | None = None, index: str | None = None, prefix: str = "lsr", k: int = 10,
-               max_terms: int | None = None, split: str | None = None, explain: bool = False) -> SearchResult:
-    """Search with exactly one of a text, an image or a raw `vector_json` query.
+               collection: str | None = None, index: str | None = None, prefix: str | None = None, k: int = 10,
+               max_terms: int | None = None, split: str | None = None, explain: bool = False,
+               first_terms: int | None = None, window: int = 100, demo: str | Path | None = None,
+               device: str | None = None) -> SearchResult:
+    """`lsr-os search`: exactly one of a text, an image or a raw `vector_json` query.
 
-    The query is built and checked before the cluster is contacted, so empty queries, queries
-    with no known term and unreadable images fail without a request. `cluster` is a
-    `ClusterConfig` (connected only then) or a client. The collection defaults to images for
-    text and vector queries, captions for an image query; `split` filters documents.
+    Cheap checks first, then the cluster and the collection, and only then the models: a wrong
+    URL or collection fails in a second, not after a model has loaded. `cluster` is a
+    `ClusterConfig` or a client; `demo` is the folder of `lsr-os demo`, whose model, head and
+    prefix are the defaults. The collection defaults to images for text and vector queries,
+    captions for an image query; `split` filters documents.
     """
     from lsr_os.config import ClusterConfig, connect
     from lsr_os.errors import ConfigError
@@ -305,30 +458,32 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
 
     if sum(x is not None for x in (text, image, vector_json)) != 1:
         raise ConfigError("give one query: TEXT, --image FILE or --vector-json")
+    if demo is not None:
+        settings = load_demo_settings(demo)
+        model, head, prefix = model or settings["model"], head or settings["head"], prefix or settings["prefix"]
     if text is not None and not text.strip():
         raise DataError("empty query: give some text")
-    if image is not None:
-        read_query_image(image)  # a clear error before any model loads
-    if vector_json is not None:
-        query, vocab = parse_vector_json(vector_json), Vocabulary.default()
-    else:
-        if not model or not head:
-            raise ConfigError("text and image queries need --model and --head (or use --vector-json)")
-        query = encode_query(model, str(head), text=text, image=image, expand=expand)
-        vocab = None
-    prepare_query(query, len(query) or 1, vocab)  # empty or unknown-only queries fail before connecting
-    index = index or f"{prefix}-{collection or ('captions' if image is not None else 'images')}"
+    picture = read_query_image(image) if image is not None else None
+    vector = parse_vector_json(vector_json) if vector_json is not None else None
+    vocabulary = Vocabulary.default() if vector is not None else None
+    if vector is not None:
+        prepare_query(vector, len(vector) or 1, vocabulary)  # no known term: fail before any request
+    if vector is None and (not model or not head):
+        raise ConfigError("text and image queries need --model and --head (or --demo DIR, or use --vector-json)")
+    index = index or f"{prefix or 'lsr'}-{collection or ('captions' if image is not None else 'images')}"
     client = connect(cluster) if isinstance(cluster, ClusterConfig) else cluster
-    filters = split_filters(split)
-    query = prepare_query(query, (max_terms or max_clause_count(client)) - len(filters), vocab)
-    body = build_query(query, k, filters, with_vectors=explain)
-    hits, took = search(client, index, body)
-    rows = []
-    for rank, hit in enumerate(hits, 1):
-        src = hit.get("_source", {})
-        row = {"rank": rank, "id": hit["_id"], "score": hit["_score"],
-               **{f: src[f] for f in ("image", "caption", "image_id", "split") if f in src}}
-        if explain:
-            row["matches"] = explain_hit(query, hit)
-        rows.append(row)
-    return SearchResult(index, took, query, rows, body, explain)
+    searcher = Searcher(client)
+    searcher.require(index)
+    own: frozenset[str] = frozenset()
+    if vector is not None:
+        own = frozenset(vector)
+    else:
+        queries = QueryEncoder(model, head, device)
+        if text is not None:
+            own = frozenset(queries.check_text(text))
+            vector = queries.texts([text], expand=expand)[0]
+        else:
+            vector = queries.images([picture])[0]
+    result = searcher.search(index, vector, k, split, explain, max_terms, first_terms, window, vocabulary)
+    result.text, result.own = text, own
+    return result

@@ -86,7 +86,9 @@ class Vocabulary:
 
     @classmethod
     def default(cls) -> "Vocabulary":
-        return cls.from_tokenizer(load_tokenizer())
+        """The offline BERT-uncased vocabulary, read once per process from its `vocab.txt` (line n
+        is id n), without loading a tokenizer: a vector query needs no transformers import."""
+        return _default_vocabulary()
 
     def __len__(self) -> int:
         return len(self.terms)
@@ -97,3 +99,15 @@ class Vocabulary:
 
     def __contains__(self, term: str) -> bool:
         return term in self._ids
+
+
+@functools.lru_cache(maxsize=1)
+def _default_vocabulary() -> Vocabulary:
+    path = default_vocab_dir() / "vocab.txt"
+    try:
+        terms = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ModelError(f"cannot read the vocabulary {path}: {exc.strerror}") from exc
+    if len(terms) != VOCAB_SIZE:
+        raise ModelError(f"{path} has {len(terms)} terms, not {VOCAB_SIZE}")
+    return Vocabulary(terms)

@@ -66,3 +66,15 @@ def test_examples_have_contact_sheets_and_a_rerun_reuses_finished_steps(demo_run
     # the second run trains nothing and loads nothing again: it goes straight to the searches
     assert second["seconds"]["dense encoder"] < 1 and second["seconds"]["sparse head"] < 1
     assert second["report"]["t2i"]["cluster"]["metrics"] == first["report"]["t2i"]["cluster"]["metrics"]
+
+
+def test_the_demo_is_searchable_by_the_command_it_prints(demo_run, cluster_config):
+    out = str(demo_run["out"])
+    assert f'lsr-os search "two green stars" --demo {out}' in CliRunner().invoke(
+        main, ["demo", "--url", ",".join(cluster_config.urls), "--no-node", "--out", out, "--prefix",
+               demo_run["prefix"], *SETTINGS]).output
+    res = CliRunner().invoke(main, ["search", "two green stars", "--demo", out, "--json", "-k", "3"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["index"] == f"{demo_run['prefix']}-images" and len(result["hits"]) == 3
+    assert {"green", "stars"} <= set(result["query"]["own"]) and result["query"]["expansion"]

@@ -5,6 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from cli import main
 from index_helpers import load
 from lsr_os.search import build_query, max_clause_count, prepare_query, search
 from lsr_os.sparse import SparseRecord
@@ -25,8 +26,6 @@ def test_max_clause_count_is_read_and_a_full_capped_query_with_a_filter_runs(os_
 
 
 def test_cli_explain_prints_pasteable_dsl_and_contributions_summing_to_the_score(os_client, index_name):
-    from cli import main
-
     docs = [SparseRecord("a", {"dog": 2.0, "beach": 1.0, ".": 0.5}, {"caption": "a dog on a beach"}),
             SparseRecord("b", {"cat": 2.0, "beach": 0.25})]
     load(os_client, iter(docs), index_name, "captions")
@@ -39,3 +38,23 @@ def test_cli_explain_prints_pasteable_dsl_and_contributions_summing_to_the_score
         assert sum(m["contribution"] for m in hit["matches"]) == pytest.approx(hit["score"], rel=1e-5)
     assert {m["term"] for m in out["hits"][0]["matches"]} == {"dog", "beach", "."}
     assert os_client.search(index=index_name, body=out["dsl"])["hits"]["hits"][0]["_id"] == "a"
+
+
+def test_a_missing_collection_names_the_ones_that_exist_and_their_prefix(os_client, index_name):
+    load(os_client, iter([SparseRecord("a", {"dog": 1.0})]), f"{index_name}-images")
+    res = CliRunner().invoke(main, ["search", "--vector-json", '{"dog": 1}'])  # default prefix: lsr
+    assert res.exit_code == 1 and "no collection lsr-images on the cluster" in res.output
+    assert f"{index_name}-images" in res.output and f"--prefix {index_name}" in res.output
+
+
+def test_text_queries_without_content_fail_with_one_line_in_both_modes(os_client, index_name, tmp_path):
+    from lsr_os.models.head import SparseHead
+
+    load(os_client, iter([SparseRecord("a", {"dog": 1.0})]), f"{index_name}-images")
+    SparseHead(dense_size=8, hidden_size=4).save_pretrained(tmp_path / "head")
+    for text in ("🦄", "the a of and"):
+        for mode in ([], ["--no-expansion"]):
+            res = CliRunner().invoke(main, ["search", text, "--prefix", index_name, "--model", "blip:nowhere",
+                                            "--head", str(tmp_path / "head"), *mode])
+            lines = [ln for ln in res.output.splitlines() if ln.strip()]
+            assert res.exit_code == 1 and len(lines) == 1 and "no content word" in lines[0], res.output

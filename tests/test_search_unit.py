@@ -91,3 +91,63 @@ def test_cli_unreachable_cluster_is_one_line_with_exit_code_3():
     res = _cli("search", "--vector-json", '{"dog": 1}', "--url", "http://127.0.0.1:9", "--timeout", "2")
     assert res.exit_code == 3
     assert "no OpenSearch answered at http://127.0.0.1:9" in res.output
+
+
+@pytest.mark.parametrize("text", ["🦄", "the a of and", "... !!", "To be or not to be"])
+def test_a_text_without_content_words_is_refused_naming_its_tokens(text):
+    from lsr_os.vocab import load_tokenizer
+
+    with pytest.raises(DataError, match="no content word to search for .* tokenizes to"):
+        se.content_tokens(text, load_tokenizer())
+
+
+def test_content_tokens_keep_word_pieces_of_content_words():
+    from lsr_os.vocab import load_tokenizer
+
+    tok = load_tokenizer()
+    assert se.content_tokens("a dog on the beach", tok) == ["dog", "beach"]
+    pieces = se.content_tokens("xylophonequux", tok)  # an odd word is still a word: its pieces stay
+    assert pieces == tok.tokenize("xylophonequux") and len(pieces) > 1
+
+
+def test_two_phase_query_matches_with_the_heaviest_terms_and_rescores_with_all():
+    vector = {f"t{i}": float(i) for i in range(1, 21)}
+    body = se.build_query(vector, size=10, first_terms=5, window=50)
+    first = [c["rank_feature"]["field"] for c in body["query"]["bool"]["should"]]
+    assert first == [f"sparse.t{i}" for i in range(20, 15, -1)]
+    rescore = body["rescore"]
+    assert rescore["window_size"] == 50 and rescore["query"]["query_weight"] == 0.0
+    assert len(rescore["query"]["rescore_query"]["bool"]["should"]) == 20
+    assert "rescore" not in se.build_query(vector, first_terms=20)  # nothing left out: one phase
+
+
+def test_search_result_splits_own_and_expansion_terms():
+    result = se.SearchResult("i", 1, {"dog": 2.0, "puppy": 1.0, "beach": 3.0}, [], {}, False, "dog beach",
+                             frozenset({"dog", "beach"}))
+    assert result.to_dict()["query"] == {"text": "dog beach", "own": {"beach": 3.0, "dog": 2.0},
+                                         "expansion": {"puppy": 1.0}}
+
+
+def test_no_model_loads_before_the_cluster_and_collection_are_checked(tmp_path):
+    from lsr_os.config import ClusterConfig
+    from lsr_os.errors import ClusterUnreachable
+    from lsr_os.models import register_encoder
+    from lsr_os.models.dense import DenseEncoder
+    from lsr_os.models.head import SparseHead
+
+    loads = []
+
+    class SlowToLoad(DenseEncoder):
+        """Stands for BLIP: a model that would take many seconds to load."""
+
+        @classmethod
+        def load(cls, source, device=None, dtype=None):
+            loads.append(source)
+            raise AssertionError("the model was loaded before the cluster was checked")
+
+    register_encoder("slow-test", SlowToLoad)
+    SparseHead(dense_size=8, hidden_size=4).save_pretrained(tmp_path / "head")
+    with pytest.raises(ClusterUnreachable):
+        se.run_search(ClusterConfig(urls=("http://127.0.0.1:9",), timeout=2), text="a dog", model="slow-test:x",
+                      head=tmp_path / "head")
+    assert loads == []
