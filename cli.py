@@ -121,7 +121,7 @@ def node_start(os_version: str | None, port: int, nodes: int, data: Path | None,
 
     spec = node_lib.NodeSpec(version=os_version or node_lib.DEFAULT_VERSION, port=port, data=data,
                              heap=heap, nodes=nodes, repo=repo)
-    for state in node_lib.start(spec, timeout=wait):
+    for state in node_lib.start(spec, timeout=wait, step=lambda message: click.echo(message, err=True)):
         verb = "already running" if state.already_running else "started"
         click.echo(f"{state.name}: OpenSearch {state.version} {verb} at {state.url} (pid {state.pid}, log {state.log_file})")
 
@@ -352,11 +352,16 @@ def _print_ingest(report, keep_old: bool) -> None:
               help="Hits rescored with the full query in two-phase search.")
 @click.option("--split", default=None, help="Only documents of these splits (comma-separated; 'train' includes restval).")
 @click.option("--explain", is_flag=True, help="Show each hit's matching terms and the query DSL (for Dev Tools).")
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the hits' images as a contact sheet (PNG) at this path; needs --images or --demo.")
+@click.option("--images", "images_root", type=_PATH_DIR, default=None,
+              help="Image root of the collection (for --sheet) [default: the demo's].")
 @words("json")
 def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None, vector_json: str | None,
                model: str | None, head: Path | None, no_expansion: bool, device: str | None, demo: Path | None,
                collection: str | None, index_name: str | None, prefix: str | None, k: int, max_terms: int | None,
-               first_terms: int | None, window: int, split: str | None, explain: bool, as_json: bool) -> None:
+               first_terms: int | None, window: int, split: str | None, explain: bool, sheet: Path | None,
+               images_root: Path | None, as_json: bool) -> None:
     """Search with a text, an image or a raw term-weight vector; prints rank, id, score, image or caption."""
     from lsr_os.search import run_search
 
@@ -364,8 +369,16 @@ def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None
                         expand=not no_expansion, collection=collection, index=index_name, prefix=prefix, k=k,
                         max_terms=max_terms, split=split, explain=explain, first_terms=first_terms, window=window,
                         demo=demo, device=device)
+    if sheet is not None:
+        from lsr_os.search import load_demo_settings
+        from lsr_os.sheet import search_sheet
+
+        root = images_root or (load_demo_settings(demo).get("images") if demo else None)
+        if root is None:
+            raise click.UsageError("--sheet needs the collection's image root: --images ROOT (or --demo DIR)")
+        search_sheet(result, root, sheet)
     if as_json:
-        echo_json(result.to_dict())
+        echo_json({**result.to_dict(), **({"sheet": str(sheet)} if sheet else {})})
         return
     terms = result.query_terms()
     for kind in ("own", "expansion"):
@@ -384,6 +397,8 @@ def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None
     if explain:
         click.echo(f"\n# Dev Tools: GET {result.index}/_search")
         click.echo(compact_json(result.dsl))
+    if sheet is not None:
+        click.echo(f"contact sheet: {sheet}")
 
 
 def compact_json(body: dict) -> str:
@@ -462,12 +477,15 @@ def collections_list(cluster: ClusterConfig, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    for r in rows:
-        mark = "*" if r["served"] else " "
-        click.echo(f"{mark} {r['alias']:<24} {r['index']:<44} {r['state']:<9} {r['docs']:>10} docs "
-                   f"{r['bytes'] / 2**20:8.1f} MiB")
     if not rows:
         click.echo("no lsr-os collections")
+        return
+    wide = {key: max(len(str(r[key] or "")) for r in rows) for key in ("alias", "index")}
+    for r in rows:
+        mark = "*" if r["served"] else " "
+        click.echo(f"{mark} {r['alias'] or '':<{wide['alias']}}  {r['index']:<{wide['index']}}  {r['state']:<9}"
+                   f"{r['docs']:>11,} docs {r['bytes'] / 2**20:9.1f} MiB")
+    click.echo("* = served by its alias; a loading index counts the documents indexed so far")
 
 
 @collections_group.command("delete")

@@ -602,9 +602,14 @@ def list_collections(client: OpenSearch, pattern: str = "*") -> list[dict]:
         return out
     stats = {row["index"]: row for row in client.cat.indices(index=",".join(r["index"] for r in out),
                                                               format="json", bytes="b")}
+    loading = [r["index"] for r in out if r["state"] == "loading"]
+    # A loading index has refresh off, so its searchable count lags: report what it has indexed.
+    indexing = client.indices.stats(index=",".join(loading), metric="indexing")["indices"] if loading else {}
     for row in out:
         row["served"] = bool(row["alias"]) and row["index"] in _aliased(client, row["alias"])
         row["docs"] = int(stats.get(row["index"], {}).get("docs.count") or 0)
+        if row["index"] in indexing:
+            row["docs"] = max(row["docs"], int(indexing[row["index"]]["primaries"]["indexing"]["index_total"]))
         row["bytes"] = int(stats.get(row["index"], {}).get("store.size") or 0)
     return sorted(out, key=lambda r: (r["alias"] or "", r["index"]))
 

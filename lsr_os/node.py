@@ -25,6 +25,7 @@ import urllib.request
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from lsr_os.errors import NodeError
 
@@ -98,7 +99,14 @@ def cluster_dir(port: int) -> Path:
 # ----------------------------------------------------------------------------- provisioning
 
 
-def fetch_artifact(group: str, artifact: str, ext: str, version: str) -> Path:
+Step = Callable[[str], None]  # told each step of a long start ("fetching ...", "waiting ..."), for a progress line
+
+
+def _quiet(message: str) -> None:
+    log.info(message)
+
+
+def fetch_artifact(group: str, artifact: str, ext: str, version: str, step: Step = _quiet) -> Path:
     """Fetch one artifact into the download cache and return its path."""
     dest_dir = home() / "downloads"
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +116,7 @@ def fetch_artifact(group: str, artifact: str, ext: str, version: str) -> Path:
     coords = f"{group}:{artifact}:{version}:{ext}"
     mvn = shutil.which("mvn")
     if mvn:
-        log.info("fetching %s with Maven", coords)
+        step(f"fetching {coords} with Maven (once; about 100 MB)")
         proc = subprocess.run(
             [mvn, "-B", "-q", "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy",
              f"-Dartifact={coords}", f"-DoutputDirectory={dest_dir}"],
@@ -119,7 +127,7 @@ def fetch_artifact(group: str, artifact: str, ext: str, version: str) -> Path:
             raise NodeError(f"Maven could not fetch {coords}:\n{tail}")
         return dest
     url = f"{MAVEN_CENTRAL}/{group.replace('.', '/')}/{artifact}/{version}/{artifact}-{version}.{ext}"
-    log.info("Maven not found; downloading %s", url)
+    step(f"downloading {url} (once; about 100 MB)")
     try:
         with urllib.request.urlopen(url, timeout=60) as resp, tempfile.NamedTemporaryFile(dir=dest_dir, delete=False) as tmp:
             shutil.copyfileobj(resp, tmp)
@@ -137,12 +145,13 @@ def fetch_artifact(group: str, artifact: str, ext: str, version: str) -> Path:
     return dest
 
 
-def provision(version: str) -> Path:
+def provision(version: str, step: Step = _quiet) -> Path:
     """Return an unpacked OpenSearch distribution of `version` that has rank_features."""
     dist = home() / "dist" / f"opensearch-{version}"
     if (dist / "bin" / "opensearch").exists() and (dist / "modules" / "mapper-extras").is_dir():
         return dist
-    archive = fetch_artifact(*DISTRIBUTION, version)
+    archive = fetch_artifact(*DISTRIBUTION, version, step=step)
+    step(f"unpacking {archive.name} into {dist}")
     dist.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dist.parent))
     try:
@@ -300,7 +309,7 @@ def _log_tail(node_dir: Path, lines: int = 20, console: bool = False) -> str:
     return "\n".join(texts) or "(no log written)"
 
 
-def start(spec: NodeSpec, timeout: float = 180.0) -> list[NodeState]:
+def start(spec: NodeSpec, timeout: float = 180.0, step: Step = _quiet) -> list[NodeState]:
     """Start the cluster's nodes (provisioning on first use) and wait until it is ready.
 
     Idempotent: nodes already running are reported with `already_running=True`, provided they
@@ -327,7 +336,7 @@ def start(spec: NodeSpec, timeout: float = 180.0) -> list[NodeState]:
             if f"node-{i + 1}" not in running and _port_open(port):
                 raise NodeError(f"port {port} on 127.0.0.1 is in use by another process; choose --port")
 
-    dist = provision(spec.version)
+    dist = provision(spec.version, step)
     java = find_java(spec.version)
     procs: dict[str, subprocess.Popen] = {}
     states: list[NodeState] = []
@@ -348,6 +357,7 @@ def start(spec: NodeSpec, timeout: float = 180.0) -> list[NodeState]:
                 raise NodeError("running as root needs `unshare` (util-linux) to start OpenSearch as a non-root user")
             cmd = ["unshare", "--user", f"--map-user={_UNPRIVILEGED_ID}", f"--map-group={_UNPRIVILEGED_ID}", *cmd]
         log.info("starting %s: %s", name, " ".join(cmd))
+        step(f"starting {name} (OpenSearch {spec.version}) on http://127.0.0.1:{spec.http_port(i)}")
         with open(node_dir / "console.log", "wb") as console:
             proc = subprocess.Popen(cmd, env=env, stdout=console, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=node_dir)
@@ -358,12 +368,15 @@ def start(spec: NodeSpec, timeout: float = 180.0) -> list[NodeState]:
                           data=str(_data_dir(spec, i, node_dir)))
         (node_dir / "node.json").write_text(json.dumps(asdict(state) | {"already_running": False}))
         states.append(state)
-    _wait_ready(spec, states, procs, timeout)
+    _wait_ready(spec, states, procs, timeout, step)
     return states
 
 
-def _wait_ready(spec: NodeSpec, states: list[NodeState], procs: dict[str, subprocess.Popen], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+def _wait_ready(spec: NodeSpec, states: list[NodeState], procs: dict[str, subprocess.Popen], timeout: float,
+                step: Step = _quiet) -> None:
+    started = time.monotonic()
+    deadline = started + timeout
+    told = 0
     health_url = f"{states[0].url}/_cluster/health?wait_for_nodes={spec.nodes}&wait_for_status=yellow&timeout=2s"
     while time.monotonic() < deadline:
         for name, proc in procs.items():
@@ -376,6 +389,10 @@ def _wait_ready(spec: NodeSpec, states: list[NodeState], procs: dict[str, subpro
         if health and not health.get("timed_out") and health.get("number_of_nodes", 0) >= spec.nodes:
             log.info("cluster %s is %s with %d nodes", health["cluster_name"], health["status"], health["number_of_nodes"])
             return
+        waited = int(time.monotonic() - started)
+        if waited >= told + 10:
+            told = waited
+            step(f"waiting for the cluster to be ready ({waited} s; usually 20-60 s)")
         time.sleep(1.0)
     tails = "\n".join(_log_tail(cluster_dir(spec.port) / n, 10, console=True) for n in procs)
     _stop_pids([s.pid for s in states if s.name in procs])
@@ -453,5 +470,5 @@ def connect_or_start(cluster, allow_start: bool = True):
         if not allow_start or cluster.urls != (DEFAULT_URL,):
             raise
     log.warning("no cluster at the default URL: starting a local node (lsr-os node start)")
-    start(NodeSpec())
+    start(NodeSpec(), step=log.warning)
     return connect(cluster)

@@ -1,7 +1,8 @@
-"""Contact sheets: a query and its top image hits in one PNG, with scores and top terms.
+"""Contact sheets: a query and its top image hits in one PNG, with scores, files and matched terms.
 
 People judge image results faster by looking than by reading ids, so every example query of
-the demo (and `lsr-os search --sheet`) can be saved as a picture.
+the demo (and `lsr-os search --sheet`) can be saved as a picture. Labels leave out stop words
+and are cut to the tile's width.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from lsr_os.search import STOP_WORDS
+
 TILE = 160
 PAD = 8
-TEXT_H = 46
+TEXT_H = 50  # three lines: rank and score, the file, the matched terms
 
 
 @dataclass
@@ -44,15 +47,40 @@ def _tile(path: Path) -> Image.Image:
         return im
 
 
+def _fit(text: str, font, width: int = TILE) -> str:
+    """`text` cut with an ellipsis so that it fits `width` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _wrap(text: str, font, lines: int, width: int = TILE) -> list[str]:
+    """Up to `lines` lines of whole words that fit `width` pixels (the last one may be cut)."""
+    out: list[str] = []
+    for word in text.split():
+        if out and font.getlength(f"{out[-1]} {word}") <= width:
+            out[-1] = f"{out[-1]} {word}"
+        elif len(out) < lines:
+            out.append(word)
+        else:
+            break
+    return out
+
+
 def contact_sheet(title: str, hits: list[SheetHit], out: str | Path, query_image: Path | None = None,
                   columns: int = 5) -> Path:
     """Draw the query (text, or its image first) and the hits in a grid; returns the PNG path."""
     tiles: list[tuple[Image.Image, str, str | None]] = []
     if query_image is not None:
         tiles.append((_tile(query_image), "query", None))
+    small = _font(12)
     for h in hits:
         frame = None if h.relevant is None else ("#1a9850" if h.relevant else "#d73027")
-        tiles.append((_tile(h.image), f"#{h.rank}  {h.score:.2f}\n{' '.join(h.terms[:4])}", frame))
+        words = [t for t in h.terms if t.strip("#") not in STOP_WORDS and any(c.isalnum() for c in t)]
+        lines = [f"#{h.rank}  score {h.score:.2f}", Path(h.image).name] + _wrap(" ".join(words), small, 1)
+        tiles.append((_tile(h.image), "\n".join(_fit(line, small) for line in lines), frame))
     columns = max(1, min(columns, len(tiles) or 1))
     rows = max(1, -(-len(tiles) // columns))
     head_lines = textwrap.wrap(title, width=12 * columns) or [""]
@@ -62,7 +90,6 @@ def contact_sheet(title: str, hits: list[SheetHit], out: str | Path, query_image
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     draw.multiline_text((PAD, PAD), "\n".join(head_lines), fill="black", font=_font(15))
-    small = _font(12)
     for n, (tile, label, frame) in enumerate(tiles):
         x = PAD + (n % columns) * (TILE + PAD)
         y = head_h + (n // columns) * (TILE + TEXT_H + PAD)
@@ -74,3 +101,26 @@ def contact_sheet(title: str, hits: list[SheetHit], out: str | Path, query_image
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+def search_sheet(result, images: str | Path, out: str | Path) -> Path:
+    """The contact sheet of a `lsr_os.search.SearchResult`: each hit's image (a caption hit: the
+    image it describes) under the image root `images`, with its matched terms when explained."""
+    from lsr_os.data import resolve_image
+    from lsr_os.errors import DataError
+
+    root = Path(images)
+    hits = []
+    for row in result.hits:
+        if not row.get("image"):
+            continue
+        try:
+            path = resolve_image(root, row["image"])
+        except DataError:
+            continue
+        terms = [m["term"] for m in row.get("matches", [])] or sorted(result.query, key=lambda t: -result.query[t])
+        hits.append(SheetHit(path, row["rank"], row["score"], terms))
+    if not hits:
+        raise DataError(f"no hit of {result.index} names an image under {root}; give the collection's image root")
+    title = f'"{result.text}"' if result.text else f"{len(result.query)}-term query"
+    return contact_sheet(f"{title} -> {result.index}", hits, out)

@@ -73,8 +73,14 @@ def test_the_demo_is_searchable_by_the_command_it_prints(demo_run, cluster_confi
     assert f'lsr-os search "two green stars" --demo {out}' in CliRunner().invoke(
         main, ["demo", "--url", ",".join(cluster_config.urls), "--no-node", "--out", out, "--prefix",
                demo_run["prefix"], *SETTINGS]).output
-    res = CliRunner().invoke(main, ["search", "two green stars", "--demo", out, "--json", "-k", "3"])
+    sheet = demo_run["out"] / "search-sheet.png"
+    res = CliRunner().invoke(main, ["search", "two green stars", "--demo", out, "--json", "-k", "3", "--sheet",
+                                    str(sheet)])
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert result["index"] == f"{demo_run['prefix']}-images" and len(result["hits"]) == 3
     assert {"green", "stars"} <= set(result["query"]["own"]) and result["query"]["expansion"]
+    from PIL import Image
+
+    with Image.open(sheet) as im:  # three tiles of 160 px side by side, with a title above
+        assert im.width >= 3 * 160 and im.height > 160
