@@ -118,24 +118,45 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 # ---------------------------------------------------------------------------- loss
 
 
+def _full_precision(t: Tensor):
+    """Autocast off for what follows: its matrix products run in the dtype of their (fp32) inputs."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def distillation_loss(scores: Tensor, dense_img: Tensor, dense_txt: Tensor, temperature: float) -> Tensor:
-    """½ [CE(S, softmax(T/τ)) + CE(Sᵀ, softmax(Tᵀ/τ))], S the sparse (image x caption) and T the dense in-batch scores."""
-    scores = scores.float()
-    with torch.no_grad():
+    """½ [CE(S, softmax(T/τ)) + CE(Sᵀ, softmax(Tᵀ/τ))], S the sparse (image x caption) and T the dense in-batch scores.
+
+    The teacher is computed in fp32 even inside bf16/fp16 autocast: T/τ with τ = 0.001 turns the
+    ~3-digit rounding of a bf16 product into logit errors of order 1 (the gradient moved several
+    percent from fp32). Pass `scores` in fp32 too (`in_batch_scores`, `own_token_scores`).
+    """
+    with torch.no_grad(), _full_precision(dense_img):
         teacher = dense_img.float() @ dense_txt.float().t() / temperature
         p_i2t = torch.softmax(teacher, dim=1)
         p_t2i = torch.softmax(teacher.t(), dim=1)
+    scores = scores.float()
     return (F.cross_entropy(scores, p_i2t) + F.cross_entropy(scores.t(), p_t2i)) / 2
 
 
+def in_batch_scores(sparse_img: Tensor, sparse_txt: Tensor) -> Tensor:
+    """(images x captions) dot products in fp32, also inside autocast.
+
+    The loss reads differences of scores of ~10-35; a bf16 output rounds those to steps of 1/16-1/4.
+    The inputs stay what the head made (bf16 values are exact in fp32), only the product is fp32.
+    """
+    with _full_precision(sparse_img):
+        return sparse_img.float() @ sparse_txt.float().t()
+
+
 def own_token_scores(sparse_img: Tensor, token_ids: Tensor, token_weights: Tensor) -> Tensor:
-    """(images x captions) dot products when each caption has weights only at its own token ids.
+    """(images x captions) dot products, in fp32, when each caption has weights only at its own token ids.
 
     `token_weights[j, l]` is caption j's weight at `token_ids[j, l]` (ids distinct per row, padding
     weighted 0), so S[i, j] = Σ_l sparse_img[i, ids[j, l]] · w[j, l]; memory images x captions x L.
     """
     gathered = sparse_img[:, token_ids.reshape(-1).long()].view(sparse_img.shape[0], *token_ids.shape)
-    return (gathered * token_weights.unsqueeze(0)).sum(dim=2)
+    with _full_precision(sparse_img):
+        return (gathered.float() * token_weights.float().unsqueeze(0)).sum(dim=2)
 
 
 def l1(sparse: Tensor) -> Tensor:
@@ -439,7 +460,7 @@ class Trainer:
                     scores = own_token_scores(s_img, ids, s_txt)
                 else:  # two calls: slicing one call's output costs two (2B x V) gradient buffers
                     s_img, s_txt = head(img_dense), head(txt_dense)
-                    scores = s_img @ s_txt.t()
+                    scores = in_batch_scores(s_img, s_txt)
                 distill = distillation_loss(scores, img_dense, txt_dense, cfg.temperature)
                 reg = (wq * l1(s_txt) + wd * l1(s_img)) / 2
                 loss = distill + reg
