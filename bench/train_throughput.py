@@ -1,8 +1,9 @@
 """Training throughput (caption-image pairs per second): our trainer vs a loop built the authors' way.
 
 Both sides train the same head (offline MiniLM init) with the same loss, regularisers and
-optimiser settings, on the same synthetic tensors of MSCOCO's shape (566,747 caption-image
-pairs over 113,287 images, 256-d unit vectors, template captions), in one run, on one device.
+optimiser settings, on the same synthetic tensors of MSCOCO's shape (the authors' training set,
+Karpathy "train": 414,113 caption-image pairs over 82,783 images; `--images 113287 --pairs 566747`
+for train + restval), 256-d unit vectors, template captions, in one run, on one device.
 What differs is the data path, which is what the authors' code spends its time on:
 
 - authors' way: a DataLoader over pair indices that, per item, looks up the caption text and
@@ -44,8 +45,8 @@ from lsr_os.synthetic import CONCEPTS, TEMPLATES  # noqa: E402
 from lsr_os.train import (TrainConfig, Trainer, TrainingData, distillation_loss, expansion_p, l1,  # noqa: E402
                           pick_dtype, reg_weight)
 
-MSCOCO_IMAGES = 113_287
-MSCOCO_PAIRS = 566_747
+MSCOCO_IMAGES = 82_783  # Karpathy "train", what the authors train on (restval adds 30,504 images)
+MSCOCO_PAIRS = 414_113
 
 
 def mscoco_shaped(seed: int = 0, n_images: int = MSCOCO_IMAGES, n_pairs: int = MSCOCO_PAIRS,
@@ -83,7 +84,7 @@ def authors_style(data: TrainingData, cfg: TrainConfig, steps: int, warmup: int,
 
     device = torch.device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
-    split = data.meta.split("train")
+    split = data.meta.split(["train"])  # the authors' split == "train"
     texts = dict(zip(split.caption_ids, split.captions))
     pairs = list(zip(split.caption_ids, split.caption_image))
     txt_rows, img_rows = data.texts.row, data.images.row

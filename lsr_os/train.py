@@ -50,6 +50,10 @@ BEST_DIR = "best"
 STATE_FILE = "last_state.pt"
 REPORT_FILE = "test_report.json"
 TOP_K = 10
+# The split the authors' training loop selects (split == "train"). Karpathy's MSCOCO file also has
+# "restval" (30,504 images that the 113k training set of BLIP and others adds): opt in with
+# TrainConfig.train_splits = ("train", "restval") (CLI: --train-splits train,restval).
+AUTHORS_TRAIN_SPLITS = ("train",)
 
 
 @dataclass
@@ -73,10 +77,17 @@ class TrainConfig:
     eval_batch_size: int = 2048
     max_text_length: int = 512
     block_special_tokens: bool = True  # keep [CLS]/[SEP]/... weights at zero (not in METHOD.md)
+    train_splits: tuple[str, ...] = AUTHORS_TRAIN_SPLITS  # Karpathy split labels trained on
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("epochs must be >= 1 and batch size >= 2 (in-batch negatives)")
+        if not self.train_splits or not all(isinstance(s, str) and s for s in self.train_splits):
+            raise ConfigError(f"training splits must be one or more split names, got {self.train_splits!r}")
+        held_out = sorted(set(self.train_splits) & {"val", "test"})
+        if held_out:
+            raise ConfigError(f"split {held_out[0]!r} is held out for checkpoint selection or the test; "
+                              f"it cannot be a training split")
         if self.p is not None and not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"fixed p must lie in [0, 1], got {self.p}")
         if not 0.0 < self.p_end_fraction <= 1.0:
@@ -245,17 +256,27 @@ class TrainingData:
     def dim(self) -> int:
         return self.images.dim
 
-    def split(self, name: str, device, tokenizer=None, max_length: int = 512,
+    def split(self, name: str | Sequence[str], device, tokenizer=None, max_length: int = 512,
               drop_token_ids: Sequence[int] = ()) -> SplitTensors:
-        """A split's tensors on `device`; images without captions are counted and logged."""
-        split = self.meta.split(name)
+        """A split's tensors on `device`; images without captions are counted and logged.
+
+        `name` is passed to DatasetMeta.split: the string "train" includes "restval" there, a list
+        selects exactly the labels it names (what training uses, see AUTHORS_TRAIN_SPLITS).
+        """
+        if not isinstance(name, str):
+            labels = {img["split"] for img in self.meta.images}
+            missing = [n for n in name if n not in labels]
+            if missing:
+                raise DataError(f"{self.meta.path or 'the metadata'}: no image has split {missing[0]!r} "
+                                f"(its splits: {', '.join(sorted(labels))})")
+        split = self.meta.split(name if isinstance(name, str) else list(name))
         if not split.caption_ids:
-            raise DataError(f"{self.meta.path}: split {name!r} has images but no captions")
+            raise DataError(f"{self.meta.path}: split {split.name!r} has images but no captions")
         with_captions = set(split.caption_image)
         lonely = [i for i in split.image_ids if i not in with_captions]
         if lonely:
             log.warning("split %s: %d images have no captions (first: %s); they are only negatives",
-                        name, len(lonely), lonely[0])
+                        split.name, len(lonely), lonely[0])
         img = torch.from_numpy(self.images.take(split.image_ids)).to(device)
         txt = torch.from_numpy(self.texts.take(split.caption_ids)).to(device)
         row = {i: r for r, i in enumerate(split.image_ids)}
@@ -389,6 +410,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    train_set: dict = field(default_factory=dict)  # splits, images, pairs
 
 
 class Trainer:
@@ -412,9 +434,12 @@ class Trainer:
             self.head.blocked_token_ids = []
         self.head.to(self.device).train()
         tok, blocked = self.head.tokenizer, self.head.blocked_token_ids
-        self.train_data = data.split("train", self.device, tok, config.max_text_length, blocked)
+        self.train_data = data.split(config.train_splits, self.device, tok, config.max_text_length, blocked)
         self.val_data = data.split("val", self.device, tok, config.max_text_length, blocked)
         self.n_pairs = self.train_data.txt.shape[0]
+        self.n_train_images = self.train_data.img.shape[0]
+        log.info("training on split(s) %s: %d images, %d caption-image pairs", ",".join(config.train_splits),
+                 self.n_train_images, self.n_pairs)
         self.steps_per_epoch = math.ceil(self.n_pairs / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = int(self.total_steps * config.warmup_ratio)
@@ -518,6 +543,12 @@ class Trainer:
                  self.best_r1, self.best_epoch)
         return True
 
+    @property
+    def train_set(self) -> dict:
+        """What was trained on: split labels, images, caption-image pairs (metrics.jsonl and the report)."""
+        return {"train_splits": list(self.cfg.train_splits), "train_images": self.n_train_images,
+                "train_pairs": self.n_pairs}
+
     def run(self, resume: bool = False, progress: bool = True) -> TrainResult:
         from tqdm.auto import tqdm
 
@@ -537,6 +568,7 @@ class Trainer:
                     self.best_r1, self.best_epoch = val["t2i"]["R@1"], epoch
                     self.head.save_pretrained(self.out / BEST_DIR)
                 row["best_epoch"] = self.best_epoch
+                row.update(self.train_set)
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
                 history.append(row)
@@ -546,13 +578,13 @@ class Trainer:
         test = self.test_report()
         (self.out / REPORT_FILE).write_text(json.dumps(test, indent=2), encoding="utf-8")
         return TrainResult(self.out, self.best_epoch, self.best_r1, test, len(history),
-                           time.perf_counter() - t_start, history)
+                           time.perf_counter() - t_start, history, self.train_set)
 
     def test_report(self) -> dict:
         """The best checkpoint on the test split: full expansion (p = 0), no query expansion, dense."""
         best = load_head(self.out / BEST_DIR).to(self.device)
         test = self.data.split("test", self.device, best.tokenizer, best.max_text_length, best.blocked_token_ids)
-        return {"best_epoch": self.best_epoch, "best_val_t2i_R@1": self.best_r1,
+        return {"best_epoch": self.best_epoch, "best_val_t2i_R@1": self.best_r1, **self.train_set,
                 "n_images": test.img.shape[0], "n_captions": test.txt.shape[0],
                 "sparse": evaluate_head(best, test, True, self.dtype, self.cfg.eval_batch_size),
                 "sparse_no_query_expansion": evaluate_head(best, test, False, self.dtype, self.cfg.eval_batch_size),
