@@ -621,10 +621,12 @@ def snapshot_delete(cluster: ClusterConfig, repository: str, snapshot: str) -> N
 @click.option("--train-splits", default="train", show_default=True,
               help="Comma list of Karpathy split labels to train on: 'train' is the authors' set; "
                    "'train,restval' adds MSCOCO's restval (the 113k set).")
+@click.option("--deterministic", is_flag=True,
+              help="Deterministic kernels: two runs with the same seed, settings and machine give the same bits.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last_state.pt when it exists.")
 def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p, p_end, lr_head, lr_proj,
               warmup_ratio, precision, init, seed, device, eval_batch_size, max_text_length, block_special_tokens,
-              train_splits, resume) -> None:
+              train_splits, deterministic, resume) -> None:
     """Train the sparse head with probabilistic expansion control (METHOD.md)."""
     from lsr_os.train import TrainConfig, train
 
@@ -633,7 +635,7 @@ def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p,
                       p=fixed_p, p_end_fraction=p_end, lr_head=lr_head, lr_proj=lr_proj, warmup_ratio=warmup_ratio,
                       precision=precision, seed=seed, device=device, init=init, eval_batch_size=eval_batch_size,
                       max_text_length=max_text_length, block_special_tokens=block_special_tokens,
-                      train_splits=splits)
+                      train_splits=splits, deterministic=deterministic)
     result = train(data, out, cfg, resume=resume)
     test, ts = result.test, result.train_set
     click.echo(f"trained on split {'+'.join(ts['train_splits'])}: {ts['train_images']:,} images, "

@@ -24,13 +24,15 @@ blocks the special tokens ([CLS], [SEP], ...; see lsr_os.models.head), which MET
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -78,6 +80,7 @@ class TrainConfig:
     max_text_length: int = 512
     block_special_tokens: bool = True  # keep [CLS]/[SEP]/... weights at zero (not in METHOD.md)
     train_splits: tuple[str, ...] = AUTHORS_TRAIN_SPLITS  # Karpathy split labels trained on
+    deterministic: bool = False  # seeded and bit-reproducible on one machine (see `determinism`)
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
@@ -401,6 +404,38 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+CUBLAS_DETERMINISTIC = ":4096:8"  # a cuBLAS workspace setting under which its products are deterministic
+
+
+@contextlib.contextmanager
+def determinism(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic kernels while inside (the previous setting is restored on exit).
+
+    Data order and the Bernoulli draws come from seeded generators in every run; what still varies
+    is the order of floating-point accumulation. On CPU it is the backward of the own-token gather
+    (index_put with accumulate, split over threads; measured: two runs of a seed differ after a few
+    unexpanded batches without this, and are bit-identical with it at any fixed thread count). On
+    CUDA it is the same scatter plus cuBLAS, which reads CUBLAS_WORKSPACE_CONFIG (set here when
+    unset) when the process first uses it: a Trainer's first product comes after this is entered.
+    The bits still depend on the thread count, the hardware and the library versions: same
+    machine, same settings, same result.
+    """
+    if not enabled:
+        yield
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+
+
 @dataclass
 class TrainResult:
     out: Path
@@ -464,6 +499,10 @@ class Trainer:
 
     def train_epoch(self, epoch: int, max_steps: int | None = None) -> dict:
         """One pass over the training pairs (or its first `max_steps` batches, for benchmarks)."""
+        with determinism(self.cfg.deterministic, self.device):
+            return self._train_epoch(epoch, max_steps)
+
+    def _train_epoch(self, epoch: int, max_steps: int | None) -> dict:
         cfg, d, head = self.cfg, self.train_data, self.head
         n_steps = self.steps_per_epoch if max_steps is None else min(max_steps, self.steps_per_epoch)
         p = expansion_p(epoch, cfg.epochs, cfg.p, cfg.p_end_fraction)
@@ -550,6 +589,10 @@ class Trainer:
                 "train_pairs": self.n_pairs}
 
     def run(self, resume: bool = False, progress: bool = True) -> TrainResult:
+        with determinism(self.cfg.deterministic, self.device):
+            return self._run(resume, progress)
+
+    def _run(self, resume: bool, progress: bool) -> TrainResult:
         from tqdm.auto import tqdm
 
         self.out.mkdir(parents=True, exist_ok=True)
@@ -585,6 +628,7 @@ class Trainer:
         best = load_head(self.out / BEST_DIR).to(self.device)
         test = self.data.split("test", self.device, best.tokenizer, best.max_text_length, best.blocked_token_ids)
         return {"best_epoch": self.best_epoch, "best_val_t2i_R@1": self.best_r1, **self.train_set,
+                "deterministic": self.cfg.deterministic, "cpu_threads": torch.get_num_threads(),
                 "n_images": test.img.shape[0], "n_captions": test.txt.shape[0],
                 "sparse": evaluate_head(best, test, True, self.dtype, self.cfg.eval_batch_size),
                 "sparse_no_query_expansion": evaluate_head(best, test, False, self.dtype, self.cfg.eval_batch_size),
