@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="results name [default: train_throughput_<device>]")
     args = ap.parse_args()
 
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     data = mscoco_shaped(n_images=args.images, n_pairs=args.pairs)
     build_s = time.perf_counter() - t0
@@ -201,7 +203,8 @@ def main() -> None:
                "timed_steps": args.steps, "authors_workers": args.workers, "data_build_s": build_s, "rows": rows,
                "schedule_pairs_per_s": schedule, "speedup": speedup,
                "projected_200_epoch_minutes_ours": epochs200_min,
-               "steps_per_epoch": math.ceil(args.pairs / args.batch_size)}
+               "steps_per_epoch": math.ceil(args.pairs / args.batch_size),
+               "load_avg_1_5_15_before": load_before, "load_avg_1_5_15_after": os.getloadavg()}
     summary = (f"Device {args.device}, batch {args.batch_size}, {args.pairs:,} pairs / {args.images:,} images, "
                f"{args.warmup} untimed + {args.steps} timed steps per side and p, authors'-style "
                f"DataLoader workers {args.workers}.\n\n"
@@ -211,7 +214,8 @@ def main() -> None:
                  f"{speedup['schedule']:.2f}x over the paper's schedule (mean p {p_mean:.3f}: "
                  f"{schedule['lsr_os.train']:.1f} vs {schedule['authors-style loop']:.1f} pairs/s). "
                  f"A 200-epoch run at this size would take {epochs200_min:.0f} min at our schedule rate "
-                 f"(training steps only, no evaluation).")
+                 f"(training steps only, no evaluation). Load average (1 min) {load_before[0]:.1f} before, "
+                 f"{os.getloadavg()[0]:.1f} after.")
     path = write_results(args.name or f"train_throughput_{device.type}", results, summary)
     print(summary)
     print(f"results: {path}")
