@@ -85,8 +85,10 @@ class TrainConfig:
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("epochs must be >= 1 and batch size >= 2 (in-batch negatives)")
-        if not self.train_splits or not all(isinstance(s, str) and s for s in self.train_splits):
-            raise ConfigError(f"training splits must be one or more split names, got {self.train_splits!r}")
+        if (isinstance(self.train_splits, str) or not self.train_splits
+                or not all(isinstance(s, str) and s for s in self.train_splits)):
+            raise ConfigError(f"training splits must be a sequence of split names such as ('train',), "
+                              f"got {self.train_splits!r}")
         held_out = sorted(set(self.train_splits) & {"val", "test"})
         if held_out:
             raise ConfigError(f"split {held_out[0]!r} is held out for checkpoint selection or the test; "

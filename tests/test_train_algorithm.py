@@ -238,8 +238,11 @@ def test_training_defaults_to_the_authors_train_split_and_restval_is_opt_in(tmp_
 
     (tmp_path / "flickr").mkdir()
     no_restval = TrainingData.load(_tiny_dataset(tmp_path / "flickr"))
-    with pytest.raises(DataError, match=r"dataset_meta.json: no image has split 'restval' \(its splits: test, train, val\)"):
+    with pytest.raises(DataError, match=r"meta.json: no image has split 'restval' \(its splits: test, train, val\)"):
         Trainer(TrainConfig(epochs=1, batch_size=4, init="minilm", train_splits=("train", "restval")), no_restval,
                 tmp_path / "e")
     res = CliRunner().invoke(cli.main, base + ["--out", str(tmp_path / "d"), "--train-splits", "train,val"])
     assert res.exit_code != 0 and "'val' is held out" in res.output
+    for bad in ("train", ()):
+        with pytest.raises(ConfigError, match="sequence of split names"):
+            TrainConfig(train_splits=bad).check()
