@@ -99,7 +99,7 @@ def test_a_deterministic_run_repeats_its_metrics_bit_for_bit(run):
     Two epochs cover both branches (epoch 0 has only unexpanded batches, whose gather backward is
     what varied between runs; epoch 1 mixes in expanded ones). Whole runs were compared by hand:
     two `lsr-os train --deterministic` processes wrote identical metrics.jsonl (less the timings)
-    and test_report.json.
+    and test_report.json. Costs two epochs of training (13 s at a load of 2, 21 s at 3-4).
     """
     rows = [json.loads(x) for x in (run["root"] / "out" / "metrics.jsonl").read_text().splitlines()]
     again = Trainer(CONFIG, TrainingData.load(run["root"] / "world"), run["root"] / "again")
