@@ -726,19 +726,28 @@ def snapshot_delete(cluster: ClusterConfig, repository: str, snapshot: str) -> N
 @click.option("--max-text-length", type=int, default=512, show_default=True, help="Caption truncation (tokens).")
 @click.option("--block-special-tokens/--keep-special-tokens", default=True, show_default=True,
               help="Keep the weights of [CLS], [SEP], [PAD], [UNK], [MASK] at zero (METHOD.md keeps them).")
+@click.option("--train-splits", default="train", show_default=True,
+              help="Comma list of Karpathy split labels to train on: 'train' is the authors' set; "
+                   "'train,restval' adds MSCOCO's restval (the 113k set).")
+@click.option("--deterministic", is_flag=True,
+              help="Deterministic kernels: two runs with the same seed, settings and machine give the same bits.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last_state.pt when it exists.")
 def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p, p_end, lr_head, lr_proj,
               warmup_ratio, precision, init, seed, device, eval_batch_size, max_text_length, block_special_tokens,
-              resume) -> None:
+              train_splits, deterministic, resume) -> None:
     """Train the sparse head with probabilistic expansion control (METHOD.md)."""
     from lsr_os.train import TrainConfig, train
 
+    splits = tuple(dict.fromkeys(s.strip() for s in train_splits.split(",") if s.strip()))
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, q_reg=q_reg, d_reg=d_reg, temperature=temperature,
                       p=fixed_p, p_end_fraction=p_end, lr_head=lr_head, lr_proj=lr_proj, warmup_ratio=warmup_ratio,
                       precision=precision, seed=seed, device=device, init=init, eval_batch_size=eval_batch_size,
-                      max_text_length=max_text_length, block_special_tokens=block_special_tokens)
+                      max_text_length=max_text_length, block_special_tokens=block_special_tokens,
+                      train_splits=splits, deterministic=deterministic)
     result = train(data, out, cfg, resume=resume)
-    test = result.test
+    test, ts = result.test, result.train_set
+    click.echo(f"trained on split {'+'.join(ts['train_splits'])}: {ts['train_images']:,} images, "
+               f"{ts['train_pairs']:,} caption-image pairs")
     click.echo(f"best epoch {result.best_epoch} (val t2i R@1 {100 * result.best_val_r1:.2f}); "
                f"checkpoint {result.out / 'best'}; {result.epochs_run} epochs in {result.seconds:.0f}s")
     for name in ("sparse", "sparse_no_query_expansion", "dense"):

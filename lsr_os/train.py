@@ -24,13 +24,15 @@ blocks the special tokens ([CLS], [SEP], ...; see lsr_os.models.head), which MET
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +52,10 @@ BEST_DIR = "best"
 STATE_FILE = "last_state.pt"
 REPORT_FILE = "test_report.json"
 TOP_K = 10
+# The split the authors' training loop selects (split == "train"). Karpathy's MSCOCO file also has
+# "restval" (30,504 images that the 113k training set of BLIP and others adds): opt in with
+# TrainConfig.train_splits = ("train", "restval") (CLI: --train-splits train,restval).
+AUTHORS_TRAIN_SPLITS = ("train",)
 
 
 @dataclass
@@ -73,10 +79,20 @@ class TrainConfig:
     eval_batch_size: int = 2048
     max_text_length: int = 512
     block_special_tokens: bool = True  # keep [CLS]/[SEP]/... weights at zero (not in METHOD.md)
+    train_splits: tuple[str, ...] = AUTHORS_TRAIN_SPLITS  # Karpathy split labels trained on
+    deterministic: bool = False  # seeded and bit-reproducible on one machine (see `determinism`)
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("epochs must be >= 1 and batch size >= 2 (in-batch negatives)")
+        if (isinstance(self.train_splits, str) or not self.train_splits
+                or not all(isinstance(s, str) and s for s in self.train_splits)):
+            raise ConfigError(f"training splits must be a sequence of split names such as ('train',), "
+                              f"got {self.train_splits!r}")
+        held_out = sorted(set(self.train_splits) & {"val", "test"})
+        if held_out:
+            raise ConfigError(f"split {held_out[0]!r} is held out for checkpoint selection or the test; "
+                              f"it cannot be a training split")
         if self.p is not None and not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"fixed p must lie in [0, 1], got {self.p}")
         if not 0.0 < self.p_end_fraction <= 1.0:
@@ -118,24 +134,46 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 # ---------------------------------------------------------------------------- loss
 
 
+def _full_precision(t: Tensor):
+    """Autocast off for what follows: its matrix products run in the dtype of their (fp32) inputs."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def distillation_loss(scores: Tensor, dense_img: Tensor, dense_txt: Tensor, temperature: float) -> Tensor:
-    """½ [CE(S, softmax(T/τ)) + CE(Sᵀ, softmax(Tᵀ/τ))], S the sparse (image x caption) and T the dense in-batch scores."""
-    scores = scores.float()
-    with torch.no_grad():
+    """½ [CE(S, softmax(T/τ)) + CE(Sᵀ, softmax(Tᵀ/τ))], S the sparse (image x caption) and T the dense in-batch scores.
+
+    The teacher is computed in fp32 even inside bf16/fp16 autocast: T/τ with τ = 0.001 turns the
+    ~3-digit rounding of a bf16 product into logit errors of order 1 (on a clustered test batch the
+    gradient moved 6.1% from fp32 under bf16, 0.45% under fp16, and 0 with the teacher and the
+    scores in fp32). Pass `scores` in fp32 too (`in_batch_scores`, `own_token_scores`).
+    """
+    with torch.no_grad(), _full_precision(dense_img):
         teacher = dense_img.float() @ dense_txt.float().t() / temperature
         p_i2t = torch.softmax(teacher, dim=1)
         p_t2i = torch.softmax(teacher.t(), dim=1)
+    scores = scores.float()
     return (F.cross_entropy(scores, p_i2t) + F.cross_entropy(scores.t(), p_t2i)) / 2
 
 
+def in_batch_scores(sparse_img: Tensor, sparse_txt: Tensor) -> Tensor:
+    """(images x captions) dot products in fp32, also inside autocast.
+
+    The loss reads differences of scores of ~10-35; a bf16 output rounds those to steps of 1/16-1/4.
+    The inputs stay what the head made (bf16 values are exact in fp32), only the product is fp32.
+    """
+    with _full_precision(sparse_img):
+        return sparse_img.float() @ sparse_txt.float().t()
+
+
 def own_token_scores(sparse_img: Tensor, token_ids: Tensor, token_weights: Tensor) -> Tensor:
-    """(images x captions) dot products when each caption has weights only at its own token ids.
+    """(images x captions) dot products, in fp32, when each caption has weights only at its own token ids.
 
     `token_weights[j, l]` is caption j's weight at `token_ids[j, l]` (ids distinct per row, padding
     weighted 0), so S[i, j] = Σ_l sparse_img[i, ids[j, l]] · w[j, l]; memory images x captions x L.
     """
     gathered = sparse_img[:, token_ids.reshape(-1).long()].view(sparse_img.shape[0], *token_ids.shape)
-    return (gathered * token_weights.unsqueeze(0)).sum(dim=2)
+    with _full_precision(sparse_img):
+        return (gathered.float() * token_weights.float().unsqueeze(0)).sum(dim=2)
 
 
 def l1(sparse: Tensor) -> Tensor:
@@ -224,17 +262,27 @@ class TrainingData:
     def dim(self) -> int:
         return self.images.dim
 
-    def split(self, name: str, device, tokenizer=None, max_length: int = 512,
+    def split(self, name: str | Sequence[str], device, tokenizer=None, max_length: int = 512,
               drop_token_ids: Sequence[int] = ()) -> SplitTensors:
-        """A split's tensors on `device`; images without captions are counted and logged."""
-        split = self.meta.split(name)
+        """A split's tensors on `device`; images without captions are counted and logged.
+
+        `name` is passed to DatasetMeta.split: the string "train" includes "restval" there, a list
+        selects exactly the labels it names (what training uses, see AUTHORS_TRAIN_SPLITS).
+        """
+        if not isinstance(name, str):
+            labels = {img["split"] for img in self.meta.images}
+            missing = [n for n in name if n not in labels]
+            if missing:
+                raise DataError(f"{self.meta.path or 'the metadata'}: no image has split {missing[0]!r} "
+                                f"(its splits: {', '.join(sorted(labels))})")
+        split = self.meta.split(name if isinstance(name, str) else list(name))
         if not split.caption_ids:
-            raise DataError(f"{self.meta.path}: split {name!r} has images but no captions")
+            raise DataError(f"{self.meta.path}: split {split.name!r} has images but no captions")
         with_captions = set(split.caption_image)
         lonely = [i for i in split.image_ids if i not in with_captions]
         if lonely:
             log.warning("split %s: %d images have no captions (first: %s); they are only negatives",
-                        name, len(lonely), lonely[0])
+                        split.name, len(lonely), lonely[0])
         img = torch.from_numpy(self.images.take(split.image_ids)).to(device)
         txt = torch.from_numpy(self.texts.take(split.caption_ids)).to(device)
         row = {i: r for r, i in enumerate(split.image_ids)}
@@ -359,6 +407,38 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+CUBLAS_DETERMINISTIC = ":4096:8"  # a cuBLAS workspace setting under which its products are deterministic
+
+
+@contextlib.contextmanager
+def determinism(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic kernels while inside (the previous setting is restored on exit).
+
+    Data order and the Bernoulli draws come from seeded generators in every run; what still varies
+    is the order of floating-point accumulation. On CPU it is the backward of the own-token gather
+    (index_put with accumulate, split over threads; measured with 2 threads: two runs of a seed
+    differ after a few unexpanded batches without this, and are bit-identical with it). On
+    CUDA it is the same scatter plus cuBLAS, which reads CUBLAS_WORKSPACE_CONFIG (set here when
+    unset) when the process first uses it: a Trainer's first product comes after this is entered.
+    The bits still depend on the thread count, the hardware and the library versions: same
+    machine, same settings, same result.
+    """
+    if not enabled:
+        yield
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+
+
 @dataclass
 class TrainResult:
     out: Path
@@ -368,6 +448,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    train_set: dict = field(default_factory=dict)  # splits, images, pairs
 
 
 class Trainer:
@@ -391,9 +472,12 @@ class Trainer:
             self.head.blocked_token_ids = []
         self.head.to(self.device).train()
         tok, blocked = self.head.tokenizer, self.head.blocked_token_ids
-        self.train_data = data.split("train", self.device, tok, config.max_text_length, blocked)
+        self.train_data = data.split(config.train_splits, self.device, tok, config.max_text_length, blocked)
         self.val_data = data.split("val", self.device, tok, config.max_text_length, blocked)
         self.n_pairs = self.train_data.txt.shape[0]
+        self.n_train_images = self.train_data.img.shape[0]
+        log.info("training on split(s) %s: %d images, %d caption-image pairs", ",".join(config.train_splits),
+                 self.n_train_images, self.n_pairs)
         self.steps_per_epoch = math.ceil(self.n_pairs / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = int(self.total_steps * config.warmup_ratio)
@@ -418,6 +502,10 @@ class Trainer:
 
     def train_epoch(self, epoch: int, max_steps: int | None = None) -> dict:
         """One pass over the training pairs (or its first `max_steps` batches, for benchmarks)."""
+        with determinism(self.cfg.deterministic, self.device):
+            return self._train_epoch(epoch, max_steps)
+
+    def _train_epoch(self, epoch: int, max_steps: int | None) -> dict:
         cfg, d, head = self.cfg, self.train_data, self.head
         n_steps = self.steps_per_epoch if max_steps is None else min(max_steps, self.steps_per_epoch)
         p = expansion_p(epoch, cfg.epochs, cfg.p, cfg.p_end_fraction)
@@ -439,7 +527,7 @@ class Trainer:
                     scores = own_token_scores(s_img, ids, s_txt)
                 else:  # two calls: slicing one call's output costs two (2B x V) gradient buffers
                     s_img, s_txt = head(img_dense), head(txt_dense)
-                    scores = s_img @ s_txt.t()
+                    scores = in_batch_scores(s_img, s_txt)
                 distill = distillation_loss(scores, img_dense, txt_dense, cfg.temperature)
                 reg = (wq * l1(s_txt) + wd * l1(s_img)) / 2
                 loss = distill + reg
@@ -497,7 +585,17 @@ class Trainer:
                  self.best_r1, self.best_epoch)
         return True
 
+    @property
+    def train_set(self) -> dict:
+        """What was trained on: split labels, images, caption-image pairs (metrics.jsonl and the report)."""
+        return {"train_splits": list(self.cfg.train_splits), "train_images": self.n_train_images,
+                "train_pairs": self.n_pairs}
+
     def run(self, resume: bool = False, progress: bool = True) -> TrainResult:
+        with determinism(self.cfg.deterministic, self.device):
+            return self._run(resume, progress)
+
+    def _run(self, resume: bool, progress: bool) -> TrainResult:
         from tqdm.auto import tqdm
 
         self.out.mkdir(parents=True, exist_ok=True)
@@ -516,6 +614,7 @@ class Trainer:
                     self.best_r1, self.best_epoch = val["t2i"]["R@1"], epoch
                     self.head.save_pretrained(self.out / BEST_DIR)
                 row["best_epoch"] = self.best_epoch
+                row.update(self.train_set)
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
                 history.append(row)
@@ -525,13 +624,14 @@ class Trainer:
         test = self.test_report()
         (self.out / REPORT_FILE).write_text(json.dumps(test, indent=2), encoding="utf-8")
         return TrainResult(self.out, self.best_epoch, self.best_r1, test, len(history),
-                           time.perf_counter() - t_start, history)
+                           time.perf_counter() - t_start, history, self.train_set)
 
     def test_report(self) -> dict:
         """The best checkpoint on the test split: full expansion (p = 0), no query expansion, dense."""
         best = load_head(self.out / BEST_DIR).to(self.device)
         test = self.data.split("test", self.device, best.tokenizer, best.max_text_length, best.blocked_token_ids)
-        return {"best_epoch": self.best_epoch, "best_val_t2i_R@1": self.best_r1,
+        return {"best_epoch": self.best_epoch, "best_val_t2i_R@1": self.best_r1, **self.train_set,
+                "deterministic": self.cfg.deterministic, "cpu_threads": torch.get_num_threads(),
                 "n_images": test.img.shape[0], "n_captions": test.txt.shape[0],
                 "sparse": evaluate_head(best, test, True, self.dtype, self.cfg.eval_batch_size),
                 "sparse_no_query_expansion": evaluate_head(best, test, False, self.dtype, self.cfg.eval_batch_size),

@@ -113,13 +113,15 @@ def test_keep_top_k():
     assert keep_top_k(x, None) is x
 
 
-def _tiny_dataset(folder, dim=8, n_images=6, seed=0):
+def _tiny_dataset(folder, dim=8, n_images=6, seed=0, splits=None, captions=None):
+    """Images 0..n-3 train, then one val and one test image, two captions each (or as given)."""
     rng = np.random.default_rng(seed)
+    splits = splits or ["train"] * (n_images - 2) + ["val", "test"]
+    n_images = len(splits)
     images, sent = [], 0
-    for i in range(n_images):
-        split = "train" if i < n_images - 2 else ("val" if i == n_images - 2 else "test")
+    for i, split in enumerate(splits):
         sents = []
-        for _ in range(2):
+        for _ in range(captions[i] if captions else 2):
             sents.append({"sentid": sent, "raw": f"a dog number {sent}"})
             sent += 1
         images.append({"imgid": i, "split": split, "filename": f"{i}.jpg", "sentences": sents})
@@ -201,3 +203,46 @@ def test_cli_train_writes_checkpoint_log_report_and_resumes(tmp_path):
     assert len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()) == 2
     res = CliRunner().invoke(cli.main, args[:-2] + ["--q-reg", "0.5", "--resume"])
     assert res.exit_code == 2 and "other settings" in res.output
+
+
+def test_training_defaults_to_the_authors_train_split_and_restval_is_opt_in(tmp_path):
+    """Karpathy's MSCOCO file labels 30,504 images restval: the authors train on split == "train" only."""
+    from click.testing import CliRunner
+
+    import cli
+
+    splits = ["train"] * 5 + ["restval"] * 3 + ["val", "test"]
+    captions = [2, 3, 2, 2, 2, 1, 2, 2, 2, 2]  # train: 5 images, 11 pairs; restval: 3 images, 5 pairs
+    folder = _tiny_dataset(tmp_path, splits=splits, captions=captions)
+    data = TrainingData.load(folder)
+    assert len(data.meta.split("train").image_ids) == 8  # the shared selector keeps train = train + restval
+
+    default = Trainer(TrainConfig(epochs=1, batch_size=4, init="minilm"), data, tmp_path / "a")
+    assert default.train_set == {"train_splits": ["train"], "train_images": 5, "train_pairs": 11}
+    assert default.steps_per_epoch == 3
+    both = Trainer(TrainConfig(epochs=1, batch_size=4, init="minilm", train_splits=("train", "restval")), data,
+                   tmp_path / "b")
+    assert both.train_set == {"train_splits": ["train", "restval"], "train_images": 8, "train_pairs": 16}
+    assert sorted(both.train_data.split.image_ids, key=int) == [str(i) for i in range(8)]
+
+    base = ["train", "--data", str(folder), "--epochs", "1", "--batch-size", "4", "--init", "minilm"]
+    for extra, images, pairs in (([], 5, 11), (["--train-splits", "train,restval"], 8, 16)):
+        out = tmp_path / f"cli-{images}"
+        res = CliRunner().invoke(cli.main, base + ["--out", str(out)] + extra)
+        assert res.exit_code == 0, res.output
+        assert f"{images} images, {pairs} caption-image pairs" in res.output
+        row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        report = json.loads((out / "test_report.json").read_text())
+        for got in (row, report):
+            assert (got["train_images"], got["train_pairs"]) == (images, pairs)
+
+    (tmp_path / "flickr").mkdir()
+    no_restval = TrainingData.load(_tiny_dataset(tmp_path / "flickr"))
+    with pytest.raises(DataError, match=r"meta.json: no image has split 'restval' \(its splits: test, train, val\)"):
+        Trainer(TrainConfig(epochs=1, batch_size=4, init="minilm", train_splits=("train", "restval")), no_restval,
+                tmp_path / "e")
+    res = CliRunner().invoke(cli.main, base + ["--out", str(tmp_path / "d"), "--train-splits", "train,val"])
+    assert res.exit_code != 0 and "'val' is held out" in res.output
+    for bad in ("train", ()):
+        with pytest.raises(ConfigError, match="sequence of split names"):
+            TrainConfig(train_splits=bad).check()
