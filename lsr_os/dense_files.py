@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -140,9 +140,14 @@ class DatasetMeta:
                               encoding="utf-8")
 
     def split(self, names: str | Iterable[str]) -> Split:
-        """The images and captions of a selection (`select_splits`); DataError when empty."""
-        wanted = select_splits(names)
-        label = split_label(names)
+        """The images and captions of a selection by the split rule (`select_splits`: "train"
+        includes restval); DataError when empty."""
+        return self.labels(select_splits(names), split_label(names))
+
+    def labels(self, wanted: Collection[str] | None, name: str | None = None) -> Split:
+        """The images (and captions) whose split label is exactly one of `wanted` (None: all), for
+        callers that state their own selection, as training does; DataError when empty."""
+        label = name or ("all" if wanted is None else ",".join(sorted(wanted)))
         split = Split(label, [], [], [], [])
         for img in self.images:
             if wanted is not None and img["split"] not in wanted:

@@ -266,8 +266,8 @@ class TrainingData:
               drop_token_ids: Sequence[int] = ()) -> SplitTensors:
         """A split's tensors on `device`; images without captions are counted and logged.
 
-        `name` is passed to DatasetMeta.split: the string "train" includes "restval" there, a list
-        selects exactly the labels it names (what training uses, see AUTHORS_TRAIN_SPLITS).
+        `name` as a string follows the split rule (`DatasetMeta.split`: "train" includes "restval");
+        a list selects exactly the labels it names (what training uses, see AUTHORS_TRAIN_SPLITS).
         """
         if not isinstance(name, str):
             labels = {img["split"] for img in self.meta.images}
@@ -275,7 +275,7 @@ class TrainingData:
             if missing:
                 raise DataError(f"{self.meta.path or 'the metadata'}: no image has split {missing[0]!r} "
                                 f"(its splits: {', '.join(sorted(labels))})")
-        split = self.meta.split(name if isinstance(name, str) else list(name))
+        split = self.meta.split(name) if isinstance(name, str) else self.meta.labels(set(name), ",".join(name))
         if not split.caption_ids:
             raise DataError(f"{self.meta.path}: split {split.name!r} has images but no captions")
         with_captions = set(split.caption_image)

@@ -225,7 +225,7 @@ def test_training_defaults_to_the_authors_train_split_and_restval_is_opt_in(tmp_
     assert both.train_set == {"train_splits": ["train", "restval"], "train_images": 8, "train_pairs": 16}
     assert sorted(both.train_data.split.image_ids, key=int) == [str(i) for i in range(8)]
 
-    base = ["train", "--data", str(folder), "--epochs", "1", "--batch-size", "4", "--init", "minilm"]
+    base = ["train", "--dense", str(folder), "--epochs", "1", "--batch-size", "4", "--init", "minilm"]
     for extra, images, pairs in (([], 5, 11), (["--train-splits", "train,restval"], 8, 16)):
         out = tmp_path / f"cli-{images}"
         res = CliRunner().invoke(cli.main, base + ["--out", str(out)] + extra)
