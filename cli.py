@@ -771,7 +771,7 @@ def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p,
               help="How captions become dense vectors: the offline MiniLM model or a random bag of words.")
 def synth_cmd(out, n_images, n_val, n_test, seed, dim, noise, encoder) -> None:
     """Write the synthetic world with known truth (authors' layout + ground_truth.json)."""
-    from lsr_os.synthetic import write_synthetic
+    from lsr_os.demo.synthetic import write_synthetic
 
     truth = write_synthetic(out, n_images=n_images, seed=seed, dim=dim, noise=noise, encoder=encoder,
                             n_val=n_val, n_test=n_test)
@@ -799,7 +799,7 @@ def synth_cmd(out, n_images, n_val, n_test, seed, dim, noise, encoder) -> None:
 def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, head_epochs: int,
          queries: tuple[str, ...], k: int, prefix: str, no_node: bool, as_json: bool) -> None:
     """Run the whole pipeline offline on a built-in image-caption world, end to end."""
-    from lsr_os.demo import DEFAULT_QUERIES, DemoConfig, run_demo
+    from lsr_os.demo.pipeline import DEFAULT_QUERIES, DemoConfig, run_demo
 
     from lsr_os.node import connect_or_start
 

@@ -15,7 +15,7 @@ then copy gpu-<device>-<date>.json and .md from the call's files into bench/resu
 Everything runs on inputs made here, with nothing downloaded:
 - inputs: 20,000 JPEGs of 640x480 (1/f-spectrum luminance and chroma, quality 90: about 150 KiB,
   the size of an MSCOCO photo), written by every core; captions of MSCOCO's length distribution
-  (about 10.5 words); MSCOCO-shaped dense tensors (113,287 images, 566,747 captions, 256-d);
+  (about 10.5 words); MSCOCO-shaped dense tensors (the authors' training set: 82,783 images, 414,113 captions, 256-d);
 - encode: BLIP-base ITM at 384 px with random weights through `lsr-os encode`'s pipeline
   (lsr_os.encode.encode_dataset: decoding workers, pinned memory, bf16 on the GPU), images/s and
   captions/s with nvidia-smi's GPU utilisation while each ran, plus the pipeline's two halves
@@ -588,8 +588,9 @@ class Suite:
                 "authors_workers": self.authors_workers, "schedule_mean_p": p_mean,
                 "schedule_pairs_per_s": schedule, "speedup": speedup,
                 "projected_200_epoch_minutes": 200 * MSCOCO_PAIRS / schedule["lsr_os.train"] / 60,
-                "projection_note": "200 epochs x 566,747 pairs at lsr_os.train's schedule rate; training steps only "
-                                   "(no per-epoch evaluation or checkpointing)",
+                "projection_note": f"200 epochs x {MSCOCO_PAIRS:,} pairs (the authors' training set) at "
+                                   "lsr_os.train's schedule rate; training steps only (no per-epoch evaluation or "
+                                   "checkpointing)",
                 "peak_gpu_mem_note": "GPU memory each loop allocated beyond what was already allocated before it"}
 
     def goals(self) -> list[dict]:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import md_table, write_results  # noqa: E402
 from lsr_os.models.head import load_head  # noqa: E402
-from lsr_os.synthetic import semantic_deviation, write_synthetic  # noqa: E402
+from lsr_os.demo.synthetic import semantic_deviation, write_synthetic  # noqa: E402
 from lsr_os.train import TrainConfig, TrainingData, train  # noqa: E402
 
 

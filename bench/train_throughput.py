@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import md_table, write_results  # noqa: E402
 from lsr_os.dense_files import DatasetMeta, Embeddings  # noqa: E402
 from lsr_os.models.head import SparseHead  # noqa: E402
-from lsr_os.synthetic import CONCEPTS, TEMPLATES  # noqa: E402
+from lsr_os.demo.synthetic import CONCEPTS, TEMPLATES  # noqa: E402
 from lsr_os.train import (TrainConfig, Trainer, TrainingData, distillation_loss, expansion_p, l1,  # noqa: E402
                           pick_dtype, reg_weight)
 

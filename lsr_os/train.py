@@ -42,7 +42,7 @@ from torch import Tensor
 from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, Embeddings, Split, read_embeddings
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.metrics import flops_from_counts, topk_metrics
-from lsr_os.models.dense import resolve_device
+from lsr_os.models.dense import resolve_device, resolve_dtype
 from lsr_os.models.head import SparseHead, load_head
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,13 @@ def reg_weight(final: float, step: int, warmup_steps: int) -> float:
     return final * min(1.0, step / warmup_steps) ** 2
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up to 1 over `warmup_steps`, then linear decay to 0 at `total_steps`."""
+def lr_factor(step: int, warmup_steps: int, total_steps: int, decay: str = "linear") -> float:
+    """The learning-rate factor of step `step`: linear warm-up to 1 over `warmup_steps`, then decay
+    to 0 at `total_steps`, linear (the paper's schedule) or half a cosine (the demo encoder's)."""
     if step < warmup_steps:
         return step / max(1, warmup_steps)
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    done = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1 + math.cos(math.pi * done)) if decay == "cosine" else max(0.0, 1.0 - done)
 
 
 # ---------------------------------------------------------------------------- loss
@@ -394,17 +396,13 @@ def evaluate_dense(data: SplitTensors, chunk: int = 2048) -> dict:
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype (None = fp32). auto: bf16 on GPUs that have it, else fp16; fp32 on CPU.
-
-    On a CPU without native bf16 (AVX-512 BF16/AMX) bf16 matmuls measured 4x slower than fp32.
-    """
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None
-    if precision == "fp16" and device.type != "cuda":
+    """Autocast dtype (None = fp32): `models.dense.resolve_dtype`'s choice, the one place that
+    picks a compute dtype (auto: bf16 on GPUs that have it, else fp16; fp32 on CPU, where bf16
+    matmuls measured 4x slower without native bf16). fp16 needs CUDA (its grad scaler)."""
+    dtype = resolve_dtype(precision, device)
+    if dtype == torch.float16 and device.type != "cuda":
         raise ConfigError("fp16 mixed precision needs a CUDA device (use bf16 or fp32 on CPU)")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return None if dtype == torch.float32 else dtype
 
 
 CUBLAS_DETERMINISTIC = ":4096:8"  # a cuBLAS workspace setting under which its products are deterministic

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from lsr_os import world
+from lsr_os.demo import world
 
 pytestmark = pytest.mark.integration
 

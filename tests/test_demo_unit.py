@@ -2,7 +2,7 @@
 
 import pytest
 
-from lsr_os.demo import DemoConfig, _check_settings
+from lsr_os.demo.pipeline import DemoConfig, _check_settings
 from lsr_os.errors import ConfigError
 
 

@@ -64,7 +64,7 @@ def test_evaluate_sparse_files_both_directions(os_client, index_name, tmp_path):
 
 def test_evaluate_synthetic_world_through_the_cluster_agrees_with_memory(os_client, index_name, tmp_path):
     from lsr_os.models.head import SparseHead
-    from lsr_os.synthetic import write_synthetic
+    from lsr_os.demo.synthetic import write_synthetic
 
     world = tmp_path / "world"
     write_synthetic(world, n_images=64, seed=3)

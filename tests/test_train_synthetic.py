@@ -32,7 +32,7 @@ import json
 import pytest
 
 from lsr_os.models.head import SparseHead, load_head
-from lsr_os.synthetic import semantic_deviation, write_synthetic
+from lsr_os.demo.synthetic import semantic_deviation, write_synthetic
 from lsr_os.train import TrainConfig, Trainer, TrainingData, evaluate_dense, evaluate_head, train
 
 WORLD = {"n_images": 900, "seed": 0, "n_val": 50, "n_test": 100}

@@ -5,7 +5,7 @@ import random
 
 from PIL import Image
 
-from lsr_os import world
+from lsr_os.demo import world
 from lsr_os.dense_files import DatasetMeta
 
 

@@ -15,7 +15,7 @@ from lsr_os.errors import ModelError
 from lsr_os.models.dense import MARKER_FILE, DenseEncoder
 
 _BUILTIN = {"blip": "lsr_os.models.blip:BlipEncoder", "albef": "lsr_os.models.albef:AlbefEncoder",
-            "demo": "lsr_os.models.demo:DemoEncoder"}
+            "demo": "lsr_os.demo.encoder:DemoEncoder"}
 _REGISTRY: dict[str, type[DenseEncoder]] = {}
 
 

@@ -1,4 +1,4 @@
-"""A small dense dual encoder, trained by the project on the built-in world (lsr_os.world).
+"""A small dense dual encoder, trained by the project on the built-in world (lsr_os.demo.world).
 
 It stands in for BLIP where no model hub is reachable: a small CNN that sees the world's images
 at 32 px and a bag-of-word-pieces text encoder over the BERT-uncased vocabulary, trained contrastively on
@@ -139,6 +139,7 @@ def train_demo_encoder(meta_path: str | Path, image_root: str | Path, out: str |
     from PIL import Image
 
     from lsr_os.dense_files import DatasetMeta
+    from lsr_os.train import lr_factor
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -166,7 +167,8 @@ def train_demo_encoder(meta_path: str | Path, image_root: str | Path, out: str |
     steps_per_epoch = max(1, len(train.image_ids) // batch_size)
     total = epochs * steps_per_epoch
     warmup = max(1, int(0.1 * total))
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: _lr_factor(step, warmup, total)) for o in opts]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: lr_factor(step, warmup, total, decay="cosine"))
+              for o in opts]
     model.train()
     bar = tqdm(total=total, desc="train demo encoder", unit="step", disable=not progress)
     for epoch in range(epochs):
@@ -210,7 +212,7 @@ def _attribute_labels(world_dir: Path, image_ids: list[str]) -> dict[str, torch.
     and position already tell almost every in-batch pair apart. Predicting the attributes from
     the image embedding, as an auxiliary loss, makes the CNN learn shapes in the same budget.
     """
-    from lsr_os import world
+    from lsr_os.demo import world
 
     if not (world_dir / "scenes.jsonl").exists():
         return None
@@ -222,13 +224,6 @@ def _attribute_labels(world_dir: Path, image_ids: list[str]) -> dict[str, torch.
         values = sorted({str(getattr(s, attr)) for s in scenes.values()})
         labels[attr] = torch.tensor([values.index(str(getattr(scenes[i], attr))) for i in image_ids])
     return labels
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def _random_shift(batch: torch.Tensor, max_shift: int, rng: np.random.Generator) -> torch.Tensor:
@@ -244,10 +239,10 @@ def _random_shift(batch: torch.Tensor, max_shift: int, rng: np.random.Generator)
 def probe_attributes(encoder: DenseEncoder, images: list, scenes: list) -> dict[str, float]:
     """Zero-shot attribute accuracy: for each image, the best of the prompts "a <value>" of one attribute.
 
-    `images` are paths or PIL images, `scenes` their lsr_os.world.Scene. Shows whether the dense
+    `images` are paths or PIL images, `scenes` their lsr_os.demo.world.Scene. Shows whether the dense
     space encodes an attribute at all (chance is one over the number of values).
     """
-    from lsr_os import world
+    from lsr_os.demo import world
 
     tables = {"shape": world.SHAPES, "colour": {k: v[1] for k, v in world.COLOURS.items()},
               "size": world.SIZES, "texture": world.TEXTURES,

@@ -95,13 +95,13 @@ class _Steps:
 
 def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
     """Run (or resume) every step of the demo into `cfg.out` against the cluster of `client`."""
-    from lsr_os import world
     from lsr_os.data import load_karpathy
+    from lsr_os.demo import world
+    from lsr_os.demo.encoder import train_demo_encoder
     from lsr_os.dense_files import META_FILE
     from lsr_os.encode import EncodeOptions, encode_dataset
     from lsr_os.models import load_encoder
     from lsr_os.models.dense import MARKER_FILE
-    from lsr_os.models.demo import train_demo_encoder
     from lsr_os.models.head import load_head
     from lsr_os.train import BEST_DIR, REPORT_FILE, TrainConfig, train
 
