@@ -504,6 +504,23 @@ def collections_delete(cluster: ClusterConfig, alias: str, yes: bool) -> None:
         click.echo(f"deleted {name}")
 
 
+@main.command("dashboards")
+@words("prefix")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the NDJSON here [default: standard output].")
+def dashboards_cmd(prefix: str, out: Path | None) -> None:
+    """OpenSearch Dashboards saved objects for the collections of a prefix (import them in Stack
+    Management -> Saved objects): an index pattern and a saved search per collection."""
+    from lsr_os.index import dashboards_objects
+
+    text = dashboards_objects(prefix)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}: import it in Dashboards (Stack Management -> Saved objects -> Import)")
+
+
 # --------------------------------------------------------------------------- encoding datasets
 
 
@@ -831,6 +848,7 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
     click.echo(f"\nsearch it yourself:  lsr-os search \"two green stars\" --demo {out}")
     click.echo(f"evaluate it:         lsr-os evaluate --dense {out / 'dense'} --head {out / 'head' / 'best'} "
                f"--prefix {prefix}")
+    click.echo(f"browse it:           import {out / 'dashboards.ndjson'} in OpenSearch Dashboards (Saved objects)")
 
 
 if __name__ == "__main__":

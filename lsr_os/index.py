@@ -582,6 +582,31 @@ def ingest_collections(client: OpenSearch, streams: Callable[[str], RecordStream
         yield ingest(client, streams(collection), name, collection, options, failures)
 
 
+def dashboards_objects(prefix: str = "lsr") -> str:
+    """OpenSearch Dashboards saved objects (NDJSON) for the collections of `prefix`: an index
+    pattern and a saved search per collection, from the packaged `mappings/dashboards.ndjson`
+    (written for the prefix `lsr`) with its ids, titles and references renamed."""
+    text = resources.files("lsr_os.mappings").joinpath("dashboards.ndjson").read_text(encoding="utf-8")
+    lines = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        obj = json.loads(line)
+        obj["id"] = _with_prefix(obj["id"], prefix)
+        for ref in obj.get("references", []):
+            ref["id"] = _with_prefix(ref["id"], prefix)
+        if obj["type"] == "index-pattern":
+            obj["attributes"]["title"] = _with_prefix(obj["attributes"]["title"], prefix)
+        elif prefix != "lsr":
+            obj["attributes"]["title"] = obj["attributes"]["title"].replace("lsr-os ", f"lsr-os {prefix} ", 1)
+        lines.append(json.dumps(obj, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
+
+
+def _with_prefix(name: str, prefix: str) -> str:
+    return f"{prefix}-{name[len('lsr-'):]}" if name.startswith("lsr-") else name
+
+
 # --------------------------------------------------------------------------- housekeeping
 
 

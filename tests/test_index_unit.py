@@ -109,3 +109,15 @@ def test_a_whole_vocabulary_of_heavy_weights_stays_within_the_field_limit():
     terms = Vocabulary.default().terms
     doc = ix.to_document(SparseRecord("all", {t: 3.0e38 for t in terms}))
     assert len(doc["sparse"]) == len(terms)
+
+
+def test_dashboards_objects_for_another_prefix_rename_every_id_and_reference():
+    objects = [json.loads(line) for line in ix.dashboards_objects("demo").splitlines()]
+    ids = {o["id"] for o in objects}
+    assert all(i.startswith("demo-") for i in ids)
+    assert {o["attributes"]["title"] for o in objects if o["type"] == "index-pattern"} == {"demo-images",
+                                                                                            "demo-captions"}
+    assert all(ref["id"] in ids for o in objects for ref in o.get("references", []))
+    assert ix.dashboards_objects("lsr") == "\n".join(
+        json.dumps(json.loads(line), ensure_ascii=False) for line in resources.files("lsr_os.mappings").joinpath(
+            "dashboards.ndjson").read_text(encoding="utf-8").splitlines() if line.strip()) + "\n"

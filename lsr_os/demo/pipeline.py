@@ -100,6 +100,7 @@ def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
     from lsr_os.demo.encoder import train_demo_encoder
     from lsr_os.dense_files import META_FILE
     from lsr_os.encode import EncodeOptions, encode_dataset
+    from lsr_os.index import dashboards_objects
     from lsr_os.models import load_encoder
     from lsr_os.models.dense import MARKER_FILE
     from lsr_os.models.head import load_head
@@ -132,6 +133,7 @@ def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
     (out / DEMO_SEARCH_FILE).write_text(json.dumps({
         "model": str(enc_dir.resolve()), "head": str((head_dir / BEST_DIR).resolve()), "prefix": cfg.prefix,
         "images": str(world_dir.resolve())}, indent=2))
+    (out / "dashboards.ndjson").write_text(dashboards_objects(cfg.prefix), encoding="utf-8")
     examples = steps.run("examples", False, lambda: _examples(client, encoder, head, aliases["images"],
                                                               world_dir, cfg, out / "sheets"))
     report = steps.run("evaluate", False, lambda: _evaluate(client, dense_dir, head_dir / BEST_DIR, aliases,
