@@ -94,3 +94,35 @@ def test_first_load_with_failures_is_served_and_exits_4(os_client, index_name):
     # the library's own default for a replacement: any failure keeps the old one
     again = load(os_client, iter(records), index_name, source="t2")
     assert again.not_swapped and served(os_client, index_name)[0] == [report.index]
+
+
+def test_a_600_byte_id_and_a_huge_vector_are_listed_while_their_batch_mates_are_indexed(os_client, index_name,
+                                                                                         tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    long_id = SparseRecord("x" * 600, {"dog": 1.0})
+    huge = SparseRecord("huge", {f"t{i}": 1.0 for i in range(80000)})  # 80,000 terms, about 2 MB of JSON
+    write_jsonl(path, good(4) + [long_id, huge] + good(3, "m"))
+    failures = tmp_path / "f.jsonl"
+    res = cli("ingest", "--sparse", str(path), "--collection", "images", "--index", index_name, "--chunk-docs", "100",
+              "--failures", str(failures))
+    assert res.exit_code == EXIT_FAILURES, res.output
+    listed = {f["id"][:8]: f for f in map(json.loads, failures.read_text().splitlines())}
+    assert set(listed) == {"x" * 8, "huge"} and all(f["what"] == "record" for f in listed.values())
+    assert "600 bytes" in listed["x" * 8]["reason"] and "per-field limit" in listed["huge"]["reason"]
+    assert served(os_client, index_name)[1] == 7
+
+
+def test_a_request_the_cluster_refuses_as_a_whole_is_split_until_the_bad_document_fails_alone(os_client, index_name):
+    # Past the checks of to_document (a caller of BulkLoader that skipped them): OpenSearch refuses the
+    # whole bulk request over a 600-byte id, so the loader bisects it and indexes the other nine.
+    ix.prepare_index(os_client, index_name, "images", "t")
+    index = next(iter(os_client.indices.get(index=f"{index_name}-v*")))
+    loader = ix.BulkLoader(os_client, index, chunk_docs=10, concurrency=1)
+    docs = [loader.doc(f"ok{i}", {"id": f"ok{i}", "sparse": {"dog": 1.0}}) for i in range(9)]
+    docs.insert(4, loader.doc("y" * 600, {"id": "long", "sparse": {"dog": 1.0}}))
+    outcomes = list(loader.load(docs))
+    assert len(outcomes) == 10
+    (bad,) = [o for o in outcomes if not o.ok]
+    assert bad.id == "y" * 600 and "HTTP 400" in bad.reason and "too long" in bad.reason
+    os_client.indices.refresh(index=index)
+    assert os_client.count(index=index)["count"] == 9
