@@ -248,9 +248,14 @@ def _guard_name(client: OpenSearch, alias: str) -> None:
                            f"delete it or ingest under another --index name")
 
 
+def data_nodes(client: OpenSearch) -> int:
+    """How many data nodes the cluster has."""
+    return len(client.nodes.info(node_id="data:true", metric="_none").get("nodes", {}))
+
+
 def default_replicas(client: OpenSearch) -> int:
     """1 replica when the cluster has 2+ data nodes (a node can be lost), else 0."""
-    return 1 if len(client.nodes.info(node_id="data:true", metric="_none").get("nodes", {})) > 1 else 0
+    return 1 if data_nodes(client) > 1 else 0
 
 
 def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
@@ -279,10 +284,15 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
     body["mappings"]["_meta"] = {META_KEY: {"alias": alias, "collection": collection, "source": source,
                                             "state": "loading", "started": _now_tag()}}
     name = f"{alias}{VERSION_SEP}{_now_tag()}"
+    # Replicas protect the load only once they are started (in sync with their primary): a node
+    # lost while a replica still recovers takes the shard's only valid copy with it.
+    copies = min(replicas + 1, max(1, data_nodes(client))) if replicas else 1
     try:
-        client.indices.create(index=name, body=body)
+        created = client.indices.create(index=name, body=body, wait_for_active_shards=str(copies))
     except RequestError as exc:
         raise ClusterError(f"cannot create index {name}: {exc.error} ({exc.info})") from exc
+    if not created.get("shards_acknowledged", True):
+        log.warning("%s: not every shard copy started within the create timeout; loading anyway", name)
     _check_sparse_mapping(client, name)
     return name, False
 
@@ -401,13 +411,18 @@ class BulkLoader:
     def load(self, docs: Iterable[_Doc]) -> Iterator[Outcome]:
         """Outcomes of every document, chunk by chunk in the order sent."""
         pending: list[Future] = []
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="bulk") as pool:
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="bulk")
+        try:
             for chunk in _chunks(docs, self.chunk_docs, self.chunk_bytes):
                 pending.append(pool.submit(self._settle, chunk))
                 while len(pending) >= self.concurrency:
                     yield from pending.pop(0).result()
             while pending:
                 yield from pending.pop(0).result()
+        finally:
+            # On an error or an interrupt, chunks not yet sent are dropped at once (a re-run
+            # resumes); requests already in flight finish in the background.
+            pool.shutdown(wait=not pending, cancel_futures=True)
 
     def _settle(self, chunk: list[_Doc]) -> list[Outcome]:
         """Final outcomes of a chunk, after its retries and splits."""
