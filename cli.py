@@ -414,6 +414,56 @@ def compact_json(body: dict) -> str:
     return walk(body, 0)
 
 
+@main.command("serve")
+@cluster_options
+@words("model", "head", "device")
+@click.option("--demo", type=_PATH_DIR,
+              help="The output folder of `lsr-os demo`: its model, head, prefix and images are the defaults.")
+@click.option("--prefix", default=None, help="Collections are served as <prefix>-images and <prefix>-captions "
+                                             "[default: lsr, or the demo's].")
+@click.option("--images", type=_PATH_DIR, default=None,
+              help="Image root: hits' images (thumbnails) are served from under it [default: the demo's; none].")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 exposes the server to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port to listen on.")
+@click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True,
+              help="Queries encoded in one model call (dynamic batching); 1 turns batching off.")
+@click.option("--batch-wait-ms", type=click.FloatRange(0), default=2.0, show_default=True,
+              help="How long a query waits for others to share its model call.")
+@click.option("--max-pending", type=click.IntRange(1), default=256, show_default=True,
+              help="Queries that may wait for the model; beyond that the server answers 503.")
+@click.option("--max-upload-mb", type=click.FloatRange(0.01), default=10.0, show_default=True,
+              help="Largest image upload.")
+@click.option("--max-image-mpix", type=click.FloatRange(0.01), default=50.0, show_default=True,
+              help="Largest decoded upload in megapixels (decompression bombs are refused).")
+def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, device: str | None, demo: Path | None,
+              prefix: str | None, images: Path | None, host: str, port: int, max_batch: int, batch_wait_ms: float,
+              max_pending: int, max_upload_mb: float, max_image_mpix: float) -> None:
+    """Serve the search application: JSON API, web page, image thumbnails; models stay warm.
+
+    POST /search and /encode, GET /images/PATH and /healthz; the web page at /, the API at /docs.
+    Without --model/--head (or --demo) it answers vector queries only.
+    """
+    from lsr_os import serve as serve_lib
+    from lsr_os.search import load_demo_settings
+
+    if demo is not None:
+        settings = load_demo_settings(demo)
+        model, head, prefix = model or settings["model"], head or settings["head"], prefix or settings["prefix"]
+        images = images or (Path(settings["images"]) if settings.get("images") else None)
+    config = serve_lib.ServeConfig(prefix=prefix or "lsr", model=model, head=head, images=images, device=device,
+                                   max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_pending=max_pending,
+                                   max_upload_bytes=int(max_upload_mb * 2**20),
+                                   max_pixels=int(max_image_mpix * 1e6))
+    sock = serve_lib.listen(host, port)
+    service = serve_lib.open_service(cluster, config)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving {config.prefix}-images and {config.prefix}-captions at http://{shown}:{sock.getsockname()[1]}/ "
+               f"(API: /docs; {'models on ' + service.device if service.device else 'vector queries only'}); "
+               f"Ctrl-C stops", err=True)
+    serve_lib.run(service, sock, access_log=logging.getLogger().isEnabledFor(logging.INFO))
+
+
 @main.command("evaluate")
 @cluster_options
 @source_options(split_default="test")
@@ -846,6 +896,7 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
     click.echo(f"\nreport: {result.report.get('out_dir')}/report.json; served as {prefix}-images, {prefix}-captions")
     click.echo("steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
     click.echo(f"\nsearch it yourself:  lsr-os search \"two green stars\" --demo {out}")
+    click.echo(f"serve it:            lsr-os serve --demo {out}    # then open http://127.0.0.1:8080/")
     click.echo(f"evaluate it:         lsr-os evaluate --dense {out / 'dense'} --head {out / 'head' / 'best'} "
                f"--prefix {prefix}")
     click.echo(f"browse it:           import {out / 'dashboards.ndjson'} in OpenSearch Dashboards (Saved objects)")

@@ -1,0 +1,170 @@
+// The lsr-os search page: plain DOM and fetch, no framework. Every value from the server is
+// inserted as text (never as HTML).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const CHIPS = 18; // query terms shown
+const HIT_TERMS = 5; // matched terms shown per hit
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function chip(term, weight, kind, title) {
+  const node = el("span", `chip ${kind}`);
+  node.append(el("span", "term", term), el("span", "weight", weight.toFixed(2)));
+  if (title) node.title = title;
+  return node;
+}
+
+async function postSearch(body, isForm) {
+  const options = { method: "POST", body: isForm ? body : JSON.stringify(body) };
+  if (!isForm) options.headers = { "Content-Type": "application/json" };
+  const response = await fetch("/search", options);
+  let data;
+  try {
+    data = await response.json();
+  } catch (err) {
+    throw new Error(`HTTP ${response.status}: the server's answer is not JSON`);
+  }
+  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+  return data;
+}
+
+function options() {
+  const collection = $("collection").value;
+  return { k: Number($("k").value), expand: $("expand").checked, ...(collection ? { collection } : {}) };
+}
+
+function busy(on) {
+  $("search-button").disabled = on;
+  $("search-button").textContent = on ? "Searching…" : "Search";
+  document.body.classList.toggle("busy", on);
+}
+
+async function run(request, queryImage) {
+  busy(true);
+  $("error").hidden = true;
+  try {
+    render(await request(), queryImage);
+  } catch (err) {
+    $("error").textContent = err.message;
+    $("error").hidden = false;
+  } finally {
+    busy(false);
+  }
+}
+
+function searchText(event) {
+  event.preventDefault();
+  const text = $("q").value;
+  run(() => postSearch({ text, ...options() }), null);
+}
+
+function searchImage() {
+  const file = $("image-input").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("image", file);
+  for (const [name, value] of Object.entries(options())) {
+    if (name !== "expand") form.append(name, String(value));
+  }
+  run(() => postSearch(form, true), URL.createObjectURL(file));
+  $("image-input").value = "";
+}
+
+function renderQuery(query, queryImage) {
+  const image = $("query-image");
+  image.hidden = !queryImage;
+  if (queryImage) image.src = queryImage;
+  $("query-label").textContent = query.text !== null ? `“${query.text}”` : queryImage ? "image query" : "vector query";
+  const terms = [
+    ...Object.entries(query.own).map(([t, w]) => [t, w, "own"]),
+    ...Object.entries(query.expansion).map(([t, w]) => [t, w, "expansion"]),
+  ].sort((a, b) => b[1] - a[1]);
+  const chips = $("chips");
+  chips.replaceChildren(...terms.slice(0, CHIPS).map(([t, w, kind]) => chip(t, w, kind)));
+  if (terms.length > CHIPS) chips.append(el("span", "more", `+${terms.length - CHIPS} more`));
+  $("query").hidden = false;
+}
+
+function matched(hit) {
+  const box = el("div", "chips small");
+  for (const m of hit.terms.slice(0, HIT_TERMS)) {
+    box.append(chip(m.term, m.contribution, "match",
+      `${m.term}: query ${m.query_weight.toFixed(2)} × document ${m.doc_weight.toFixed(2)}`));
+  }
+  return box;
+}
+
+function thumbnail(url, alt, className) {
+  if (!url) return el("div", `${className} missing`, "no image");
+  const img = el("img", className);
+  img.loading = "lazy";
+  img.alt = alt;
+  img.src = url;
+  // The demo's images are tiny: scale them up without blurring.
+  img.addEventListener("load", () => img.classList.toggle("pixelated", img.naturalWidth < 160));
+  return img;
+}
+
+function imageCard(hit) {
+  const card = el("article", "hit image-hit");
+  card.dataset.id = hit.id;
+  card.dataset.image = hit.image || "";
+  const meta = el("div", "meta");
+  meta.append(el("span", "rank", `#${hit.rank}`), el("span", "score", hit.score.toFixed(2)));
+  card.append(thumbnail(hit.image_url, hit.label, "thumb"), meta, el("div", "label", hit.label), matched(hit));
+  return card;
+}
+
+function captionRow(hit) {
+  const row = el("article", "hit caption-hit");
+  row.dataset.id = hit.id;
+  row.dataset.image = hit.image || "";
+  const body = el("div", "caption-body");
+  const head = el("div", "meta");
+  head.append(el("span", "rank", `#${hit.rank}`), el("span", "score", hit.score.toFixed(2)));
+  if (hit.image) head.append(el("span", "of", hit.image));
+  body.append(head, el("p", "caption-text", hit.caption || hit.label), matched(hit));
+  row.append(thumbnail(hit.image_url, hit.image || "", "mini"), body);
+  return row;
+}
+
+function render(data, queryImage) {
+  renderQuery(data.query, queryImage);
+  const images = data.hits.filter((h) => h.caption === undefined || h.caption === null);
+  const captions = data.hits.filter((h) => h.caption !== undefined && h.caption !== null);
+  $("results").replaceChildren(...images.map(imageCard));
+  $("captions").replaceChildren(...captions.map(captionRow));
+  $("summary").textContent = data.hits.length
+    ? `${data.hits.length} hits from ${data.collection} in ${data.took_ms} ms`
+    : `no document of ${data.collection} matches this query`;
+}
+
+async function status() {
+  const node = $("status");
+  try {
+    const response = await fetch("/healthz");
+    const health = await response.json();
+    const parts = Object.values(health.collections).map((c) =>
+      c.documents === null ? `${c.alias} missing` : `${c.alias} ${c.documents.toLocaleString()}`);
+    if (health.models) parts.push(health.models.loaded ? health.models.device : "models loading");
+    else parts.push("vector queries only");
+    if (!health.cluster.reachable) parts.unshift("cluster unreachable");
+    node.textContent = parts.join(" · ");
+    node.classList.toggle("bad", !health.ok);
+  } catch (err) {
+    node.textContent = "server unreachable";
+    node.classList.add("bad");
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("search-form").addEventListener("submit", searchText);
+  $("image-input").addEventListener("change", searchImage);
+  status();
+});

@@ -1,0 +1,305 @@
+"""`lsr-os serve`'s JSON API against the real node: queries of every kind find what the tiny world
+says they must (see serve_helpers), every bad input is a 4xx JSON error naming what was wrong and
+the server answers the next good query, queries that arrive together share a model call, a full
+queue and a cluster that went away are 503s, and the server recovers from both."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from PIL import Image
+
+from encode_helpers import jpeg_bytes, rgb
+from serve_helpers import CAPTIONS_PER_IMAGE, N_SCENES, Forwarder, ServerThread, build_world
+from lsr_os.config import ClusterConfig, connect
+from lsr_os.serve import MAX_K, SearchService, ServeConfig
+from lsr_os.vocab import load_tokenizer
+
+pytestmark = pytest.mark.integration
+
+LIMITS = {"max_upload_bytes": 200_000, "max_pixels": 1_000_000}
+
+
+@pytest.fixture(scope="module")
+def tiny(os_client, tmp_path_factory):
+    prefix = f"test-serve-{uuid.uuid4().hex[:8]}"
+    try:
+        yield build_world(tmp_path_factory.mktemp("serve"), os_client, prefix)
+    finally:
+        os_client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, expand_wildcards="all")
+
+
+def make_service(client, tiny, urls=(), models=True, **overrides) -> SearchService:
+    model = {"model": str(tiny.model), "head": tiny.head, "device": "cpu"} if models else {}
+    config = ServeConfig(prefix=overrides.pop("prefix", tiny.prefix), images=tiny.image_root, **model,
+                         **{**LIMITS, **overrides})
+    return SearchService(client, config, urls)
+
+
+@pytest.fixture(scope="module")
+def server(os_client, cluster_config, tiny):
+    with ServerThread(make_service(os_client, tiny, cluster_config.urls)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def api(server):
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+
+
+def good_query(api, tiny, scene: int = 1) -> None:
+    """The server still answers: a text query brings its scene's image first."""
+    res = api.post("/search", json={"text": tiny.captions[scene][0], "k": 3})
+    assert res.status_code == 200, res.text
+    assert res.json()["hits"][0]["id"] == str(scene)
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- good queries
+
+
+def test_each_scene_s_caption_finds_its_image_first_with_terms_that_sum_to_the_score(api, tiny):
+    for scene in range(N_SCENES):
+        res = api.post("/search", json={"text": tiny.captions[scene][0], "k": 4})
+        assert res.status_code == 200, res.text
+        body = res.json()
+        assert body["collection"] == f"{tiny.prefix}-images" and body["query"]["text"] == tiny.captions[scene][0]
+        top = body["hits"][0]
+        assert top["id"] == str(scene) and top["label"] == tiny.images[scene]
+        assert top["image_url"] == f"/images/{tiny.images[scene]}"
+        assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4]
+        for hit in body["hits"]:
+            assert hit["terms"] and sum(t["contribution"] for t in hit["terms"]) == pytest.approx(hit["score"], rel=1e-4)
+        assert api.get(top["image_url"]).content == (tiny.image_root / tiny.images[scene]).read_bytes()
+
+
+def test_an_uploaded_image_finds_its_captions_first(api, tiny):
+    for scene in (0, 4):
+        upload = (tiny.image_root / tiny.images[scene]).read_bytes()
+        res = api.post("/search", files={"image": ("q.png", upload, "image/png")}, data={"k": "5"})
+        assert res.status_code == 200, res.text
+        body = res.json()
+        assert body["collection"] == f"{tiny.prefix}-captions" and body["query"]["text"] is None
+        top = body["hits"][:CAPTIONS_PER_IMAGE]
+        assert {h["image_id"] for h in top} == {str(scene)}
+        assert {h["caption"] for h in top} == set(tiny.captions[scene])
+        assert all(h["label"] == h["caption"] and h["image_url"] == f"/images/{tiny.images[scene]}" for h in top)
+
+
+def test_expand_false_keeps_the_query_s_own_word_pieces_only(api, tiny):
+    text = tiny.captions[2][0]
+    body = api.post("/search", json={"text": text, "expand": False, "k": 2}).json()
+    own, expansion = body["query"]["own"], body["query"]["expansion"]
+    tokenizer = load_tokenizer()
+    assert own and not expansion  # (a random head gives some of the text's pieces weight 0)
+    assert set(own) <= set(tokenizer.tokenize(text)) | set(tokenizer.all_special_tokens)
+
+
+def test_a_vector_query_with_split_and_collection_filters(api, tiny):
+    vector = api.post("/encode", files={"image": ("q.png", (tiny.image_root / tiny.images[3]).read_bytes())},
+                      data={"k": "50"}).json()["vector"]
+    per_scene = {"test": CAPTIONS_PER_IMAGE - 1, "train": 1, None: CAPTIONS_PER_IMAGE}  # see build_world
+    for split, count in per_scene.items():
+        res = api.post("/search", json={"vector": vector, "collection": "captions", "k": 50, "split": split})
+        assert res.status_code == 200, res.text
+        hits = res.json()["hits"]
+        assert len(hits) == N_SCENES * count and hits[0]["image_id"] == "3"
+        assert {h["split"] for h in hits} == ({split} if split else {"test", "train"})
+    body = api.post("/search", json={"vector": {"dog": 1.0, "zzzqqq": 2.0}, "k": 1}).json()
+    assert body["query"]["own"] == {"dog": 1.0} and body["query"]["expansion"] == {}  # unknown terms dropped
+
+
+def test_encode_gives_the_exact_dsl_that_search_sends(api, tiny, os_client):
+    request = {"text": tiny.captions[5][0], "k": 4, "split": "test"}
+    encoded = api.post("/encode", json=request).json()
+    searched = api.post("/search", json=request).json()
+    assert encoded["collection"] == searched["collection"] and encoded["query"] == searched["query"]
+    assert len(encoded["vector"]) == len(encoded["dsl"]["query"]["bool"]["should"])
+    direct = os_client.search(index=encoded["collection"], body=encoded["dsl"])["hits"]["hits"]
+    assert [(h["_id"], h["_score"]) for h in direct] == [(h["id"], h["score"]) for h in searched["hits"]]
+
+
+def test_healthz_reports_cluster_collections_models_and_device(api, tiny):
+    res = api.get("/healthz")
+    assert res.status_code == 200
+    health = res.json()
+    assert health["ok"] and health["cluster"]["reachable"]
+    assert health["collections"]["images"] == {"alias": f"{tiny.prefix}-images", "documents": N_SCENES}
+    assert health["collections"]["captions"]["documents"] == N_SCENES * CAPTIONS_PER_IMAGE
+    assert health["models"]["loaded"] and health["models"]["device"] == "cpu"
+
+
+def test_images_are_served_with_caching_headers_and_nothing_outside_the_root(api, tiny):
+    res = api.get(f"/images/{tiny.images[0]}")
+    assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+    assert "max-age" in res.headers["cache-control"] and res.headers["etag"] and res.headers["last-modified"]
+    again = api.get(f"/images/{tiny.images[0]}", headers={"If-None-Match": res.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+    (tiny.root / "secret.png").write_bytes(res.content)  # exists, but outside the image root
+    for path in ("%2E%2E/secret.png", "images/%2E%2E/%2E%2E/secret.png", "%2Fetc%2Fhostname", "images/missing.png",
+                 "images", "..%2Fhead%2Fconfig.json"):
+        bad = api.get(f"/images/{path}")
+        assert bad.status_code == 404 and "error" in bad.json(), path
+    good_query(api, tiny)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+BOMB = png(Image.new("L", (1500, 1500)))  # 2.25 megapixels in a few kilobytes; the test limit is 1
+BAD = {
+    "empty text": ({"json": {"text": "   "}}, 400, "empty query"),
+    "stop words only": ({"json": {"text": "the of and a"}}, 400, "no content word"),
+    "out-of-vocabulary text": ({"json": {"text": "🦄🦄"}}, 400, "no content word"),
+    "text too long": ({"json": {"text": "dog " * 1000}}, 400, "text: String should have at most"),
+    "no query": ({"json": {"k": 3}}, 400, "give exactly one query"),
+    "two queries": ({"json": {"text": "red ball", "vector": {"red": 1.0}}}, 400, "got text and vector"),
+    "unknown field": ({"json": {"text": "red ball", "query": "x"}}, 400, "unknown field 'query'"),
+    "k zero": ({"json": {"text": "red ball", "k": 0}}, 400, "k: Input should be greater than or equal to 1"),
+    "k too large": ({"json": {"text": "red ball", "k": MAX_K + 1}}, 400, f"less than or equal to {MAX_K}"),
+    "k not a number": ({"json": {"text": "red ball", "k": "many"}}, 400, "k: Input should be a valid integer"),
+    "unknown collection": ({"json": {"text": "red ball", "collection": "videos"}}, 400,
+                           "collection: Input should be 'images' or 'captions'"),
+    "vector not an object": ({"json": {"vector": [["dog", 1.0]]}}, 400, "vector must be an object"),
+    "vector weight a string": ({"json": {"vector": {"dog": "heavy"}}}, 400, "the weight of 'dog' is \"heavy\""),
+    "vector weight a boolean": ({"json": {"vector": {"dog": True}}}, 400, "the weight of 'dog' is true"),
+    "vector empty": ({"json": {"vector": {}}}, 400, "empty query"),
+    "vector of unknown terms": ({"json": {"vector": {"zzzqqq": 1.0}}}, 400, "no known term"),
+    "vector of negative weights": ({"json": {"vector": {"dog": -1.0}}}, 400, "no known term with a positive"),
+    "vector form field not JSON": ({"data": {"vector": "{dog: 1"}}, 400, "vector: not valid JSON"),
+    "body not JSON": ({"content": b"{text: red", "headers": {"content-type": "application/json"}}, 400,
+                      "not valid JSON"),
+    "body a JSON list": ({"json": ["red ball"]}, 400, "must be a JSON object, not list"),
+    "plain text body": ({"content": b"red ball", "headers": {"content-type": "text/plain"}}, 415, "send JSON"),
+    "upload not an image": ({"files": {"image": ("a.jpg", b"this is a text file, not a picture\n" * 20)}}, 400,
+                            "not an image"),
+    "upload truncated": ({"files": {"image": ("t.jpg", jpeg_bytes(rgb(9, (200, 200)))[:400])}}, 400,
+                         "truncated or corrupt"),
+    "upload empty": ({"files": {"image": ("e.png", b"")}}, 400, "empty (0 bytes)"),
+    "upload decompression bomb": ({"files": {"image": ("bomb.png", BOMB)}}, 413, "1,000,000"),
+    "upload over the cap": ({"files": {"image": ("big.png", b"\x89PNG" + bytes(230_000))}}, 413,
+                            "more than this server's limit of 200,000 bytes"),
+    "body far over the cap": ({"files": {"image": ("huge.png", bytes(400_000))}}, 413, "more than this server's limit"),
+    "chunked body over the cap": ({"content": [b"x" * 50_000] * 10,  # no Content-Length
+                                   "headers": {"content-type": "application/json"}}, 413,
+                                  "more than this server's limit"),
+    "upload under another name": ({"files": {"picture": ("a.png", png(rgb(1)))}}, 400, "upload the query image as 'image'"),
+    "image and text": ({"files": {"image": ("a.png", png(rgb(1)))}, "data": {"text": "red"}}, 400, "got text and image"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+@pytest.mark.parametrize("endpoint", ["/search", "/encode"])
+def test_bad_input_is_a_4xx_naming_it_and_the_next_query_succeeds(api, tiny, case, endpoint):
+    request, status, message = BAD[case]
+    res = api.post(endpoint, **request)
+    assert res.status_code == status, res.text
+    assert message in res.json()["error"]
+    good_query(api, tiny)
+
+
+def test_a_collection_the_cluster_lacks_is_404_naming_what_it_serves(os_client, cluster_config, tiny):
+    service = make_service(os_client, tiny, cluster_config.urls, models=False, prefix=f"{tiny.prefix}-nothing")
+    with ServerThread(service) as srv, httpx.Client(base_url=srv.url, timeout=60) as api:
+        res = api.post("/search", json={"vector": {"dog": 1.0}})
+        assert res.status_code == 404
+        error = res.json()["error"]
+        assert f"no collection {tiny.prefix}-nothing-images" in error and tiny.prefix in error.split("--prefix")[1]
+        res = api.post("/search", json={"text": "red ball"})  # started without models
+        assert res.status_code == 400 and "need a model" in res.json()["error"]
+        health = api.get("/healthz")
+        assert health.status_code == 503 and health.json()["collections"]["images"]["documents"] is None
+        assert health.json()["models"] is None
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def _post_all(url: str, bodies: list[dict]) -> list[httpx.Response]:
+    """Post every body at once, each from its own thread."""
+    out: list = [None] * len(bodies)
+
+    def post(i: int) -> None:
+        out[i] = httpx.post(f"{url}/search", json=bodies[i], timeout=120)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def _wait(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_queries_that_arrive_together_share_one_model_call(server, tiny):
+    batcher = server.service.batcher
+    gate = threading.Event()
+    server.service.model_pool.submit(gate.wait)  # the model thread is busy: queries gather
+    before, largest = batcher.batches, batcher.largest
+    results: list = []
+    sender = threading.Thread(target=lambda: results.extend(_post_all(
+        server.url, [{"text": tiny.captions[s][0], "k": 2} for s in range(N_SCENES)])))
+    sender.start()
+    _wait(lambda: batcher.pending == N_SCENES, f"{N_SCENES} queries waiting")
+    gate.set()
+    sender.join()
+    assert [r.status_code for r in results] == [200] * N_SCENES
+    assert [r.json()["hits"][0]["id"] for r in results] == [str(s) for s in range(N_SCENES)]
+    # the first query may have been taken before the others arrived; the rest shared one call
+    assert largest < N_SCENES // 2 and batcher.batches - before <= 2 and batcher.largest >= N_SCENES // 2
+
+
+def test_a_full_queue_is_503_and_the_server_recovers(os_client, cluster_config, tiny):
+    service = make_service(os_client, tiny, cluster_config.urls, max_pending=1)
+    with ServerThread(service) as srv, httpx.Client(base_url=srv.url, timeout=120) as api:
+        gate = threading.Event()
+        service.model_pool.submit(gate.wait)
+        first: list = []
+        sender = threading.Thread(target=lambda: first.extend(_post_all(srv.url, [{"text": tiny.captions[0][0]}])))
+        sender.start()
+        _wait(lambda: service.batcher.pending == 1, "one query waiting")
+        res = api.post("/search", json={"text": tiny.captions[1][0]})
+        assert res.status_code == 503 and "the server is busy" in res.json()["error"]
+        assert api.post("/search", json={"vector": {"dog": 1.0}}).status_code == 200  # needs no model
+        gate.set()
+        sender.join()
+        assert first[0].status_code == 200 and first[0].json()["hits"][0]["id"] == "0"
+        good_query(api, tiny)
+
+
+def test_a_cluster_that_went_away_is_503_with_the_reason_and_the_server_recovers(cluster_config, tiny):
+    proxy = Forwarder(cluster_config.urls[0]).start()
+    try:
+        cluster = ClusterConfig(urls=(proxy.url,), timeout=10.0, max_retries=1)
+        service = make_service(connect(cluster), tiny, cluster.urls)
+        with ServerThread(service) as srv, httpx.Client(base_url=srv.url, timeout=120) as api:
+            good_query(api, tiny)
+            proxy.stop()
+            for request in ({"text": tiny.captions[2][0]}, {"vector": {"dog": 1.0}}):
+                res = api.post("/search", json=request)
+                assert res.status_code == 503, res.text
+                assert "cannot be reached" in res.json()["error"] and proxy.url in res.json()["error"]
+            health = api.get("/healthz")
+            assert health.status_code == 503 and not health.json()["cluster"]["reachable"]
+            proxy.start()
+            good_query(api, tiny, 2)
+            assert api.get("/healthz").status_code == 200
+    finally:
+        proxy.stop()
