@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const CHIPS = 18; // query terms shown
-const HIT_TERMS = 5; // matched terms shown per hit
+const HIT_TERMS = 4; // matched terms shown per hit
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -74,6 +74,7 @@ function searchImage() {
   }
   run(() => postSearch(form, true), URL.createObjectURL(file));
   $("image-input").value = "";
+  $("q").value = "";
 }
 
 function renderQuery(query, queryImage) {
@@ -117,7 +118,9 @@ function imageCard(hit) {
   card.dataset.image = hit.image || "";
   const meta = el("div", "meta");
   meta.append(el("span", "rank", `#${hit.rank}`), el("span", "score", hit.score.toFixed(2)));
-  card.append(thumbnail(hit.image_url, hit.label, "thumb"), meta, el("div", "label", hit.label), matched(hit));
+  const label = el("div", "label", hit.label.split("/").pop());
+  label.title = hit.label;
+  card.append(thumbnail(hit.image_url, hit.label, "thumb"), meta, label, matched(hit));
   return card;
 }
 
@@ -128,7 +131,7 @@ function captionRow(hit) {
   const body = el("div", "caption-body");
   const head = el("div", "meta");
   head.append(el("span", "rank", `#${hit.rank}`), el("span", "score", hit.score.toFixed(2)));
-  if (hit.image) head.append(el("span", "of", hit.image));
+  if (hit.image) head.append(el("span", "of", hit.image.split("/").pop()));
   body.append(head, el("p", "caption-text", hit.caption || hit.label), matched(hit));
   row.append(thumbnail(hit.image_url, hit.image || "", "mini"), body);
   return row;
