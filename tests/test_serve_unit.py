@@ -1,0 +1,169 @@
+"""`lsr-os serve` without a node: the batcher, upload decoding, image paths, request checks, and
+a cluster that does not answer (503, never a 500)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from encode_helpers import jpeg_bytes, rgb
+from lsr_os.config import ClusterConfig
+from lsr_os.errors import ConfigError
+from lsr_os.serve import ApiError, Batcher, Overloaded, SearchService, ServeConfig, create_app, decode_image
+
+
+def run_with_gate(max_batch: int, max_pending: int, n: int, fn=None):
+    """Submit `n` items while the worker thread is held, then let it go; the results and each call's items."""
+    calls: list[list] = []
+
+    def double(items):
+        calls.append(list(items))
+        return [x * 2 for x in items]
+
+    async def main():
+        pool = ThreadPoolExecutor(1)
+        batcher = Batcher(fn or double, pool, max_batch=max_batch, max_wait_s=0.0, max_pending=max_pending)
+        batcher.start()
+        gate = threading.Event()
+        pool.submit(gate.wait)
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(n)]
+        while batcher.pending < min(n, max_pending) and not all(t.done() for t in tasks):
+            await asyncio.sleep(0.001)
+        gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        pool.shutdown()
+        return results, batcher
+
+    results, batcher = asyncio.run(main())
+    return results, calls, batcher
+
+
+def test_queries_waiting_together_share_calls_of_at_most_max_batch():
+    results, calls, batcher = run_with_gate(max_batch=4, max_pending=100, n=10)
+    assert results == [2 * i for i in range(10)]
+    assert sorted(x for call in calls for x in call) == list(range(10))
+    assert all(len(call) <= 4 for call in calls) and len(calls) <= 4  # the first may go alone, then full calls
+    assert batcher.largest == 4 and batcher.items == 10 and batcher.pending == 0
+
+
+def test_max_batch_one_is_one_call_per_query():
+    results, calls, _ = run_with_gate(max_batch=1, max_pending=100, n=5)
+    assert results == [0, 2, 4, 6, 8] and calls == [[0], [1], [2], [3], [4]]
+
+
+def test_beyond_max_pending_a_query_is_refused_at_once():
+    results, calls, _ = run_with_gate(max_batch=8, max_pending=3, n=5)
+    assert results[:3] == [0, 2, 4]
+    assert all(isinstance(r, Overloaded) and "3 queries already wait" in str(r) for r in results[3:])
+
+
+def test_an_item_s_error_fails_that_item_alone_and_a_failed_call_fails_its_batch():
+    def picky(items):
+        if 99 in items:
+            raise RuntimeError("model broke")
+        return [ValueError(f"bad {x}") if x % 2 else x for x in items]
+
+    results, _, _ = run_with_gate(max_batch=8, max_pending=100, n=4, fn=picky)
+    assert results[0] == 0 and results[2] == 2
+    assert [str(r) for r in results[1::2]] == ["bad 1", "bad 3"]
+
+    async def main():
+        pool = ThreadPoolExecutor(1)
+        batcher = Batcher(picky, pool, 8, 0.0, 10)
+        batcher.start()
+        out = await asyncio.gather(batcher.submit(99), batcher.submit(4), return_exceptions=True)
+        await batcher.stop()
+        return out
+
+    assert [str(r) for r in asyncio.run(main())] == ["model broke", "model broke"]
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_uploads_decode_to_upright_rgb():
+    rgba = rgb(1).convert("RGBA")
+    assert decode_image(png(rgba), 10_000).mode == "RGB"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    buf = io.BytesIO()
+    rgb(2, size=(40, 20)).save(buf, format="JPEG", exif=exif)
+    assert decode_image(buf.getvalue(), 10_000).size == (20, 40)
+
+
+@pytest.mark.parametrize("data, status, message", [
+    (b"", 400, "empty (0 bytes)"),
+    (b"GIF89a but not really", 400, "not an image"),
+    (jpeg_bytes(rgb(9, (200, 200)))[:400], 400, "truncated or corrupt"),
+    (png(Image.new("L", (101, 100))), 413, "101 x 100 = 10,100 pixels, more than this server's limit of 10,000"),
+])
+def test_bad_uploads_are_refused_with_what_is_wrong(data, status, message):
+    with pytest.raises(ApiError) as caught:
+        decode_image(data, 10_000)
+    assert caught.value.status == status and message in str(caught.value)
+
+
+def test_pillow_s_own_bomb_limit_is_an_error_also_where_it_only_warns(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
+    with pytest.raises(ApiError, match="decompression bomb") as caught:
+        decode_image(png(Image.new("L", (80, 80))), 10**9)  # 6,400 pixels: Pillow's warning range
+    assert caught.value.status == 413
+
+
+@pytest.fixture
+def offline(tmp_path):
+    """A service whose cluster never answers (port 9), with an image root."""
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    rgb(1).save(root / "images" / "a.png")
+    (root / "notes.txt").write_text("not an image")
+    (tmp_path / "outside.png").write_bytes(png(rgb(2)))
+    (root / "images" / "link.png").symlink_to(tmp_path / "outside.png")
+    client = ClusterConfig(urls=("http://127.0.0.1:9",), max_retries=0, timeout=2).client()
+    service = SearchService(client, ServeConfig(images=root), ("http://127.0.0.1:9",))
+    yield service, TestClient(create_app(service))
+    service.close()
+
+
+def test_image_paths_resolve_under_the_root_only(offline):
+    _, api = offline
+    res = api.get("/images/images/a.png")
+    assert res.status_code == 200 and res.headers["cache-control"] == "public, max-age=3600"
+    for path in ("images/link.png", "notes.txt", "images", "images/missing.png", "%2E%2E/outside.png"):
+        res = api.get(f"/images/{path}")
+        assert res.status_code == 404 and "no image" in res.json()["error"], path
+
+
+def test_a_cluster_that_does_not_answer_is_503_not_500(offline):
+    _, api = offline
+    res = api.post("/search", json={"vector": {"dog": 1.0}})
+    assert res.status_code == 503 and "http://127.0.0.1:9 cannot be reached" in res.json()["error"]
+    res = api.post("/search", json={"text": "a red ball"})
+    assert res.status_code == 400 and "need a model" in res.json()["error"]
+    health = api.get("/healthz")
+    assert health.status_code == 503 and health.json()["cluster"]["reachable"] is False
+
+
+def test_unknown_routes_and_methods_answer_json(offline):
+    _, api = offline
+    assert api.get("/nowhere").json() == {"error": "Not Found"}
+    assert api.get("/search").status_code == 405 and "error" in api.get("/search").json()
+    assert api.get("/").status_code == 200 and "lsr-os" in api.get("/").text
+    assert api.get("/static/app.js").status_code == 200
+
+
+def test_model_and_head_go_together(tmp_path):
+    with pytest.raises(ConfigError, match="both --model and --head"):
+        ServeConfig(model="demo:x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        ServeConfig(images=tmp_path / "missing")
