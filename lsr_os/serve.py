@@ -707,7 +707,9 @@ def _swagger_assets() -> Path | None:
 def listen(host: str, port: int) -> socket.socket:
     """Bind the server's socket first (a taken port fails before any model loads)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets, and without it a
+    # response's body waits ~40 ms for the ACK of its headers (Nagle + delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

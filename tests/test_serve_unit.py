@@ -167,3 +167,30 @@ def test_model_and_head_go_together(tmp_path):
         ServeConfig(model="demo:x")
     with pytest.raises(ConfigError, match="not a folder"):
         ServeConfig(images=tmp_path / "missing")
+
+
+def test_the_listening_socket_gets_tcp_nodelay_on_its_connections():
+    """asyncio sets TCP_NODELAY only on IPPROTO_TCP sockets; without it each response's body waited
+    for the ACK of its headers (Nagle + delayed ACK)."""
+    import socket
+
+    from lsr_os.serve import listen
+
+    async def main():
+        accepted = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                sock = transport.get_extra_info("socket")
+                accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        sock = listen("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        reader, writer = await asyncio.open_connection(*sock.getsockname())
+        nodelay = await asyncio.wait_for(accepted, 10)
+        writer.close()
+        server.close()
+        return nodelay
+
+    assert asyncio.run(main()) == 1
