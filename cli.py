@@ -436,9 +436,11 @@ def compact_json(body: dict) -> str:
               help="Largest image upload.")
 @click.option("--max-image-mpix", type=click.FloatRange(0.01), default=50.0, show_default=True,
               help="Largest decoded upload in megapixels (decompression bombs are refused).")
+@click.option("--torch-threads", type=click.IntRange(1), default=None,
+              help="CPU threads of the model [default: torch's, one per core].")
 def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, device: str | None, demo: Path | None,
               prefix: str | None, images: Path | None, host: str, port: int, max_batch: int, batch_wait_ms: float,
-              max_pending: int, max_upload_mb: float, max_image_mpix: float) -> None:
+              max_pending: int, max_upload_mb: float, max_image_mpix: float, torch_threads: int | None) -> None:
     """Serve the search application: JSON API, web page, image thumbnails; models stay warm.
 
     POST /search and /encode, GET /images/PATH and /healthz; the web page at /, the API at /docs.
@@ -454,7 +456,7 @@ def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, devi
     config = serve_lib.ServeConfig(prefix=prefix or "lsr", model=model, head=head, images=images, device=device,
                                    max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_pending=max_pending,
                                    max_upload_bytes=int(max_upload_mb * 2**20),
-                                   max_pixels=int(max_image_mpix * 1e6))
+                                   max_pixels=int(max_image_mpix * 1e6), torch_threads=torch_threads)
     sock = serve_lib.listen(host, port)
     service = serve_lib.open_service(cluster, config)
     shown = f"[{host}]" if ":" in host else host
