@@ -108,6 +108,21 @@ class Overloaded(Exception):
     """The batcher already holds its maximum of waiting queries."""
 
 
+class Arrival:
+    """A query on its way to a `Batcher` (see `Batcher.arrival`); closed once, when it is
+    submitted or when its request ends without reaching the model."""
+
+    def __init__(self, batcher: "Batcher"):
+        self.batcher, self.open = batcher, True
+        batcher.arriving += 1
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.batcher.arriving -= 1
+            self.batcher._arrived.set()
+
+
 # --------------------------------------------------------------------------- dynamic batching
 
 
@@ -115,23 +130,28 @@ class Batcher:
     """Requests that arrive together share one call of `fn` (a list of items -> a list of results,
     an exception in place of an item's result fails that item alone).
 
-    A query waits at most `max_wait_s` for others to join it, and while `fn` runs the next batch
-    gathers; `fn` runs on `executor` (one thread: the models), never on the event loop. At most
-    `max_pending` items wait or run; `submit` raises `Overloaded` beyond that.
+    While `fn` runs, the next batch gathers. A batch waits for more queries only while others are
+    on their way (an `Arrival` taken when a request starts and closed when it is submitted: being
+    read or decoded), and at most `max_wait_s`; a lone query never waits. `fn` runs on `executor`
+    (one thread: the models), never on the event loop. At most `max_pending` items wait or run;
+    `submit` raises `Overloaded` beyond that.
     """
 
     def __init__(self, fn: Callable[[list], list], executor: ThreadPoolExecutor, max_batch: int,
                  max_wait_s: float, max_pending: int):
         self.fn, self.executor = fn, executor
         self.max_batch, self.max_wait_s, self.max_pending = max_batch, max_wait_s, max_pending
-        self.pending = 0
+        self.pending = self.arriving = 0
         self.batches = self.items = self.largest = 0
         self._queue: deque[tuple[Any, asyncio.Future]] = deque()
-        self._wake: asyncio.Event | None = None
+        self._wake, self._arrived = asyncio.Event(), asyncio.Event()
         self._task: asyncio.Task | None = None
 
+    def arrival(self) -> "Arrival":
+        """Announce a query on its way to `submit`: batches formed meanwhile may wait for it."""
+        return Arrival(self)
+
     def start(self) -> None:
-        self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="lsr-os batcher")
 
     async def stop(self) -> None:
@@ -142,8 +162,10 @@ class Batcher:
             future.cancel()
         self._queue.clear()
 
-    async def submit(self, item):
-        """The result of `fn` for `item`, once its batch has run."""
+    async def submit(self, item, arrival: "Arrival | None" = None):
+        """The result of `fn` for `item`, once its batch has run; `arrival` is the query's announcement."""
+        if arrival is not None:
+            arrival.close()
         if self.pending >= self.max_pending:
             raise Overloaded(f"the server is busy: {self.pending} queries already wait for the model "
                              f"(--max-pending {self.max_pending}); try again shortly")
@@ -160,8 +182,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            if len(self._queue) < self.max_batch and self.max_wait_s > 0:
-                await asyncio.sleep(self.max_wait_s)  # let queries that arrive together join
+            deadline = loop.time() + self.max_wait_s
+            while len(self._queue) < self.max_batch and self.arriving > 0 and loop.time() < deadline:
+                self._arrived.clear()  # set by every arrival that closes: submitted or given up
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
+                except asyncio.TimeoutError:
+                    break
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             if not self._queue:
                 self._wake.clear()
@@ -184,7 +211,7 @@ class Batcher:
 
     def stats(self) -> dict:
         return {"max_batch": self.max_batch, "wait_ms": self.max_wait_s * 1000, "max_pending": self.max_pending,
-                "pending": self.pending, "batches": self.batches, "queries": self.items, "largest_batch": self.largest}
+                "pending": self.pending, "arriving": self.arriving, "batches": self.batches, "queries": self.items, "largest_batch": self.largest}
 
 
 # --------------------------------------------------------------------------- requests and responses
@@ -398,29 +425,34 @@ class SearchService:
     async def _io(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.io_pool, functools.partial(fn, *args))
 
-    async def plan(self, query: Query) -> Plan:
-        """Encode a checked query (text and images through the batcher) for its collection."""
+    async def plan(self, query: Query, arrival: Arrival | None = None) -> Plan:
+        """Encode a checked query (text and images through the batcher) for its collection; the
+        query's `arrival` closes when it reaches the batcher or cannot (vector queries, errors)."""
         req = query.request
         alias = self.alias(req.collection or ("captions" if query.kind == "image" else "images"))
-        if query.kind == "vector":
-            return Plan(alias, req.vector, frozenset(req.vector), None, self.vocabulary)
-        if self.queries is None:
-            raise ApiError(400, f"{query.kind} queries need a model: this server was started without --model and "
-                                f"--head (or --demo); send a vector query instead")
-        if query.kind == "text":
-            if not req.text.strip():
-                raise ApiError(400, "text: empty query, give some text")
-            item: tuple = ("text", req.text, req.expand)
-        else:
-            item = ("image", await self._io(decode_image, query.image, self.config.max_pixels))
         try:
-            vector, own = await self.batcher.submit(item)
-        except Overloaded as exc:
-            raise ApiError(503, str(exc)) from None
+            if query.kind == "vector":
+                return Plan(alias, req.vector, frozenset(req.vector), None, self.vocabulary)
+            if self.queries is None:
+                raise ApiError(400, f"{query.kind} queries need a model: this server was started without --model "
+                                    f"and --head (or --demo); send a vector query instead")
+            if query.kind == "text":
+                if not req.text.strip():
+                    raise ApiError(400, "text: empty query, give some text")
+                item: tuple = ("text", req.text, req.expand)
+            else:
+                item = ("image", await self._io(decode_image, query.image, self.config.max_pixels))
+            try:
+                vector, own = await self.batcher.submit(item, arrival)
+            except Overloaded as exc:
+                raise ApiError(503, str(exc)) from None
+        finally:
+            if arrival is not None:
+                arrival.close()
         return Plan(alias, vector, own, req.text, None)
 
-    async def search(self, query: Query) -> dict:
-        plan = await self.plan(query)
+    async def search(self, query: Query, arrival: Arrival | None = None) -> dict:
+        plan = await self.plan(query, arrival)
         result = await self._io(self._search, plan, query.request.k, query.request.split)
         result.text, result.own = plan.text, plan.own
         return {"collection": plan.alias, "took_ms": result.took_ms, "query": {"text": plan.text, **result.query_terms()},
@@ -434,8 +466,8 @@ class SearchService:
         except ClusterError as exc:
             raise self._cluster_error(exc, plan.alias) from None
 
-    async def encode(self, query: Query) -> dict:
-        plan = await self.plan(query)
+    async def encode(self, query: Query, arrival: Arrival | None = None) -> dict:
+        plan = await self.plan(query, arrival)
         return await self._io(self._encode_dsl, plan, query.request.k, query.request.split)
 
     def _encode_dsl(self, plan: Plan, k: int, split: str | None) -> dict:
@@ -657,18 +689,27 @@ def create_app(service: SearchService) -> FastAPI:
                            (f" (got {' and '.join(given)})" if given else ""))
         return Query(req, image)
 
+    async def queried(request: Request, action):
+        """`action` on the request's query; from its first byte until it reaches the model (or
+        fails), the batcher knows a query is on its way."""
+        arrival = service.batcher.arrival()
+        try:
+            return await action(await read_query(request), arrival)
+        finally:
+            arrival.close()
+
     post = {"responses": ERRORS, "openapi_extra": _request_schema()}
 
     @app.post("/search", response_model=SearchResponse, summary="Search a collection", **post)
     async def search(request: Request):
         """A text query searches the images, an uploaded image the captions (or the `collection` given);
         a `vector` needs no model. Each hit lists its matched terms and their contributions."""
-        return answer(await service.search(await read_query(request)))
+        return answer(await queried(request, service.search))
 
     @app.post("/encode", response_model=EncodeResponse, summary="A query's sparse vector and search DSL", **post)
     async def encode(request: Request):
         """The sparse query vector and the exact body that /search sends for the same request."""
-        return answer(await service.encode(await read_query(request)))
+        return answer(await queried(request, service.encode))
 
     @app.get("/images/{path:path}", summary="An image under the image root",
              responses={200: {"content": {"image/*": {}}}, 304: {"description": "Not modified"}, 404: ERRORS[404]})

@@ -85,6 +85,35 @@ def test_an_item_s_error_fails_that_item_alone_and_a_failed_call_fails_its_batch
     assert [str(r) for r in asyncio.run(main())] == ["model broke", "model broke"]
 
 
+def test_a_batch_waits_for_queries_on_their_way_and_a_lone_query_does_not_wait():
+    calls: list[list] = []
+
+    def echo(items):
+        calls.append(list(items))
+        return items
+
+    async def main():
+        pool = ThreadPoolExecutor(1)
+        batcher = Batcher(echo, pool, max_batch=8, max_wait_s=60.0, max_pending=10)  # a wait no test sits out
+        batcher.start()
+        alone = await asyncio.wait_for(batcher.submit("alone"), 30)  # nothing else on its way
+        coming = batcher.arrival()
+        first = asyncio.create_task(batcher.submit("first"))
+        await asyncio.sleep(0.05)  # the batcher holds "first" back for the query announced as coming
+        second = await asyncio.wait_for(batcher.submit("second", coming), 30)
+        given_up = batcher.arrival()
+        third = asyncio.create_task(batcher.submit("third"))
+        await asyncio.sleep(0.05)
+        given_up.close()  # that request failed before reaching the model: stop waiting for it
+        out = [alone, await first, second, await asyncio.wait_for(third, 30)]
+        await batcher.stop()
+        pool.shutdown()
+        return out, batcher.arriving
+
+    assert asyncio.run(main()) == (["alone", "first", "second", "third"], 0)
+    assert calls == [["alone"], ["first", "second"], ["third"]]
+
+
 def png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
