@@ -10,9 +10,10 @@ there is one) and answers text, image and raw-vector queries over the cluster's 
     GET  /          the web page; /docs the OpenAPI page
 
 Concurrency: the event loop never runs a model or a cluster call. Queries that arrive together
-are encoded in one model call (`Batcher`: a bounded wait, a maximum batch, one model thread); a
-bounded number of queries may wait for the model, beyond which the server answers 503. Cluster
-calls run on a small thread pool over the synchronous client (thread-safe, pooled connections).
+are encoded in one model call (`Batcher`: one model thread, a maximum batch, a bounded wait for
+queries on their way); a bounded number of queries may wait for the model, beyond which the
+server answers 503. Cluster calls run on a small thread pool over the synchronous client
+(thread-safe, pooled connections).
 Every bad input is a 4xx JSON error `{"error": "..."}` that names what was wrong.
 """
 
@@ -38,7 +39,6 @@ from urllib.parse import quote
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -637,10 +637,6 @@ def create_app(service: SearchService) -> FastAPI:
     @app.exception_handler(LsrOsError)
     async def library_error(request, exc: LsrOsError):
         return error(400 if isinstance(exc, (DataError, ConfigError)) else 500, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request, exc: RequestValidationError):
-        return error(400, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
