@@ -1,7 +1,7 @@
 """Shared by the `lsr-os serve` tests: a server on a free port in a thread, and a tiny demo-like
 world on the real node whose right answers are known by construction.
 
-The world: a few scenes of the built-in world (lsr_os.world) with their captions, the demo
+The world: a few scenes of the built-in world (lsr_os.demo.world) with their captions, the demo
 encoder with random weights (a tiny BLIP's random features are nearly identical for every input)
 and a head (`SparseHead.init_offline`). Random models rank nothing meaningfully, so the
 documents are made to agree with them, as a perfectly trained pair would: image i's document is
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from index_helpers import load
-from lsr_os import world
+from lsr_os.demo import world
 from lsr_os.sparse import SparseRecord, prune
 
 N_SCENES = 6
@@ -89,10 +89,10 @@ class TinyWorld:
 
 
 def make_demo_encoder(folder: Path, seed: int = 0) -> Path:
-    """The demo dual encoder (lsr_os.models.demo) with random weights, saved as `lsr-os demo` saves it."""
+    """The demo dual encoder (lsr_os.demo.encoder) with random weights, saved as `lsr-os demo` saves it."""
     import torch
 
-    from lsr_os.models.demo import DemoConfig, DemoDualEncoder, DemoEncoder
+    from lsr_os.demo.encoder import DemoConfig, DemoDualEncoder, DemoEncoder
 
     torch.manual_seed(seed)
     DemoEncoder(DemoDualEncoder(DemoConfig()), torch.device("cpu"), torch.float32, "demo:random").save(folder)
