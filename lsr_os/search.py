@@ -376,7 +376,8 @@ class Searcher:
 
         served = sorted({r["alias"] for r in list_collections(self.client) if r["served"] and r["alias"]})
         prefixes = sorted({a.rsplit("-", 1)[0] for a in served if a.endswith(("-images", "-captions"))})
-        hint = (f"; the cluster serves {', '.join(served)}" + (f" (--prefix {' or '.join(prefixes)})" if prefixes else "")
+        hint = (f"; the cluster serves {', '.join(served)}"
+                + (f" ({' or '.join(f'--prefix {p}' for p in prefixes)})" if prefixes else "")
                 if served else "; the cluster serves no lsr-os collection yet: load one with `lsr-os ingest`")
         raise ClusterError(f"no collection {index} on the cluster{hint}")
 
@@ -482,6 +483,8 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
         if text is not None:
             own = frozenset(queries.check_text(text))
             vector = queries.texts([text], expand=expand)[0]
+            if not expand:  # every term of an unexpanded query is one of the text's own tokens
+                own = frozenset(vector)
         else:
             vector = queries.images([picture])[0]
     result = searcher.search(index, vector, k, split, explain, max_terms, first_terms, window, vocabulary)
