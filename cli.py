@@ -872,7 +872,7 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
 
     from lsr_os.node import connect_or_start
 
-    client = connect_or_start(cluster, allow_start=not no_node)
+    client = connect_or_start(cluster, allow_start=not no_node, step=lambda message: click.echo(message, err=True))
     cfg = DemoConfig(out=out, n_images=n_images, encoder_epochs=encoder_epochs, head_epochs=head_epochs,
                      k=k, prefix=prefix, queries=queries or DEFAULT_QUERIES, progress=not as_json)
     result = run_demo(client, cfg)
@@ -885,7 +885,7 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
         click.secho(f"\n{ex.query}", bold=True)
         click.echo("  query terms: " + ", ".join(f"{t} {w:.2f}" for t, w in ex.query_terms))
         for h in ex.hits:
-            click.echo(f"  {h['rank']:>2}. {h['score']:7.2f}  {h['image']:<20} matched: {', '.join(h['matched_terms'][:5])}")
+            click.echo(f"  {h['rank']:>2}. {h['score']:7.2f}  {h['image']:<26} matched: {', '.join(h['matched_terms'][:5])}")
         click.echo(f"  contact sheet: {ex.sheet}")
     click.secho("\nTest split, R@k in % (image-text sense):", bold=True)
     click.echo(" " * 38 + "".join(f"{m:>7}" for m in ("R@1", "R@5", "R@10")))

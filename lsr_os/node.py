@@ -458,9 +458,9 @@ def logs(port: int = 9200, lines: int = 50) -> str:
     return "\n".join(_log_tail(d, lines) for d in dirs)
 
 
-def connect_or_start(cluster, allow_start: bool = True):
+def connect_or_start(cluster, allow_start: bool = True, step: Step = log.warning):
     """A client to the configured cluster; with the default URL and no node answering there, a
-    local node is started first (the demo's "works on a fresh machine")."""
+    local node is started first (the demo's "works on a fresh machine"), telling `step` how far."""
     from lsr_os.config import DEFAULT_URL, connect
     from lsr_os.errors import ClusterUnreachable
 
@@ -469,6 +469,6 @@ def connect_or_start(cluster, allow_start: bool = True):
     except ClusterUnreachable:
         if not allow_start or cluster.urls != (DEFAULT_URL,):
             raise
-    log.warning("no cluster at the default URL: starting a local node (lsr-os node start)")
-    start(NodeSpec(), step=log.warning)
+    step("no cluster at the default URL: starting a local node (as `lsr-os node start` does)")
+    start(NodeSpec(), step=step)
     return connect(cluster)
