@@ -76,10 +76,6 @@ class Dataset:
         return DatasetMeta(images, name=self.name)
 
 
-def _int_or_str(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
-
-
 def load_karpathy(json_path: str | Path, image_root: str | Path, split: str | None = None) -> Dataset:
     """A Karpathy-split JSON (MSCOCO, Flickr30k): image path = `filepath/filename` (or `filename`)."""
     meta = DatasetMeta.load(json_path)

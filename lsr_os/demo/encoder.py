@@ -234,24 +234,3 @@ def _random_shift(batch: torch.Tensor, max_shift: int, rng: np.random.Generator)
     padded = nn.functional.pad(batch, (max_shift,) * 4, mode="replicate")
     h, w = batch.shape[-2:]
     return padded[..., max_shift + dy:max_shift + dy + h, max_shift + dx:max_shift + dx + w]
-
-
-def probe_attributes(encoder: DenseEncoder, images: list, scenes: list) -> dict[str, float]:
-    """Zero-shot attribute accuracy: for each image, the best of the prompts "a <value>" of one attribute.
-
-    `images` are paths or PIL images, `scenes` their lsr_os.demo.world.Scene. Shows whether the dense
-    space encodes an attribute at all (chance is one over the number of values).
-    """
-    from lsr_os.demo import world
-
-    tables = {"shape": world.SHAPES, "colour": {k: v[1] for k, v in world.COLOURS.items()},
-              "size": world.SIZES, "texture": world.TEXTURES,
-              "background": {k: v[1] for k, v in world.BACKGROUNDS.items()}}
-    img = torch.from_numpy(encoder.encode_images(images))
-    out = {}
-    for attr, table in tables.items():
-        values = list(table)
-        txt = torch.from_numpy(encoder.encode_texts([f"a {table[v][0]}" for v in values]))
-        guess = (img @ txt.T).argmax(dim=1).tolist()
-        out[attr] = sum(values[g] == getattr(sc, attr) for g, sc in zip(guess, scenes)) / max(1, len(scenes))
-    return out

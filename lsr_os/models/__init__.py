@@ -27,11 +27,6 @@ def register_encoder(kind: str, cls: type[DenseEncoder]) -> None:
     _REGISTRY[kind] = cls
 
 
-def registered_kinds() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
 def _load_builtin() -> None:
     for kind, target in _BUILTIN.items():
         if kind not in _REGISTRY:
