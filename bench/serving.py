@@ -26,7 +26,7 @@ from lsr_os import index as ix
 from lsr_os.config import ClusterConfig, connect, split_urls
 from lsr_os.evaluate import ExactScorer, parity
 from lsr_os.search import build_query, prepare_query
-from lsr_os.sparse import SparseRecord
+from lsr_os.sparse import RecordStream, SparseRecord
 from lsr_os.vocab import Vocabulary
 
 BLOCK = 1000
@@ -92,8 +92,8 @@ def bench_size(client, n_docs: int, n_queries: int, clients_list: list[int], ter
     row: dict = {"docs": n_docs, "queries": n_queries, "loadavg_start": os.getloadavg()}
     try:
         rss0 = peak_rss_mib()
-        report = ix.ingest(client, documents(n_docs, terms, seed), alias, "images", source=f"bench:{n_docs}:{seed}",
-                           fresh=True, chunk_size=500, progress=None)
+        stream = RecordStream.of(documents(n_docs, terms, seed), f"bench:{n_docs}:{seed}", n_docs)
+        report = ix.ingest(client, stream, alias, "images", ix.IngestOptions(fresh=True))
         row.update(ingest_docs_per_s=report.docs_per_s, ingest_s=report.seconds, count=report.count,
                    client_peak_rss_mib=peak_rss_mib(), client_peak_rss_before_mib=rss0)
         client.indices.forcemerge(index=alias, max_num_segments=1, request_timeout=1800)
