@@ -171,7 +171,7 @@ def test_alias_name_taken_by_a_conflicting_index_is_refused_untouched(os_client,
 
 def test_missing_index_and_unknown_credentials_paths(os_client, index_name):
     res = cli("search", "--vector-json", '{"dog": 1}', "--index", index_name)
-    assert res.exit_code == 1 and f"no index or alias {index_name}" in res.output
+    assert res.exit_code == 1 and f"no collection {index_name} on the cluster" in res.output
     res = cli("collections", "delete", index_name, "--yes")
     assert res.exit_code == 1 and f"no lsr-os collection named {index_name}" in res.output
 
