@@ -29,8 +29,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
-from pathlib import Path
 from operator import itemgetter
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import orjson
@@ -188,9 +188,9 @@ class IngestOptions:
     keep_old: bool = False  # keep the replaced index
     allow_empty: bool = False  # serve an index with no documents
     max_failed: int | None = None  # failed records that still allow a swap (None: see swap_refusal)
-    chunk_docs: int = 500  # documents per bulk request
+    chunk_docs: int = 1000  # documents per bulk request (bench/results/serving_*: 1000 x 4 loaded fastest)
     chunk_bytes: int = 10 * 2**20  # most bytes per bulk request
-    concurrency: int = 2  # bulk requests in flight
+    concurrency: int = 4  # bulk requests in flight
     retry: RetryPolicy = RetryPolicy()
     top_k: int | None = None  # keep each document's k heaviest terms
     threshold: float = 0.0  # drop weights <= this
@@ -300,9 +300,20 @@ def _data_nodes(client: OpenSearch) -> int:
     return len(client.nodes.info(node_id="data:true", metric="_none").get("nodes", {}))
 
 
-def default_shards(docs: int | None, data_nodes: int) -> int:
-    """Primary shards of a new index when --shards is not given: PROVISIONAL."""
-    return 1
+# OpenSearch's sizing guidance keeps a shard between 10 and 50 GB; the bytes a document takes
+# were measured on bench/serving.py's collection (175 terms a document on average, force-merged).
+SHARD_BYTES = 30 * 2**30
+DOC_BYTES = {False: 4700, True: 1100}  # by exclude_vectors: the vector in _source or not
+
+
+def default_shards(docs: int | None, data_nodes: int, exclude_vectors: bool = False) -> int:
+    """Primary shards of a new index when --shards is not given: one per data node (each node
+    then holds a primary and searches its part of every query in parallel), more when the
+    collection's estimated size would put over SHARD_BYTES in a shard. A collection of unknown
+    size gets one per data node. On one node, a second shard did not make queries faster at 1M
+    documents (bench/results/serving_1m.md), so one node gets one shard up to ~6.8M documents."""
+    size = 0 if docs is None else docs * DOC_BYTES[exclude_vectors]
+    return max(1, data_nodes, math.ceil(size / SHARD_BYTES))
 
 
 # While an index loads it is not searched, so it is not refreshed, and its translog is fsynced every
@@ -464,7 +475,7 @@ class BulkLoader:
     """
 
     def __init__(self, client: OpenSearch, index: str, retry: RetryPolicy = RetryPolicy(),
-                 chunk_docs: int = 500, chunk_bytes: int = 10 * 2**20, concurrency: int = 2):
+                 chunk_docs: int = 1000, chunk_bytes: int = 10 * 2**20, concurrency: int = 4):
         self.client, self.index, self.retry = client, index, retry
         self.chunk_docs, self.chunk_bytes, self.concurrency = chunk_docs, chunk_bytes, concurrency
         self._action = b'{"index":{"_index":' + orjson.dumps(index) + b',"_id":'
@@ -565,7 +576,7 @@ def ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str
     options.check()
     data_nodes = _data_nodes(client)
     replicas = (1 if data_nodes > 1 else 0) if options.replicas is None else options.replicas
-    shards = options.shards or default_shards(stream.total, data_nodes)
+    shards = options.shards or default_shards(stream.total, data_nodes, options.exclude_vectors)
     index, resumed = prepare_index(client, alias, collection, stream.source, options.fresh, shards, replicas,
                                    options.exclude_vectors)
     report = IngestReport(alias=alias, index=index, collection=collection, resumed=resumed)
