@@ -452,12 +452,11 @@ class Searcher:
             query = prepare_query(query, limit)
         body = build_query(query, k, filters, first_terms=first_terms, window=window, explain=explain)
         try:
-            resp = self.client.search(index=index, body=body)
-        except NotFoundError:
-            raise self.missing(index) from None
-        except TransportError as exc:
-            raise ClusterError(f"search on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
-        hits, took = resp["hits"]["hits"], int(resp.get("took", 0))
+            hits, took = search(self.client, index, body)
+        except ClusterError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                raise self.missing(index) from None
+            raise
         rows = []
         for rank, hit in enumerate(hits, 1):
             src = hit.get("_source", {})
