@@ -21,6 +21,7 @@ from lsr_os.errors import ClusterError, ClusterUnreachable, ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://localhost:9200"
+POOL_MAXSIZE = 64  # connections kept per node: the most bulk requests `ingest --concurrency` sends at once
 START_HINT = "start one with `lsr-os node start` or `docker compose up -d`"
 
 
@@ -73,6 +74,9 @@ class ClusterConfig:
             "max_retries": self.max_retries,
             "retry_on_timeout": True,
             "http_compress": False,
+            # urllib3 keeps 1 connection per host unless told: concurrent bulk requests would each
+            # open (and then drop) a connection. Idle slots cost nothing.
+            "pool_maxsize": POOL_MAXSIZE,
         }
         if self.user is not None:
             kwargs["http_auth"] = (self.user, self.password)
