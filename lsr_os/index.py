@@ -300,9 +300,10 @@ def _data_nodes(client: OpenSearch) -> int:
 
 
 # OpenSearch's sizing guidance keeps a shard between 10 and 50 GB; the bytes a document takes
-# were measured on bench/serving.py's collection (175 terms a document on average, force-merged).
+# were measured on bench/serving.py's 1M collection (175 terms a document on average, force-merged:
+# 4,442 MiB with the vector in _source, 643 MiB without).
 SHARD_BYTES = 30 * 2**30
-DOC_BYTES = {False: 4700, True: 1100}  # by exclude_vectors: the vector in _source or not
+DOC_BYTES = {False: 4700, True: 700}  # by exclude_vectors: the vector in _source or not
 
 
 def default_shards(docs: int | None, data_nodes: int, exclude_vectors: bool = False) -> int:
@@ -311,7 +312,7 @@ def default_shards(docs: int | None, data_nodes: int, exclude_vectors: bool = Fa
     collection's estimated size would put over SHARD_BYTES in a shard. A collection of unknown
     size gets one per data node. On one node, a second shard did not make queries faster at 1M
     documents (server took mean 3.4 vs 3.1 ms, bench/results/serving_1m.md), so one node gets one
-    shard up to ~6.8M documents (~1.1 KB a document without the vector in _source: ~29M)."""
+    shard up to ~6.8M documents (~46M without the vector in _source)."""
     size = 0 if docs is None else docs * DOC_BYTES[exclude_vectors]
     return max(1, data_nodes, math.ceil(size / SHARD_BYTES))
 
