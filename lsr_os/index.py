@@ -310,9 +310,11 @@ def default_shards(docs: int | None, data_nodes: int, exclude_vectors: bool = Fa
     """Primary shards of a new index when --shards is not given: one per data node (each node
     then holds a primary and searches its part of every query in parallel), more when the
     collection's estimated size would put over SHARD_BYTES in a shard. A collection of unknown
-    size gets one per data node. On one node, a second shard did not make queries faster at 1M
-    documents (server took mean 3.4 vs 3.1 ms, bench/results/serving_1m.md), so one node gets one
-    shard up to ~6.8M documents (~46M without the vector in _source)."""
+    size gets one per data node: one node gets one shard up to ~6.8M documents (~46M without the
+    vector in _source). A second shard on one 2-core node made 1M queries faster only when the
+    machine was otherwise idle (server mean 1.9 vs 2.4 ms at load ~1; 3.4 vs 3.1 ms at load ~3,
+    bench/results/serving_1m.md): it buys one query's latency with the cores other queries need,
+    so it is left to --shards."""
     size = 0 if docs is None else docs * DOC_BYTES[exclude_vectors]
     return max(1, data_nodes, math.ceil(size / SHARD_BYTES))
 
