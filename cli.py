@@ -266,23 +266,30 @@ def source_options(split_default: str | None = None):
 @click.option("--max-failed", type=click.IntRange(0), default=None,
               help="Serve the new index only when at most this many records failed "
                    "[default: 0 when replacing a served collection, no limit for a first load].")
-@click.option("--chunk-docs", type=click.IntRange(1), default=500, show_default=True, help="Documents per bulk request.")
+@click.option("--chunk-docs", type=click.IntRange(1), default=1000, show_default=True, help="Documents per bulk request.")
 @click.option("--chunk-mb", type=click.FloatRange(0.01), default=10.0, show_default=True, help="Max MiB per bulk request.")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=2, show_default=True,
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Bulk requests in flight.")
 @click.option("--max-retries", type=click.IntRange(0), default=8, show_default=True,
               help="Re-sends of documents refused with 429/5xx (exponential backoff).")
 @words("top_k", "threshold")
-@click.option("--shards", type=click.IntRange(1), default=None, help="Primary shards of the new index [default: 1].")
+@click.option("--shards", type=click.IntRange(1), default=None,
+              help="Primary shards of the new index [default: from the collection's size and the data nodes; "
+                   "see the README].")
 @click.option("--replicas", type=click.IntRange(0), default=None,
               help="Replicas, kept during the load too [default: 1 on a cluster of 2+ data nodes, else 0].")
+@click.option("--exclude-vectors", is_flag=True,
+              help="Leave the sparse vector out of _source: a much smaller index (explain still works), but "
+                   "the cluster alone can no longer reindex it (snapshots still hold everything).")
+@click.option("--force-merge", is_flag=True, help="Merge the index to one segment before serving it (a one-off load).")
 @click.option("--failures", "failures_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Failures file (JSONL) [default: ingest-failures-<alias>.jsonl].")
 @words("json")
 def ingest_cmd(cluster: ClusterConfig, source, collection: tuple[str, ...], alias: str | None, prefix: str,
                fresh: bool, keep_old: bool, allow_empty: bool, max_failed: int | None, chunk_docs: int,
                chunk_mb: float, concurrency: int, max_retries: int, top_k: int | None, threshold: float,
-               shards: int | None, replicas: int | None, failures_path: Path | None, as_json: bool) -> None:
+               shards: int | None, replicas: int | None, exclude_vectors: bool, force_merge: bool,
+               failures_path: Path | None, as_json: bool) -> None:
     """Load sparse records into a new versioned index per collection and swap its alias when sound.
 
     Records come from sparse JSONL, dense files plus a head, or a dataset encoded on the fly. An
@@ -300,7 +307,8 @@ def ingest_cmd(cluster: ClusterConfig, source, collection: tuple[str, ...], alia
     options = ix.IngestOptions(fresh=fresh, keep_old=keep_old, allow_empty=allow_empty, max_failed=max_failed,
                                chunk_docs=chunk_docs, chunk_bytes=int(chunk_mb * 2**20), concurrency=concurrency,
                                retry=ix.RetryPolicy(max_attempts=max_retries), top_k=top_k, threshold=threshold,
-                               shards=shards, replicas=replicas)
+                               shards=shards, replicas=replicas, exclude_vectors=exclude_vectors,
+                               force_merge=force_merge)
     failed = not_swapped = False
     for report in ix.ingest_collections(connect(cluster), records.stream, collections, options, alias, prefix,
                                         failures_path):
@@ -475,13 +483,18 @@ def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, devi
 @click.option("-k", "k", type=click.IntRange(10), default=10, show_default=True, help="Hits per query.")
 @click.option("--query-batch", type=click.IntRange(1), default=64, show_default=True, help="Queries per _msearch.")
 @click.option("--max-terms", type=click.IntRange(1), default=None, help="Query term cap [default: max clause count].")
+@click.option("--first-terms", type=click.IntRange(1), default=None,
+              help="Two-phase search: match with the query's heaviest N terms, then rescore --window hits "
+                   "with all of them [default: one phase].")
+@click.option("--window", type=click.IntRange(1), default=100, show_default=True,
+              help="Hits rescored with the full query in two-phase search.")
 @words("top_k", "threshold")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("eval"),
               show_default=True, help="Folder for TREC runs and report.json.")
 @words("json")
 def evaluate_cmd(cluster: ClusterConfig, source, prefix: str, images_index: str | None, captions_index: str | None,
-                 k: int, query_batch: int, max_terms: int | None, top_k: int | None, threshold: float,
-                 out_dir: Path, as_json: bool) -> None:
+                 k: int, query_batch: int, max_terms: int | None, first_terms: int | None, window: int,
+                 top_k: int | None, threshold: float, out_dir: Path, as_json: bool) -> None:
     """Both directions of a split through the cluster, with exact in-memory scoring beside it.
 
     The split's records come from the same sources as `ingest` (give the --top-k/--threshold the
@@ -494,7 +507,7 @@ def evaluate_cmd(cluster: ClusterConfig, source, prefix: str, images_index: str 
     records = open_source(source)
     report = evaluate_source(connect(cluster), records, source.split, images_index or f"{prefix}-images",
                              captions_index or f"{prefix}-captions", top_k, threshold, k=k, batch_size=query_batch,
-                             max_terms=max_terms, out_dir=out_dir)
+                             max_terms=max_terms, first_terms=first_terms, window=window, out_dir=out_dir)
     if as_json:
         echo_json(report)
         return

@@ -1,35 +1,61 @@
-"""Serving benchmark: OpenSearch rank_features vs exact in-memory scoring of the same queries.
+"""Serving benchmark: the query path and the ingest path against their raw baselines, and query
+settings against exact scoring, on a synthetic collection of up to 1,000,000 documents.
 
-Synthetic sparse collections of a realistic shape (50-300 terms a document, Zipf-like term
-use over the 30,522-term vocabulary; queries of 10-80 terms) at the sizes given. For each
-size, in one run: bulk-ingest docs/s and the client's peak memory; OpenSearch latency
-(p50/p95/p99) and QPS with one client and several; exact scipy-CSR scoring of the same
-queries (the baseline); top-10 overlap of the two. Every index is separate and deleted at the
-end.
+One size per run (documents of 50-300 terms with Zipf-like term use over the 30,522-term
+vocabulary; queries of 10-80 terms), everything compared in the same run, interleaved query by
+query (the order of the systems rotates) over several rounds:
 
-    python -m bench.serving --sizes 10000,100000 --queries 300 --clients 1,4
+- query overhead: the raw `client.search` of a body vs the library building and sending that
+  same body (`Searcher.search`, what `lsr-os serve` calls; `run_search`, what the CLI calls),
+  the server's `took`, and exact scipy-CSR scoring (`ExactScorer`) of the same queries;
+- the CLI as a process (`lsr-os search --vector-json`) vs a bare Python process that imports
+  opensearch-py and sends the same request, plus the CLI's import profile (`-X importtime`);
+- ingest: `lsr-os ingest --sparse` (a process reading JSONL) vs the best of several raw
+  `helpers.parallel_bulk`/`streaming_bulk` loads of the same prepared documents into the same
+  mapping and load settings, on a slice of the collection, alternating;
+- query settings (two-phase search, query pruning) on the served index, document pruning
+  (`--top-k`, `--threshold`) on extra indices, shards (1 vs 2, by `_split`), and the vector
+  left out of `_source` (size and speed): server took p50/p90 and top-10 overlap with exact
+  scoring of the full query over the unpruned documents.
+
+Indices are kept and reused across runs (`bench-<docs>...`; --drop removes them at the end):
+the 1M collection is loaded once. The load average is sampled through the run.
+
+    python -m bench.serving --docs 100000 --name serving_100k
+    python -m bench.serving --docs 1000000 --doc-pruning "" --name serving_1m
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
+import json
 import os
-import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
 import time
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
+import scipy.sparse as sp
 
 from bench.harness import md_table, percentiles, write_results
 from lsr_os import index as ix
 from lsr_os.config import ClusterConfig, connect, split_urls
 from lsr_os.evaluate import ExactScorer, parity
-from lsr_os.search import build_query, prepare_query
-from lsr_os.sparse import SparseRecord
+from lsr_os.search import Searcher, build_query, prepare_query, run_search
+from lsr_os.sparse import RecordStream, SparseRecord, quantize, write_jsonl
 from lsr_os.vocab import Vocabulary
 
+ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 1000
+K = 10
+
+
+# --------------------------------------------------------------------------- the synthetic collection
 
 
 def zipf_sampler(n_terms: int, seed: int, exponent: float = 1.0, offset: float = 10.0):
@@ -40,124 +66,579 @@ def zipf_sampler(n_terms: int, seed: int, exponent: float = 1.0, offset: float =
     return order, np.cumsum(p / p.sum())
 
 
-def draw_vector(rng, order, cdf, terms, n: int, lo: float, hi: float) -> dict[str, float]:
-    """n distinct terms drawn by popularity, weights log-uniform in [lo, hi]."""
+def draw_ids(rng, order, cdf, n: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """n distinct term ids drawn by popularity, weights log-uniform in [lo, hi]."""
     picked: set[int] = set()
     while len(picked) < n:
         picked.update(np.searchsorted(cdf, rng.random(2 * (n - len(picked)))).tolist())
-    ids = list(picked)[:n]
-    weights = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
-    return {terms[order[min(i, len(order) - 1)]]: float(w) for i, w in zip(ids, weights)}
+    ranks = np.minimum(np.fromiter(picked, np.int64, len(picked))[:n], len(order) - 1)
+    return order[ranks], np.exp(rng.uniform(np.log(lo), np.log(hi), n))
 
 
-def documents(n_docs: int, terms: list[str], seed: int) -> Iterator[SparseRecord]:
-    """The collection, regenerated identically on every call (streams; nothing is kept)."""
-    order, cdf = zipf_sampler(len(terms), seed)
+def doc_blocks(n_docs: int, seed: int) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+    """The collection as blocks of (term ids, weights), regenerated identically on every call."""
+    order, cdf = zipf_sampler(len(Vocabulary.default()), seed)
     for block in range(0, n_docs, BLOCK):
         rng = np.random.default_rng([seed, block])
-        for d in range(block, min(n_docs, block + BLOCK)):
-            yield SparseRecord(f"d{d}", draw_vector(rng, order, cdf, terms, int(rng.integers(50, 301)), 0.01, 3.0))
+        yield [draw_ids(rng, order, cdf, int(rng.integers(50, 301)), 0.01, 3.0)
+               for _ in range(block, min(n_docs, block + BLOCK))]
 
 
-def queries(n: int, terms: list[str], seed: int) -> list[tuple[str, dict[str, float]]]:
+def documents(n_docs: int, seed: int) -> Iterator[SparseRecord]:
+    """The collection's records (streamed; nothing is kept)."""
+    terms = np.asarray(Vocabulary.default().terms, dtype=object)
+    d = 0
+    for block in doc_blocks(n_docs, seed):
+        for ids, weights in block:
+            yield SparseRecord(f"d{d}", dict(zip(terms[ids].tolist(), weights.tolist())))
+            d += 1
+
+
+def queries(n: int, seed: int) -> list[tuple[str, dict[str, float]]]:
+    terms = Vocabulary.default().terms
     order, cdf = zipf_sampler(len(terms), seed)
     rng = np.random.default_rng([seed, 12345])
-    return [(f"q{i}", draw_vector(rng, order, cdf, terms, int(rng.integers(10, 81)), 0.05, 2.5)) for i in range(n)]
+    out = []
+    for i in range(n):
+        ids, weights = draw_ids(rng, order, cdf, int(rng.integers(10, 81)), 0.05, 2.5)
+        out.append((f"q{i}", {terms[t]: float(w) for t, w in zip(ids, weights)}))
+    return out
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class BlockScorer(ExactScorer):
+    """`ExactScorer` built straight from the generator's id arrays (int32, no per-term Python
+    work), so 1M documents x 175 terms fit in a few GiB; scoring is ExactScorer's own."""
+
+    def __init__(self, n_docs: int, seed: int, top_k: int | None = None, threshold: float = 0.0):
+        terms = Vocabulary.default().terms
+        indptr, cols, vals = [0], [], []
+        for block in doc_blocks(n_docs, seed):
+            for ids, weights in block:
+                keep = weights > threshold
+                ids, weights = ids[keep], weights[keep]
+                if top_k is not None and len(ids) > top_k:
+                    # prune()'s order: heaviest first, ties by term
+                    best = sorted(range(len(ids)), key=lambda i: (-weights[i], terms[ids[i]]))[:top_k]
+                    ids, weights = ids[best], weights[best]
+                cols.append(ids.astype(np.int32))
+                vals.append(weights.astype(np.float32))
+                indptr.append(indptr[-1] + len(ids))
+        docs = sp.csr_matrix((quantize(np.concatenate(vals)), np.concatenate(cols), np.asarray(indptr, np.int64)),
+                             shape=(n_docs, len(terms)))
+        self.ids = [f"d{d}" for d in range(n_docs)]
+        self.term_ids = {t: i for i, t in enumerate(terms)}
+        self.matrix = docs.T.tocsr()
+
+    def index_of(self, doc_id: str) -> int:
+        return int(doc_id[1:])
 
 
-def cluster_latency(client, index: str, bodies: list[tuple[str, dict]], clients: int) -> dict:
-    """Per-query latency (client wall) and QPS with `clients` concurrent searchers."""
+# --------------------------------------------------------------------------- measuring
 
-    def one(item):
-        qid, body = item
+
+class LoadSampler:
+    """The 1-minute load average, sampled every few seconds in the background."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.wait(0 if not self.samples else every_s):
+            self.samples.append((time.time(), os.getloadavg()[0]))
+
+    def between(self, t0: float, t1: float) -> dict:
+        xs = [v for t, v in self.samples if t0 <= t <= t1] or [os.getloadavg()[0]]
+        return {"min": min(xs), "mean": round(statistics.fmean(xs), 2), "max": max(xs), "n": len(xs)}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def phase(sampler: LoadSampler, fn: Callable[[], dict]) -> dict:
+    """Run one part of the bench; its result gets the wall time and load average it ran under."""
+    t0 = time.time()
+    out = fn()
+    out["phase"] = {"seconds": round(time.time() - t0, 1), "load_avg_1m": sampler.between(t0, time.time())}
+    print(json.dumps(out, default=str), flush=True)
+    return out
+
+
+def interleaved(systems: dict[str, Callable[[int], float | tuple[float, float]]], n: int, rounds: int) -> dict:
+    """Call every system once per item, the systems' order rotating, for `rounds` rounds; each call
+    returns seconds (or (seconds, server seconds)). Returns per-system latency summaries."""
+    names = list(systems)
+    wall: dict[str, list[float]] = {s: [] for s in names}
+    took: dict[str, list[float]] = {s: [] for s in names}
+    for r in range(rounds):
+        for i in range(n):
+            shift = (i + r) % len(names)
+            for name in names[shift:] + names[:shift]:
+                got = systems[name](i)
+                if isinstance(got, tuple):
+                    wall[name].append(got[0])
+                    took[name].append(got[1])
+                else:
+                    wall[name].append(got)
+    return {s: {"wall": percentiles(wall[s]), **({"took": percentiles(took[s])} if took[s] else {})} for s in names}
+
+
+# --------------------------------------------------------------------------- indices
+
+
+def ensure_index(client, alias: str, n_docs: int, seed: int, sampler: LoadSampler, **options) -> dict:
+    """The bench index `alias` (loaded by `ix.ingest`, force-merged), reused when it already
+    serves the same collection; returns what the load did (or that it was reused)."""
+    source = f"bench:{n_docs}:{seed}:{json.dumps(options, sort_keys=True)}"
+    if ix.serving_source(client, alias) == source and client.count(index=alias)["count"] > 0:
+        return {"alias": alias, "reused": True, **index_stats(client, alias)}
+
+    def load() -> dict:
+        stream = RecordStream.of(documents(n_docs, seed), source, n_docs)
+        report = ix.ingest(client, stream, alias, "images", ix.IngestOptions(force_merge=True, progress=False,
+                                                                             **options),
+                           failures_path=Path(tempfile.gettempdir()) / f"{alias}-failures.jsonl")
+        if report.not_swapped or report.failed:
+            raise RuntimeError(f"bench load of {alias} failed: {report.to_dict()}")
+        return {"alias": alias, "reused": False, "report": report.to_dict(), **index_stats(client, alias)}
+
+    return phase(sampler, load)
+
+
+def index_stats(client, name: str) -> dict:
+    """Documents, segments and bytes of an index (store size, and `_source` vs postings when the
+    disk-usage API answers)."""
+    stats = client.indices.stats(index=name, metric="docs,store,segments")["_all"]["primaries"]
+    return {"docs": stats["docs"]["count"], "store_bytes": stats["store"]["size_in_bytes"],
+            "segments": stats["segments"]["count"]}
+
+
+def split_index(client, alias: str, shards: int, sampler: LoadSampler) -> str:
+    """A copy of `alias`'s index with `shards` primaries (`_split`), force-merged; reused."""
+    target = f"{alias}-{shards}sh"
+    if client.indices.exists(index=target):
+        return target
+
+    def split() -> dict:
+        (source,) = client.indices.get_alias(name=alias)
+        client.indices.put_settings(index=source, body={"index.blocks.write": True})
+        try:
+            client.indices.split(index=source, target=target, body={"settings": {
+                "index.number_of_shards": shards, "index.number_of_replicas": 0, "index.blocks.write": None}}, request_timeout=3600)
+            client.cluster.health(index=target, wait_for_status="green", request_timeout=3600, timeout="3600s")
+            client.indices.forcemerge(index=target, max_num_segments=1, request_timeout=ix.MERGE_TIMEOUT_S)
+        finally:
+            client.indices.put_settings(index=source, body={"index.blocks.write": None})
+        return {"split": target, **index_stats(client, target)}
+
+    phase(sampler, split)
+    return target
+
+
+# --------------------------------------------------------------------------- the parts of the bench
+
+
+def query_overhead(client, index: str, qs: list, scorer: ExactScorer, rounds: int) -> dict:
+    """Raw client.search vs Searcher.search vs run_search (same body), server took, exact CSR."""
+    searcher = Searcher(client)
+    searcher.clause_cap  # read once, as a serving process does before its first query
+    vjson = [json.dumps(v) for _, v in qs]
+    bodies = [searcher.search(index, v, K).dsl for _, v in qs]  # exactly what the library sends
+
+    def raw(i):
         t0 = time.perf_counter()
-        resp = client.search(index=index, body=body)
-        return qid, time.perf_counter() - t0, resp
+        resp = client.search(index=index, body=bodies[i])
+        return time.perf_counter() - t0, resp["took"] / 1000
 
-    t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(one, bodies))
-    wall = time.perf_counter() - t0
-    run = {qid: {h["_id"]: float(h["_score"]) for h in resp["hits"]["hits"]} for qid, _, resp in results}
-    return {"latency": percentiles([s for _, s, _ in results]), "qps": len(bodies) / wall, "run": run,
-            "took": percentiles([resp["took"] / 1000 for _, _, resp in results])}
-
-
-def bench_size(client, n_docs: int, n_queries: int, clients_list: list[int], terms: list[str], seed: int) -> dict:
-    alias = f"bench-serving-{n_docs}"
-    row: dict = {"docs": n_docs, "queries": n_queries, "loadavg_start": os.getloadavg()}
-    try:
-        rss0 = peak_rss_mib()
-        report = ix.ingest(client, documents(n_docs, terms, seed), alias, "images", source=f"bench:{n_docs}:{seed}",
-                           fresh=True, chunk_size=500, progress=None)
-        row.update(ingest_docs_per_s=report.docs_per_s, ingest_s=report.seconds, count=report.count,
-                   client_peak_rss_mib=peak_rss_mib(), client_peak_rss_before_mib=rss0)
-        client.indices.forcemerge(index=alias, max_num_segments=1, request_timeout=1800)
-        qs = queries(n_queries, terms, seed + 1)
-        bodies = [(qid, build_query(prepare_query(v, 1024), 10, with_source=False)) for qid, v in qs]
-        cluster_latency(client, alias, bodies[: min(50, len(bodies))], 1)  # warm-up
-        for c in clients_list:
-            res = cluster_latency(client, alias, bodies, c)
-            row[f"os_c{c}"] = {"latency": res["latency"], "took": res["took"], "qps": res["qps"]}
-            if c == clients_list[0]:
-                os_run = res["run"]
+    def library(i):
         t0 = time.perf_counter()
-        scorer = ExactScorer((r.id, r.vector) for r in documents(n_docs, terms, seed))
-        row["exact_build_s"] = time.perf_counter() - t0
-        scorer.run(qs[:20], 10)  # warm-up
-        exact_run, exact_s = scorer.run(qs, 10)
-        row["exact"] = {"latency": percentiles(exact_s), "qps": len(qs) / sum(exact_s)}
-        row["parity"] = parity(os_run, exact_run, 10)
-        row["loadavg_end"] = os.getloadavg()
-    finally:
-        client.indices.delete(index=f"{alias}*", ignore_unavailable=True, expand_wildcards="all")
-    return row
+        searcher.search(index, qs[i][1], K)
+        return time.perf_counter() - t0
+
+    def cli_call(i):
+        t0 = time.perf_counter()
+        run_search(client, vector_json=vjson[i], index=index, k=K)
+        return time.perf_counter() - t0
+
+    def exact(i):
+        t0 = time.perf_counter()
+        scorer.topk(qs[i][1], K)
+        return time.perf_counter() - t0
+
+    systems = {"raw client.search": raw, "Searcher.search": library, "run_search": cli_call, "exact CSR": exact}
+    for i in range(min(30, len(qs))):  # warm-up: caches, JIT, connections
+        for fn in systems.values():
+            fn(i)
+    out = interleaved(systems, len(qs), rounds)
+    base = out["raw client.search"]["wall"]["p50_ms"]
+    ratios = {name: out[name]["wall"]["p50_ms"] / base for name in ("Searcher.search", "run_search", "exact CSR")}
+    return {"systems": out, "p50_ratio_to_raw": ratios}
+
+
+BARE = """import json, sys
+from opensearchpy import OpenSearch
+body = json.load(open(sys.argv[1]))
+resp = OpenSearch([sys.argv[2]]).search(index=sys.argv[3], body=body)
+print(json.dumps([h["_id"] for h in resp["hits"]["hits"]]))
+"""
+
+
+def cli_process(url: str, index: str, qs: list, n: int, rounds: int, workdir: Path) -> dict:
+    """`lsr-os search --vector-json FILE --json` as a process vs a bare opensearch-py process
+    sending the body the CLI sends; interleaved; plus the CLI's slowest imports."""
+    client = connect(ClusterConfig(urls=(url,)))
+    searcher = Searcher(client)
+    files = []
+    for qid, vector in qs[:n]:
+        vec, body = workdir / f"{qid}.json", workdir / f"{qid}.body.json"
+        vec.write_text(json.dumps(vector))
+        body.write_text(json.dumps(searcher.search(index, vector, K).dsl))
+        files.append((vec, body))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(cmd):
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        if done.returncode != 0:
+            raise RuntimeError(f"{cmd[:4]} failed: {done.stderr[-500:]}")
+        return time.perf_counter() - t0
+
+    cli = [sys.executable, str(ROOT / "cli.py"), "search", "--url", url, "--index", index, "--json", "--vector-json"]
+    systems = {"bare opensearch-py process": lambda i: run([sys.executable, "-c", BARE, str(files[i][1]), url, index]),
+               "lsr-os search --vector-json": lambda i: run(cli + [str(files[i][0])])}
+    out = interleaved(systems, len(files), rounds)
+    ratio = out["lsr-os search --vector-json"]["wall"]["p50_ms"] / out["bare opensearch-py process"]["wall"]["p50_ms"]
+    prof = subprocess.run([sys.executable, "-X", "importtime", *cli[1:], str(files[0][0])], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+    imports = []
+    for line in prof.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line and "cumulative" not in line:
+            _, cum, name = line[len("import time:"):].split("|")
+            if len(name) - len(name.lstrip()) == 1:  # a top-level import (nested ones are indented)
+                imports.append((name.strip(), int(cum) / 1000))
+    top = sorted(imports, key=lambda x: -x[1])[:12]
+    return {"systems": out, "p50_ratio": ratio, "top_level_imports_ms": top,
+            "total_import_ms": round(sum(ms for _, ms in imports), 1)}
+
+
+class OrjsonSerializer:
+    """opensearch-py's JSON serializer with orjson's dumps (a raw load's best client setting)."""
+
+    def __new__(cls):
+        import orjson
+        from opensearchpy.serializer import JSONSerializer
+
+        class Serializer(JSONSerializer):
+            def dumps(self, data):
+                return data if isinstance(data, str) else orjson.dumps(data).decode()
+
+        return Serializer()
+
+
+def ingest_ratio(url: str, n_docs: int, seed: int, slice_docs: int, rounds: int, workdir: Path) -> dict:
+    """`lsr-os ingest --sparse` (a process) vs raw helpers loads of the same prepared documents."""
+    from opensearchpy import OpenSearch, helpers
+
+    records = list(documents(min(n_docs, slice_docs), seed))
+    path = workdir / "slice.jsonl"
+    write_jsonl(path, records)
+    prepared = [(r.id, ix.to_document(r)) for r in records]
+    del records
+    clients = {"json": OpenSearch([url], timeout=300, pool_maxsize=16),
+               "orjson": OpenSearch([url], timeout=300, pool_maxsize=16, serializer=OrjsonSerializer())}
+    target = "bench-ingest-raw"
+
+    def raw(kind: str, chunk: int, threads: int, serializer: str) -> float:
+        client = clients[serializer]
+        client.indices.delete(index=target, ignore_unavailable=True)
+        body = ix.load_mapping("images")
+        body["settings"]["index"].update({**ix.LOAD_SETTINGS, "number_of_replicas": 0})
+        actions = ({"_index": target, "_id": i, "_source": d} for i, d in prepared)
+        t0 = time.perf_counter()  # from creating the index to a refreshed count, as lsr-os does
+        client.indices.create(index=target, body=body)
+        if kind == "parallel_bulk":
+            results = helpers.parallel_bulk(client, actions, thread_count=threads, chunk_size=chunk,
+                                            queue_size=threads)
+        else:
+            results = helpers.streaming_bulk(client, actions, chunk_size=chunk)
+        ok = sum(1 for good, _ in results if good)
+        client.indices.refresh(index=target)
+        seconds = time.perf_counter() - t0
+        if ok != len(prepared) or client.count(index=target)["count"] != len(prepared):
+            raise RuntimeError("raw load lost documents")
+        return len(prepared) / seconds
+
+    def ours(concurrency: int, chunk: int) -> float:
+        clients["json"].indices.delete(index="bench-ingest-lsr*", ignore_unavailable=True, expand_wildcards="all")
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "ingest", "--url", url, "--sparse", str(path),
+                               "--collection", "images", "--index", "bench-ingest-lsr", "--fresh", "--json",
+                               "--concurrency", str(concurrency), "--chunk-docs", str(chunk),
+                               "--failures", str(workdir / "failures.jsonl")],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+        seconds = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"lsr-os ingest failed: {done.stderr[-800:]}")
+        if json.loads(done.stdout)["count"] != len(prepared):
+            raise RuntimeError("lsr-os ingest lost documents")
+        return len(prepared) / seconds
+
+    raw_configs = {f"{k} chunk {c} x{t} {s}": (k, c, t, s) for k, c, t, s in [
+        ("streaming_bulk", 500, 1, "json"), ("streaming_bulk", 500, 1, "orjson"),
+        ("parallel_bulk", 500, 2, "json"), ("parallel_bulk", 500, 2, "orjson"),
+        ("parallel_bulk", 500, 4, "orjson"), ("parallel_bulk", 1000, 2, "orjson"),
+        ("parallel_bulk", 1000, 4, "orjson")]}
+    our_configs = {f"lsr-os --concurrency {c} --chunk-docs {n}": (c, n) for c, n in [(2, 500), (4, 500), (2, 1000),
+                                                                                     (4, 1000)]}
+    sweep = {}
+    for name, cfg in raw_configs.items():
+        sweep[name] = raw(*cfg)
+    for name, cfg in our_configs.items():
+        sweep[name] = ours(*cfg)
+    best_raw = max(raw_configs, key=lambda n: sweep[n])
+    default = f"lsr-os --concurrency {ix.IngestOptions.concurrency} --chunk-docs {ix.IngestOptions.chunk_docs}"
+    rates: dict[str, list[float]] = {best_raw: [], default: []}
+    for r in range(rounds):
+        for name in ([best_raw, default] if r % 2 == 0 else [default, best_raw]):
+            rates[name].append(raw(*raw_configs[name]) if name == best_raw else ours(*our_configs[name]))
+    for client in clients.values():
+        client.indices.delete(index=f"{target},bench-ingest-lsr*", ignore_unavailable=True, expand_wildcards="all")
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    return {"docs": len(prepared), "sweep_docs_per_s": sweep, "best_raw": best_raw, "lsr_os": default,
+            "rounds_docs_per_s": rates, "median_docs_per_s": med, "ratio": med[default] / med[best_raw]}
+
+
+def tie_aware_overlap(run: dict, scorer: ExactScorer, prepared: dict, k: int = K) -> float:
+    """Mean share of a run's top k whose exact score reaches the exact k-th score. Documents tied
+    at rank k are equally right answers: with 9-bit weights, exact ties are common at 1M
+    documents, and the engine and the exact scorer break them by different document orders."""
+    shares = []
+    for qid, hits in run.items():
+        scores = scorer.scores(prepared[qid])
+        top = np.partition(scores, len(scores) - k)[-k:] if len(scores) > k else scores
+        floor = float(top.min())
+        if floor <= 0:  # fewer than k documents match: every matching one is right
+            floor = float(scores[scores > 0].min()) if (scores > 0).any() else 0.0
+        idx = [scorer.index_of(d) for d in list(hits)[:k]]
+        right = sum(1 for i in idx if scores[i] >= floor * (1 - 1e-6))
+        shares.append(right / min(k, int((scores > 0).sum())) if (scores > 0).any() else 1.0)
+    return float(np.mean(shares)) if shares else 1.0
+
+
+def settings_table(client, index: str, qs: list, exact_run: dict, settings: dict[str, dict], rounds: int,
+                   cap: int, scorer: ExactScorer) -> dict:
+    """Server took and client wall per query setting (interleaved), and top-10 overlap with the
+    exact run of the full queries. Bodies as the library sends them (the hits' display fields)."""
+    bodies = {name: [build_query(prepare_query(v, opts.get("max_terms", cap)), K,
+                                 first_terms=opts.get("first_terms"), window=opts.get("window", 100))
+                     for _, v in qs] for name, opts in settings.items()}
+    runs: dict[str, dict] = {name: {} for name in settings}
+
+    def system(name):
+        def call(i):
+            t0 = time.perf_counter()
+            resp = client.search(index=index, body=bodies[name][i])
+            wall = time.perf_counter() - t0
+            runs[name][qs[i][0]] = {h["_id"]: h["_score"] for h in resp["hits"]["hits"]}
+            return wall, resp["took"] / 1000
+        return call
+
+    systems = {name: system(name) for name in settings}
+    for i in range(min(20, len(qs))):
+        for fn in systems.values():
+            fn(i)
+    out = interleaved(systems, len(qs), rounds)
+    full = out[next(iter(settings))]["took"]
+    prepared = {qid: prepare_query(v, cap) for qid, v in qs}
+    for name in settings:
+        out[name]["parity"] = parity(runs[name], exact_run, K)
+        out[name]["parity"]["top10_overlap_ties"] = tie_aware_overlap(runs[name], scorer, prepared)
+        out[name]["took_p50_ratio"] = out[name]["took"]["p50_ms"] / full["p50_ms"] if full["p50_ms"] else None
+        out[name]["took_mean_ratio"] = out[name]["took"]["mean_ms"] / full["mean_ms"] if full["mean_ms"] else None
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+
+
+QUERY_SETTINGS = {
+    "full query": {},
+    "max-terms 32": {"max_terms": 32},
+    "max-terms 24": {"max_terms": 24},
+    "max-terms 16": {"max_terms": 16},
+    "first-terms 8, window 400": {"first_terms": 8, "window": 400},
+    "first-terms 16, window 100": {"first_terms": 16, "window": 100},
+    "first-terms 16, window 400": {"first_terms": 16, "window": 400},
+    "first-terms 16, window 1000": {"first_terms": 16, "window": 1000},
+    "first-terms 24, window 400": {"first_terms": 24, "window": 400},
+    "first-terms 24, window 1000": {"first_terms": 24, "window": 1000},
+}
+
+
+def parse_doc_pruning(spec: str) -> dict[str, dict]:
+    """"top_k=128,threshold=0.05" -> {"top-k 128": {"top_k": 128}, "threshold 0.05": {...}}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, value = part.split("=")
+        out[f"{key.replace('_', '-')} {value}"] = {key: int(value) if key == "top_k" else float(value)}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="10000,100000", help="Comma-separated collection sizes.")
+    ap.add_argument("--docs", type=int, default=100_000, help="Collection size.")
     ap.add_argument("--queries", type=int, default=300)
-    ap.add_argument("--clients", default="1,4", help="Concurrent searchers, comma-separated (first: parity run).")
+    ap.add_argument("--rounds", type=int, default=3, help="Rounds of the interleaved query comparisons.")
+    ap.add_argument("--settings-rounds", type=int, default=2, help="Rounds of the settings tables.")
+    ap.add_argument("--cli-queries", type=int, default=20, help="Queries run as CLI and bare processes (per round).")
+    ap.add_argument("--ingest-docs", type=int, default=100_000, help="Slice loaded by the ingest comparison (0: skip).")
+    ap.add_argument("--ingest-rounds", type=int, default=3)
+    ap.add_argument("--doc-pruning", default="top_k=128,top_k=64,threshold=0.05",
+                    help="Document pruning indices to build and compare (empty: none).")
+    ap.add_argument("--shards", type=int, default=2, help="Also compare an index split to this many shards (1: no).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--url", default=None, help="Cluster URL [default: OPENSEARCH_URL or localhost:9200].")
     ap.add_argument("--name", default="serving", help="Results file name under bench/results/.")
+    ap.add_argument("--drop", action="store_true", help="Delete the bench indices at the end.")
     args = ap.parse_args()
 
-    client = connect(ClusterConfig(urls=split_urls(args.url or os.environ.get("OPENSEARCH_URL")), timeout=120))
-    terms = Vocabulary.default().terms
-    clients_list = [int(c) for c in args.clients.split(",")]
-    rows = []
-    for n in (int(s) for s in args.sizes.split(",")):
-        row = bench_size(client, n, args.queries, clients_list, terms, args.seed)
-        rows.append(row)
-        print(row, flush=True)
-    table = []
-    for r in rows:
-        one = r[f"os_c{clients_list[0]}"]
-        t = {"docs": r["docs"], "load avg": r["loadavg_start"][0], "ingest docs/s": r["ingest_docs_per_s"], "client peak RSS MiB": r["client_peak_rss_mib"],
-             "OS p50 ms": one["latency"]["p50_ms"], "OS p95 ms": one["latency"]["p95_ms"],
-             "OS p99 ms": one["latency"]["p99_ms"], "OS QPS (1)": one["qps"],
-             "exact p50 ms": r["exact"]["latency"]["p50_ms"], "exact p99 ms": r["exact"]["latency"]["p99_ms"],
-             "exact QPS": r["exact"]["qps"], "p50 ratio OS/exact": one["latency"]["p50_ms"] / r["exact"]["latency"]["p50_ms"],
-             "top-10 overlap": r["parity"]["top10_overlap"]}
-        for c in clients_list[1:]:
-            t[f"OS QPS ({c})"] = r[f"os_c{c}"]["qps"]
-            t[f"OS p50 ms ({c})"] = r[f"os_c{c}"]["latency"]["p50_ms"]
-        table.append(t)
-    columns = list(table[0]) if table else []
-    summary = (f"One local OpenSearch node (1 GiB heap) and the client on the same machine. {args.queries} queries "
-               f"(10-80 terms) per size, docs of 50-300 terms, Zipf-like term use over {len(terms)} terms. "
-               "OS latency is client wall time per search (one index, 1 shard, force-merged to 1 segment); "
-               "exact is single-threaded scipy CSR scoring of the same queries over 9-bit weights. "
-               "The machine is shared: see each row's loadavg in the JSON.\n\n"
-               + md_table(table, columns))
-    path = write_results(args.name, {"rows": rows, "args": vars(args)}, summary)
+    url = split_urls(args.url or os.environ.get("OPENSEARCH_URL"))[0]
+    client = connect(ClusterConfig(urls=(url,), timeout=600))
+    sampler = LoadSampler()
+    t_start = time.time()
+    n, seed = args.docs, args.seed
+    results: dict = {"docs": n, "args": vars(args), "node": node_facts(client)}
+    alias = f"bench-{n}"
+    results["index"] = ensure_index(client, alias, n, seed, sampler, shards=1)
+    results["index_novec"] = ensure_index(client, f"{alias}-novec", n, seed, sampler, shards=1, exclude_vectors=True)
+    qs = queries(args.queries, seed + 1)
+
+    t0 = time.perf_counter()
+    scorer = BlockScorer(n, seed)
+    results["exact_build_s"] = time.perf_counter() - t0
+    cap = Searcher(client).clause_cap
+    exact_run, _ = scorer.run([(q, prepare_query(v, cap)) for q, v in qs], K)
+
+    results["query_overhead"] = phase(sampler, lambda: query_overhead(client, alias, qs, scorer, args.rounds))
+    with tempfile.TemporaryDirectory() as tmp:
+        results["cli_process"] = phase(sampler, lambda: cli_process(url, alias, qs, args.cli_queries, args.rounds,
+                                                                    Path(tmp)))
+    results["query_settings"] = phase(sampler, lambda: settings_table(client, alias, qs, exact_run, QUERY_SETTINGS,
+                                                                      args.settings_rounds, cap, scorer))
+    # Index variants, each with the full query and the best query setting that keeps overlap >= 0.99:
+    best = best_setting(results["query_settings"])
+    variants = {"1 shard, vector in _source": alias, "1 shard, vector left out of _source": f"{alias}-novec"}
+    if args.shards > 1:
+        variants[f"{args.shards} shards (split), vector in _source"] = split_index(client, alias, args.shards, sampler)
+    for label, options in parse_doc_pruning(args.doc_pruning).items():
+        info = ensure_index(client, f"{alias}-{label.replace(' ', '')}", n, seed, sampler, shards=1, **options)
+        variants[f"1 shard, documents pruned: {label}"] = info["alias"]
+    results["variants"] = {}
+    for label, index in variants.items():
+        settings = {"full query": {}, best: QUERY_SETTINGS[best]} if best != "full query" else {"full query": {}}
+        row = phase(sampler, lambda: settings_table(client, index, qs, exact_run, settings, args.settings_rounds, cap,
+                                                    scorer))
+        results["variants"][label] = {"index": index, **index_stats(client, index), "settings": row}
+    if args.ingest_docs:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["ingest"] = phase(sampler, lambda: ingest_ratio(url, n, seed, args.ingest_docs, args.ingest_rounds,
+                                                                     Path(tmp)))
+    sampler.stop()
+    results["load_avg_1m_whole_run"] = sampler.between(t_start, time.time())
+    if args.drop:
+        client.indices.delete(index=f"{alias}*", ignore_unavailable=True, expand_wildcards="all")
+    path = write_results(args.name, results, summary(results, best))
     print(f"results: {path}")
+
+
+def node_facts(client) -> dict:
+    info = client.info()
+    nodes = client.nodes.info(metric="jvm,os")["nodes"]
+    return {"version": info["version"]["number"], "nodes": len(nodes),
+            "heap_max_bytes": [n["jvm"]["mem"]["heap_max_in_bytes"] for n in nodes.values()],
+            "processors": [n["os"].get("allocated_processors") for n in nodes.values()]}
+
+
+def best_setting(table: dict) -> str:
+    """The query setting with the lowest server p50 (then mean) whose tie-aware top-10 overlap
+    is >= 0.99 (the full query when none is)."""
+    good = [name for name, row in table.items()
+            if name in QUERY_SETTINGS and row["parity"]["top10_overlap_ties"] >= 0.99] or ["full query"]
+    return min(good, key=lambda name: (table[name]["took"]["p50_ms"], table[name]["took"]["mean_ms"]))
+
+
+def summary(r: dict, best: str) -> str:
+    """The markdown tables of one run."""
+    n = r["docs"]
+    qo, cp = r["query_overhead"], r["cli_process"]
+    lines = [f"{n:,} synthetic documents (50-300 terms, Zipf-like term use over 30,522 terms), {r['args']['queries']} "
+             f"queries of 10-80 terms; one local OpenSearch {r['node']['version']} node "
+             f"({r['node']['heap_max_bytes'][0] / 2**30:.0f} GiB heap) and the client on the same 2 cores. "
+             f"Compared systems are interleaved query by query ({r['args']['rounds']} rounds; settings tables "
+             f"{r['args']['settings_rounds']}). Load average (1 min) over the whole run: "
+             f"{r['load_avg_1m_whole_run']['min']:.1f}-{r['load_avg_1m_whole_run']['max']:.1f} "
+             f"(mean {r['load_avg_1m_whole_run']['mean']:.1f}); each part's is in the JSON.", ""]
+    rows = []
+    for name, row in qo["systems"].items():
+        rows.append({"path": name, "p50 ms": row["wall"]["p50_ms"], "p90 ms": row["wall"]["p90_ms"],
+                     "p50 / raw": row["wall"]["p50_ms"] / qo["systems"]["raw client.search"]["wall"]["p50_ms"]})
+    took = qo["systems"]["raw client.search"]["took"]
+    rows.insert(1, {"path": "server took (of the raw search)", "p50 ms": took["p50_ms"], "p90 ms": took["p90_ms"]})
+    for name, row in cp["systems"].items():
+        rows.append({"path": f"{name} (as a process)", "p50 ms": row["wall"]["p50_ms"], "p90 ms": row["wall"]["p90_ms"],
+                     "p50 / raw": ""})
+    lines += ["### Query path (load avg %.1f)" % qo["phase"]["load_avg_1m"]["mean"], "",
+              md_table(rows, ["path", "p50 ms", "p90 ms", "p50 / raw"]), "",
+              f"Goals: library p50 <= 1.1x raw: Searcher.search {qo['p50_ratio_to_raw']['Searcher.search']:.3f}x, "
+              f"run_search {qo['p50_ratio_to_raw']['run_search']:.3f}x; CLI process <= 2x a bare opensearch-py "
+              f"process: {cp['p50_ratio']:.2f}x. The CLI's imports ({cp['total_import_ms']:.0f} ms in all): "
+              + ", ".join(f"{name} {ms:.0f} ms" for name, ms in cp["top_level_imports_ms"][:6]) + ".", ""]
+    rows = []
+    for name, row in r["query_settings"].items():
+        if name == "phase":
+            continue
+        rows.append({"setting": name, "took p50 ms": row["took"]["p50_ms"], "took p90 ms": row["took"]["p90_ms"],
+                     "took mean ms": row["took"]["mean_ms"], "p50 / full": row["took_p50_ratio"],
+                     "mean / full": row["took_mean_ratio"], "wall p50 ms": row["wall"]["p50_ms"],
+                     "top-10 overlap": row["parity"]["top10_overlap"],
+                     "overlap, ties counted": row["parity"]["top10_overlap_ties"]})
+    lines += ["### Query settings vs exact scoring (load avg %.1f)" % r["query_settings"]["phase"]["load_avg_1m"]["mean"], "",
+              md_table(rows, list(rows[0])), "",
+              "Overlap: the share of the exact top 10 (full query, unpruned documents) in the setting's top 10; "
+              "ties counted: the share of the setting's top 10 whose exact score reaches the exact 10th score "
+              "(documents tied at rank 10 are equally right; with 9-bit weights exact ties are common, and the "
+              "engine and the exact scorer break them by different document orders). Server took is whole "
+              "milliseconds, so the mean is given too.", "",
+              f"Fastest setting with a tie-counted top-10 overlap >= 0.99: **{best}**.", ""]
+    rows = []
+    for label, v in r["variants"].items():
+        for name, row in v["settings"].items():
+            if name == "phase":
+                continue
+            rows.append({"index": label, "query": name, "store MiB": v["store_bytes"] / 2**20,
+                         "took p50 ms": row["took"]["p50_ms"], "took p90 ms": row["took"]["p90_ms"],
+                         "wall p50 ms": row["wall"]["p50_ms"], "top-10 overlap": row["parity"]["top10_overlap"],
+                         "overlap, ties counted": row["parity"]["top10_overlap_ties"]})
+    lines += ["### Index variants (each compared within its own interleaved run)", "",
+              md_table(rows, list(rows[0])), ""]
+    if "ingest" in r:
+        g = r["ingest"]
+        rows = [{"load": name, "docs/s": rate} for name, rate in sorted(g["sweep_docs_per_s"].items(), key=lambda x: -x[1])]
+        lines += [f"### Ingest ({g['docs']:,} documents; load avg {g['phase']['load_avg_1m']['mean']:.1f})", "",
+                  f"Alternating rounds, medians: `{g['lsr_os']}` (a process reading sparse JSONL) "
+                  f"{g['median_docs_per_s'][g['lsr_os']]:,.0f} docs/s vs the best raw load, `{g['best_raw']}` "
+                  f"(prepared documents in memory) {g['median_docs_per_s'][g['best_raw']]:,.0f} docs/s: "
+                  f"**{g['ratio']:.2f}x**. The one-pass sweep that chose the best raw load:", "",
+                  md_table(rows, ["load", "docs/s"]), ""]
+    idx = r["index"]
+    if not idx.get("reused"):
+        rep = idx["report"]
+        lines += [f"The served index was loaded by `ix.ingest` at {rep['docs_per_s']:,.0f} docs/s "
+                  f"({rep['seconds']:.0f} s, documents generated in the same process), force-merged in "
+                  f"{rep['merge_seconds']:.0f} s."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from lsr_os.errors import ClusterError, ClusterUnreachable, ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://localhost:9200"
+POOL_MAXSIZE = 64  # connections kept per node: the most bulk requests `ingest --concurrency` sends at once
 START_HINT = "start one with `lsr-os node start` or `docker compose up -d`"
 
 
@@ -73,6 +74,9 @@ class ClusterConfig:
             "max_retries": self.max_retries,
             "retry_on_timeout": True,
             "http_compress": False,
+            # urllib3 keeps 1 connection per host unless told: concurrent bulk requests would each
+            # open (and then drop) a connection. Idle slots cost nothing.
+            "pool_maxsize": POOL_MAXSIZE,
         }
         if self.user is not None:
             kwargs["http_auth"] = (self.user, self.password)
@@ -109,19 +113,27 @@ def connect(config: ClusterConfig) -> OpenSearch:
     where = ", ".join(config.urls)
     try:
         info = client.info()
-    except SSLError as exc:
-        raise ClusterError(f"TLS handshake with {where} failed ({exc.info}); give the cluster's CA with "
-                           f"--ca-certs (or --insecure for a throwaway test cluster)") from exc
-    except (OSConnectionError, ConnectionTimeout) as exc:
-        raise ClusterUnreachable(f"no OpenSearch answered at {where}; {START_HINT}") from exc
-    except (AuthenticationException, AuthorizationException) as exc:
-        who = f"user {config.user!r}" if config.user else "no credentials"
-        raise ClusterError(f"OpenSearch at {where} refused {who} (HTTP {exc.status_code})") from exc
     except TransportError as exc:
-        raise ClusterError(f"OpenSearch at {where} answered HTTP {exc.status_code}: {exc.error}") from exc
+        raise (connection_error(config, exc) or ClusterError(
+            f"OpenSearch at {where} answered HTTP {exc.status_code}: {exc.error}")) from exc
     log.info("connected to %s %s at %s", info["version"].get("distribution", "opensearch"),
              info["version"]["number"], where)
     return client
+
+
+def connection_error(config: ClusterConfig, exc: Exception) -> ClusterError | None:
+    """The user's error when a request failed for reasons of the connection itself (TLS,
+    nothing answering, credentials refused); None for any other failure."""
+    where = ", ".join(config.urls)
+    if isinstance(exc, SSLError):
+        return ClusterError(f"TLS handshake with {where} failed ({exc.info}); give the cluster's CA with "
+                            f"--ca-certs (or --insecure for a throwaway test cluster)")
+    if isinstance(exc, (OSConnectionError, ConnectionTimeout)):
+        return ClusterUnreachable(f"no OpenSearch answered at {where}; {START_HINT}")
+    if isinstance(exc, (AuthenticationException, AuthorizationException)):
+        who = f"user {config.user!r}" if config.user else "no credentials"
+        return ClusterError(f"OpenSearch at {where} refused {who} (HTTP {exc.status_code})")
+    return None
 
 
 def cluster_info(config: ClusterConfig) -> dict:

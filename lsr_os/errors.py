@@ -34,6 +34,10 @@ class ClusterError(LsrOsError):
     """OpenSearch answered with an error, or a request could not be completed."""
 
 
+class CollectionMissing(ClusterError):
+    """The alias or index asked for does not exist (the message names those that do)."""
+
+
 class ClusterUnreachable(ClusterError):
     """No OpenSearch node answered at the configured URLs."""
 

@@ -201,8 +201,12 @@ def dense_runs(dense_dir: str | Path, data: SplitData, k: int = 10) -> dict[str,
 
 def evaluate(client, images_index: str, captions_index: str, data: SplitData, split: str = "test",
              k: int = 10, batch_size: int = 64, max_terms: int | None = None, out_dir: str | Path | None = None,
-             dense_dir: str | Path | None = None, progress: bool | None = None) -> dict:
+             dense_dir: str | Path | None = None, progress: bool | None = None, first_terms: int | None = None,
+             window: int = 100) -> dict:
     """Both directions through the cluster and exactly in memory; metrics, parity, latency.
+
+    `first_terms`/`window`: two-phase search through the cluster (see `search.build_query`); the
+    exact reference always scores the full query, so parity shows what the setting costs.
 
     Writes `<direction>.<system>.trec` run files and `report.json` into `out_dir` when given.
     """
@@ -214,7 +218,8 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
         "i2t": (data.images, data.captions, captions_index, data.qrels_i2t),
     }
     teacher = dense_runs(dense_dir, data, k) if dense_dir else None
-    report: dict = {"split": split, "k": k, "max_query_terms": cap, "indices": {"images": images_index,
+    report: dict = {"split": split, "k": k, "max_query_terms": cap, "first_terms": first_terms,
+                    "window": window if first_terms else None, "indices": {"images": images_index,
                                                                                   "captions": captions_index}}
     runs: dict[str, Run] = {}
     for name, (queries, docs, index, qrels) in directions.items():
@@ -227,7 +232,7 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
                 continue
         skipped = len(queries) - len(prepared)
         cluster_run, timing = search_run(client, index, prepared.items(), k, cap, filters, batch_size, progress,
-                                         desc=f"{name} via {index}")
+                                         desc=f"{name} via {index}", first_terms=first_terms, window=window)
         scorer = ExactScorer(docs.items())
         exact_run, exact_s = scorer.run(prepared.items(), k)
         section = {

@@ -8,18 +8,21 @@ cluster's `indices.query.bool.max_clause_count` by keeping the heaviest query te
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from opensearchpy import OpenSearch
-from opensearchpy.exceptions import NotFoundError, TransportError
+from opensearchpy.exceptions import ConnectionError as OSConnectionError, NotFoundError, TransportError
 
 from lsr_os.splits import select_splits
-from lsr_os.errors import ClusterError, DataError
+from lsr_os.errors import ClusterError, ClusterUnreachable, CollectionMissing, DataError
 from lsr_os.index import SPARSE_FIELD
 from lsr_os.sparse import SparseVector, clean, prune, quantize
 from lsr_os.vocab import feature_to_term, term_to_feature
@@ -36,15 +39,19 @@ Run = dict[str, dict[str, float]]
 
 def max_clause_count(client: OpenSearch) -> int:
     """The cluster's max clause count (persistent, transient or default), else 1024."""
-    try:
-        body = client.cluster.get_settings(include_defaults=True, flat_settings=True)
+    try:  # filtered: the cluster's defaults alone are ~100 KB of JSON
+        body = client.cluster.get_settings(include_defaults=True, filter_path=f"*.{MAX_CLAUSE_SETTING}")
+    except OSConnectionError as exc:  # not a settings problem: nothing answered
+        raise ClusterUnreachable(f"cannot read {MAX_CLAUSE_SETTING}: no answer ({exc.error})") from exc
     except TransportError as exc:
         log.warning("cannot read %s (HTTP %s); assuming %d", MAX_CLAUSE_SETTING, exc.status_code,
                     DEFAULT_MAX_CLAUSES)
         return DEFAULT_MAX_CLAUSES
     for level in ("transient", "persistent", "defaults"):
-        value = body.get(level, {}).get(MAX_CLAUSE_SETTING)
-        if value is not None:
+        value = body.get(level, {})
+        for key in MAX_CLAUSE_SETTING.split("."):
+            value = value.get(key, {}) if isinstance(value, dict) else {}
+        if value not in ({}, None):
             return int(value)
     return DEFAULT_MAX_CLAUSES
 
@@ -88,13 +95,15 @@ def _disjunction(vector: SparseVector) -> list[dict]:
 
 def build_query(vector: SparseVector, size: int = 10, filters: Sequence[dict] = (),
                 with_vectors: bool = False, with_source: bool = True, first_terms: int | None = None,
-                window: int = 100) -> dict:
+                window: int = 100, explain: bool = False) -> dict:
     """The search body for a prepared query vector (see `prepare_query`); clauses heaviest first.
 
     `filters` are extra non-scoring clauses (e.g. `{"terms": {"split": ["test"]}}`); each counts
     against the max clause count, so callers cap the terms at max - len(filters).
-    `with_vectors` returns the documents' sparse vectors too (for explain); `with_source=False`
-    returns ids and scores only, which is all a run needs and spares the node parsing `_source`.
+    `with_vectors` returns the documents' sparse vectors too; `explain` asks the engine for each
+    hit's score explanation instead, which works whether or not the index keeps vectors in
+    `_source` (see `explain_hit`); `with_source=False` returns ids and scores only, which is all a
+    run needs and spares the node parsing `_source`.
     Two-phase search: with `first_terms`, the query matches with its heaviest `first_terms` terms
     only, and the top `window` documents are rescored with the full query (their score is then
     the full dot product), which trades a little recall for fewer postings to walk.
@@ -105,6 +114,8 @@ def build_query(vector: SparseVector, size: int = 10, filters: Sequence[dict] = 
         query["bool"].update(filter=list(filters), minimum_should_match=1)
     source = {"includes": DISPLAY_FIELDS + ([SPARSE_FIELD] if with_vectors else [])} if with_source else False
     body = {"size": size, "query": query, "_source": source, "track_total_hits": False}
+    if explain:
+        body["explain"] = True
     if first is not vector:
         body["rescore"] = {"window_size": max(window, size), "query": {
             "rescore_query": {"bool": {"should": _disjunction(vector)}}, "query_weight": 0.0,
@@ -196,17 +207,48 @@ def search_run(client: OpenSearch, index: str, queries: Iterable[tuple[str, Spar
 
 
 def explain_hit(query: SparseVector, hit: dict) -> list[dict]:
-    """The matching terms of a hit (returned with `with_vectors`): query weight, stored document
-    weight (9-bit, as OpenSearch scores it) and contribution, heaviest first; they sum to the score."""
-    doc = (hit.get("_source") or {}).get(SPARSE_FIELD) or {}
+    """The matching terms of a hit: query weight, stored document weight (9-bit, as OpenSearch
+    scores it) and contribution, heaviest first; they sum to the score.
+
+    The stored weights come from the engine's own explanation when the hit has one (a search with
+    `explain`: needed when the index leaves vectors out of `_source`), else from the vector in
+    `_source` (a search `with_vectors`).
+    """
+    if "_explanation" in hit:
+        stored = _explained_weights(hit["_explanation"])
+    else:
+        doc = (hit.get("_source") or {}).get(SPARSE_FIELD) or {}
+        stored = {feature: float(quantize(weight)) for feature, weight in doc.items()}
     rows = []
-    for feature, weight in doc.items():
+    for feature, weight in stored.items():
         term = feature_to_term(feature)
         if term in query:
-            stored = float(quantize(weight))
-            rows.append({"term": term, "query_weight": query[term], "doc_weight": stored,
-                         "contribution": query[term] * stored})
+            rows.append({"term": term, "query_weight": query[term], "doc_weight": weight,
+                         "contribution": query[term] * weight})
     return sorted(rows, key=lambda r: -r["contribution"])
+
+
+# Lucene's FeatureField explains a linear rank_feature clause as "Linear function on the <field> field
+# for the <feature> feature, computed as w * S from:" with the details "w, weight ..." and "S, feature value".
+_LINEAR = re.compile(r"Linear function on the (.+) field for the (.+) feature, computed as w \* S")
+
+
+def _explained_weights(node: dict) -> dict[str, float]:
+    """{feature: stored weight} of every linear rank_feature clause in a score explanation (a
+    two-phase search explains its first phase and its rescore: the same values, kept once)."""
+    found: dict[str, float] = {}
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        match = _LINEAR.match(item.get("description", ""))
+        if match and match.group(1) == SPARSE_FIELD:
+            value = next((d["value"] for d in item.get("details", []) if d.get("description", "").startswith("S,")),
+                         None)
+            if value is not None:
+                found[match.group(2)] = float(value)
+            continue
+        stack.extend(item.get("details", []))
+    return found
 
 
 def write_trec(path: str | Path, run: Run, name: str) -> None:
@@ -287,6 +329,11 @@ class QueryEncoder:
         self._encoder = self._head = None
 
     @property
+    def loaded(self) -> bool:
+        """Whether the models are loaded (the next query costs no load)."""
+        return self._encoder is not None
+
+    @property
     def head(self):
         if self._head is None:
             from lsr_os.models.head import load_head
@@ -357,6 +404,14 @@ class Searcher:
         self.client = client
         self._cap: int | None = None
 
+    @classmethod
+    def of(cls, client: OpenSearch) -> "Searcher":
+        """The Searcher of `client`, made once per client object (so is the clause cap read)."""
+        searcher = _SEARCHERS.get(client)
+        if searcher is None:
+            searcher = _SEARCHERS[client] = cls(client)
+        return searcher
+
     @property
     def clause_cap(self) -> int:
         if self._cap is None:
@@ -372,6 +427,10 @@ class Searcher:
             pass
         except TransportError as exc:
             raise ClusterError(f"cannot count {index}: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
+        raise self.missing(index)
+
+    def missing(self, index: str) -> CollectionMissing:
+        """The error for a collection that does not exist: it lists those that do, and their --prefix."""
         from lsr_os.index import list_collections
 
         served = sorted({r["alias"] for r in list_collections(self.client) if r["served"] and r["alias"]})
@@ -379,17 +438,26 @@ class Searcher:
         hint = (f"; the cluster serves {', '.join(served)}"
                 + (f" ({' or '.join(f'--prefix {p}' for p in prefixes)})" if prefixes else "")
                 if served else "; the cluster serves no lsr-os collection yet: load one with `lsr-os ingest`")
-        raise ClusterError(f"no collection {index} on the cluster{hint}")
+        return CollectionMissing(f"no collection {index} on the cluster{hint}")
 
     def search(self, index: str, vector: SparseVector, k: int = 10, split: str | None = None,
                explain: bool = False, max_terms: int | None = None, first_terms: int | None = None,
                window: int = 100, vocabulary=None) -> "SearchResult":
         """One query vector against `index`: the hits as rows (rank, id, score, label and the
-        document's fields; with `explain`, each hit's matching terms)."""
+        document's fields; with `explain`, each hit's matching terms, from the engine's explanation).
+        A missing `index` raises the error of `missing`."""
         filters = split_filters(split)
-        query = prepare_query(vector, (max_terms or self.clause_cap) - len(filters), vocabulary)
-        body = build_query(query, k, filters, with_vectors=explain, first_terms=first_terms, window=window)
-        hits, took = search(self.client, index, body)
+        query = prepare_query(vector, max(1, len(vector)), vocabulary)  # a bad query fails before any request
+        limit = (max_terms or self.clause_cap) - len(filters)
+        if len(query) > limit:
+            query = prepare_query(query, limit)
+        body = build_query(query, k, filters, first_terms=first_terms, window=window, explain=explain)
+        try:
+            hits, took = search(self.client, index, body)
+        except ClusterError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                raise self.missing(index) from None
+            raise
         rows = []
         for rank, hit in enumerate(hits, 1):
             src = hit.get("_source", {})
@@ -400,6 +468,9 @@ class Searcher:
                 row["matches"] = explain_hit(query, hit)
             rows.append(row)
         return SearchResult(index, took, query, rows, body, explain)
+
+
+_SEARCHERS: "weakref.WeakKeyDictionary[OpenSearch, Searcher]" = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -447,13 +518,17 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
                device: str | None = None) -> SearchResult:
     """`lsr-os search`: exactly one of a text, an image or a raw `vector_json` query.
 
-    Cheap checks first, then the cluster and the collection, and only then the models: a wrong
-    URL or collection fails in a second, not after a model has loaded. `cluster` is a
-    `ClusterConfig` or a client; `demo` is the folder of `lsr-os demo`, whose model, head and
-    prefix are the defaults. The collection defaults to images for text and vector queries,
-    captions for an image query; `split` filters documents.
+    A vector query is prepare -> one request -> rows: the client, its clause cap and the
+    vocabulary are made once per process, and no request checks the cluster first (a missing
+    collection or an unreachable cluster is diagnosed after the search fails, with the same
+    messages). A text or image query checks the cluster and the collection before its models
+    load, so a wrong URL or collection fails in a second, not after a model has loaded; the models
+    then stay loaded for the next call in the same process. `cluster` is a `ClusterConfig` or a
+    client; `demo` is the folder of `lsr-os demo`, whose model, head and prefix are the defaults.
+    The collection defaults to images for text and vector queries, captions for an image query;
+    `split` filters documents.
     """
-    from lsr_os.config import ClusterConfig, connect
+    from lsr_os.config import ClusterConfig, connect, connection_error
     from lsr_os.errors import ConfigError
     from lsr_os.vocab import Vocabulary
 
@@ -467,19 +542,20 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
     picture = read_query_image(image) if image is not None else None
     vector = parse_vector_json(vector_json) if vector_json is not None else None
     vocabulary = Vocabulary.default() if vector is not None else None
-    if vector is not None:
-        prepare_query(vector, len(vector) or 1, vocabulary)  # no known term: fail before any request
     if vector is None and (not model or not head):
         raise ConfigError("text and image queries need --model and --head (or --demo DIR, or use --vector-json)")
     index = index or f"{prefix or 'lsr'}-{collection or ('captions' if image is not None else 'images')}"
-    client = connect(cluster) if isinstance(cluster, ClusterConfig) else cluster
-    searcher = Searcher(client)
-    searcher.require(index)
+    config = cluster if isinstance(cluster, ClusterConfig) else None
+    searcher = Searcher.of(_client(config) if config else cluster)
     own: frozenset[str] = frozenset()
     if vector is not None:
         own = frozenset(vector)
     else:
-        queries = QueryEncoder(model, head, device)
+        queries = _query_encoder(model, str(head), device)
+        if not queries.loaded:  # fail on the cluster before a model loads
+            if config:
+                connect(config)
+            searcher.require(index)
         if text is not None:
             own = frozenset(queries.check_text(text))
             vector = queries.texts([text], expand=expand)[0]
@@ -487,6 +563,24 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
                 own = frozenset(vector)
         else:
             vector = queries.images([picture])[0]
-    result = searcher.search(index, vector, k, split, explain, max_terms, first_terms, window, vocabulary)
+    try:
+        result = searcher.search(index, vector, k, split, explain, max_terms, first_terms, window, vocabulary)
+    except ClusterError as exc:
+        better = connection_error(config, exc.__cause__) if config and exc.__cause__ is not None else None
+        if better is not None:  # the cluster cannot be reached or refuses us: say so as `connect` does
+            raise better from exc.__cause__
+        raise
     result.text, result.own = text, own
     return result
+
+
+@functools.lru_cache(maxsize=8)
+def _client(config) -> OpenSearch:
+    """One client per cluster configuration in a process (its Searcher reads the clause cap once)."""
+    return config.client()
+
+
+@functools.lru_cache(maxsize=4)
+def _query_encoder(model: str, head: str, device: str | None) -> QueryEncoder:
+    """One QueryEncoder per (model, head, device) in a process: its models load once."""
+    return QueryEncoder(model, head, device)

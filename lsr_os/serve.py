@@ -43,13 +43,13 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from opensearchpy import OpenSearch
-from opensearchpy.exceptions import ConnectionError as OSConnectionError, NotFoundError, TransportError
+from opensearchpy.exceptions import ConnectionError as OSConnectionError, TransportError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from lsr_os import __version__
-from lsr_os.errors import ClusterError, ConfigError, DataError, LsrOsError, ModelError
+from lsr_os.errors import ClusterError, CollectionMissing, ConfigError, DataError, LsrOsError, ModelError
 from lsr_os.search import QueryEncoder, Searcher, build_query, prepare_query, split_filters
 from lsr_os.sparse import SparseVector
 from lsr_os.vocab import Vocabulary
@@ -464,7 +464,7 @@ class SearchService:
         except DataError as exc:
             raise ApiError(400, str(exc)) from None
         except ClusterError as exc:
-            raise self._cluster_error(exc, plan.alias) from None
+            raise self._cluster_error(exc) from None
 
     async def encode(self, query: Query, arrival: Arrival | None = None) -> dict:
         plan = await self.plan(query, arrival)
@@ -489,15 +489,12 @@ class SearchService:
         return {"rank": row["rank"], "id": row["id"], "score": row["score"], "label": row["label"], "image_url": url,
                 "terms": row["matches"], **{f: row[f] for f in ("split", "image", "image_id", "caption") if f in row}}
 
-    def _cluster_error(self, exc: ClusterError, alias: str) -> ApiError:
+    def _cluster_error(self, exc: ClusterError) -> ApiError:
         """404 for a collection the cluster lacks (naming those it serves), 503 when the cluster is
         gone or overloaded, 502 for any other refusal."""
+        if isinstance(exc, CollectionMissing):
+            return ApiError(404, str(exc))
         cause = exc.__cause__
-        if isinstance(cause, NotFoundError):
-            try:
-                self.searcher.require(alias)
-            except ClusterError as missing:
-                return ApiError(404, str(missing))
         if isinstance(cause, OSConnectionError):
             return ApiError(503, f"the cluster at {', '.join(self.urls) or 'its URL'} cannot be reached: {exc}")
         status = cause.status_code if isinstance(cause, TransportError) else None

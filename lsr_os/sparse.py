@@ -11,24 +11,27 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-import numpy as np
+import orjson
 
 from lsr_os.errors import DataError
 from lsr_os.failures import Failure, OnFailure
+
+if TYPE_CHECKING:  # numpy loads on first use: a vector query from the CLI needs none of it
+    import numpy as np
 
 SparseVector = dict[str, float]
 
 # rank_features stores a weight as the top 17 bits of its float32 (Lucene FeatureField:
 # bits >>> 15), i.e. 9 significant bits, truncated; weights below the smallest normal
-# float32 cannot be stored at all.
-_MIN_NORMAL = float(np.finfo(np.float32).tiny)
+# float32 (2^-126) cannot be stored at all.
+MIN_NORMAL = 2.0**-126
 
 
 def clean(vector: SparseVector) -> SparseVector:
     """Drop weights that OpenSearch cannot store: not finite, <= 0, or subnormal."""
-    return {t: float(w) for t, w in vector.items() if math.isfinite(w) and w >= _MIN_NORMAL}
+    return {t: float(w) for t, w in vector.items() if math.isfinite(w) and w >= MIN_NORMAL}
 
 
 def prune(vector: SparseVector, top_k: int | None = None, threshold: float = 0.0) -> SparseVector:
@@ -41,6 +44,8 @@ def prune(vector: SparseVector, top_k: int | None = None, threshold: float = 0.0
 
 def quantize(weights: np.ndarray | float) -> np.ndarray:
     """The weight OpenSearch will score with: float32 truncated to 9 significant bits."""
+    import numpy as np
+
     bits = np.asarray(weights, dtype=np.float32).view(np.int32)
     return (bits & np.int32(~0x7FFF)).view(np.float32)
 
@@ -54,6 +59,8 @@ def dot(a: SparseVector, b: SparseVector) -> float:
 
 def from_rows(matrix, terms: Sequence[str], top_k: int | None = None) -> list[SparseVector]:
     """Turn rows of a (batch x vocab) tensor or array into {term: weight} maps of their non-zeros."""
+    import numpy as np
+
     arr = matrix.detach().float().cpu().numpy() if hasattr(matrix, "detach") else np.asarray(matrix)
     out: list[SparseVector] = []
     for row in arr:
@@ -122,6 +129,19 @@ def read_jsonl(path: str | Path, on_failure: OnFailure | None = None) -> Iterato
                 on_failure(Failure("record", exc.record_id, where, str(exc)))
 
 
+def _parse_slowly(raw: bytes):
+    """A line orjson refused: the UTF-8 error, or what json reads (NaN/Infinity literals, which
+    clean() drops; huge integers), or json's message."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadLine(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise _BadLine(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
 class _BadLine(ValueError):
     def __init__(self, reason: str, record_id: str | None = None):
         super().__init__(reason)
@@ -130,13 +150,9 @@ class _BadLine(ValueError):
 
 def _parse_record(raw: bytes) -> SparseRecord:
     try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _BadLine(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise _BadLine(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        obj = orjson.loads(raw)  # several times faster than json on ingest's read path; checks UTF-8 too
+    except orjson.JSONDecodeError:
+        obj = _parse_slowly(raw)
     if not isinstance(obj, dict):
         raise _BadLine("a line must be a JSON object")
     rid = obj.pop("id", None)
@@ -146,6 +162,8 @@ def _parse_record(raw: bytes) -> SparseRecord:
     rid = str(rid)
     if not isinstance(vector, dict):
         raise _BadLine('"vector" must be an object of term: weight', rid)
+    if set(map(type, vector.values())) <= {float}:  # the common case, checked in C
+        return SparseRecord(rid, vector, obj)
     weights: SparseVector = {}
     for term, weight in vector.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):

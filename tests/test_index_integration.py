@@ -200,3 +200,38 @@ def test_a_document_with_every_vocabulary_term_is_indexed_and_each_term_matches(
     sample = [t for t in terms if not t.isalnum()][:300] + terms[::300]
     run, _ = search_run(os_client, index_name, [(t, {t: 1.0}) for t in sample], k=2, progress=False)
     assert all(run[t] == {"all": pytest.approx(stored[t], rel=1e-6)} for t in sample)
+
+
+def test_load_settings_are_restored_and_options_shape_the_served_index(os_client, index_name):
+    """During the load: refresh off, translog async; served: the mapping's refresh and a per-request
+    translog again. --shards, --force-merge and --exclude-vectors shape the index that serves."""
+    records = list(synthetic_records(40))
+    report = load(os_client, iter(records), index_name, shards=2, force_merge=True, exclude_vectors=True)
+    assert report.count == 40 and report.shards == 2 and not report.not_swapped
+    (served,) = os_client.indices.get_alias(name=index_name)
+    settings = os_client.indices.get_settings(index=served, include_defaults=True, flat_settings=True)[served]
+    values = {**settings["defaults"], **settings["settings"]}
+    assert values["index.refresh_interval"] == "1s" and values["index.translog.durability"] == "request"
+    assert values["index.number_of_shards"] == "2"
+    segments = os_client.indices.segments(index=served)["indices"][served]["shards"]
+    assert len(segments) == 2 and all(len(copy["segments"]) == 1 for copies in segments.values() for copy in copies)
+    doc = os_client.get(index=index_name, id=records[0].id)["_source"]
+    assert "sparse" not in doc and doc["id"] == records[0].id
+    # the postings still hold the vectors: the served index ranks like exact scoring
+    query = dict(list(records[0].vector.items())[:20])
+    run, _ = search_run(os_client, index_name, [("q", query)], k=10)
+    exact, _ = ExactScorer((r.id, r.vector) for r in records).run([("q", query)], 10)
+    assert parity(run, exact, 10)["top10_overlap"] == 1.0
+
+
+def test_a_resumed_load_keeps_the_vectors_choice_of_the_index_it_resumes(os_client, index_name):
+    """An unfinished index built with the vector in _source is not resumed by a load without it:
+    the _source mapping cannot change, so that load starts a new index."""
+    records = list(synthetic_records(10))
+    first = ix.prepare_index(os_client, index_name, "images", "same-source")[0]
+    again, resumed = ix.prepare_index(os_client, index_name, "images", "same-source")
+    assert resumed and again == first
+    other, resumed = ix.prepare_index(os_client, index_name, "images", "same-source", exclude_vectors=True)
+    assert not resumed and other != first and not os_client.indices.exists(index=first)
+    report = load(os_client, iter(records), index_name, source="same-source", exclude_vectors=True)
+    assert report.resumed and report.index == other and report.count == 10

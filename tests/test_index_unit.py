@@ -121,3 +121,42 @@ def test_dashboards_objects_for_another_prefix_rename_every_id_and_reference():
     assert ix.dashboards_objects("lsr") == "\n".join(
         json.dumps(json.loads(line), ensure_ascii=False) for line in resources.files("lsr_os.mappings").joinpath(
             "dashboards.ndjson").read_text(encoding="utf-8").splitlines() if line.strip()) + "\n"
+
+
+def test_clean_vectors_take_the_fast_path_with_the_same_document_as_cleaning():
+    """A clean vector skips per-term work; the document is what clean + prune + escaping give."""
+    vec = {"dog": 2.0, "a.b": 0.5, "100%": 0.25, "cat": 1, "##s": 3.0e38}
+    doc = ix.to_document(SparseRecord("x", dict(vec)), top_terms=2)
+    assert doc["sparse"] == {"dog": 2.0, "a%2Eb": 0.5, "100%25": 0.25, "cat": 1.0, "##s": 3.0e38}
+    assert doc["terms"] == ["##s", "dog"]
+    for bad in (math.nan, math.inf, -1.0, 0.0, 1e-40):
+        doc = ix.to_document(SparseRecord("x", {**vec, "bad": bad}))
+        assert "bad" not in doc["sparse"] and len(doc["sparse"]) == len(vec)
+
+
+def test_top_terms_break_ties_by_term_whatever_the_input_order():
+    tied = {"b": 1.0, "d": 1.0, "a": 1.0, "c": 1.0, "z": 2.0}
+    assert ix.to_document(SparseRecord("x", tied), top_terms=3)["terms"] == ["z", "a", "b"]
+    assert ix.to_document(SparseRecord("x", dict(reversed(tied.items()))), top_terms=3)["terms"] == ["z", "a", "b"]
+    assert ix.to_document(SparseRecord("x", tied), top_terms=0)["terms"] == []
+
+
+def test_bulk_lines_are_one_action_and_one_source_in_utf8_json():
+    import numpy as np
+
+    loader = ix.BulkLoader(None, 'idx "quoted"')
+    doc = ix.to_document(SparseRecord('id-é"1', {"café": 0.5}, {"n": np.int64(3), "w": np.float32(0.25)}))
+    action, source, end = loader.doc('id-é"1', doc).lines.split(b"\n")
+    assert end == b"" and json.loads(action) == {"index": {"_index": 'idx "quoted"', "_id": 'id-é"1'}}
+    assert json.loads(source) == {**doc, "n": 3, "w": 0.25} and "café".encode() in source
+    with pytest.raises(ix.InvalidRecord, match="cannot be written as JSON"):
+        loader.doc("x", {"id": "x", "what": object()})
+
+
+def test_default_shards_one_per_data_node_and_more_only_past_the_shard_size():
+    assert ix.default_shards(None, 1) == 1 and ix.default_shards(None, 3) == 3
+    assert ix.default_shards(1_000_000, 1) == 1 and ix.default_shards(100_000, 3) == 3
+    per_shard = ix.SHARD_BYTES // ix.DOC_BYTES[False]
+    assert ix.default_shards(per_shard, 1) == 1 and ix.default_shards(per_shard + 1, 1) == 2
+    assert ix.default_shards(per_shard + 1, 1, exclude_vectors=True) == 1
+    assert ix.default_shards(20 * per_shard, 3) == 20

@@ -1,6 +1,9 @@
 """Integration tier for search: the clause cap read from the node, explain through the CLI."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -8,7 +11,7 @@ from click.testing import CliRunner
 from cli import main
 from index_helpers import load
 from lsr_os.search import build_query, max_clause_count, prepare_query, search
-from lsr_os.sparse import SparseRecord
+from lsr_os.sparse import SparseRecord, quantize
 from lsr_os.vocab import Vocabulary
 
 pytestmark = pytest.mark.integration
@@ -58,3 +61,47 @@ def test_text_queries_without_content_fail_with_one_line_in_both_modes(os_client
                                             "--head", str(tmp_path / "head"), *mode])
             lines = [ln for ln in res.output.splitlines() if ln.strip()]
             assert res.exit_code == 1 and len(lines) == 1 and "no content word" in lines[0], res.output
+
+
+def test_explain_takes_contributions_from_the_engine_when_vectors_are_left_out_of_source(os_client, index_name):
+    docs = [SparseRecord("a", {"dog": 1.2345678, "beach": 1.0, ".": 0.5}, {"caption": "a dog on a beach"}),
+            SparseRecord("b", {"cat": 2.0, "beach": 0.25})]
+    load(os_client, iter(docs), index_name, "captions", exclude_vectors=True)
+    stored = os_client.get(index=index_name, id="a")["_source"]
+    assert "sparse" not in stored and stored["caption"] == "a dog on a beach"
+    for extra in ([], ["--first-terms", "1", "--window", "5"]):  # two-phase: first phase and rescore explained
+        res = CliRunner().invoke(main, ["search", "--vector-json", '{"dog": 1.0, "beach": 2.0, ".": 1.0}',
+                                        "--index", index_name, "--explain", "--json", *extra])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.output)
+        assert [h["id"] for h in out["hits"]] == ["a", "b"]
+        for hit in out["hits"]:
+            assert sum(m["contribution"] for m in hit["matches"]) == pytest.approx(hit["score"], rel=1e-5)
+        first = {m["term"]: m for m in out["hits"][0]["matches"]}
+        assert set(first) == {"dog", "beach", "."}
+        assert first["dog"]["doc_weight"] == float(quantize(1.2345678)) != 1.2345678
+
+
+def test_a_vector_search_through_the_cli_sends_one_request_and_imports_no_model_stack(os_client, index_name):
+    load(os_client, iter([SparseRecord("a", {"dog": 1.0}), SparseRecord("b", {"cat": 1.0})]), index_name)
+    probe = ("import sys, json; from cli import main; from opensearchpy import Transport; sent = []; "
+             "send = Transport.perform_request; "
+             "Transport.perform_request = lambda self, method, url, *a, **k: (sent.append((method, url)), "
+             "send(self, method, url, *a, **k))[1]\n"
+             "try: main.main(args=sys.argv[1:], prog_name='lsr-os', standalone_mode=False)\n"
+             "finally: print(json.dumps({'sent': sent, 'heavy': [m for m in ('torch', 'transformers', 'numpy') "
+             "if m in sys.modules]}))")
+    out = subprocess.run([sys.executable, "-c", probe, "search", "--vector-json", '{"dog": 1.0}', "--index",
+                          index_name, "--json", "--url", _url(os_client)],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    lines = out.stdout.strip().splitlines()
+    facts = json.loads(lines[-1])
+    assert json.loads("\n".join(lines[:-1]))["hits"][0]["id"] == "a"
+    searches = [url for _, url in facts["sent"] if url.endswith("/_search")]
+    assert searches == [f"/{index_name}/_search"] and len(facts["sent"]) <= 2  # the search (+ the clause cap)
+    assert facts["heavy"] == []
+
+
+def _url(client) -> str:
+    host = client.transport.hosts[0]
+    return f"{'https' if host.get('use_ssl') else 'http'}://{host['host']}:{host['port']}"

@@ -151,3 +151,27 @@ def test_no_model_loads_before_the_cluster_and_collection_are_checked(tmp_path):
         se.run_search(ClusterConfig(urls=("http://127.0.0.1:9",), timeout=2), text="a dog", model="slow-test:x",
                       head=tmp_path / "head")
     assert loads == []
+
+
+def test_explain_reads_the_engines_explanation_when_the_hit_carries_one():
+    """The shape Lucene's FeatureField gives a linear rank_feature clause; a two-phase search
+    explains the first phase and the rescore, and each term counts once."""
+    def clause(feature, w, s):
+        return {"value": w * s, "description": f"Linear function on the sparse field for the {feature} feature, "
+                                               "computed as w * S from:",
+                "details": [{"value": w, "description": "w, weight of this function", "details": []},
+                            {"value": s, "description": "S, feature value", "details": []}]}
+    explanation = {"value": 2.625, "description": "sum of:", "details": [
+        {"value": 0.0, "description": "product of:", "details": [clause("dog", 2.0, 1.25),
+                                                                  {"value": 0.0, "description": "primaryWeight"}]},
+        {"value": 2.625, "description": "product of:", "details": [
+            {"value": 2.625, "description": "sum of:", "details": [clause("dog", 2.0, 1.25), clause("%2E", 0.5, 0.25)]},
+            {"value": 1.0, "description": "secondaryWeight", "details": []}]}]}
+    rows = se.explain_hit({"dog": 2.0, ".": 0.5, "cat": 1.0}, {"_id": "x", "_source": {}, "_explanation": explanation})
+    assert [(r["term"], r["doc_weight"], r["contribution"]) for r in rows] == [("dog", 1.25, 2.5), (".", 0.25, 0.125)]
+
+
+def test_explain_asks_the_engine_for_explanations():
+    body = se.build_query({"dog": 1.0}, explain=True)
+    assert body["explain"] is True and "sparse" not in body["_source"]["includes"]
+    assert "explain" not in se.build_query({"dog": 1.0})

@@ -1,0 +1,50 @@
+"""Commands that need no model must not import the model stack (torch, transformers): a search with
+a raw vector, collections, info, node and snapshot start in a fraction of a second."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+UNREACHABLE = ["--url", "http://127.0.0.1:9", "--timeout", "1"]  # discard port: nothing answers
+
+# Runs one command in a fresh interpreter and prints the heavy modules it imported.
+PROBE = """
+import sys
+exec(sys.argv.pop(1))
+from cli import main
+try:
+    main.main(args=sys.argv[1:], prog_name="lsr-os", standalone_mode=False)
+except BaseException as exc:
+    print("ENDED " + type(exc).__name__)
+print("IMPORTED " + ",".join(m for m in ("torch", "transformers", "numpy") if m in sys.modules))
+"""
+
+
+def imported(*args: str, before: str = "") -> set[str]:
+    out = subprocess.run([sys.executable, "-c", PROBE, before, *args], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120, check=True)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("IMPORTED"))
+    return set(filter(None, line.split(" ", 1)[1].split(",")))
+
+
+@pytest.mark.parametrize("args", [
+    ["search", "--vector-json", '{"dog": 1.0}', *UNREACHABLE],
+    ["collections", "list", *UNREACHABLE],
+    ["info", *UNREACHABLE],
+    ["node", "status", "--port", "9"],
+    ["snapshot", "list", *UNREACHABLE],
+])
+def test_commands_without_a_model_do_not_import_torch_or_transformers(args):
+    assert not imported(*args) & {"torch", "transformers"}
+
+
+def test_a_vector_search_does_not_import_numpy_either():
+    """numpy alone costs more than a third of a bare opensearch-py process's start here."""
+    assert "numpy" not in imported("search", "--vector-json", '{"dog": 1.0}', *UNREACHABLE)
+
+
+def test_the_probe_sees_what_the_process_imported():
+    assert imported("info", *UNREACHABLE, before="import torch") >= {"torch", "numpy"}
