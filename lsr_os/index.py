@@ -515,9 +515,10 @@ class BulkLoader:
             while pending:
                 yield from pending.pop(0).result()
         finally:
-            # On an error or an interrupt, chunks not yet sent are dropped at once (a re-run
-            # resumes); requests already in flight finish in the background.
-            pool.shutdown(wait=not pending, cancel_futures=True)
+            # On an error or an interrupt, chunks not yet sent are dropped (a re-run resumes) and
+            # the requests already in flight are waited for, so the index holds what it will hold
+            # when this returns: a count taken then is final.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _settle(self, chunk: list[_Doc]) -> list[Outcome]:
         """Final outcomes of a chunk, after its retries and splits."""
