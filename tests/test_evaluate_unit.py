@@ -1,7 +1,5 @@
 """Unit tier for lsr_os.evaluate: exact scoring, parity figures, split loading."""
 
-import json
-
 import numpy as np
 import pytest
 

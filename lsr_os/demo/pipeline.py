@@ -98,7 +98,6 @@ def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
     from lsr_os.data import load_karpathy
     from lsr_os.demo import world
     from lsr_os.demo.encoder import train_demo_encoder
-    from lsr_os.dense_files import META_FILE
     from lsr_os.encode import EncodeOptions, encode_dataset
     from lsr_os.index import dashboards_objects
     from lsr_os.models import load_encoder
