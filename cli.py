@@ -522,6 +522,9 @@ def evaluate_cmd(cluster: ClusterConfig, source, prefix: str, images_index: str 
         click.echo(f"  parity   top-{k} overlap {p[f'top{k}_overlap']:.4f}, Kendall tau {p['kendall_tau']:.4f}")
         click.echo(f"  latency  cluster mean {lat['mean_ms']:.1f} ms, p50 {lat['p50_ms']:.1f}, p99 {lat['p99_ms']:.1f}"
                    f" (server took); exact p50 {sec['exact']['latency']['p50_ms']:.2f} ms")
+        sp = sec["sparsity"]
+        click.echo(f"  sparsity FLOPs {sp['flops']:.2f}, terms a query {sp['query_terms']:.1f}, "
+                   f"a document {sp['document_terms']:.1f}")
     click.echo(f"runs and report.json in {out_dir}")
 
 

@@ -199,11 +199,22 @@ def dense_runs(dense_dir: str | Path, data: SplitData, k: int = 10) -> dict[str,
     return {"t2i": top(scores, caption_ids, image_ids), "i2t": top(scores.T, image_ids, caption_ids)}
 
 
+def sparsity(queries: dict[str, SparseVector], docs: dict[str, SparseVector]) -> dict[str, float]:
+    """The paper's efficiency figures for one direction: FLOPs (expected multiplications per
+    query-document pair, METHOD.md) and the mean number of terms of a query and of a document."""
+    from lsr_os.metrics import flops, mean_nonzeros, sparse_dicts_to_csr
+
+    terms = sorted({t for v in queries.values() for t in v} | {t for v in docs.values() for t in v})
+    q = sparse_dicts_to_csr(list(queries.values()), terms)
+    d = sparse_dicts_to_csr(list(docs.values()), terms)
+    return {"flops": flops(q, d), "query_terms": mean_nonzeros(q), "document_terms": mean_nonzeros(d)}
+
+
 def evaluate(client, images_index: str, captions_index: str, data: SplitData, split: str = "test",
              k: int = 10, batch_size: int = 64, max_terms: int | None = None, out_dir: str | Path | None = None,
              dense_dir: str | Path | None = None, progress: bool | None = None, first_terms: int | None = None,
              window: int = 100) -> dict:
-    """Both directions through the cluster and exactly in memory; metrics, parity, latency.
+    """Both directions through the cluster and exactly in memory; metrics, parity, latency, sparsity.
 
     `first_terms`/`window`: two-phase search through the cluster (see `search.build_query`); the
     exact reference always scores the full query, so parity shows what the setting costs.
@@ -242,6 +253,7 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
                         "qps_msearch": timing.queries / timing.wall_s if timing.wall_s else 0.0},
             "exact": {"metrics": retrieval_metrics(exact_run, qrels), "latency": latency_summary(exact_s)},
             "parity": parity(cluster_run, exact_run, k),
+            "sparsity": sparsity(prepared, docs),
         }
         runs[f"{name}.cluster"], runs[f"{name}.exact"] = cluster_run, exact_run
         if teacher is not None:

@@ -53,6 +53,9 @@ def test_evaluate_sparse_files_both_directions(os_client, index_name, tmp_path):
     assert "text -> image: 300 queries, 60 documents" in res.output
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     _assert_agreement(report)
+    assert report["t2i"]["sparsity"]["document_terms"] == 12.0  # every image has 12 terms
+    assert 0 < report["i2t"]["sparsity"]["query_terms"] <= 12.0
+    assert report["t2i"]["sparsity"]["flops"] > 0 and "sparsity FLOPs" in res.output
     assert report["t2i"]["cluster"]["metrics"]["R@10"] > 0.5  # the captions do describe their images
     lines = (tmp_path / "eval" / "t2i.cluster.trec").read_text().splitlines()
     assert lines[0].split()[1] == "Q0" and len({ln.split()[0] for ln in lines}) == 300

@@ -47,6 +47,14 @@ def test_parity_figures():
     assert ev.topk_overlap({}, {}) == 1.0
 
 
+def test_sparsity_figures_hand_computed():
+    queries = {"q1": {"dog": 1.0, "run": 2.0}, "q2": {"dog": 0.5}}  # usage: dog 1, run 1/2
+    docs = {"a": {"dog": 1.0, "cat": 1.0}, "b": {"cat": 2.0}, "c": {"run": 1.0, "dog": 3.0, "sky": 1.0}}
+    # doc usage: dog 2/3, run 1/3; FLOPs = 1 * 2/3 + 1/2 * 1/3
+    assert ev.sparsity(queries, docs) == pytest.approx({"flops": 2 / 3 + 1 / 6, "query_terms": 1.5,
+                                                        "document_terms": 2.0})
+
+
 def test_latency_summary_in_milliseconds():
     lat = ev.latency_summary([0.001] * 98 + [0.1, 0.2])
     assert lat["p50_ms"] == pytest.approx(1.0) and lat["n"] == 100 and lat["p99_ms"] > 50
