@@ -519,7 +519,8 @@ def evaluate_cmd(cluster: ClusterConfig, source, prefix: str, images_index: str 
                 m = sec[system]["metrics"]
                 click.echo(f"  {system:<8} " + "  ".join(f"{key} {100 * v:5.1f}" for key, v in m.items()))
         p, lat = sec["parity"], sec["cluster"]["latency_took"]
-        click.echo(f"  parity   top-{k} overlap {p[f'top{k}_overlap']:.4f}, Kendall tau {p['kendall_tau']:.4f}")
+        click.echo(f"  parity   top-{k} overlap {p[f'top{k}_overlap']:.4f} ({p[f'top{k}_overlap_ties']:.4f} with ties "
+                   f"at rank {k} counted), Kendall tau {p['kendall_tau']:.4f}")
         click.echo(f"  latency  cluster mean {lat['mean_ms']:.1f} ms, p50 {lat['p50_ms']:.1f}, p99 {lat['p99_ms']:.1f}"
                    f" (server took); exact p50 {sec['exact']['latency']['p50_ms']:.2f} ms")
         sp = sec["sparsity"]

@@ -45,7 +45,7 @@ import scipy.sparse as sp
 from bench.harness import md_table, percentiles, write_results
 from lsr_os import index as ix
 from lsr_os.config import ClusterConfig, connect, split_urls
-from lsr_os.evaluate import ExactScorer, parity
+from lsr_os.evaluate import ExactScorer, parity, tie_aware_overlap
 from lsr_os.search import Searcher, build_query, prepare_query, run_search
 from lsr_os.sparse import RecordStream, SparseRecord, quantize, write_jsonl
 from lsr_os.vocab import Vocabulary
@@ -410,23 +410,6 @@ def ingest_ratio(url: str, n_docs: int, seed: int, slice_docs: int, rounds: int,
             "rounds_docs_per_s": rates, "median_docs_per_s": med, "ratio": med[default] / med[best_raw]}
 
 
-def tie_aware_overlap(run: dict, scorer: ExactScorer, prepared: dict, k: int = K) -> float:
-    """Mean share of a run's top k whose exact score reaches the exact k-th score. Documents tied
-    at rank k are equally right answers: with 9-bit weights, exact ties are common at 1M
-    documents, and the engine and the exact scorer break them by different document orders."""
-    shares = []
-    for qid, hits in run.items():
-        scores = scorer.scores(prepared[qid])
-        top = np.partition(scores, len(scores) - k)[-k:] if len(scores) > k else scores
-        floor = float(top.min())
-        if floor <= 0:  # fewer than k documents match: every matching one is right
-            floor = float(scores[scores > 0].min()) if (scores > 0).any() else 0.0
-        idx = [scorer.index_of(d) for d in list(hits)[:k]]
-        right = sum(1 for i in idx if scores[i] >= floor * (1 - 1e-6))
-        shares.append(right / min(k, int((scores > 0).sum())) if (scores > 0).any() else 1.0)
-    return float(np.mean(shares)) if shares else 1.0
-
-
 def settings_table(client, index: str, qs: list, exact_run: dict, settings: dict[str, dict], rounds: int,
                    cap: int, scorer: ExactScorer) -> dict:
     """Server took and client wall per query setting (interleaved), and top-10 overlap with the
@@ -454,7 +437,7 @@ def settings_table(client, index: str, qs: list, exact_run: dict, settings: dict
     prepared = {qid: prepare_query(v, cap) for qid, v in qs}
     for name in settings:
         out[name]["parity"] = parity(runs[name], exact_run, K)
-        out[name]["parity"]["top10_overlap_ties"] = tie_aware_overlap(runs[name], scorer, prepared)
+        out[name]["parity"]["top10_overlap_ties"] = tie_aware_overlap(runs[name], scorer, prepared, K)
         out[name]["took_p50_ratio"] = out[name]["took"]["p50_ms"] / full["p50_ms"] if full["p50_ms"] else None
         out[name]["took_mean_ratio"] = out[name]["took"]["mean_ms"] / full["mean_ms"] if full["mean_ms"] else None
     return out

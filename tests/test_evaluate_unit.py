@@ -47,6 +47,18 @@ def test_parity_figures():
     assert ev.topk_overlap({}, {}) == 1.0
 
 
+def test_tie_aware_overlap_counts_documents_tied_at_rank_k_as_right():
+    scorer = ev.ExactScorer([("a", {"x": 3.0}), ("b", {"x": 2.0}), ("c", {"x": 2.0}), ("d", {"x": 1.0})])
+    q = {"q": {"x": 1.0}}
+    assert scorer.topk(q["q"], 2) == {"a": 3.0, "b": 2.0}
+    assert ev.topk_overlap({"a": 3.0, "c": 2.0}, {"a": 3.0, "b": 2.0}, 2) == 0.5  # a tie swapped: a miss
+    assert ev.tie_aware_overlap({"q": {"a": 3.0, "c": 2.0}}, scorer, q, 2) == 1.0  # ... but equally right
+    assert ev.tie_aware_overlap({"q": {"a": 3.0, "d": 1.0}}, scorer, q, 2) == 0.5
+    # fewer matches than k: every matching document is right, and the share is over those
+    assert ev.tie_aware_overlap({"q": {"b": 2.0, "c": 2.0, "a": 3.0}}, scorer, q, 10) == 0.75
+    assert ev.tie_aware_overlap({"q": {}}, scorer, {"q": {"nothing": 1.0}}, 10) == 1.0
+
+
 def test_sparsity_figures_hand_computed():
     queries = {"q1": {"dog": 1.0, "run": 2.0}, "q2": {"dog": 0.5}}  # usage: dog 1, run 1/2
     docs = {"a": {"dog": 1.0, "cat": 1.0}, "b": {"cat": 2.0}, "c": {"run": 1.0, "dog": 3.0, "sky": 1.0}}
