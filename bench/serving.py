@@ -42,7 +42,7 @@ from typing import Callable, Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from bench.harness import md_table, percentiles, write_results
+from bench.harness import RESULTS, md_table, percentiles, write_results
 from lsr_os import index as ix
 from lsr_os.config import ClusterConfig, connect, split_urls
 from lsr_os.evaluate import ExactScorer, parity, tie_aware_overlap
@@ -188,16 +188,18 @@ def interleaved(systems: dict[str, Callable[[int], float | tuple[float, float]]]
 # --------------------------------------------------------------------------- indices
 
 
-def ensure_index(client, alias: str, n_docs: int, seed: int, sampler: LoadSampler, **options) -> dict:
-    """The bench index `alias` (loaded by `ix.ingest`, force-merged), reused when it already
-    serves the same collection; returns what the load did (or that it was reused)."""
-    source = f"bench:{n_docs}:{seed}:{json.dumps(options, sort_keys=True)}"
+def ensure_index(client, alias: str, n_docs: int, seed: int, sampler: LoadSampler, merge: bool = True,
+                 **options) -> dict:
+    """The bench index `alias` (loaded by `ix.ingest`, force-merged unless `merge` is off), reused
+    when it already serves the same collection; returns what the load did (or that it was reused)."""
+    key = options if merge else {**options, "merge": False}
+    source = f"bench:{n_docs}:{seed}:{json.dumps(key, sort_keys=True)}"
     if ix.serving_source(client, alias) == source and client.count(index=alias)["count"] > 0:
         return {"alias": alias, "reused": True, **index_stats(client, alias)}
 
     def load() -> dict:
         stream = RecordStream.of(documents(n_docs, seed), source, n_docs)
-        report = ix.ingest(client, stream, alias, "images", ix.IngestOptions(force_merge=True, progress=False,
+        report = ix.ingest(client, stream, alias, "images", ix.IngestOptions(force_merge=merge, progress=False,
                                                                              **options),
                            failures_path=Path(tempfile.gettempdir()) / f"{alias}-failures.jsonl")
         if report.not_swapped or report.failed:
@@ -483,7 +485,10 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=2, help="Also compare an index split to this many shards (1: no).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--url", default=None, help="Cluster URL [default: OPENSEARCH_URL or localhost:9200].")
-    ap.add_argument("--name", default="serving", help="Results file name under bench/results/.")
+    ap.add_argument("--force-merge", action=argparse.BooleanOptionalAction, default=True,
+                    help="Force-merge the bench indices after loading (off: a quick check that the bench runs).")
+    ap.add_argument("--name", default="serving", help="Results file name.")
+    ap.add_argument("--out", default=str(RESULTS), help="Results folder [default: bench/results].")
     ap.add_argument("--drop", action="store_true", help="Delete the bench indices at the end.")
     args = ap.parse_args()
 
@@ -494,8 +499,10 @@ def main() -> None:
     n, seed = args.docs, args.seed
     results: dict = {"docs": n, "args": vars(args), "node": node_facts(client)}
     alias = f"bench-{n}"
-    results["index"] = ensure_index(client, alias, n, seed, sampler, shards=1)
-    results["index_novec"] = ensure_index(client, f"{alias}-novec", n, seed, sampler, shards=1, exclude_vectors=True)
+    merge = args.force_merge
+    results["index"] = ensure_index(client, alias, n, seed, sampler, merge, shards=1)
+    results["index_novec"] = ensure_index(client, f"{alias}-novec", n, seed, sampler, merge, shards=1,
+                                          exclude_vectors=True)
     qs = queries(args.queries, seed + 1)
 
     t0 = time.perf_counter()
@@ -516,7 +523,8 @@ def main() -> None:
     if args.shards > 1:
         variants[f"{args.shards} shards (split), vector in _source"] = split_index(client, alias, args.shards, sampler)
     for label, options in parse_doc_pruning(args.doc_pruning).items():
-        info = ensure_index(client, f"{alias}-{label.replace(' ', '')}", n, seed, sampler, shards=1, **options)
+        info = ensure_index(client, f"{alias}-{label.replace(' ', '')}", n, seed, sampler, merge, shards=1,
+                            **options)
         variants[f"1 shard, documents pruned: {label}"] = info["alias"]
     results["variants"] = {}
     for label, index in variants.items():
@@ -532,7 +540,7 @@ def main() -> None:
     results["load_avg_1m_whole_run"] = sampler.between(t_start, time.time())
     if args.drop:
         client.indices.delete(index=f"{alias}*", ignore_unavailable=True, expand_wildcards="all")
-    path = write_results(args.name, results, summary(results, best))
+    path = write_results(args.name, results, summary(results, best), Path(args.out))
     print(f"results: {path}")
 
 
