@@ -81,10 +81,6 @@ class Vocabulary:
         self._ids = {t: i for i, t in enumerate(terms)}
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "Vocabulary":
-        return cls(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
-
-    @classmethod
     def default(cls) -> "Vocabulary":
         """The offline BERT-uncased vocabulary, read once per process from its `vocab.txt` (line n
         is id n), without loading a tokenizer: a vector query needs no transformers import."""
