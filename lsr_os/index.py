@@ -654,6 +654,9 @@ def _await_retention_leases(client: OpenSearch, index: str, timeout_s: float = 1
         time.sleep(1.0)
 
 
+PROGRESS_STEP = 250  # documents indexed between progress updates
+
+
 def _load(client: OpenSearch, stream: RecordStream, index: str, done: frozenset[str], options: IngestOptions,
           failures: FailureLog, report: IngestReport) -> None:
     """Send every record not yet `done`; bad records and refused documents go to `failures`."""
@@ -679,13 +682,17 @@ def _load(client: OpenSearch, stream: RecordStream, index: str, done: frozenset[
                 report.sent += 1
                 yield doc
 
-        for outcome in loader.load(docs()):
+        shown = 0  # the bar moves a chunk at a time: one document at a time would show a rate of
+        for outcome in loader.load(docs()):  # one document over the first request's whole wait
             if outcome.ok:
                 report.indexed += 1
                 report.created += outcome.created
-                bar.update(1)
+                if report.indexed - shown >= PROGRESS_STEP:
+                    bar.update(report.indexed - shown)
+                    shown = report.indexed
             else:
                 failed(Failure("document", outcome.id, index, outcome.reason))
+        bar.update(report.indexed - shown)
 
 
 def indexed_ids(client: OpenSearch, index: str) -> frozenset[str]:
