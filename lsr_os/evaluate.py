@@ -25,7 +25,8 @@ from lsr_os.splits import split_label
 from lsr_os.errors import DataError
 from lsr_os.metrics import Qrels, image_text_qrels
 from lsr_os.records import RecordSource, read_split
-from lsr_os.search import Run, max_clause_count, prepare_query, search_run, split_filters, write_trec
+from lsr_os.search import (Run, max_clause_count, prepare_query, search_run, split_filters, stable_preference,
+                           write_trec)
 from lsr_os.sparse import SparseVector, clean, prune, quantize
 
 log = logging.getLogger(__name__)
@@ -109,12 +110,19 @@ def topk_overlap(a: dict[str, float], b: dict[str, float], k: int = 10) -> float
     return len(ta & tb) / min(k, len(tb))
 
 
+# Relative: float32 sums of tens of terms in two orders differ by up to a few 1e-6; distinct
+# 9-bit-weighted dot products rarely come this close.
+TIE_TOLERANCE = 1e-4
+
+
 def tie_aware_overlap(run: Run, scorer: ExactScorer, queries: dict[str, SparseVector], k: int = 10) -> float:
-    """Mean share of a run's top k whose exact score reaches the exact k-th score.
+    """Mean share of a run's top k whose exact score reaches the exact k-th score (within
+    `TIE_TOLERANCE`).
 
     Documents tied at rank k are equally right answers: with 9-bit weights exact ties are common
     in a large collection, and the engine breaks them by its copy's document order (which differs
-    between a primary and its replica), the exact scorer by its own."""
+    between a primary and its replica), the exact scorer by its own. Scores that differ by float32
+    summation order only (the engine and scipy add the terms in different orders) are ties too."""
     shares = []
     for qid, hits in run.items():
         scores = scorer.scores(queries[qid])
@@ -126,7 +134,7 @@ def tie_aware_overlap(run: Run, scorer: ExactScorer, queries: dict[str, SparseVe
         floor = float(top.min())
         if floor <= 0:  # fewer than k documents match: every matching one is right
             floor = float(scores[scores > 0].min())
-        right = sum(1 for d in list(hits)[:k] if scores[scorer.index_of(d)] >= floor * (1 - 1e-6))
+        right = sum(1 for d in list(hits)[:k] if scores[scorer.index_of(d)] >= floor * (1 - TIE_TOLERANCE))
         shares.append(right / min(k, matching))
     return float(np.mean(shares)) if shares else 1.0
 
@@ -273,8 +281,10 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
             except DataError:  # no usable term: it retrieves nothing and counts as a miss
                 continue
         skipped = len(queries) - len(prepared)
+        # One preference for the whole evaluation: on a healthy cluster a second run is identical.
         cluster_run, timing = search_run(client, index, prepared.items(), k, cap, filters, batch_size, progress,
-                                         desc=f"{name} via {index}", first_terms=first_terms, window=window)
+                                         desc=f"{name} via {index}", first_terms=first_terms, window=window,
+                                         preference=stable_preference("evaluate"))
         scorer = ExactScorer(docs.items())
         exact_run, exact_s = scorer.run(prepared.items(), k)
         section = {

@@ -123,15 +123,42 @@ def build_query(vector: SparseVector, size: int = 10, filters: Sequence[dict] = 
     return body
 
 
-def search(client: OpenSearch, index: str, body: dict) -> tuple[list[dict], int]:
-    """One search; returns (hits, server milliseconds). Names the index in errors."""
-    try:
-        resp = client.search(index=index, body=body)
-    except NotFoundError as exc:
-        raise ClusterError(f"no index or alias {index} on the cluster; ingest it first with `lsr-os ingest`") from exc
-    except TransportError as exc:
-        raise ClusterError(f"search on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
-    return resp["hits"]["hits"], int(resp.get("took", 0))
+# A search that some shard failed to answer (a node leaving, a copy relocating) comes back with the
+# other shards' hits only: a wrong top k, not an error. It is sent again after these pauses, while
+# the cluster moves the shard to a live copy, and fails if it is still incomplete.
+PARTIAL_RETRY_S = (0.5, 1.0, 2.0)
+
+
+def _missing_shards(answer: dict) -> str | None:
+    """Why an answer lacks some shards' hits, or None when every shard answered."""
+    shards = answer.get("_shards") or {}
+    if not shards.get("failed"):
+        return None
+    reasons = sorted({(f.get("reason") or {}).get("type", "?") for f in shards.get("failures", [])})
+    return f"{shards['failed']} of {shards.get('total')} shards did not answer ({', '.join(reasons) or 'no reason'})"
+
+
+def search(client: OpenSearch, index: str, body: dict, preference: str | None = None) -> tuple[list[dict], int]:
+    """One search; returns (hits, server milliseconds). Names the index in errors.
+
+    `preference` (see `stable_preference`) sends the search to the same shard copies as every
+    other search with the same value. An answer missing some shards is retried (`PARTIAL_RETRY_S`)."""
+    params = {"preference": preference} if preference else None
+    for pause in (*PARTIAL_RETRY_S, None):
+        try:
+            resp = client.search(index=index, body=body, params=params)
+        except NotFoundError as exc:
+            raise ClusterError(f"no index or alias {index} on the cluster; ingest it first with `lsr-os ingest`") from exc
+        except TransportError as exc:
+            raise ClusterError(f"search on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
+        missing = _missing_shards(resp)
+        if missing is None:
+            return resp["hits"]["hits"], int(resp.get("took", 0))
+        if pause is None:
+            raise ClusterError(f"search on {index}: {missing}, {len(PARTIAL_RETRY_S)} retries later")
+        log.warning("search on %s: %s; again in %.1fs", index, missing, pause)
+        time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 def _error_text(info) -> str:
@@ -153,8 +180,18 @@ class BatchTiming:
     queries: int
 
 
+def stable_preference(key: str) -> str:
+    """A search `preference` for `key`: searches with the same key go to the same shard copies.
+
+    Copies of a shard hold the same documents in different orders, and the engine breaks score
+    ties by that order, so two searches served by different copies can disagree at the last rank.
+    The cluster still spreads different keys over the copies; a lost copy is replaced by another."""
+    return f"lsr-os:{key}"  # a custom preference must not start with "_"
+
+
 def msearch(client: OpenSearch, index: str, queries: Iterable[tuple[str, dict]], batch_size: int = 64,
-            progress: bool | None = None, desc: str = "search") -> Iterator[tuple[str, list[dict], int]]:
+            progress: bool | None = None, desc: str = "search",
+            preference: str | None = None) -> Iterator[tuple[str, list[dict], int]]:
     """Run (qid, body) queries with `_msearch` in batches; yields (qid, hits, took ms) in order."""
     from tqdm.auto import tqdm
 
@@ -163,36 +200,53 @@ def msearch(client: OpenSearch, index: str, queries: Iterable[tuple[str, dict]],
         for item in queries:
             batch.append(item)
             if len(batch) >= batch_size:
-                yield from _msearch_batch(client, index, batch)
+                yield from _msearch_batch(client, index, batch, preference)
                 bar.update(len(batch))
                 batch = []
         if batch:
-            yield from _msearch_batch(client, index, batch)
+            yield from _msearch_batch(client, index, batch, preference)
             bar.update(len(batch))
 
 
-def _msearch_batch(client: OpenSearch, index: str, batch: list[tuple[str, dict]]):
-    lines: list[dict] = []
-    for _, body in batch:
-        lines.append({"index": index})
-        lines.append(body)
-    try:
-        resp = client.msearch(body=lines)
-    except NotFoundError as exc:
-        raise ClusterError(f"no index or alias {index} on the cluster; ingest it first with `lsr-os ingest`") from exc
-    except TransportError as exc:
-        raise ClusterError(f"_msearch on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
-    for (qid, _), answer in zip(batch, resp["responses"]):
-        if "error" in answer:
-            raise ClusterError(f"query {qid} on {index} failed: HTTP {answer.get('status')} "
-                               f"{_error_text(answer)}")
+def _msearch_batch(client: OpenSearch, index: str, batch: list[tuple[str, dict]], preference: str | None):
+    """One `_msearch` of the batch; queries whose answer misses some shards are sent again
+    (`PARTIAL_RETRY_S`), so every answer yielded is complete. Yields in the batch's order."""
+    header = {"index": index, **({"preference": preference} if preference else {})}
+    answers: dict[str, dict] = {}
+    todo = batch
+    for pause in (*PARTIAL_RETRY_S, None):
+        try:
+            resp = client.msearch(body=[line for _, body in todo for line in (header, body)])
+        except NotFoundError as exc:
+            raise ClusterError(f"no index or alias {index} on the cluster; ingest it first with `lsr-os ingest`") from exc
+        except TransportError as exc:
+            raise ClusterError(f"_msearch on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
+        again = []
+        for (qid, body), answer in zip(todo, resp["responses"]):
+            if "error" in answer:
+                raise ClusterError(f"query {qid} on {index} failed: HTTP {answer.get('status')} "
+                                   f"{_error_text(answer)}")
+            missing = _missing_shards(answer)
+            if missing is None:
+                answers[qid] = answer
+            elif pause is None:
+                raise ClusterError(f"query {qid} on {index}: {missing}, {len(PARTIAL_RETRY_S)} retries later")
+            else:
+                again.append((qid, body))
+        if not again:
+            break
+        log.warning("%d queries on %s came back without some shards' hits; again in %.1fs", len(again), index, pause)
+        time.sleep(pause)
+        todo = again
+    for qid, _ in batch:
+        answer = answers[qid]
         yield qid, answer["hits"]["hits"], int(answer.get("took", 0))
 
 
 def search_run(client: OpenSearch, index: str, queries: Iterable[tuple[str, SparseVector]], k: int = 10,
                max_terms: int | None = None, filters: Sequence[dict] = (), batch_size: int = 64,
                progress: bool | None = None, desc: str = "search", first_terms: int | None = None,
-               window: int = 100) -> tuple[Run, BatchTiming]:
+               window: int = 100, preference: str | None = None) -> tuple[Run, BatchTiming]:
     """Search many query vectors and collect a run {qid: {doc id: score}} plus timings."""
     cap = (max_terms or max_clause_count(client)) - len(filters)
     bodies = ((qid, build_query(prepare_query(vec, cap), k, filters, with_source=False, first_terms=first_terms,
@@ -200,7 +254,7 @@ def search_run(client: OpenSearch, index: str, queries: Iterable[tuple[str, Spar
     run: Run = {}
     took: list[int] = []
     t0 = time.perf_counter()
-    for qid, hits, ms in msearch(client, index, bodies, batch_size, progress, desc):
+    for qid, hits, ms in msearch(client, index, bodies, batch_size, progress, desc, preference):
         run[qid] = {h["_id"]: float(h["_score"]) for h in hits}
         took.append(ms)
     return run, BatchTiming(took, time.perf_counter() - t0, len(took))
@@ -442,10 +496,10 @@ class Searcher:
 
     def search(self, index: str, vector: SparseVector, k: int = 10, split: str | None = None,
                explain: bool = False, max_terms: int | None = None, first_terms: int | None = None,
-               window: int = 100, vocabulary=None) -> "SearchResult":
+               window: int = 100, vocabulary=None, preference: str | None = None) -> "SearchResult":
         """One query vector against `index`: the hits as rows (rank, id, score, label and the
         document's fields; with `explain`, each hit's matching terms, from the engine's explanation).
-        A missing `index` raises the error of `missing`."""
+        A missing `index` raises the error of `missing`; `preference`: see `stable_preference`."""
         filters = split_filters(split)
         query = prepare_query(vector, max(1, len(vector)), vocabulary)  # a bad query fails before any request
         limit = (max_terms or self.clause_cap) - len(filters)
@@ -453,7 +507,7 @@ class Searcher:
             query = prepare_query(query, limit)
         body = build_query(query, k, filters, first_terms=first_terms, window=window, explain=explain)
         try:
-            hits, took = search(self.client, index, body)
+            hits, took = search(self.client, index, body, preference)
         except ClusterError as exc:
             if isinstance(exc.__cause__, NotFoundError):
                 raise self.missing(index) from None

@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException
 
 from lsr_os import __version__
 from lsr_os.errors import ClusterError, CollectionMissing, ConfigError, DataError, LsrOsError, ModelError
-from lsr_os.search import QueryEncoder, Searcher, build_query, prepare_query, split_filters
+from lsr_os.search import QueryEncoder, Searcher, build_query, prepare_query, split_filters, stable_preference
 from lsr_os.sparse import SparseVector
 from lsr_os.vocab import Vocabulary
 
@@ -230,6 +230,10 @@ class SearchRequest(BaseModel):
     split: str | None = Field(None, max_length=200,
                               description="Only documents of these splits, comma-separated ('train' includes restval).")
     expand: bool = Field(True, description="Expand a text query beyond its own words (false: its own tokens only).")
+    session: str | None = Field(
+        None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+        description="Any id of the user's session (letters, digits, - and _): its searches go to the same shard "
+                    "copies, so hits tied on score keep their order from one search to the next.")
 
 
 class MatchedTerm(BaseModel):
@@ -453,14 +457,15 @@ class SearchService:
 
     async def search(self, query: Query, arrival: Arrival | None = None) -> dict:
         plan = await self.plan(query, arrival)
-        result = await self._io(self._search, plan, query.request.k, query.request.split)
+        result = await self._io(self._search, plan, query.request.k, query.request.split, query.request.session)
         result.text, result.own = plan.text, plan.own
         return {"collection": plan.alias, "took_ms": result.took_ms, "query": {"text": plan.text, **result.query_terms()},
                 "hits": [self._hit(row) for row in result.hits]}
 
-    def _search(self, plan: Plan, k: int, split: str | None):
+    def _search(self, plan: Plan, k: int, split: str | None, session: str | None):
         try:
-            return self.searcher.search(plan.alias, plan.vector, k, split, explain=True, vocabulary=plan.vocabulary)
+            return self.searcher.search(plan.alias, plan.vector, k, split, explain=True, vocabulary=plan.vocabulary,
+                                        preference=stable_preference(f"session-{session}") if session else None)
         except DataError as exc:
             raise ApiError(400, str(exc)) from None
         except ClusterError as exc:

@@ -105,3 +105,25 @@ def test_a_vector_search_through_the_cli_sends_one_request_and_imports_no_model_
 def _url(client) -> str:
     host = client.transport.hosts[0]
     return f"{'https' if host.get('use_ssl') else 'http'}://{host['host']}:{host['port']}"
+
+
+def test_an_answer_missing_a_shard_is_retried_and_then_an_error_not_a_short_top_k(os_client, index_name, monkeypatch):
+    """A shard that cannot answer (here: an index where `sparse.dog` is a keyword, so a
+    rank_feature query fails on it) would leave the other shards' hits as the top k. search and msearch send it
+    again, then fail naming the shards."""
+    from lsr_os import search as se
+    from lsr_os.errors import ClusterError
+
+    load(os_client, [SparseRecord("a", {"dog": 1.0}), SparseRecord("b", {"dog": 0.5, "cat": 1.0})], index_name)
+    broken = f"{index_name}-broken"
+    os_client.indices.create(index=broken, body={"mappings": {"properties": {"sparse": {"properties": {
+        "dog": {"type": "keyword"}}}}}})
+    os_client.index(index=broken, body={"sparse": {"dog": "x"}}, refresh=True)
+    monkeypatch.setattr(se, "PARTIAL_RETRY_S", (0.01, 0.01))
+    body = build_query(prepare_query({"dog": 1.0}, 10), 10)
+    assert [h["_id"] for h in search(os_client, index_name, body)[0]] == ["a", "b"]  # whole: as before
+    both = f"{index_name},{broken}"
+    with pytest.raises(ClusterError, match=r"1 of 2 shards did not answer \(.*exception.*\), 2 retries later"):
+        search(os_client, both, body)
+    with pytest.raises(ClusterError, match=r"query q1 on .*: 1 of 2 shards did not answer"):
+        se.search_run(os_client, both, [("q1", {"dog": 1.0})], progress=False)

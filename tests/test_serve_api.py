@@ -87,7 +87,7 @@ def test_each_scene_s_caption_finds_its_image_first_with_terms_that_sum_to_the_s
 def test_an_uploaded_image_finds_its_captions_first(api, tiny):
     for scene in (0, 4):
         upload = (tiny.image_root / tiny.images[scene]).read_bytes()
-        res = api.post("/search", files={"image": ("q.png", upload, "image/png")}, data={"k": "5"})
+        res = api.post("/search", files={"image": ("q.png", upload, "image/png")}, data={"k": "5", "session": "t-1"})
         assert res.status_code == 200, res.text
         body = res.json()
         assert body["collection"] == f"{tiny.prefix}-captions" and body["query"]["text"] is None
@@ -95,6 +95,15 @@ def test_an_uploaded_image_finds_its_captions_first(api, tiny):
         assert {h["image_id"] for h in top} == {str(scene)}
         assert {h["caption"] for h in top} == set(tiny.captions[scene])
         assert all(h["label"] == h["caption"] and h["image_url"] == f"/images/{tiny.images[scene]}" for h in top)
+
+
+def test_a_session_searches_the_same_copies_and_finds_the_same_hits(api, tiny):
+    text = tiny.captions[1][0]
+    plain = api.post("/search", json={"text": text, "k": 5}).json()["hits"]
+    for _ in range(2):  # one node holds one copy of each shard: the session changes nothing else
+        res = api.post("/search", json={"text": text, "k": 5, "session": "tab-7f3a"})
+        assert res.status_code == 200, res.text
+        assert [(h["id"], h["score"]) for h in res.json()["hits"]] == [(h["id"], h["score"]) for h in plain]
 
 
 def test_expand_false_keeps_the_query_s_own_word_pieces_only(api, tiny):
@@ -196,6 +205,8 @@ BAD = {
                                   "more than this server's limit"),
     "upload under another name": ({"files": {"picture": ("a.png", png(rgb(1)))}}, 400, "upload the query image as 'image'"),
     "image and text": ({"files": {"image": ("a.png", png(rgb(1)))}, "data": {"text": "red"}}, 400, "got text and image"),
+    "session with a space": ({"json": {"text": "red ball", "session": "a b"}}, 400, "session: String should match"),
+    "session too long": ({"json": {"text": "red ball", "session": "s" * 65}}, 400, "session: String should have at most"),
 }
 
 
@@ -215,7 +226,7 @@ def test_a_collection_the_cluster_lacks_is_404_naming_what_it_serves(os_client, 
         res = api.post("/search", json={"vector": {"dog": 1.0}})
         assert res.status_code == 404
         error = res.json()["error"]
-        assert f"no collection {tiny.prefix}-nothing-images" in error and tiny.prefix in error.split("--prefix")[1]
+        assert f"no collection {tiny.prefix}-nothing-images" in error and f"--prefix {tiny.prefix}" in error
         res = api.post("/search", json={"text": "red ball"})  # started without models
         assert res.status_code == 400 and "need a model" in res.json()["error"]
         health = api.get("/healthz")

@@ -89,6 +89,8 @@ def first_hit_is(page, section: str, attribute: str, value: str) -> None:
 
 
 def test_a_typed_query_shows_its_image_first_and_an_upload_shows_its_captions(page, server, tiny):
+    searches = []
+    page.on("request", lambda r: searches.append(r) if r.url.endswith("/search") else None)
     page.goto(f"{server.url}/")
     page.wait_for_function("(text) => document.getElementById('status').textContent.includes(text)",
                            arg=f"{tiny.prefix}-images {N_SCENES}")
@@ -116,6 +118,11 @@ def test_a_typed_query_shows_its_image_first_and_an_upload_shows_its_captions(pa
     assert all(row.get_attribute("data-image") == tiny.images[scene] for row in top)
     assert page.locator("#results .hit").count() == 0 and page.locator("#query-image").is_visible()
     assert page.inner_text("#query-label") == "image query"
+
+    # Both searches carry the tab's session id (hits tied on score then keep their order).
+    session = searches[0].post_data_json["session"]
+    assert len(searches) == 2 and len(session) == 24 and int(session, 16) >= 0
+    assert f'name="session"\r\n\r\n{session}'.encode() in searches[1].post_data_buffer
 
 
 def test_a_bad_query_shows_the_server_s_message_and_the_page_keeps_working(page, server, tiny):

@@ -34,9 +34,21 @@ async function postSearch(body, isForm) {
   return data;
 }
 
+// One id per browser tab: its searches go to the same shard copies, so hits tied on score keep
+// their order from one search to the next.
+function session() {
+  let id = sessionStorage.getItem("lsr-os-session");
+  if (!id) {
+    id = Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
+    sessionStorage.setItem("lsr-os-session", id);
+  }
+  return id;
+}
+
 function options() {
   const collection = $("collection").value;
-  return { k: Number($("k").value), expand: $("expand").checked, ...(collection ? { collection } : {}) };
+  return { k: Number($("k").value), expand: $("expand").checked, session: session(),
+           ...(collection ? { collection } : {}) };
 }
 
 function busy(on) {
