@@ -19,8 +19,11 @@ import random
 import socket
 import threading
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from index_helpers import load
 from lsr_os.demo import world
@@ -97,6 +100,16 @@ def make_demo_encoder(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     DemoEncoder(DemoDualEncoder(DemoConfig()), torch.device("cpu"), torch.float32, "demo:random").save(folder)
     return folder
+
+
+@contextmanager
+def tiny_world(client, tmp_path_factory, name: str) -> Iterator[TinyWorld]:
+    """`build_world` under a fresh `test-<name>-…` prefix; its collections are deleted afterwards."""
+    prefix = f"test-{name}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield build_world(tmp_path_factory.mktemp(name), client, prefix)
+    finally:
+        client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, expand_wildcards="all")
 
 
 def build_world(root: Path, client, prefix: str) -> TinyWorld:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import io
 import threading
 import time
-import uuid
 
 import httpx
 import pytest
 from PIL import Image
 
 from encode_helpers import jpeg_bytes, rgb
-from serve_helpers import CAPTIONS_PER_IMAGE, N_SCENES, Forwarder, ServerThread, build_world
+from serve_helpers import CAPTIONS_PER_IMAGE, N_SCENES, Forwarder, ServerThread, tiny_world
 from lsr_os.config import ClusterConfig, connect
 from lsr_os.serve import MAX_K, SearchService, ServeConfig
 from lsr_os.vocab import load_tokenizer
@@ -27,11 +26,8 @@ LIMITS = {"max_upload_bytes": 200_000, "max_pixels": 1_000_000}
 
 @pytest.fixture(scope="module")
 def tiny(os_client, tmp_path_factory):
-    prefix = f"test-serve-{uuid.uuid4().hex[:8]}"
-    try:
-        yield build_world(tmp_path_factory.mktemp("serve"), os_client, prefix)
-    finally:
-        os_client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, expand_wildcards="all")
+    with tiny_world(os_client, tmp_path_factory, "serve") as world:
+        yield world
 
 
 def make_service(client, tiny, urls=(), models=True, **overrides) -> SearchService:

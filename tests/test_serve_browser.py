@@ -10,12 +10,11 @@ that is a failure, since `.ci/run` installs Chromium."""
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
 
-from serve_helpers import CAPTIONS_PER_IMAGE, N_SCENES, ServerThread, build_world
+from serve_helpers import CAPTIONS_PER_IMAGE, N_SCENES, ServerThread, tiny_world
 from lsr_os.serve import SearchService, ServeConfig
 
 pytestmark = pytest.mark.integration
@@ -48,11 +47,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def tiny(os_client, tmp_path_factory):
-    prefix = f"test-page-{uuid.uuid4().hex[:8]}"
-    try:
-        yield build_world(tmp_path_factory.mktemp("page"), os_client, prefix)
-    finally:
-        os_client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, expand_wildcards="all")
+    with tiny_world(os_client, tmp_path_factory, "page") as world:
+        yield world
 
 
 @pytest.fixture(scope="module")

@@ -124,12 +124,18 @@ function thumbnail(url, alt, className) {
   return img;
 }
 
-function imageCard(hit) {
-  const card = el("article", "hit image-hit");
-  card.dataset.id = hit.id;
-  card.dataset.image = hit.image || "";
+// A hit's element (its id and image kept as data attributes) and its rank-and-score line.
+function hitElement(hit, kind) {
+  const node = el("article", `hit ${kind}`);
+  node.dataset.id = hit.id;
+  node.dataset.image = hit.image || "";
   const meta = el("div", "meta");
   meta.append(el("span", "rank", `#${hit.rank}`), el("span", "score", hit.score.toFixed(2)));
+  return [node, meta];
+}
+
+function imageCard(hit) {
+  const [card, meta] = hitElement(hit, "image-hit");
   const label = el("div", "label", hit.label.split("/").pop());
   label.title = hit.label;
   card.append(thumbnail(hit.image_url, hit.label, "thumb"), meta, label, matched(hit));
@@ -137,13 +143,9 @@ function imageCard(hit) {
 }
 
 function captionRow(hit) {
-  const row = el("article", "hit caption-hit");
-  row.dataset.id = hit.id;
-  row.dataset.image = hit.image || "";
-  const body = el("div", "caption-body");
-  const head = el("div", "meta");
-  head.append(el("span", "rank", `#${hit.rank}`), el("span", "score", hit.score.toFixed(2)));
+  const [row, head] = hitElement(hit, "caption-hit");
   if (hit.image) head.append(el("span", "of", hit.image.split("/").pop()));
+  const body = el("div", "caption-body");
   body.append(head, el("p", "caption-text", hit.caption || hit.label), matched(hit));
   row.append(thumbnail(hit.image_url, hit.image || "", "mini"), body);
   return row;
