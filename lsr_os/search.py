@@ -138,27 +138,48 @@ def _missing_shards(answer: dict) -> str | None:
     return f"{shards['failed']} of {shards.get('total')} shards did not answer ({', '.join(reasons) or 'no reason'})"
 
 
+def _until_complete(send, queries: list[tuple[str | None, dict]], index: str) -> dict[str | None, dict]:
+    """{qid: answer} of `send(queries)` (answers in the queries' order); queries whose answer
+    misses some shards are sent again after each pause of `PARTIAL_RETRY_S`, then fail."""
+    answers: dict[str | None, dict] = {}
+    todo = queries
+    for pause in (*PARTIAL_RETRY_S, None):
+        again = []
+        for (qid, body), answer in zip(todo, send(todo)):
+            missing = _missing_shards(answer)
+            if missing is None:
+                answers[qid] = answer
+            elif pause is None:
+                what = f"search on {index}" if qid is None else f"query {qid} on {index}"
+                raise ClusterError(f"{what}: {missing}, {len(PARTIAL_RETRY_S)} retries later")
+            else:
+                again.append((qid, body))
+        if not again:
+            break
+        log.warning("%d searches on %s came back without some shards' hits; again in %.1fs", len(again), index,
+                    pause)
+        time.sleep(pause)
+        todo = again
+    return answers
+
+
 def search(client: OpenSearch, index: str, body: dict, preference: str | None = None) -> tuple[list[dict], int]:
     """One search; returns (hits, server milliseconds). Names the index in errors.
 
     `preference` (see `stable_preference`) sends the search to the same shard copies as every
     other search with the same value. An answer missing some shards is retried (`PARTIAL_RETRY_S`)."""
     params = {"preference": preference} if preference else None
-    for pause in (*PARTIAL_RETRY_S, None):
+
+    def send(todo: list) -> list[dict]:
         try:
-            resp = client.search(index=index, body=body, params=params)
+            return [client.search(index=index, body=body, params=params)]
         except NotFoundError as exc:
             raise ClusterError(f"no index or alias {index} on the cluster; ingest it first with `lsr-os ingest`") from exc
         except TransportError as exc:
             raise ClusterError(f"search on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
-        missing = _missing_shards(resp)
-        if missing is None:
-            return resp["hits"]["hits"], int(resp.get("took", 0))
-        if pause is None:
-            raise ClusterError(f"search on {index}: {missing}, {len(PARTIAL_RETRY_S)} retries later")
-        log.warning("search on %s: %s; again in %.1fs", index, missing, pause)
-        time.sleep(pause)
-    raise AssertionError("unreachable")
+
+    resp = _until_complete(send, [(None, body)], index)[None]
+    return resp["hits"]["hits"], int(resp.get("took", 0))
 
 
 def _error_text(info) -> str:
@@ -212,32 +233,21 @@ def _msearch_batch(client: OpenSearch, index: str, batch: list[tuple[str, dict]]
     """One `_msearch` of the batch; queries whose answer misses some shards are sent again
     (`PARTIAL_RETRY_S`), so every answer yielded is complete. Yields in the batch's order."""
     header = {"index": index, **({"preference": preference} if preference else {})}
-    answers: dict[str, dict] = {}
-    todo = batch
-    for pause in (*PARTIAL_RETRY_S, None):
+
+    def send(todo: list[tuple[str, dict]]) -> list[dict]:
         try:
             resp = client.msearch(body=[line for _, body in todo for line in (header, body)])
         except NotFoundError as exc:
             raise ClusterError(f"no index or alias {index} on the cluster; ingest it first with `lsr-os ingest`") from exc
         except TransportError as exc:
             raise ClusterError(f"_msearch on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
-        again = []
-        for (qid, body), answer in zip(todo, resp["responses"]):
+        for (qid, _), answer in zip(todo, resp["responses"]):
             if "error" in answer:
                 raise ClusterError(f"query {qid} on {index} failed: HTTP {answer.get('status')} "
                                    f"{_error_text(answer)}")
-            missing = _missing_shards(answer)
-            if missing is None:
-                answers[qid] = answer
-            elif pause is None:
-                raise ClusterError(f"query {qid} on {index}: {missing}, {len(PARTIAL_RETRY_S)} retries later")
-            else:
-                again.append((qid, body))
-        if not again:
-            break
-        log.warning("%d queries on %s came back without some shards' hits; again in %.1fs", len(again), index, pause)
-        time.sleep(pause)
-        todo = again
+        return resp["responses"]
+
+    answers = _until_complete(send, batch, index)
     for qid, _ in batch:
         answer = answers[qid]
         yield qid, answer["hits"]["hits"], int(answer.get("took", 0))
@@ -494,18 +504,24 @@ class Searcher:
                 if served else "; the cluster serves no lsr-os collection yet: load one with `lsr-os ingest`")
         return CollectionMissing(f"no collection {index} on the cluster{hint}")
 
+    def body(self, vector: SparseVector, k: int = 10, split: str | None = None, explain: bool = False,
+             max_terms: int | None = None, first_terms: int | None = None, window: int = 100,
+             vocabulary=None) -> tuple[SparseVector, dict]:
+        """The prepared query vector and the search body `search` sends for it (see `search`)."""
+        filters = split_filters(split)
+        query = prepare_query(vector, max(1, len(vector)), vocabulary)  # a bad query fails before any request
+        limit = (max_terms or self.clause_cap) - len(filters)
+        if len(query) > limit:
+            query = prepare_query(query, limit)
+        return query, build_query(query, k, filters, first_terms=first_terms, window=window, explain=explain)
+
     def search(self, index: str, vector: SparseVector, k: int = 10, split: str | None = None,
                explain: bool = False, max_terms: int | None = None, first_terms: int | None = None,
                window: int = 100, vocabulary=None, preference: str | None = None) -> "SearchResult":
         """One query vector against `index`: the hits as rows (rank, id, score, label and the
         document's fields; with `explain`, each hit's matching terms, from the engine's explanation).
         A missing `index` raises the error of `missing`; `preference`: see `stable_preference`."""
-        filters = split_filters(split)
-        query = prepare_query(vector, max(1, len(vector)), vocabulary)  # a bad query fails before any request
-        limit = (max_terms or self.clause_cap) - len(filters)
-        if len(query) > limit:
-            query = prepare_query(query, limit)
-        body = build_query(query, k, filters, first_terms=first_terms, window=window, explain=explain)
+        query, body = self.body(vector, k, split, explain, max_terms, first_terms, window, vocabulary)
         try:
             hits, took = search(self.client, index, body, preference)
         except ClusterError as exc:
@@ -527,6 +543,12 @@ class Searcher:
 _SEARCHERS: "weakref.WeakKeyDictionary[OpenSearch, Searcher]" = weakref.WeakKeyDictionary()
 
 
+def split_terms(query: SparseVector, own: frozenset[str]) -> dict:
+    """{"own": {term: weight}, "expansion": {term: weight}} of a query, heaviest first."""
+    ranked = sorted(query.items(), key=lambda tw: (-tw[1], tw[0]))
+    return {"own": {t: w for t, w in ranked if t in own}, "expansion": {t: w for t, w in ranked if t not in own}}
+
+
 @dataclass
 class SearchResult:
     """One search as shown to a user: the query's terms (its own and its expansion), the hits,
@@ -542,10 +564,7 @@ class SearchResult:
     own: frozenset[str] = frozenset()  # the query's own terms (a text's tokens); the rest is expansion
 
     def query_terms(self) -> dict:
-        """{"own": {term: weight}, "expansion": {term: weight}}, heaviest first."""
-        ranked = sorted(self.query.items(), key=lambda tw: (-tw[1], tw[0]))
-        return {"own": {t: w for t, w in ranked if t in self.own},
-                "expansion": {t: w for t, w in ranked if t not in self.own}}
+        return split_terms(self.query, self.own)
 
     def to_dict(self) -> dict:
         return {"index": self.index, "took_ms": self.took_ms, "query": {"text": self.text, **self.query_terms()},

@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException
 
 from lsr_os import __version__
 from lsr_os.errors import ClusterError, CollectionMissing, ConfigError, DataError, LsrOsError, ModelError
-from lsr_os.search import QueryEncoder, Searcher, build_query, prepare_query, split_filters, stable_preference
+from lsr_os.search import QueryEncoder, Searcher, split_terms, stable_preference
 from lsr_os.sparse import SparseVector
 from lsr_os.vocab import Vocabulary
 
@@ -476,17 +476,13 @@ class SearchService:
         return await self._io(self._encode_dsl, plan, query.request.k, query.request.split)
 
     def _encode_dsl(self, plan: Plan, k: int, split: str | None) -> dict:
-        """The body `Searcher.search` builds for the same query (explain on, as /search sends it)."""
-        from lsr_os.search import SearchResult
-
-        filters = split_filters(split)
+        """The body `Searcher.search` sends for the same query (explain on, as /search asks)."""
         try:
-            vector = prepare_query(plan.vector, self.searcher.clause_cap - len(filters), plan.vocabulary)
+            vector, dsl = self.searcher.body(plan.vector, k, split, explain=True, vocabulary=plan.vocabulary)
         except DataError as exc:
             raise ApiError(400, str(exc)) from None
-        dsl = build_query(vector, k, filters, with_vectors=True)
-        terms = SearchResult(plan.alias, 0, vector, [], dsl, True, plan.text, plan.own).query_terms()
-        return {"collection": plan.alias, "query": {"text": plan.text, **terms}, "vector": vector, "dsl": dsl}
+        return {"collection": plan.alias, "query": {"text": plan.text, **split_terms(vector, plan.own)},
+                "vector": vector, "dsl": dsl}
 
     def _hit(self, row: dict) -> dict:
         image = row.get("image")
@@ -726,10 +722,11 @@ def create_app(service: SearchService) -> FastAPI:
         return JSONResponse(report, status_code=200 if report["ok"] else 503)
 
     static = Path(__file__).parent / "static"
+    index_html = (static / "index.html").read_text(encoding="utf-8")  # read once, not on the event loop per request
 
     @app.get("/", include_in_schema=False)
     async def page():
-        return HTMLResponse((static / "index.html").read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(index_html, headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=static), name="static")
     swagger = _swagger_assets()
