@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from lsr_os import __version__
-from lsr_os.config import ClusterConfig, split_urls
+from lsr_os.config import CHUNK_DOCS, CONCURRENCY, POOL_MAXSIZE, ClusterConfig, split_urls
 from lsr_os.errors import LsrOsError
 
 
@@ -266,9 +266,10 @@ def source_options(split_default: str | None = None):
 @click.option("--max-failed", type=click.IntRange(0), default=None,
               help="Serve the new index only when at most this many records failed "
                    "[default: 0 when replacing a served collection, no limit for a first load].")
-@click.option("--chunk-docs", type=click.IntRange(1), default=1000, show_default=True, help="Documents per bulk request.")
+@click.option("--chunk-docs", type=click.IntRange(1), default=CHUNK_DOCS, show_default=True,
+              help="Documents per bulk request.")
 @click.option("--chunk-mb", type=click.FloatRange(0.01), default=10.0, show_default=True, help="Max MiB per bulk request.")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+@click.option("--concurrency", type=click.IntRange(1, POOL_MAXSIZE), default=CONCURRENCY, show_default=True,
               help="Bulk requests in flight.")
 @click.option("--max-retries", type=click.IntRange(0), default=8, show_default=True,
               help="Re-sends of documents refused with 429/5xx (exponential backoff).")

@@ -60,13 +60,17 @@ class ExactScorer:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _terms(self, query: SparseVector):
+        """The matrix rows of the query's known terms, and their weights."""
+        pairs = [(self.term_ids[t], w) for t, w in query.items() if t in self.term_ids]
+        rows = np.fromiter((r for r, _ in pairs), np.int64, len(pairs))
+        return rows, np.fromiter((w for _, w in pairs), np.float32, len(pairs))
+
     def scores(self, query: SparseVector) -> np.ndarray:
         """Scores of every document (0 where no term matches)."""
-        pairs = [(self.term_ids[t], w) for t, w in query.items() if t in self.term_ids]
-        if not pairs:
+        rows, weights = self._terms(query)
+        if not len(rows):
             return np.zeros(len(self.ids), dtype=np.float32)
-        rows = np.fromiter((r for r, _ in pairs), np.int64, len(pairs))
-        weights = np.fromiter((w for _, w in pairs), np.float32, len(pairs))
         return np.asarray(self.matrix[rows].T @ weights).ravel()
 
     def topk(self, query: SparseVector, k: int = 10) -> dict[str, float]:
@@ -86,6 +90,14 @@ class ExactScorer:
     def index_of(self, doc_id: str) -> int:
         """The column of a document (for scoring a run's hits exactly)."""
         return self._positions[doc_id]
+
+    def scores_of(self, query: SparseVector, doc_ids: list[str]) -> np.ndarray:
+        """Exact scores of the given documents only (0 where no term matches)."""
+        rows, weights = self._terms(query)
+        if not len(rows) or not doc_ids:
+            return np.zeros(len(doc_ids), dtype=np.float32)
+        cols = [self.index_of(d) for d in doc_ids]
+        return np.asarray(self.matrix[rows][:, cols].T @ weights).ravel()
 
     def run(self, queries: Iterable[tuple[str, SparseVector]], k: int = 10) -> tuple[Run, list[float]]:
         """A run over many queries, and the seconds each query took."""
@@ -115,9 +127,10 @@ def topk_overlap(a: dict[str, float], b: dict[str, float], k: int = 10) -> float
 TIE_TOLERANCE = 1e-4
 
 
-def tie_aware_overlap(run: Run, scorer: ExactScorer, queries: dict[str, SparseVector], k: int = 10) -> float:
+def tie_aware_overlap(run: Run, exact: Run, scorer: ExactScorer, queries: dict[str, SparseVector],
+                      k: int = 10) -> float:
     """Mean share of a run's top k whose exact score reaches the exact k-th score (within
-    `TIE_TOLERANCE`).
+    `TIE_TOLERANCE`); `exact` is `scorer`'s own run of `queries`, so only the run's hits are scored.
 
     Documents tied at rank k are equally right answers: with 9-bit weights exact ties are common
     in a large collection, and the engine breaks them by its copy's document order (which differs
@@ -125,17 +138,13 @@ def tie_aware_overlap(run: Run, scorer: ExactScorer, queries: dict[str, SparseVe
     summation order only (the engine and scipy add the terms in different orders) are ties too."""
     shares = []
     for qid, hits in run.items():
-        scores = scorer.scores(queries[qid])
-        matching = int((scores > 0).sum())
-        if not matching:
+        reference = list(exact.get(qid, {}).values())[:k]  # best first; only documents that match
+        if not reference:
             shares.append(1.0)
             continue
-        top = np.partition(scores, len(scores) - k)[-k:] if len(scores) > k else scores
-        floor = float(top.min())
-        if floor <= 0:  # fewer than k documents match: every matching one is right
-            floor = float(scores[scores > 0].min())
-        right = sum(1 for d in list(hits)[:k] if scores[scorer.index_of(d)] >= floor * (1 - TIE_TOLERANCE))
-        shares.append(right / min(k, matching))
+        floor = min(reference) * (1 - TIE_TOLERANCE)
+        scores = scorer.scores_of(queries[qid], list(hits)[:k])
+        shares.append(int((scores >= floor).sum()) / len(reference))
     return float(np.mean(shares)) if shares else 1.0
 
 
@@ -294,7 +303,7 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
                         "qps_msearch": timing.queries / timing.wall_s if timing.wall_s else 0.0},
             "exact": {"metrics": retrieval_metrics(exact_run, qrels), "latency": latency_summary(exact_s)},
             "parity": {**parity(cluster_run, exact_run, k),
-                       f"top{k}_overlap_ties": tie_aware_overlap(cluster_run, scorer, prepared, k)},
+                       f"top{k}_overlap_ties": tie_aware_overlap(cluster_run, exact_run, scorer, prepared, k)},
             "sparsity": sparsity(prepared, docs),
         }
         runs[f"{name}.cluster"], runs[f"{name}.exact"] = cluster_run, exact_run

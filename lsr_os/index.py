@@ -36,9 +36,10 @@ import orjson
 from opensearchpy import OpenSearch, helpers
 from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
 
+from lsr_os.config import CHUNK_DOCS, CONCURRENCY
 from lsr_os.errors import ClusterError, ConfigError
 from lsr_os.failures import Failure, FailureLog
-from lsr_os.sparse import MIN_NORMAL, RecordStream, SparseRecord, SparseVector, clean, prune
+from lsr_os.sparse import RecordStream, SparseRecord, SparseVector, clean, prune
 from lsr_os.vocab import feature_to_term, term_to_feature
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def to_document(record: SparseRecord, top_terms: int = 16, top_k: int | None = N
     rid = record.id
     if len(rid) > MAX_ID_BYTES // 4 and len(rid.encode("utf-8")) > MAX_ID_BYTES:
         raise InvalidRecord(f"id is {len(rid.encode('utf-8'))} bytes; OpenSearch takes at most {MAX_ID_BYTES}")
-    vector = _storable(record.vector)
+    vector = clean(record.vector)
     if top_k is not None or threshold > 0:
         vector = prune(vector, top_k, threshold)
     if not vector:
@@ -125,18 +126,6 @@ def _check_field_freq(vector: SparseVector) -> None:
     if freq > MAX_FIELD_FREQ:
         raise InvalidRecord(f"{len(vector)} terms: their weights exceed Lucene's per-field limit "
                             f"(sum of stored frequencies {freq} > {MAX_FIELD_FREQ}); prune with --top-k")
-
-
-def _storable(vector: SparseVector) -> SparseVector:
-    """`clean(vector)`, with a fast path: a finite sum rules out NaN and infinities, and then the
-    smallest weight tells whether any is <= 0 or subnormal (two passes in C, no copy)."""
-    values = vector.values()
-    try:
-        if vector and math.isfinite(sum(values)) and min(values) >= MIN_NORMAL:
-            return vector
-    except TypeError:  # a weight that is not a number: clean() says which
-        pass
-    return clean(vector)
 
 
 def _heaviest(vector: SparseVector, n: int) -> list[str]:
@@ -187,9 +176,9 @@ class IngestOptions:
     keep_old: bool = False  # keep the replaced index
     allow_empty: bool = False  # serve an index with no documents
     max_failed: int | None = None  # failed records that still allow a swap (None: see swap_refusal)
-    chunk_docs: int = 1000  # documents per bulk request (bench/results/serving_*: 1000 x 4 loaded fastest)
+    chunk_docs: int = CHUNK_DOCS  # documents per bulk request
     chunk_bytes: int = 10 * 2**20  # most bytes per bulk request
-    concurrency: int = 4  # bulk requests in flight
+    concurrency: int = CONCURRENCY  # bulk requests in flight
     retry: RetryPolicy = RetryPolicy()
     top_k: int | None = None  # keep each document's k heaviest terms
     threshold: float = 0.0  # drop weights <= this
@@ -333,7 +322,7 @@ SERVING_SETTINGS = {"refresh_interval": "1s", "translog.durability": "request"} 
 
 def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
                   fresh: bool = False, shards: int | None = None, replicas: int = 0,
-                  exclude_vectors: bool = False) -> tuple[str, bool]:
+                  exclude_vectors: bool = False, nodes: int | None = None) -> tuple[str, bool]:
     """The index to load into: a pending one of the same source (resume) or a new one.
 
     Returns (index name, resumed). Pending indices of another source (or built with the other
@@ -342,7 +331,8 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
     node mid-load loses no document. `exclude_vectors` keeps the sparse vector out of `_source`:
     the index is much smaller (the postings hold what search needs, and explain reads the engine's
     own explanation), but a reindex from the cluster alone can no longer rebuild the vectors;
-    snapshots still hold everything, as they copy the index files.
+    snapshots still hold everything, as they copy the index files. `nodes`: the data nodes, when
+    the caller has already asked.
     """
     _guard_name(client, alias)
     for name, info in sorted(_versions(client, alias).items()):
@@ -368,7 +358,9 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
     name = f"{alias}{VERSION_SEP}{_now_tag()}"
     # Replicas protect the load only once they are started (in sync with their primary): a node
     # lost while a replica still recovers takes the shard's only valid copy with it.
-    copies = min(replicas + 1, max(1, data_nodes(client))) if replicas else 1
+    if replicas and nodes is None:
+        nodes = data_nodes(client)
+    copies = min(replicas + 1, max(1, nodes)) if replicas else 1
     try:
         created = client.indices.create(index=name, body=body, wait_for_active_shards=str(copies))
     except RequestError as exc:
@@ -489,7 +481,7 @@ class BulkLoader:
     """
 
     def __init__(self, client: OpenSearch, index: str, retry: RetryPolicy = RetryPolicy(),
-                 chunk_docs: int = 1000, chunk_bytes: int = 10 * 2**20, concurrency: int = 4):
+                 chunk_docs: int = CHUNK_DOCS, chunk_bytes: int = 10 * 2**20, concurrency: int = CONCURRENCY):
         self.client, self.index, self.retry = client, index, retry
         self.chunk_docs, self.chunk_bytes, self.concurrency = chunk_docs, chunk_bytes, concurrency
         self._action = b'{"index":{"_index":' + orjson.dumps(index) + b',"_id":'
@@ -598,10 +590,11 @@ def ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str
     replicas = default_replicas(nodes) if options.replicas is None else options.replicas
     shards = options.shards or default_shards(stream.total, nodes, options.exclude_vectors)
     index, resumed = prepare_index(client, alias, collection, stream.source, options.fresh, shards, replicas,
-                                   options.exclude_vectors)
-    report = IngestReport(alias=alias, index=index, collection=collection, resumed=resumed)
-    report.shards = int(client.indices.get_settings(index=index, name="index.number_of_shards")[index]
-                        ["settings"]["index"]["number_of_shards"])
+                                   options.exclude_vectors, nodes)
+    report = IngestReport(alias=alias, index=index, collection=collection, resumed=resumed, shards=shards)
+    if resumed:  # the index keeps the shards it was made with
+        report.shards = int(client.indices.get_settings(index=index, name="index.number_of_shards")[index]
+                            ["settings"]["index"]["number_of_shards"])
     client.indices.refresh(index=index)
     report.docs_before = int(client.count(index=index)["count"])
     done = indexed_ids(client, index) if report.docs_before else frozenset()

@@ -30,7 +30,14 @@ MIN_NORMAL = 2.0**-126
 
 
 def clean(vector: SparseVector) -> SparseVector:
-    """Drop weights that OpenSearch cannot store: not finite, <= 0, or subnormal."""
+    """Drop weights that OpenSearch cannot store: not finite, <= 0, or subnormal.
+
+    A vector with nothing to drop, the common case on ingest's per-document path, is returned
+    as it is after two passes in C: a finite sum rules out NaN and infinities, and then the
+    smallest weight tells whether any is <= 0 or subnormal."""
+    values = vector.values()
+    if vector and math.isfinite(sum(values)) and min(values) >= MIN_NORMAL:
+        return vector
     return {t: float(w) for t, w in vector.items() if math.isfinite(w) and w >= MIN_NORMAL}
 
 

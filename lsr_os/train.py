@@ -32,7 +32,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -124,9 +124,12 @@ def reg_weight(final: float, step: int, warmup_steps: int) -> float:
     return final * min(1.0, step / warmup_steps) ** 2
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, decay: str = "linear") -> float:
+def lr_factor(step: int, warmup_steps: int, total_steps: int,
+              decay: Literal["linear", "cosine"] = "linear") -> float:
     """The learning-rate factor of step `step`: linear warm-up to 1 over `warmup_steps`, then decay
     to 0 at `total_steps`, linear (the paper's schedule) or half a cosine (the demo encoder's)."""
+    if decay not in ("linear", "cosine"):
+        raise ValueError(f"decay must be linear or cosine, not {decay!r}")
     if step < warmup_steps:
         return step / max(1, warmup_steps)
     done = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -605,7 +608,7 @@ class Trainer:
             bar = tqdm(range(self.start_epoch, self.cfg.epochs), desc="epochs", unit="epoch", disable=not progress,
                        initial=self.start_epoch, total=self.cfg.epochs)
             for epoch in bar:
-                row = self.train_epoch(epoch)
+                row = self._train_epoch(epoch, None)  # run() already holds the determinism settings
                 val = evaluate_head(self.head, self.val_data, True, self.dtype, self.cfg.eval_batch_size)
                 row["val"] = val
                 if val["t2i"]["R@1"] > self.best_r1:

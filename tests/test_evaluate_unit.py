@@ -51,12 +51,14 @@ def test_tie_aware_overlap_counts_documents_tied_at_rank_k_as_right():
     scorer = ev.ExactScorer([("a", {"x": 3.0}), ("b", {"x": 2.0}), ("c", {"x": 2.0}), ("d", {"x": 1.0})])
     q = {"q": {"x": 1.0}}
     assert scorer.topk(q["q"], 2) == {"a": 3.0, "b": 2.0}
+    exact2, exact10 = scorer.run(q.items(), 2)[0], scorer.run(q.items(), 10)[0]
     assert ev.topk_overlap({"a": 3.0, "c": 2.0}, {"a": 3.0, "b": 2.0}, 2) == 0.5  # a tie swapped: a miss
-    assert ev.tie_aware_overlap({"q": {"a": 3.0, "c": 2.0}}, scorer, q, 2) == 1.0  # ... but equally right
-    assert ev.tie_aware_overlap({"q": {"a": 3.0, "d": 1.0}}, scorer, q, 2) == 0.5
+    assert ev.tie_aware_overlap({"q": {"a": 3.0, "c": 2.0}}, exact2, scorer, q, 2) == 1.0  # ... but equally right
+    assert ev.tie_aware_overlap({"q": {"a": 3.0, "d": 1.0}}, exact2, scorer, q, 2) == 0.5
     # fewer matches than k: every matching document is right, and the share is over those
-    assert ev.tie_aware_overlap({"q": {"b": 2.0, "c": 2.0, "a": 3.0}}, scorer, q, 10) == 0.75
-    assert ev.tie_aware_overlap({"q": {}}, scorer, {"q": {"nothing": 1.0}}, 10) == 1.0
+    assert ev.tie_aware_overlap({"q": {"b": 2.0, "c": 2.0, "a": 3.0}}, exact10, scorer, q, 10) == 0.75
+    assert ev.tie_aware_overlap({"q": {}}, scorer.run([("q", {"nothing": 1.0})], 10)[0], scorer,
+                                {"q": {"nothing": 1.0}}, 10) == 1.0
 
 
 def test_sparsity_figures_hand_computed():
