@@ -1,5 +1,5 @@
 """`python -m lsr_os` runs the same CLI as the `lsr-os` command."""
 
-from cli import main
+from lsr_os.cli import main
 
 main()

@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from lsr_os.cli import main
 from lsr_os.config import ClusterConfig, split_urls
 from lsr_os.errors import ConfigError
 

@@ -14,7 +14,7 @@ UNREACHABLE = ["--url", "http://127.0.0.1:9", "--timeout", "1"]  # discard port:
 PROBE = """
 import sys
 exec(sys.argv.pop(1))
-from cli import main
+from lsr_os.cli import main
 try:
     main.main(args=sys.argv[1:], prog_name="lsr-os", standalone_mode=False)
 except BaseException as exc:
@@ -48,3 +48,18 @@ def test_a_vector_search_does_not_import_numpy_either():
 
 def test_the_probe_sees_what_the_process_imported():
     assert imported("info", *UNREACHABLE, before="import torch") >= {"torch", "numpy"}
+
+
+def test_the_install_puts_no_top_level_cli_module(tmp_path):
+    """The app lives in lsr_os.cli; a bare `cli` in site-packages would collide with any other
+    distribution's. Looked up from outside the source tree, where only the install is visible."""
+    probe = "import importlib.util; print(importlib.util.find_spec('cli') is None, importlib.util.find_spec('lsr_os.cli') is not None)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert out.stdout.split() == ["True", "True"]
+
+
+def test_the_root_cli_py_runs_the_same_app():
+    out = subprocess.run([sys.executable, "cli.py", "--version"], capture_output=True, text=True, cwd=ROOT, check=True,
+                         timeout=60)
+    assert out.stdout.startswith("lsr-os, version ")

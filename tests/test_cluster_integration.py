@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from opensearchpy import helpers
 
-from cli import main
+from lsr_os.cli import main
 from lsr_os import node, snapshot
 from lsr_os.config import ClusterConfig
 

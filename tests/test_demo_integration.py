@@ -6,7 +6,7 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from lsr_os.cli import main
 from lsr_os.demo import world
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 
 def cli(*args):
-    from cli import main
+    from lsr_os.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
 

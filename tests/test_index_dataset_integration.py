@@ -35,7 +35,7 @@ def bad(tmp_path, monkeypatch):
 
 
 def cli(*args):
-    from cli import main
+    from lsr_os.cli import main
 
     return CliRunner().invoke(main, list(args))
 

@@ -37,7 +37,7 @@ def synthetic_records(n: int, seed: int = 0, per_doc: int = 30) -> list[SparseRe
 
 
 def cli(*args):
-    from cli import main
+    from lsr_os.cli import main
 
     return CliRunner().invoke(main, list(args))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from lsr_os.cli import main
 from lsr_os import node
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import cli
+import lsr_os.cli as cli
 from encode_helpers import make_tiny_blip, rgb
 from lsr_os.data import load_dataset
 from lsr_os.dense_files import DatasetMeta

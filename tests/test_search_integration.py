@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from lsr_os.cli import main
 from index_helpers import load
 from lsr_os.search import build_query, max_clause_count, prepare_query, search
 from lsr_os.sparse import SparseRecord, quantize
@@ -84,7 +84,7 @@ def test_explain_takes_contributions_from_the_engine_when_vectors_are_left_out_o
 
 def test_a_vector_search_through_the_cli_sends_one_request_and_imports_no_model_stack(os_client, index_name):
     load(os_client, iter([SparseRecord("a", {"dog": 1.0}), SparseRecord("b", {"cat": 1.0})]), index_name)
-    probe = ("import sys, json; from cli import main; from opensearchpy import Transport; sent = []; "
+    probe = ("import sys, json; from lsr_os.cli import main; from opensearchpy import Transport; sent = []; "
              "send = Transport.perform_request; "
              "Transport.perform_request = lambda self, method, url, *a, **k: (sent.append((method, url)), "
              "send(self, method, url, *a, **k))[1]\n"

@@ -66,7 +66,7 @@ def test_unreadable_query_image_is_a_clear_error(tmp_path):
 
 
 def _cli(*args):
-    from cli import main
+    from lsr_os.cli import main
 
     return CliRunner().invoke(main, list(args))
 

@@ -5,7 +5,7 @@ import logging
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from lsr_os.cli import main
 from lsr_os.config import ClusterConfig, connect
 from lsr_os.errors import ClusterError, ClusterUnreachable, ConfigError
 

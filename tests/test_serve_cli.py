@@ -17,7 +17,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from lsr_os.cli import main
 from serve_helpers import build_world, free_port
 
 NOWHERE = "http://127.0.0.1:9"  # nothing answers there

@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from cli import main
+from lsr_os.cli import main
 from encode_helpers import rgb
 from lsr_os import index as ix
 from lsr_os.config import ClusterConfig

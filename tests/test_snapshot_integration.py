@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from lsr_os.cli import main
 from lsr_os import snapshot
 from lsr_os.errors import ClusterError
 

@@ -3,7 +3,7 @@
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from lsr_os.cli import main
 from lsr_os import snapshot
 from lsr_os.errors import ConfigError
 

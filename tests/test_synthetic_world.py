@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import cli
+import lsr_os.cli as cli
 from lsr_os.dense_files import DatasetMeta, read_embeddings
 from lsr_os.demo.synthetic import CONCEPTS, GroundTruth, generate_world, semantic_deviation, write_synthetic
 from lsr_os.vocab import Vocabulary

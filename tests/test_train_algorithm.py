@@ -179,7 +179,7 @@ def test_fixed_p_one_never_expands_and_p_zero_always_does(tmp_path):
 def test_cli_train_writes_checkpoint_log_report_and_resumes(tmp_path):
     from click.testing import CliRunner
 
-    import cli
+    import lsr_os.cli as cli
     from lsr_os.models.head import load_head
 
     (tmp_path / "d").mkdir()
@@ -209,7 +209,7 @@ def test_training_defaults_to_the_authors_train_split_and_restval_is_opt_in(tmp_
     """Karpathy's MSCOCO file labels 30,504 images restval: the authors train on split == "train" only."""
     from click.testing import CliRunner
 
-    import cli
+    import lsr_os.cli as cli
 
     splits = ["train"] * 5 + ["restval"] * 3 + ["val", "test"]
     captions = [2, 3, 2, 2, 2, 1, 2, 2, 2, 2]  # train: 5 images, 11 pairs; restval: 3 images, 5 pairs

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from lsr_os.cli import main
 from encode_helpers import make_tiny_blip, rgb
 from lsr_os.errors import EXIT_FAILURES
 from lsr_os.models.head import SparseHead
