@@ -25,7 +25,7 @@ from lsr_os.splits import select_splits
 from lsr_os.errors import ClusterError, ClusterUnreachable, CollectionMissing, DataError
 from lsr_os.index import SPARSE_FIELD
 from lsr_os.sparse import SparseVector, clean, prune, quantize
-from lsr_os.vocab import feature_to_term, term_to_feature
+from lsr_os.vocab import content_tokens, fast_tokenizer, feature_to_term, term_to_feature
 
 log = logging.getLogger(__name__)
 
@@ -327,47 +327,6 @@ def write_trec(path: str | Path, run: Run, name: str) -> None:
 # --------------------------------------------------------------------------- queries
 
 
-# English function words (the BERT-uncased tokenizer's language): a text query made of these,
-# special tokens and punctuation only has nothing to search for. The README lists the rule.
-STOP_WORDS = frozenset("""
-a about above after again against all am an and any are as at be because been before being below between
-both but by can could did do does doing down during each few for from further had has have having he her
-here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not
-now of off on once only or other our ours ourselves out over own same she should so some such than that the
-their theirs them themselves then there these they this those through to too under until up very was we
-were what when where which while who whom why will with would you your yours yourself yourselves
-""".split())
-
-
-def content_tokens(text: str, tokenizer) -> list[str]:
-    """The word pieces of `text` that can carry a search: not special, not a stop word, not
-    punctuation. DataError when there is none, naming what the text turned into."""
-    if not text or not text.strip():
-        raise DataError("empty query: give some text")
-    pieces = tokenizer.tokenize(text)
-    special = set(tokenizer.all_special_tokens)
-    words = _words(pieces)
-    content = [p for p, word in zip(pieces, words) if p not in special and word not in STOP_WORDS
-               and any(ch.isalnum() for ch in p)]
-    if not content:
-        shown = " ".join(pieces) or "nothing"
-        raise DataError(f"the query {text!r} has no content word to search for (it tokenizes to: {shown}; "
-                        f"special tokens, stop words and punctuation are not searched)")
-    return content
-
-
-def _words(pieces: list[str]) -> list[str]:
-    """The whole word each word piece belongs to (`dog ##gy` -> `doggy` for both)."""
-    words, start = [], 0
-    for i, piece in enumerate(pieces + [""]):
-        if i == len(pieces) or not piece.startswith("##"):
-            if i > start:
-                word = pieces[start] + "".join(p[2:] for p in pieces[start + 1:i])
-                words.extend([word] * (i - start))
-            start = i
-    return words
-
-
 def read_query_image(path: str | Path):
     """Open a query image, with a clear error when it cannot be read as an image."""
     from PIL import Image, UnidentifiedImageError
@@ -385,7 +344,8 @@ class QueryEncoder:
     """Texts and images -> sparse query vectors: the dense encoder, then the sparse head.
 
     Both load once, on first use, on `device` (the GPU when there is one), so a long-running
-    caller (`lsr-os serve`) keeps them warm; the head's tokenizer alone is enough to check texts.
+    caller (`lsr-os serve`) keeps them warm; texts are checked with the head's tokenizer alone
+    (`vocab.fast_tokenizer`), before and without loading any model.
     """
 
     def __init__(self, model: str, head: str | Path, device: str | None = None):
@@ -416,7 +376,9 @@ class QueryEncoder:
 
     def check_text(self, text: str) -> list[str]:
         """The text's content word pieces (see `content_tokens`); DataError when it has none."""
-        return content_tokens(text, self.head.tokenizer)
+        from lsr_os.static_query import tokenizer_dir
+
+        return content_tokens(text, fast_tokenizer(tokenizer_dir(self.head_path)))
 
     def texts(self, texts: list[str], expand: bool = True) -> list[SparseVector]:
         """Sparse vectors of text queries (checked first); `expand=False` keeps their own tokens."""

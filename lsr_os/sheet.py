@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from lsr_os.search import STOP_WORDS
+from lsr_os.vocab import STOP_WORDS
 
 TILE = 160
 PAD = 8

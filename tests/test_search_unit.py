@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from lsr_os import search as se
 from lsr_os.errors import DataError
 from lsr_os.sparse import quantize
-from lsr_os.vocab import Vocabulary
+from lsr_os.vocab import Vocabulary, content_tokens
 
 
 def test_prepare_query_caps_to_the_heaviest_terms_and_cleans():
@@ -98,15 +98,15 @@ def test_a_text_without_content_words_is_refused_naming_its_tokens(text):
     from lsr_os.vocab import load_tokenizer
 
     with pytest.raises(DataError, match="no content word to search for .* tokenizes to"):
-        se.content_tokens(text, load_tokenizer())
+        content_tokens(text, load_tokenizer())
 
 
 def test_content_tokens_keep_word_pieces_of_content_words():
     from lsr_os.vocab import load_tokenizer
 
     tok = load_tokenizer()
-    assert se.content_tokens("a dog on the beach", tok) == ["dog", "beach"]
-    pieces = se.content_tokens("xylophonequux", tok)  # an odd word is still a word: its pieces stay
+    assert content_tokens("a dog on the beach", tok) == ["dog", "beach"]
+    pieces = content_tokens("xylophonequux", tok)  # an odd word is still a word: its pieces stay
     assert pieces == tok.tokenize("xylophonequux") and len(pieces) > 1
 
 

@@ -15,7 +15,8 @@ from the authors' format, and own heads saved without the key, block nothing.
 
 Checkpoint folder (own format): `config.json` (model_type "lsr-os-d2s", shapes, blocked ids, how
 the head was initialised, library versions), `model.safetensors`, and the tokenizer files in
-`tokenizer/`.
+`tokenizer/`; optionally the query weights of the inference-free query side
+(`query_weights.safetensors`, see lsr_os.static_query), loaded by the same `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lsr_os import sparse as sparse_lib
+from lsr_os import static_query
 from lsr_os.errors import ModelError
 from lsr_os.vocab import VOCAB_SIZE, default_vocab_dir, load_tokenizer
 
@@ -37,11 +39,9 @@ log = logging.getLogger(__name__)
 
 MODEL_TYPE = "lsr-os-d2s"
 AUTHORS_MODEL_TYPE = "d2s"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = static_query.CONFIG_FILE
 WEIGHTS_FILE = "model.safetensors"
-# The tokenizer lives in a subfolder: next to our config.json, transformers' AutoTokenizer would
-# try to read the head's config as a transformers model config.
-TOKENIZER_DIR = "tokenizer"
+TOKENIZER_DIR = static_query.TOKENIZER_DIR
 TORCH_WEIGHTS_FILE = "pytorch_model.bin"
 DEFAULT_MLM = "distilbert-base-uncased"
 # The authors tokenise captions with the tokenizer's own limit (512 for BERT uncased).
@@ -76,6 +76,9 @@ class SparseHead(nn.Module):
         self._tokenizer_dir = str(tokenizer_dir) if tokenizer_dir else None
         self._terms: list[str] | None = None
         self.blocked_token_ids = blocked_token_ids
+        # The inference-free query side (lsr_os.static_query): one weight per term, or None.
+        self.query_weights: Tensor | None = None
+        self.query_weights_info: dict = {}
 
     # ------------------------------------------------------------------ shapes and vocabulary
 
@@ -286,15 +289,18 @@ class SparseHead(nn.Module):
 
         from lsr_os import __version__
 
-        return {"model_type": MODEL_TYPE, "format_version": 1, "dense_size": self.dense_size,
-                "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
-                "layer_norm_eps": self.vocab_layer_norm.eps, "max_text_length": self.max_text_length,
-                "blocked_token_ids": self.blocked_token_ids, "init": self.init_info,
-                "versions": {"lsr_os": __version__, "torch": torch.__version__,
-                             "transformers": transformers.__version__}}
+        cfg = {"model_type": MODEL_TYPE, "format_version": 1, "dense_size": self.dense_size,
+               "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
+               "layer_norm_eps": self.vocab_layer_norm.eps, "max_text_length": self.max_text_length,
+               "blocked_token_ids": self.blocked_token_ids, "init": self.init_info,
+               "versions": {"lsr_os": __version__, "torch": torch.__version__,
+                            "transformers": transformers.__version__}}
+        if self.query_weights is not None:
+            cfg[static_query.CONFIG_KEY] = static_query.entry(self.query_weights_info, self.query_weights.tolist())
+        return cfg
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json, model.safetensors and the tokenizer files into the folder `path`."""
+        """Write config.json, model.safetensors, the tokenizer files and any query weights into `path`."""
         from safetensors.torch import save_file
 
         folder = Path(path)
@@ -302,6 +308,11 @@ class SparseHead(nn.Module):
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
+        stale = folder / static_query.WEIGHTS_FILE
+        if self.query_weights is not None:
+            static_query.write_weights(folder, self.query_weights.detach().float().cpu().numpy())
+        elif stale.exists():  # a head saved over one that had query weights must not keep them
+            stale.unlink()
         (folder / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
 
     @classmethod
@@ -309,13 +320,8 @@ class SparseHead(nn.Module):
         """Load an own-format folder or the authors' `d2s` folder (safetensors or pytorch_model.bin)."""
         folder = Path(path)
         cfg_path = folder / CONFIG_FILE
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ModelError(f"{cfg_path} does not exist: not a head checkpoint folder") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{cfg_path} is not valid JSON: {exc}") from exc
-        model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
+        cfg = static_query.read_config(folder)
+        model_type = cfg.get("model_type")
         if model_type not in (MODEL_TYPE, AUTHORS_MODEL_TYPE):
             raise ModelError(f"{cfg_path}: model_type {model_type!r} is neither {MODEL_TYPE!r} nor "
                              f"the authors' {AUTHORS_MODEL_TYPE!r}")
@@ -336,17 +342,23 @@ class SparseHead(nn.Module):
             eps = float(cfg.get("layer_norm_eps", 1e-12))
             max_len = int(cfg.get("max_text_length", DEFAULT_MAX_TEXT_LENGTH))
             blocked = cfg.get("blocked_token_ids", [])
-        tok_dir = next((str(d) for d in (folder / TOKENIZER_DIR, folder)
-                        if (d / "vocab.txt").exists() or (d / "tokenizer.json").exists()), None)
         try:
-            head = cls(dense, hidden, vocab, eps, init=init, max_text_length=max_len, tokenizer_dir=tok_dir,
-                       blocked_token_ids=blocked)
+            head = cls(dense, hidden, vocab, eps, init=init, max_text_length=max_len,
+                       tokenizer_dir=static_query.tokenizer_dir(folder), blocked_token_ids=blocked)
         except (TypeError, ValueError, ModelError) as exc:
             raise ModelError(f"{cfg_path}: bad blocked_token_ids: {exc}") from exc
         try:
             head.load_state_dict({k: state[k].float() for k in PARAM_NAMES})
         except RuntimeError as exc:
             raise ModelError(f"{weights_path}: weights do not fit together: {exc}") from exc
+        if static_query.CONFIG_KEY in cfg:
+            table = static_query.read_weights(folder)
+            if len(table) != vocab:
+                raise ModelError(f"{folder / static_query.WEIGHTS_FILE}: {len(table)} query weights for "
+                                 f"{vocab} vocabulary terms")
+            head.query_weights = torch.tensor(table, dtype=torch.float32)
+            head.query_weights_info = {k: v for k, v in cfg[static_query.CONFIG_KEY].items()
+                                       if k not in ("file", "format_version", "vocab_size", "nonzero")}
         head.eval()
         return head
 
