@@ -39,7 +39,7 @@ from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
 from lsr_os.config import CHUNK_DOCS, CONCURRENCY
 from lsr_os.errors import ClusterError, ConfigError
 from lsr_os.failures import Failure, FailureLog
-from lsr_os.sparse import RecordStream, SparseRecord, SparseVector, clean, prune
+from lsr_os.sparse import RecordStream, SparseRecord, SparseVector, clean, heaviest_first, prune
 from lsr_os.vocab import feature_to_term, term_to_feature
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,8 @@ def _heaviest(vector: SparseVector, n: int) -> list[str]:
         return []
     top = sorted(vector.items(), key=itemgetter(1), reverse=True)  # a C sort: cheaper than heapq's nlargest
     if len(top) > n and top[n][1] == top[n - 1][1]:  # a tie across the cut: the terms decide
-        top = sorted(top, key=lambda tw: (-tw[1], tw[0]))
-    return [t for t, _ in sorted(top[:n], key=lambda tw: (-tw[1], tw[0]))]
+        top = heaviest_first(top)
+    return [t for t, _ in heaviest_first(top[:n])]
 
 
 # --------------------------------------------------------------------------- retries

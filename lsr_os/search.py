@@ -24,7 +24,7 @@ from opensearchpy.exceptions import ConnectionError as OSConnectionError, NotFou
 from lsr_os.splits import select_splits
 from lsr_os.errors import ClusterError, ClusterUnreachable, CollectionMissing, DataError
 from lsr_os.index import SPARSE_FIELD
-from lsr_os.sparse import SparseVector, clean, prune, quantize
+from lsr_os.sparse import SparseVector, clean, heaviest_first, numeric_weights, prune, quantize
 from lsr_os.vocab import content_tokens, fast_tokenizer, feature_to_term, term_to_feature
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def prepare_query(vector: SparseVector, max_terms: int, vocabulary=None) -> Spar
 
 def _disjunction(vector: SparseVector) -> list[dict]:
     return [{"rank_feature": {"field": f"{SPARSE_FIELD}.{term_to_feature(t)}", "linear": {}, "boost": w}}
-            for t, w in sorted(vector.items(), key=lambda tw: (-tw[1], tw[0]))]
+            for t, w in heaviest_first(vector.items())]
 
 
 def build_query(vector: SparseVector, size: int = 10, filters: Sequence[dict] = (),
@@ -319,8 +319,7 @@ def write_trec(path: str | Path, run: Run, name: str) -> None:
     """A TREC run file: `qid Q0 docid rank score name`, best first per query."""
     with Path(path).open("w", encoding="utf-8") as handle:
         for qid, docs in run.items():
-            ranked = sorted(docs.items(), key=lambda ds: (-ds[1], ds[0]))
-            for rank, (doc, score) in enumerate(ranked, 1):
+            for rank, (doc, score) in enumerate(heaviest_first(docs.items()), 1):
                 handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n")
 
 
@@ -412,11 +411,7 @@ def parse_vector_json(value: str) -> SparseVector:
         raise DataError(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     if isinstance(obj, dict) and isinstance(obj.get("vector"), dict):  # a sparse record ("vector" is also a term)
         obj = obj["vector"]
-    if not isinstance(obj, dict) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
-                                            for w in obj.values()):
-        raise DataError(f'{where} must be an object of term: weight (or {{"vector": {{...}}}}), '
-                        f"not {type(obj).__name__ if not isinstance(obj, dict) else 'one with non-numeric weights'}")
-    return {str(t): float(w) for t, w in obj.items()}
+    return numeric_weights(obj, where, also=' (or {"vector": {...}})')
 
 
 # --------------------------------------------------------------------------- one search, as a user runs it
@@ -507,7 +502,7 @@ _SEARCHERS: "weakref.WeakKeyDictionary[OpenSearch, Searcher]" = weakref.WeakKeyD
 
 def split_terms(query: SparseVector, own: frozenset[str]) -> dict:
     """{"own": {term: weight}, "expansion": {term: weight}} of a query, heaviest first."""
-    ranked = sorted(query.items(), key=lambda tw: (-tw[1], tw[0]))
+    ranked = heaviest_first(query.items())
     return {"own": {t: w for t, w in ranked if t in own}, "expansion": {t: w for t, w in ranked if t not in own}}
 
 

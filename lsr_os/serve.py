@@ -51,7 +51,7 @@ from starlette.exceptions import HTTPException
 from lsr_os import __version__
 from lsr_os.errors import ClusterError, CollectionMissing, ConfigError, DataError, LsrOsError, ModelError
 from lsr_os.search import QueryEncoder, Searcher, split_terms, stable_preference
-from lsr_os.sparse import SparseVector
+from lsr_os.sparse import SparseVector, numeric_weights
 from lsr_os.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -309,17 +309,6 @@ def _validation_message(exc: ValidationError) -> str:
         where = ".".join(str(x) for x in err["loc"]) or "body"
         parts.append(f"unknown field {where!r}" if err["type"] == "extra_forbidden" else f"{where}: {err['msg']}")
     return "; ".join(parts)
-
-
-def _check_vector_weights(value: Any) -> None:
-    """Refuse what pydantic would quietly coerce ("1.5", true) in a raw vector."""
-    if value is None:
-        return
-    if not isinstance(value, dict):
-        raise ApiError(400, f"vector must be an object of term: weight, not {type(value).__name__}")
-    for term, weight in value.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise ApiError(400, f"vector: the weight of {term!r} is {json.dumps(weight)}, not a number")
 
 
 def decode_image(data: bytes, max_pixels: int):
@@ -671,7 +660,8 @@ def create_app(service: SearchService) -> FastAPI:
         else:
             raise ApiError(415, f"send JSON (application/json) or a form (multipart/form-data, with the query image "
                                 f"as 'image'), not {kind or 'a body without a content type'}")
-        _check_vector_weights(fields.get("vector"))
+        if fields.get("vector") is not None:  # before pydantic, which would take "1.5" or true as a number
+            numeric_weights(fields["vector"], "vector")
         try:
             req = SearchRequest.model_validate(fields)
         except ValidationError as exc:

@@ -41,11 +41,34 @@ def clean(vector: SparseVector) -> SparseVector:
     return {t: float(w) for t, w in vector.items() if math.isfinite(w) and w >= MIN_NORMAL}
 
 
+def _heaviest_key(item: tuple[str, float]) -> tuple[float, str]:
+    return -item[1], item[0]
+
+
+def heaviest_first(items: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+    """(term, weight) pairs heaviest first, ties by term: the one order of every listing and every
+    cut of terms (and of (doc id, score) pairs), so equal weights never reorder between runs."""
+    return sorted(items, key=_heaviest_key)
+
+
+def numeric_weights(obj: object, what: str, also: str = "") -> SparseVector:
+    """{term: float weight} of a JSON object of term: weight; DataError naming `what` otherwise.
+
+    JSON `true`, `null` or `"1.5"` are not weights, although Python (`float(True)`) or pydantic
+    would quietly take them as numbers. `also` names other accepted shapes in the message."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{what} must be an object of term: weight{also}, not {type(obj).__name__}")
+    for term, weight in obj.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise DataError(f"{what}: the weight of {term!r} is {json.dumps(weight)}, not a number")
+    return {str(t): float(w) for t, w in obj.items()}
+
+
 def prune(vector: SparseVector, top_k: int | None = None, threshold: float = 0.0) -> SparseVector:
     """Keep the `top_k` heaviest terms (ties by term, for determinism) with weight > threshold."""
     items = [(t, w) for t, w in vector.items() if w > threshold]
     if top_k is not None and len(items) > top_k:
-        items = sorted(items, key=lambda tw: (-tw[1], tw[0]))[:top_k]
+        items = heaviest_first(items)[:top_k]
     return dict(items)
 
 
@@ -167,16 +190,12 @@ def _parse_record(raw: bytes) -> SparseRecord:
     if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
         raise _BadLine('missing or empty "id" (a string or an integer)')
     rid = str(rid)
-    if not isinstance(vector, dict):
-        raise _BadLine('"vector" must be an object of term: weight', rid)
-    if set(map(type, vector.values())) <= {float}:  # the common case, checked in C
+    if isinstance(vector, dict) and set(map(type, vector.values())) <= {float}:  # the common case, checked in C
         return SparseRecord(rid, vector, obj)
-    weights: SparseVector = {}
-    for term, weight in vector.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise _BadLine(f"weight of {term!r} is not a number", rid)
-        weights[term] = float(weight)
-    return SparseRecord(rid, weights, obj)
+    try:
+        return SparseRecord(rid, numeric_weights(vector, '"vector"'), obj)
+    except DataError as exc:
+        raise _BadLine(str(exc), rid) from None
 
 
 def write_jsonl(path: str | Path, records: Iterable[SparseRecord], append: bool = False) -> int:

@@ -78,7 +78,7 @@ def test_cli_bad_queries_fail_before_any_cluster_call(tmp_path):
     res = _cli("search", "--vector-json", '{"zzzznotaword": 1}', "--url", unreachable)
     assert res.exit_code != 0 and "no known term" in res.output
     res = _cli("search", "--vector-json", '{"dog": "heavy"}', "--url", unreachable)
-    assert res.exit_code != 0 and "term: weight" in res.output
+    assert res.exit_code != 0 and "--vector-json: the weight of 'dog' is \"heavy\", not a number" in res.output
     img = tmp_path / "broken.png"
     img.write_bytes(b"\x89PNG broken")
     res = _cli("search", "--image", str(img), "--url", unreachable)
@@ -175,3 +175,28 @@ def test_explain_asks_the_engine_for_explanations():
     body = se.build_query({"dog": 1.0}, explain=True)
     assert body["explain"] is True and "sparse" not in body["_source"]["includes"]
     assert "explain" not in se.build_query({"dog": 1.0})
+
+
+def test_one_order_heaviest_first_ties_by_term_everywhere_terms_are_listed():
+    from lsr_os.sparse import heaviest_first, prune
+
+    vector = {"b": 1.0, "a": 1.0, "c": 2.0, "d": 0.5}
+    assert heaviest_first(vector.items()) == [("c", 2.0), ("a", 1.0), ("b", 1.0), ("d", 0.5)]
+    assert list(prune(vector, top_k=2)) == ["c", "a"]  # the tie at the cut goes to the first term
+    should = se.build_query(vector)["query"]["bool"]["should"]
+    assert [c["rank_feature"]["field"] for c in should] == ["sparse.c", "sparse.a", "sparse.b", "sparse.d"]
+    assert list(se.split_terms(vector, frozenset({"b", "d"}))["own"]) == ["b", "d"]
+
+
+def test_a_vector_s_weights_are_checked_in_one_place_with_one_message():
+    from lsr_os.sparse import numeric_weights
+
+    assert numeric_weights({"dog": 1, "cat": 0.5}, "vector") == {"dog": 1.0, "cat": 0.5}
+    with pytest.raises(DataError, match=r"^vector: the weight of 'dog' is \"heavy\", not a number$"):
+        numeric_weights({"dog": "heavy"}, "vector")
+    with pytest.raises(DataError, match="the weight of 'dog' is true, not a number"):
+        numeric_weights({"dog": True}, "vector")
+    with pytest.raises(DataError, match="^vector must be an object of term: weight, not list$"):
+        numeric_weights([["dog", 1.0]], "vector")
+    with pytest.raises(DataError, match=r"--vector-json: the weight of 'dog' is null, not a number"):
+        se.parse_vector_json('{"dog": null}')

@@ -18,6 +18,7 @@ from pathlib import Path
 from opensearchpy import OpenSearch
 
 from lsr_os.search import DEMO_SEARCH_FILE
+from lsr_os.sparse import heaviest_first
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def _examples(client: OpenSearch, encoder, head, images_alias: str, world_dir: P
             f"text -> image: \"{query}\"", [SheetHit(world_dir / r["image"], r["rank"], r["score"], r["matched_terms"])
                                             for r in rows if r["image"]],
             sheet_dir / f"query-{n}.png", columns=cfg.k)
-        top_terms = sorted(prepared.items(), key=lambda tw: -tw[1])[:8]
+        top_terms = heaviest_first(prepared.items())[:8]
         examples.append(Example(query, top_terms, rows, sheet))
     return examples
 
