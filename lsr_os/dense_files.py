@@ -17,12 +17,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr_os.errors import DataError
+from lsr_os.errors import ConfigError, DataError
 from lsr_os.splits import select_splits, split_label
 
 IMG_FILE = "img_embs.parquet"
 TEXT_FILE = "text_embs.parquet"
 META_FILE = "dataset_meta.json"
+COLLECTIONS = ("images", "captions")
+EMB_FILES = {"images": IMG_FILE, "captions": TEXT_FILE}  # each collection's dense vectors
+
+
+def check_collection(collection: str) -> str:
+    """`collection` when it is one of COLLECTIONS; ConfigError naming the choices otherwise."""
+    if collection not in COLLECTIONS:
+        raise ConfigError(f"unknown collection {collection!r}; choose one of {', '.join(COLLECTIONS)}")
+    return collection
+
 
 def image_path(entry: dict) -> str:
     """An image entry's path under the image root: `filepath/filename` (or `filename`)."""

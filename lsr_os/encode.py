@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lsr_os.data import CaptionItem, Dataset, ImageItem, ImageLoadError, caption_problem, load_image, resolve_image, shard
-from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, write_embeddings
+from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, check_collection, write_embeddings
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.models.dense import DenseEncoder, ImagePreprocessor
 from lsr_os.failures import Failure, FailureLog, read_failures
@@ -167,6 +167,11 @@ def collate(samples):
     return [i for i, _ in good], batch, bad
 
 
+def default_workers() -> int:
+    """Image-decoding processes when none are asked for: one core stays with the model."""
+    return min(8, max(0, (os.cpu_count() or 1) - 1))
+
+
 def image_loader(source: ImageSource, batch_size: int, workers: int, pin: bool) -> torch.utils.data.DataLoader:
     kwargs = {"num_workers": workers, "collate_fn": collate, "pin_memory": pin, "batch_size": batch_size}
     if workers > 0:
@@ -226,12 +231,11 @@ def encode_folder(model: str | None, out: str | Path, data: str | Path | None = 
                   device: str | None = None, dtype: str | None = None) -> tuple[EncodeReport, dict]:
     """`lsr-os encode`: load the dataset (checked first) and the encoder, encode into `out`.
 
-    `collection` None encodes both; `workers` None means `records.default_workers()`; `shard`
+    `collection` None encodes both; `workers` None means `default_workers()`; `shard`
     is "I/N". Returns the report and the encoder's description.
     """
     from lsr_os.data import load_dataset, parse_shard
     from lsr_os.models import load_encoder
-    from lsr_os.records import check_collection, default_workers
 
     if not model:
         raise ConfigError("--model is required: the dense encoder to encode with")

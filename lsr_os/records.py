@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, image_path
+from lsr_os.dense_files import COLLECTIONS, EMB_FILES, META_FILE, DatasetMeta, check_collection, image_path
 from lsr_os.splits import select_splits, split_label
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.failures import Failure, FailureLog, OnFailure
@@ -42,20 +41,8 @@ from lsr_os.sparse import RecordStream, SparseRecord, SparseVector, prune, read_
 
 log = logging.getLogger(__name__)
 
-COLLECTIONS = ("images", "captions")
 SPARSE_FILES = {"images": "images.jsonl", "captions": "captions.jsonl"}
 SPARSIFY_MANIFEST = "sparsify.json"
-
-
-def check_collection(collection: str) -> str:
-    if collection not in COLLECTIONS:
-        raise ConfigError(f"unknown collection {collection!r}; choose one of {', '.join(COLLECTIONS)}")
-    return collection
-
-
-def default_workers() -> int:
-    """Image-decoding processes when none are asked for: one core stays with the model."""
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
 
 
 # --------------------------------------------------------------------------- dense -> sparse
@@ -105,7 +92,7 @@ class SourceOptions:
     expand: bool = True  # captions expanded; False: their own tokens only
     batch_size: int = 64  # images per model call
     text_batch_size: int = 256  # captions per model call (and dense vectors per head call)
-    workers: int | None = None  # image-decoding processes (None: default_workers())
+    workers: int | None = None  # image-decoding processes (None: encode.default_workers())
     device: str | None = None  # None: the GPU when there is one
 
 
@@ -284,7 +271,7 @@ class DenseSource(_Encoded):
             if not todo:
                 return
             head = self.head()
-            emb = read_embeddings(self.folder / (IMG_FILE if collection == "images" else TEXT_FILE))
+            emb = read_embeddings(self.folder / EMB_FILES[collection])
             if emb.dim != head.dense_size:
                 raise DataError(f"{emb.path} holds {emb.dim}-d vectors; the head {self.opts.head} expects "
                                 f"{head.dense_size}-d")
@@ -358,7 +345,7 @@ class DatasetSource(_Encoded):
             yield from self._caption_records(encoder, head, chunk, by_id, meta_of)
 
     def _image_records(self, dataset, encoder, head, todo, meta_of, on_failure: OnFailure) -> Iterator[SparseRecord]:
-        from lsr_os.encode import ImageSource, image_loader
+        from lsr_os.encode import ImageSource, default_workers, image_loader
 
         if not todo:
             return

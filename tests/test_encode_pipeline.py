@@ -3,7 +3,10 @@ in one folder, output that the training reader takes unchanged."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +123,22 @@ def test_another_model_into_the_same_folder_is_refused(blip_dir, clean, tmp_path
     other = make_tiny_blip(tmp_path / "other-blip", seed=1)
     res = CliRunner().invoke(cli.main, ["encode", "--model", str(other), "--captions", str(clean), "--out", str(out)])
     assert res.exit_code == 2 and "use another --out" in res.output
+
+
+def lsr_imports(module: str) -> set[str]:
+    """Every lsr_os module that `module` imports, at its top or inside a function."""
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in names if n.split(".")[0] == "lsr_os"}
+
+
+def test_dense_encoding_does_not_depend_on_sparse_records():
+    """The data flow runs one way: dataset -> dense vectors (encode) -> sparse records (records)."""
+    assert "lsr_os.encode" in lsr_imports("lsr_os.records")  # records decode images with encode's loader
+    assert "lsr_os.records" not in lsr_imports("lsr_os.encode")
