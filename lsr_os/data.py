@@ -19,12 +19,12 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from lsr_os.dense_files import DatasetMeta, image_path
+from lsr_os.dense_files import DatasetMeta, image_path, no_images_in_split
 from lsr_os.splits import select_splits
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.failures import Failure
@@ -90,7 +90,7 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, split: str | No
         for s in entry.get("sentences", []):
             captions.append(CaptionItem(str(s["sentid"]), s["raw"], image_id, s))
     if not images:
-        raise DataError(f"{json_path}: no images in split {split!r}")
+        raise no_images_in_split(json_path, split, (entry["split"] for entry in meta.images))
     return Dataset(meta.name or Path(json_path).stem, Path(image_root), images, captions)
 
 
@@ -153,6 +153,8 @@ def load_captions_file(captions: str | Path, image_root: str | Path | None = Non
     images: dict[str, ImageItem] = {}
     result = Dataset(path.stem, root, [], [])
     next_image = next_caption = 0
+    seen_splits: set[str] = set()
+    defaulted = False  # a row without a split value: it takes default_split
     for lineno, row, problem in _caption_rows(path):
         where = f"{path}:{lineno}"
         image = row.get("image") if row is not None else None
@@ -162,6 +164,8 @@ def load_captions_file(captions: str | Path, image_root: str | Path | None = Non
             result.failures.append(Failure("row", None, where, problem))
             continue
         row_split = str(row.get("split") or default_split)
+        seen_splits.add(row_split)
+        defaulted |= not row.get("split")
         caption = row.get("caption")
         sentid = next_caption
         next_caption += 1
@@ -178,7 +182,7 @@ def load_captions_file(captions: str | Path, image_root: str | Path | None = Non
                                            {"sentid": sentid, "imgid": item.meta["imgid"], "raw": text}))
     result.images = list(images.values())
     if not result.images:
-        raise DataError(f"{path}: no images in split {split!r}")
+        raise no_images_in_split(path, split, seen_splits, default_split if defaulted else None)
     return result
 
 
@@ -231,31 +235,55 @@ def resolve_image(root: Path, rel: str) -> Path:
     return full
 
 
-def load_image(path: Path) -> Image.Image:
-    """Decode an image as RGB with its EXIF orientation applied; ImageLoadError says why not.
+class ImageTooLarge(ImageLoadError):
+    """An image over a pixel cap: `size` says how large ("W x H = N pixels"); `pixels` is None
+    where Pillow refused to read its size."""
 
-    Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) is an error, also in the range
-    where Pillow would only warn. Alpha is composited on white; 16- and 32-bit greyscale is
-    scaled to 8 bits rather than clipped.
+    def __init__(self, width: int | None, height: int | None, limit: int, over: int | None = None):
+        self.pixels = width * height if width is not None and height is not None else None
+        self.limit = limit
+        self.size = (f"{width:,} x {height:,} = {self.pixels:,} pixels" if self.pixels is not None
+                     else f"over {over:,} pixels")
+        super().__init__(f"{self.size}, more than the limit of {limit:,}")
+
+
+def load_image(source: Path | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file (a path, or an open binary file such as an upload) as RGB with its
+    EXIF orientation applied; ImageLoadError says why not.
+
+    Without `max_pixels`, Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) is an error,
+    also in the range where Pillow would only warn. With it, that cap replaces Pillow's limit: the
+    size is read from the header and checked before any pixel is decoded (ImageTooLarge). Alpha is
+    composited on white; 16- and 32-bit greyscale is scaled to 8 bits rather than clipped.
     """
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageLoadError("file not found") from None
-    except OSError as exc:
-        raise ImageLoadError(f"cannot stat file: {exc.strerror}") from None
-    if not path.is_file():
-        raise ImageLoadError("not a regular file")
-    if size == 0:
-        raise ImageLoadError("empty file (0 bytes)")
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ImageLoadError("file not found") from None
+        except OSError as exc:
+            raise ImageLoadError(f"cannot stat file: {exc.strerror}") from None
+        if not path.is_file():
+            raise ImageLoadError("not a regular file")
+        if size == 0:
+            raise ImageLoadError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            warnings.simplefilter("ignore" if max_pixels else "error", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                width, height = im.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageTooLarge(width, height, max_pixels)
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 return to_rgb(im)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:  # beyond twice Pillow's limit: refused in Image.open itself
+        if max_pixels is not None:  # so no cap can go beyond Pillow's hard limit
+            hard = 2 * Image.MAX_IMAGE_PIXELS
+            raise ImageTooLarge(None, None, min(max_pixels, hard), over=hard) from None
+        raise ImageLoadError(f"decompression bomb: {exc}") from None
+    except Image.DecompressionBombWarning as exc:
         raise ImageLoadError(f"decompression bomb: {exc}") from None
     except UnidentifiedImageError:
         raise ImageLoadError("not an image Pillow can identify") from None

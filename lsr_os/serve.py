@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import socket
-import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -312,33 +311,19 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 def decode_image(data: bytes, max_pixels: int):
-    """An uploaded image as RGB (EXIF orientation applied); ApiError naming what is wrong with it.
-
-    The pixel count is checked from the header before any pixel is decoded, so a decompression
-    bomb costs nothing; Pillow's own bomb limit is an error too, also where it would only warn.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from lsr_os.data import to_rgb
+    """An uploaded image as RGB (`data.load_image`, the size checked from the header before any pixel
+    is decoded, so a decompression bomb costs nothing); ApiError naming what is wrong with it."""
+    from lsr_os.data import ImageLoadError, ImageTooLarge, load_image
 
     if not data:
         raise ApiError(400, "image: the upload is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    raise ApiError(413, f"image: {width} x {height} = {width * height:,} pixels, more than this "
-                                        f"server's limit of {max_pixels:,} (a decompression bomb?)")
-                im.load()
-                return to_rgb(ImageOps.exif_transpose(im))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ApiError(413, f"image: decompression bomb: {exc}") from None
-    except UnidentifiedImageError:
-        raise ApiError(400, "image: the upload is not an image (Pillow cannot identify its format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # what Pillow raises for damaged files
-        raise ApiError(400, f"image: truncated or corrupt image ({exc})") from None
+        return load_image(io.BytesIO(data), max_pixels)
+    except ImageTooLarge as exc:
+        raise ApiError(413, f"image: {exc.size}, more than this server's limit of {exc.limit:,} pixels "
+                            f"(--max-image-mpix)") from None
+    except ImageLoadError as exc:
+        raise ApiError(400, f"image: {exc}") from None
 
 
 # --------------------------------------------------------------------------- the service

@@ -134,7 +134,8 @@ def test_uploads_decode_to_upright_rgb():
     (b"", 400, "empty (0 bytes)"),
     (b"GIF89a but not really", 400, "not an image"),
     (jpeg_bytes(rgb(9, (200, 200)))[:400], 400, "truncated or corrupt"),
-    (png(Image.new("L", (101, 100))), 413, "101 x 100 = 10,100 pixels, more than this server's limit of 10,000"),
+    (png(Image.new("L", (101, 100))), 413, "101 x 100 = 10,100 pixels, more than this server's limit of 10,000 "
+                                           "pixels (--max-image-mpix)"),
 ])
 def test_bad_uploads_are_refused_with_what_is_wrong(data, status, message):
     with pytest.raises(ApiError) as caught:
@@ -142,11 +143,51 @@ def test_bad_uploads_are_refused_with_what_is_wrong(data, status, message):
     assert caught.value.status == status and message in str(caught.value)
 
 
-def test_pillow_s_own_bomb_limit_is_an_error_also_where_it_only_warns(monkeypatch):
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height and holds no pixel: what an upload's header claims is
+    all that may be read of it before its size is checked."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width, height", [(10_000, 6_000), (10_000, 10_000), (20_000, 20_000)])
+def test_an_upload_over_the_pixel_cap_names_the_server_s_limit_and_option(width, height):
+    """60 megapixels is over the cap but under Pillow's own limit; 100 is in Pillow's warning range
+    and 400 beyond its error: each answer names the server's limit and --max-image-mpix, never
+    Pillow's sentence."""
+    with pytest.raises(ApiError) as caught:
+        decode_image(png_header(width, height), 50_000_000)
+    message = str(caught.value)
+    assert caught.value.status == 413 and "this server's limit of 50,000,000 pixels (--max-image-mpix)" in message
+    assert "DOS attack" not in message and "could be decompression bomb" not in message
+    if width * height < 2 * Image.MAX_IMAGE_PIXELS:  # beyond it Pillow gives no size
+        assert f"{width:,} x {height:,} = {width * height:,} pixels" in message
+
+
+def test_the_server_s_pixel_cap_replaces_pillow_s_bomb_limit(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
-    with pytest.raises(ApiError, match="decompression bomb") as caught:
-        decode_image(png(Image.new("L", (80, 80))), 10**9)  # 6,400 pixels: Pillow's warning range
+    assert decode_image(png(Image.new("L", (80, 80))), 10_000).size == (80, 80)  # Pillow would only warn
+    with pytest.raises(ApiError, match="more than this server's limit of 10,000 pixels") as caught:
+        decode_image(png(Image.new("L", (101, 100))), 10_000)
     assert caught.value.status == 413
+    with pytest.raises(ApiError, match="over 10,000 pixels, more than this server's limit of 10,000 pixels"):
+        decode_image(png(Image.new("L", (110, 110))), 10**9)  # beyond Pillow's hard limit no cap reaches
+
+
+def test_load_image_reads_an_open_file_with_a_pixel_cap():
+    from lsr_os.data import ImageLoadError, ImageTooLarge, load_image
+
+    assert load_image(io.BytesIO(png(rgb(1).convert("RGBA")))).mode == "RGB"
+    with pytest.raises(ImageTooLarge, match="101 x 100 = 10,100 pixels, more than the limit of 10,000") as caught:
+        load_image(io.BytesIO(png(Image.new("L", (101, 100)))), max_pixels=10_000)
+    assert (caught.value.pixels, caught.value.limit) == (10_100, 10_000)
+    with pytest.raises(ImageLoadError, match="not an image Pillow can identify"):
+        load_image(io.BytesIO(b"GIF89a but not really"))
 
 
 @pytest.fixture
