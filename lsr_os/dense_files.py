@@ -34,6 +34,17 @@ def check_collection(collection: str) -> str:
     return collection
 
 
+def no_images_in_split(where: str | Path, split: str | None, present: Iterable[str],
+                       default: str | None = None) -> DataError:
+    """The error of a split selection that matched nothing: it names the splits the input has and
+    `--split all` (a captions file without a split column is all `default`, not `test`)."""
+    there = sorted(set(present))
+    return DataError(f"{where}: no images in split {split_label(split)}; "
+                     + (f"its images are in split {', '.join(there)}" if there else "it holds no images")
+                     + (f" (a row without a split value counts as {default})" if default else "")
+                     + ": give --split all to take every image, or --split with one of those")
+
+
 def image_path(entry: dict) -> str:
     """An image entry's path under the image root: `filepath/filename` (or `filename`)."""
     return "/".join(p for p in (entry.get("filepath", ""), entry.get("filename", "")) if p)

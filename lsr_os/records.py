@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from lsr_os.dense_files import COLLECTIONS, EMB_FILES, META_FILE, DatasetMeta, check_collection, image_path
+from lsr_os.dense_files import (COLLECTIONS, EMB_FILES, META_FILE, DatasetMeta, check_collection, image_path,
+                                no_images_in_split)
 from lsr_os.splits import select_splits, split_label
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.failures import Failure, FailureLog, OnFailure
@@ -149,6 +150,11 @@ class RecordSource(ABC):
         """The dense files behind the records, when there are any (for the teacher's figures)."""
         return None
 
+    @property
+    @abstractmethod
+    def split(self) -> str | None:
+        """The splits the source was opened on (None: all)."""
+
 
 class SparseSource(RecordSource):
     """Sparse JSONL records as they are; `split` keeps the records whose `split` key it selects."""
@@ -157,8 +163,12 @@ class SparseSource(RecordSource):
         self.path = Path(path)
         if not self.path.exists():
             raise DataError(f"{self.path} does not exist")
-        self.split = split
+        self._split = split
         self.wanted = select_splits(split)
+
+    @property
+    def split(self) -> str | None:
+        return self._split
 
     def file(self, collection: str) -> Path:
         if self.path.is_dir():
@@ -210,6 +220,10 @@ class _Encoded(RecordSource):
         self.opts = opts
         self._head = None
 
+    @property
+    def split(self) -> str | None:
+        return self.opts.split
+
     def head(self):
         if self._head is None:
             from lsr_os.models.dense import resolve_device
@@ -256,7 +270,9 @@ class DenseSource(_Encoded):
                 rows.extend((str(s["sentid"]), caption_meta(base, image_id, s["raw"]), s["raw"])
                             for s in img.get("sentences", []))
         if not rows:
-            raise DataError(f"{self.folder / META_FILE} has no {collection} in split {split_label(self.opts.split)}")
+            if collection == "images" or not any(wanted is None or img["split"] in wanted for img in meta.images):
+                raise no_images_in_split(self.folder / META_FILE, self.opts.split, (img["split"] for img in meta.images))
+            raise DataError(f"{self.folder / META_FILE} has no captions in split {split_label(self.opts.split)}")
         return rows
 
     def stream(self, collection: str) -> RecordStream:
@@ -486,6 +502,8 @@ def read_split(source: RecordSource) -> SplitRecords:
         captions[r.id] = r.vector
         caption_image[r.id] = str(image_id)
     if not images or not captions:
-        raise DataError(f"the source holds {len(images)} images and {len(captions)} captions in the split: "
-                        f"records need a split key (lsr-os sparsify writes it)")
+        hint = ("" if select_splits(source.split) is None else
+                "; records without a split key are in no split: give --split all to take every record")
+        raise DataError(f"the source holds {len(images)} images and {len(captions)} captions in split "
+                        f"{split_label(source.split)}{hint}")
     return SplitRecords(images, captions, caption_image)

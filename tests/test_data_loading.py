@@ -119,6 +119,22 @@ def test_karpathy_json_split_selection(tmp_path):
         data_lib.load_dataset(data=path)
 
 
+def test_a_split_that_selects_nothing_names_the_splits_there_are_and_split_all(tmp_path):
+    (tmp_path / "c.csv").write_text("image,caption\na.jpg,a dog\nb.jpg,a cat\n")  # no split column
+    with pytest.raises(DataError) as err:
+        data_lib.load_dataset(captions=tmp_path / "c.csv", split="test")
+    message = str(err.value)
+    assert f"{tmp_path / 'c.csv'}: no images in split test" in message
+    assert "its images are in split train (a row without a split value counts as train)" in message
+    assert "--split all" in message
+    images = [{"imgid": i, "split": s, "filename": f"{i}.jpg", "sentences": []}
+              for i, s in enumerate(("train", "restval", "test"))]
+    (tmp_path / "k.json").write_text(json.dumps({"images": images}))
+    with pytest.raises(DataError, match=r"no images in split val; its images are in split restval, test, train: "
+                                        r"give --split all"):
+        data_lib.load_dataset(data=tmp_path / "k.json", images=tmp_path, split="val")
+
+
 def test_shards_partition_the_items():
     items = [data_lib.ImageItem(str(i), f"{i}.jpg", "test") for i in range(200)]
     parts = [data_lib.shard(items, i, 3) for i in range(3)]

@@ -182,3 +182,12 @@ def test_sparsify_lists_bad_images_and_exits_4(world, tmp_path):
     assert failure == {"id": "1", "what": "image", "where": "img/missing.png", "reason": "file not found"}
     assert len((tmp_path / "o" / "images.jsonl").read_text().splitlines()) == 5
 
+
+
+def test_evaluating_records_without_a_split_key_names_split_all(tmp_path):
+    for name in ("images", "captions"):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps({"id": "1", "vector": {"dog": 1.0}, "image_id": "1"}) + "\n")
+    with pytest.raises(DataError, match=r"0 images and 0 captions in split test.*--split all"):
+        read_split(open_source(SourceOptions(sparse=tmp_path, split="test")))
+    split = read_split(open_source(SourceOptions(sparse=tmp_path, split="all")))
+    assert list(split.images) == ["1"] and split.caption_image == {"1": "1"}

@@ -89,3 +89,15 @@ def test_dense_and_dataset_ingest_of_train_index_the_same_ids(os_client, index_n
     doc = os_client.get(index=f"{index_name}-d-captions", id="101")["_source"]
     assert {k: doc[k] for k in ("dataset", "split", "image", "image_id", "caption")} == {
         "dataset": "rt", "split": "restval", "image": "img/1.png", "image_id": "1", "caption": "photo 1 variant 1"}
+
+
+def test_evaluate_on_a_captions_file_without_splits_names_split_all(os_client, index_name, world, tmp_path,
+                                                                     cluster_config):
+    for collection in ("images", "captions"):  # evaluate checks its indices before it reads the source
+        os_client.indices.create(index=f"{index_name}-{collection}")
+    rgb(1).save(tmp_path / "a.png")
+    (tmp_path / "c.csv").write_text("image,caption\na.png,a dog\n")
+    res = cli("evaluate", "--captions", tmp_path / "c.csv", "--model", world / "blip", "--head", world / "head",
+              "--url", ",".join(cluster_config.urls), "--prefix", index_name, "--out", tmp_path / "eval")
+    assert res.exit_code == 1, res.output
+    assert "no images in split test" in res.output and "--split all" in res.output
