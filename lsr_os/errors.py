@@ -46,3 +46,7 @@ class ClusterUnreachable(ClusterError):
 
 class NodeError(LsrOsError):
     """The local OpenSearch node could not be provisioned, started or stopped."""
+
+
+class PluginUnavailable(NodeError):
+    """The lsr-os OpenSearch plugin cannot be built or installed here (a node can start without it)."""

@@ -5,10 +5,16 @@ OpenSearch's build publishes its integration-test distribution to Maven Central
 (so a site's Maven mirror settings apply; straight HTTPS when Maven is absent), unpack it once
 into a cache, make sure the `mapper-extras` module (it provides `rank_features`) is there, and
 run one or more nodes on 127.0.0.1, each with its own config, data and log folders.
+
+The lsr-os plugin (`plugin/`, shipped as package data) is built once per source and OpenSearch
+version with Maven and installed into a copy of the distribution, so nodes can start with it or,
+from the untouched distribution, without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -23,11 +29,12 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Literal
 
-from lsr_os.errors import NodeError
+from lsr_os.errors import NodeError, PluginUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,12 @@ MAPPER_EXTRAS = ("org.opensearch.plugin", "mapper-extras-client", "jar")
 JVM_ROOT = Path("/usr/lib/jvm")
 # An unprivileged uid to run as when we are root: OpenSearch refuses to run as root.
 _UNPRIVILEGED_ID = "1000"
+# The plugin: its name (also its folder under plugins/), and the package that ships its sources.
+PLUGIN = "lsr-os"
+PLUGIN_SOURCES = "lsr_os.opensearch_plugin"
+# auto: install it when it can be built, else start without it and say so in one line;
+# require: fail instead; skip: never (the nodes run the untouched distribution).
+PluginMode = Literal["auto", "require", "skip"]
 
 
 def home() -> Path:
@@ -61,8 +74,11 @@ class NodeSpec:
     # Snapshot repositories must lie inside path.repo; another cluster's folder here lets this
     # one restore that cluster's snapshots (default: <cluster dir>/snapshots).
     repo: Path | None = None
+    plugin: PluginMode = "auto"
 
     def __post_init__(self) -> None:
+        if self.plugin not in ("auto", "require", "skip"):
+            raise NodeError(f"plugin mode {self.plugin!r} is not one of auto, require, skip")
         if not re.fullmatch(r"\d+\.\d+\.\d+", self.version):
             raise NodeError(f"OpenSearch version {self.version!r} is not of the form X.Y.Z")
         if not re.fullmatch(r"\d+[mg]", self.heap):
@@ -90,6 +106,7 @@ class NodeState:
     log_file: str
     data: str
     already_running: bool = field(default=False, compare=False)
+    plugin: str | None = None  # the lsr-os plugin build it runs with (version-sourcehash), None without
 
 
 def cluster_dir(port: int) -> Path:
@@ -227,6 +244,175 @@ def find_java(version: str) -> Path:
                     "Install one or set JAVA_HOME.")
 
 
+# ----------------------------------------------------------------------------- the lsr-os plugin
+
+
+@contextlib.contextmanager
+def _plugin_lock() -> Iterator[None]:
+    """One build or install at a time on this machine (two `node start`s may race)."""
+    folder = home() / "plugins"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _plugin_files() -> list[tuple[str, bytes]]:
+    """What the plugin's build reads (pom.xml and src/main), as (relative path, bytes), sorted."""
+    root = resources.files(PLUGIN_SOURCES)
+    out = [("pom.xml", root.joinpath("pom.xml").read_bytes())]
+    todo = [("src/main", root.joinpath("src").joinpath("main"))]
+    while todo:
+        rel, folder = todo.pop()
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                todo.append((f"{rel}/{entry.name}", entry))
+            elif entry.is_file():
+                out.append((f"{rel}/{entry.name}", entry.read_bytes()))
+    return sorted(out)
+
+
+def plugin_build_key(version: str) -> str:
+    """Names one build: the OpenSearch version and a hash of the plugin's sources."""
+    digest = hashlib.sha256()
+    for rel, data in _plugin_files():
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    return f"{version}-{digest.hexdigest()[:12]}"
+
+
+def build_plugin(version: str, java: Path, step: Step = _quiet) -> Path:
+    """The plugin's zip for OpenSearch `version`, built with Maven once per source and version
+    (cached under the lsr-os home, like the distribution); raises PluginUnavailable."""
+    if int(version.split(".")[0]) < 3:
+        raise PluginUnavailable(f"the lsr-os plugin is built for OpenSearch 3.x, not {version}")
+    key = plugin_build_key(version)
+    cached = home() / "plugins" / key
+    zips = sorted(cached.glob(f"{PLUGIN}-*.zip"))
+    if zips:
+        return zips[0]
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise PluginUnavailable("Maven (mvn) is not installed, and building the lsr-os plugin needs it")
+    with _plugin_lock():
+        zips = sorted(cached.glob(f"{PLUGIN}-*.zip"))
+        if zips:  # another start built it while this one waited
+            return zips[0]
+        build = Path(tempfile.mkdtemp(dir=home() / "plugins", prefix="build-"))
+        try:
+            for rel, data in _plugin_files():
+                (build / rel).parent.mkdir(parents=True, exist_ok=True)
+                (build / rel).write_bytes(data)
+            step(f"building the lsr-os plugin for OpenSearch {version} with Maven (once per plugin source; "
+                 "the first build downloads about 70 MB of OpenSearch jars)")
+            started = time.monotonic()
+            proc = subprocess.run(
+                [mvn, "-B", "-q", "-DskipTests", f"-Dopensearch.version={version}", "package"],
+                cwd=build, env={**os.environ, "JAVA_HOME": str(java)}, capture_output=True, text=True, check=False)
+            built = sorted((build / "target").glob(f"{PLUGIN}-*.zip"))
+            if proc.returncode != 0 or not built:
+                raise PluginUnavailable(f"Maven could not build the lsr-os plugin for OpenSearch {version}: "
+                                        f"{_maven_error(proc.stdout + proc.stderr)}")
+            cached.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(built[0], cached / (built[0].name + ".tmp"))
+            os.replace(cached / (built[0].name + ".tmp"), cached / built[0].name)
+            log.info("built %s in %.1f s", cached / built[0].name, time.monotonic() - started)
+            return cached / built[0].name
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+
+
+def _maven_error(output: str) -> str:
+    """The line of Maven's output that says what failed (its first [ERROR] line, else the last line)."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip() and "sun.misc.Unsafe" not in ln]
+    errors = [ln for ln in lines if ln.startswith("[ERROR]")]
+    return (errors or lines or ["no output"])[0]
+
+
+def plugin_descriptor(zip_path: Path) -> dict[str, str]:
+    """The plugin-descriptor.properties of a plugin zip."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            text = zf.read("plugin-descriptor.properties").decode("utf-8")
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise PluginUnavailable(f"{zip_path} is not an OpenSearch plugin zip: {exc}") from exc
+    pairs = (ln.split("=", 1) for ln in text.splitlines() if "=" in ln and not ln.lstrip().startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def install_plugin(dist: Path, zip_path: Path, version: str, java: Path) -> None:
+    """Install a plugin zip into the distribution `dist` (replacing an installed lsr-os plugin);
+    a zip built for another OpenSearch version is refused before the installer runs."""
+    built_for = plugin_descriptor(zip_path).get("opensearch.version")
+    if built_for != version:
+        raise PluginUnavailable(f"{zip_path.name} was built for OpenSearch {built_for}, but the node runs {version}: "
+                                f"build it for {version} (mvn package -Dopensearch.version={version})")
+    env = {**os.environ, "OPENSEARCH_JAVA_HOME": str(java), "OPENSEARCH_PATH_CONF": str(dist / "config")}
+    env.pop("OPENSEARCH_JAVA_OPTS", None)
+    tool = str(dist / "bin" / "opensearch-plugin")
+    if (dist / "plugins" / PLUGIN).exists():
+        subprocess.run([tool, "remove", PLUGIN], env=env, capture_output=True, text=True, check=False)
+        shutil.rmtree(dist / "plugins" / PLUGIN, ignore_errors=True)
+    proc = subprocess.run([tool, "install", "-b", zip_path.resolve().as_uri()], env=env, capture_output=True,
+                          text=True, check=False, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip() and "deprecated" not in ln]
+        raise PluginUnavailable(f"opensearch-plugin could not install {zip_path.name}: "
+                                f"{lines[-1] if lines else f'exit status {proc.returncode}'}")
+
+
+def plugin_distribution(dist: Path, version: str, java: Path, step: Step = _quiet) -> tuple[Path, str]:
+    """A copy of the distribution with the current plugin build installed, and that build's key.
+
+    The copy hard-links the distribution's files (its own config/ and plugins/), so it costs no
+    disk; the distribution itself stays without plugins for nodes started with --no-plugin. The
+    plugin is reinstalled when the cached build changed (a running node keeps the files it opened).
+    """
+    zip_path = build_plugin(version, java, step)
+    key = zip_path.parent.name
+    target = dist.parent / f"{dist.name}-{PLUGIN}"
+    marker = target / f".{PLUGIN}-plugin"
+    if marker.exists() and marker.read_text() == key and (target / "plugins" / PLUGIN).is_dir():
+        return target, key
+    with _plugin_lock():
+        if not (marker.exists() and marker.read_text() == key):
+            if not (target / "bin" / "opensearch").exists():
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(dist, target, copy_function=_link_or_copy,
+                                ignore=lambda folder, names: ["config", "plugins"] if Path(folder) == dist else [])
+                shutil.copytree(dist / "config", target / "config")
+                (target / "plugins").mkdir()
+            step(f"installing the lsr-os plugin ({zip_path.name}) into {target}")
+            marker.unlink(missing_ok=True)
+            install_plugin(target, zip_path, version, java)
+            marker.write_text(key)
+    return target, key
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
+def _node_distribution(spec: NodeSpec, dist: Path, java: Path, step: Step) -> tuple[Path, str | None]:
+    """The distribution the nodes run from, with the plugin unless it is skipped or cannot be had."""
+    if spec.plugin == "skip":
+        return dist, None
+    try:
+        return plugin_distribution(dist, spec.version, java, step)
+    except PluginUnavailable as exc:
+        if spec.plugin == "require":
+            raise
+        step(f"starting without the lsr-os plugin: {exc}. Everything else in lsr-os works without it; only "
+             "typed-text search inside the cluster (a match query, Dashboards' search bar) is missing "
+             "(--no-plugin skips this step, --plugin makes it an error)")
+        return dist, None
+
+
 # ----------------------------------------------------------------------------- lifecycle
 
 
@@ -327,6 +513,10 @@ def start(spec: NodeSpec, timeout: float = 180.0, step: Step = _quiet) -> list[N
             raise NodeError(f"{name} on port {state.http_port} already runs OpenSearch {state.version} on data "
                             f"{state.data}, not {spec.version} on {want}; stop it first "
                             f"(lsr-os node stop --port {spec.port}) or choose another --port")
+        if state is not None and (spec.plugin, state.plugin is None) in (("require", True), ("skip", False)):
+            raise NodeError(f"{name} on port {state.http_port} already runs "
+                            f"{'without' if state.plugin is None else 'with'} the lsr-os plugin; stop it first "
+                            f"(lsr-os node stop --port {spec.port}) or choose another --port")
     if running and set(running) >= set(expected):
         for s in running.values():
             s.already_running = True
@@ -336,8 +526,11 @@ def start(spec: NodeSpec, timeout: float = 180.0, step: Step = _quiet) -> list[N
             if f"node-{i + 1}" not in running and _port_open(port):
                 raise NodeError(f"port {port} on 127.0.0.1 is in use by another process; choose --port")
 
+    if running and spec.plugin == "auto":  # a node that rejoins runs what its cluster runs
+        spec = replace(spec, plugin="require" if any(s.plugin for s in running.values()) else "skip")
     dist = provision(spec.version, step)
     java = find_java(spec.version)
+    dist, plugin = _node_distribution(spec, dist, java, step)
     procs: dict[str, subprocess.Popen] = {}
     states: list[NodeState] = []
     for i, name in enumerate(expected):
@@ -365,7 +558,7 @@ def start(spec: NodeSpec, timeout: float = 180.0, step: Step = _quiet) -> list[N
         state = NodeState(name=name, pid=proc.pid, version=spec.version,
                           url=f"http://127.0.0.1:{spec.http_port(i)}", http_port=spec.http_port(i),
                           transport_port=spec.transport_port(i), log_file=str(node_dir / "logs" / f"{spec.cluster_name}.log"),
-                          data=str(_data_dir(spec, i, node_dir)))
+                          data=str(_data_dir(spec, i, node_dir)), plugin=plugin)
         (node_dir / "node.json").write_text(json.dumps(asdict(state) | {"already_running": False}))
         states.append(state)
     _wait_ready(spec, states, procs, timeout, step)
