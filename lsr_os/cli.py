@@ -17,6 +17,7 @@ import click
 from lsr_os import __version__
 from lsr_os.config import CHUNK_DOCS, CONCURRENCY, POOL_MAXSIZE, ClusterConfig, split_urls
 from lsr_os.errors import LsrOsError
+from lsr_os.node import DEFAULT_VERSION as NODE_VERSION
 
 
 class LsrGroup(click.Group):
@@ -100,30 +101,41 @@ def node() -> None:
 
 
 @node.command("start")
-@click.option("--version", "os_version", default=None, help="OpenSearch version [default: lsr_os.node.DEFAULT_VERSION].")
+@click.option("--version", "os_version", default=None, help=f"OpenSearch version [default: {NODE_VERSION}].")
 @click.option("--port", type=int, default=9200, show_default=True,
               help="HTTP port of the first node on 127.0.0.1 (node i uses port+i; transport port+100+i).")
 @click.option("--nodes", type=click.IntRange(1, 9), default=1, show_default=True, help="Number of nodes in the local cluster.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data folder [default: under the node's state folder].")
 @click.option("--heap", default="1g", show_default=True, help="JVM heap of each node, e.g. 512m or 2g.")
-@click.option("--wait", type=float, default=180.0, show_default=True, help="Seconds to wait for the cluster to be ready.")
+@click.option("--wait", type=float, default=180.0, show_default=True,
+              help="Seconds to wait, once the nodes are launched, for the cluster to answer (yellow or green); "
+                   "downloads and the plugin build come before and are not counted. Past it the nodes are "
+                   "stopped and the error shows the end of their logs.")
 @click.option("--path-repo", "repo", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The nodes' path.repo (snapshot folders live under it) [default: <state folder>/snapshots].")
+@click.option("--plugin/--no-plugin", "plugin", default=None,
+              help="With the lsr-os OpenSearch plugin (typed-text search in the cluster): --plugin fails when it "
+                   "cannot be built (needs Maven and a JDK 21+), --no-plugin never installs it [default: install "
+                   "it when it can be built, else start without it and say so].")
 def node_start(os_version: str | None, port: int, nodes: int, data: Path | None, heap: str, wait: float,
-               repo: Path | None) -> None:
+               repo: Path | None, plugin: bool | None) -> None:
     """Provision (once, cached) and start a local node or cluster; harmless when it already runs.
 
-    Nodes of the cluster that are stopped (e.g. with `node stop --node node-2`) are started
-    again and rejoin with their data.
+    The lsr-os plugin is built with Maven once per plugin source and OpenSearch version (cached
+    like the distribution) and installed before the nodes start. Nodes of the cluster that are
+    stopped (e.g. with `node stop --node node-2`) are started again and rejoin with their data.
     """
     from lsr_os import node as node_lib
 
+    mode = "auto" if plugin is None else "require" if plugin else "skip"
     spec = node_lib.NodeSpec(version=os_version or node_lib.DEFAULT_VERSION, port=port, data=data,
-                             heap=heap, nodes=nodes, repo=repo)
+                             heap=heap, nodes=nodes, repo=repo, plugin=mode)
     for state in node_lib.start(spec, timeout=wait, step=lambda message: click.echo(message, err=True)):
         verb = "already running" if state.already_running else "started"
-        click.echo(f"{state.name}: OpenSearch {state.version} {verb} at {state.url} (pid {state.pid}, log {state.log_file})")
+        with_plugin = f", lsr-os plugin {state.plugin}" if state.plugin else ", without the lsr-os plugin"
+        click.echo(f"{state.name}: OpenSearch {state.version} {verb} at {state.url} "
+                   f"(pid {state.pid}{with_plugin}, log {state.log_file})")
 
 
 @node.command("status")
