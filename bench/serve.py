@@ -127,7 +127,7 @@ def in_process(queries, searcher, alias: str, texts: list[str], batch: int) -> d
     t0, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(texts), batch):
         b0 = time.perf_counter()
-        for vector in queries.texts(texts[start:start + batch]):
+        for vector, _ in queries.encode_texts(texts[start:start + batch], "expanded"):
             searcher.search(alias, vector, K, explain=True)
             latencies.append(time.perf_counter() - b0)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu
@@ -160,7 +160,7 @@ def bench_model(name: str, model: str, head: str, args, texts: list[str]) -> lis
                "serve, no batching": Server(args.url, model, head, prefix, args.device, 1, 0.0, args.torch_threads)}
     queries = QueryEncoder(model, head, args.device)
     searcher = Searcher(connect(ClusterConfig(urls=(args.url,))))
-    queries.texts(texts[:4])  # load and warm
+    queries.encode_texts(texts[:4], "expanded")  # load and warm
     rows: list[dict] = []
     try:
         for rnd in range(args.rounds):

@@ -209,7 +209,8 @@ WORDS = {
     "head": click.option("--head", type=click.Path(exists=True, path_type=Path),
                          help="Sparse head checkpoint folder (own or the authors' d2s format)."),
     "no_expansion": click.option("--no-expansion", is_flag=True,
-                                 help="Captions (and text queries) keep only their own tokens; images are always expanded."),
+                                 help="Captions (and text queries: --mode own-tokens) keep only their own tokens; images are "
+                                      "always expanded."),
     "batch_size": click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
                                help="Images per model call."),
     "text_batch_size": click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True,
@@ -355,7 +356,13 @@ def _print_ingest(report, keep_old: bool) -> None:
 @click.option("--image", "image_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Image -> text: search the captions with this image.")
 @click.option("--vector-json", help="A raw query {term: weight}, inline or a file; needs no model.")
-@words("model", "head", "no_expansion", "device")
+@words("model", "head")
+@click.option("--mode", type=click.Choice(["auto", "expanded", "own-tokens", "inference-free"]), default="auto",
+              show_default=True,
+              help="How a text becomes a query: expanded (model + head), own-tokens (model + head, the text's own "
+                   "word pieces), inference-free (the head's query weights, no model); auto: expanded with a "
+                   "model, else inference-free.")
+@words("no_expansion", "device")
 @click.option("--demo", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The output folder of `lsr-os demo`: its model, head and prefix are the defaults.")
 @click.option("--collection", type=click.Choice(["images", "captions"]), default=None,
@@ -379,7 +386,7 @@ def _print_ingest(report, keep_old: bool) -> None:
               help="Image root of the collection (for --sheet) [default: the demo's].")
 @words("json")
 def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None, vector_json: str | None,
-               model: str | None, head: Path | None, no_expansion: bool, device: str | None, demo: Path | None,
+               model: str | None, head: Path | None, mode: str, no_expansion: bool, device: str | None, demo: Path | None,
                collection: str | None, index_name: str | None, prefix: str | None, k: int, max_terms: int | None,
                first_terms: int | None, window: int, split: str | None, explain: bool, sheet: Path | None,
                images_root: Path | None, as_json: bool) -> None:
@@ -387,7 +394,7 @@ def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None
     from lsr_os.search import run_search
 
     result = run_search(cluster, text=text, image=image_path, vector_json=vector_json, model=model, head=head,
-                        expand=not no_expansion, collection=collection, index=index_name, prefix=prefix, k=k,
+                        mode=mode, expand=not no_expansion, collection=collection, index=index_name, prefix=prefix, k=k,
                         max_terms=max_terms, split=split, explain=explain, first_terms=first_terms, window=window,
                         demo=demo, device=device)
     if sheet is not None:
@@ -398,10 +405,14 @@ def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None
         if root is None:
             raise click.UsageError("--sheet needs the collection's image root: --images ROOT (or --demo DIR)")
         search_sheet(result, root, sheet)
+    for warning in result.warnings:
+        click.secho(f"Warning: {warning}", fg="yellow", err=True)
     if as_json:
         echo_json({**result.to_dict(), **({"sheet": str(sheet)} if sheet else {})})
         return
     terms = result.query_terms()
+    if result.text is not None:
+        click.echo(f"mode: {result.mode}")
     for kind in ("own", "expansion"):
         if terms[kind]:
             shown = ", ".join(f"{t} {w:.2f}" for t, w in list(terms[kind].items())[:12])

@@ -22,7 +22,7 @@ from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConnectionError as OSConnectionError, NotFoundError, TransportError
 
 from lsr_os.splits import select_splits
-from lsr_os.errors import ClusterError, ClusterUnreachable, CollectionMissing, DataError
+from lsr_os.errors import ClusterError, ClusterUnreachable, CollectionMissing, ConfigError, DataError
 from lsr_os.index import SPARSE_FIELD
 from lsr_os.sparse import SparseVector, clean, heaviest_first, numeric_weights, prune, quantize
 from lsr_os.vocab import content_tokens, fast_tokenizer, feature_to_term, term_to_feature
@@ -339,22 +339,63 @@ def read_query_image(path: str | Path):
         raise DataError(f"cannot read query image {path}: {exc}") from exc
 
 
-class QueryEncoder:
-    """Texts and images -> sparse query vectors: the dense encoder, then the sparse head.
+# How a text becomes a query, one vocabulary (the head's) in each: the dense model and the head with
+# its full expansion, the same with the text's own word pieces only, or the head's query weights
+# looked up for the text's word pieces with no model at all (lsr_os.static_query).
+MODES = ("expanded", "own-tokens", "inference-free")
+MODEL_MODES = frozenset({"expanded", "own-tokens"})
 
-    Both load once, on first use, on `device` (the GPU when there is one), so a long-running
+# A text's query vector and its own terms, or the DataError of a text that cannot be searched.
+Encoded = "tuple[SparseVector, frozenset[str]] | DataError"
+
+
+class QueryEncoder:
+    """Texts and images -> sparse query vectors, with a head and, for the model modes and images,
+    a dense encoder (`model`; None: inference-free text queries only).
+
+    The models load once, on first use, on `device` (the GPU when there is one), so a long-running
     caller (`lsr-os serve`) keeps them warm; texts are checked with the head's tokenizer alone
-    (`vocab.fast_tokenizer`), before and without loading any model.
+    (`vocab.fast_tokenizer`), before and without loading any model or importing torch.
     """
 
-    def __init__(self, model: str, head: str | Path, device: str | None = None):
+    def __init__(self, model: str | None, head: str | Path, device: str | None = None):
         self.model_name, self.head_path, self.device = model, head, device
-        self._encoder = self._head = None
+        self._encoder = self._head = self._static = None
 
     @property
     def loaded(self) -> bool:
         """Whether the models are loaded (the next query costs no load)."""
         return self._encoder is not None
+
+    @functools.cached_property
+    def modes(self) -> tuple[str, ...]:
+        """The modes this encoder can run: the model modes with a model, inference-free with query weights."""
+        from lsr_os.static_query import has_query_weights
+
+        return tuple(m for m in MODES if (m in MODEL_MODES and self.model_name)
+                     or (m == "inference-free" and has_query_weights(self.head_path)))
+
+    def mode(self, mode: str = "auto", expand: bool = True) -> str:
+        """The mode a text query runs in. `auto`: expanded with a model (own-tokens when not
+        `expand`, the `--no-expansion` shorthand), else inference-free. ConfigError for a mode that
+        conflicts with `expand` or needs a model there is none of; QueryWeightsMissing (naming the
+        head and the command that adds them) for inference-free from a head without query weights."""
+        from lsr_os.static_query import StaticQueryEncoder
+
+        if mode != "auto" and mode not in MODES:
+            raise ConfigError(f"unknown query mode {mode!r}: auto, {', '.join(MODES)}")
+        if not expand and mode not in ("auto", "own-tokens"):
+            raise ConfigError(f"no expansion (--no-expansion, or \"expand\": false) is mode own-tokens; it "
+                              f"conflicts with mode {mode}")
+        if mode == "auto":
+            mode = ("expanded" if expand else "own-tokens") if self.model_name or not expand else "inference-free"
+        if mode in MODEL_MODES and not self.model_name:
+            others = [m for m in self.modes if m not in MODEL_MODES]
+            raise ConfigError(f"mode {mode} runs a dense model, and there is none (--model, or --demo DIR)"
+                              + (f"; use mode {others[0]}" if others else ""))
+        if mode not in self.modes:  # inference-free from a head without query weights: the error says so
+            StaticQueryEncoder.from_head(self.head_path)
+        return mode
 
     @property
     def head(self):
@@ -367,11 +408,23 @@ class QueryEncoder:
     @property
     def encoder(self):
         if self._encoder is None:
+            if not self.model_name:
+                raise ConfigError("image queries run the dense model, and there is none: give --model and --head "
+                                  "(or --demo DIR)")
             from lsr_os.models import load_encoder
 
             self._encoder = load_encoder(self.model_name, device=self.device)
             self._head = self.head.to(self._encoder.device)
         return self._encoder
+
+    @property
+    def static(self):
+        """The head's `StaticQueryEncoder` (QueryWeightsMissing when it has no query weights)."""
+        if self._static is None:
+            from lsr_os.static_query import StaticQueryEncoder
+
+            self._static = StaticQueryEncoder.from_head(self.head_path)
+        return self._static
 
     def check_text(self, text: str) -> list[str]:
         """The text's content word pieces (see `content_tokens`); DataError when it has none."""
@@ -379,17 +432,47 @@ class QueryEncoder:
 
         return content_tokens(text, fast_tokenizer(tokenizer_dir(self.head_path)))
 
-    def texts(self, texts: list[str], expand: bool = True) -> list[SparseVector]:
-        """Sparse vectors of text queries (checked first); `expand=False` keeps their own tokens."""
-        for text in texts:
-            self.check_text(text)
-        dense = self.encoder.encode_texts(texts, batch_size=max(1, len(texts)))
-        return self.head.encode_captions(dense, texts, expand=expand)
+    def encode_texts(self, texts: Sequence[str], mode: str,
+                     checked: Sequence[list[str]] | None = None) -> list[Encoded]:
+        """Each text's query vector and own terms in `mode` (see `mode`), or the DataError of a
+        text that cannot be searched, so one bad text of a batch fails alone; the model runs once
+        for the batch. Expanded, a text's own terms are its content word pieces (`check_text`) and
+        the rest is expansion; in own-tokens and inference-free modes every term is the text's own.
+        `checked`: the texts' content word pieces when `check_text` has already run."""
+        if mode == "inference-free":
+            return [_or_error(self._inference_free, text) for text in texts]
+        own = list(checked) if checked is not None else [_or_error(self.check_text, text) for text in texts]
+        good = [i for i, terms in enumerate(own) if not isinstance(terms, DataError)]
+        out: list = list(own)
+        if good:
+            batch = [texts[i] for i in good]
+            dense = self.encoder.encode_texts(batch, batch_size=len(batch))
+            for i, vector in zip(good, self.head.encode_captions(dense, batch, expand=mode == "expanded")):
+                out[i] = (vector, frozenset(own[i]) if mode == "expanded" else frozenset(vector))
+        return out
+
+    def _inference_free(self, text: str) -> tuple[SparseVector, frozenset[str]]:
+        vector = self.static.encode(text)
+        return vector, frozenset(vector)
 
     def images(self, images: list) -> list[SparseVector]:
-        """Sparse vectors of image queries (PIL images or paths)."""
+        """Sparse vectors of image queries (PIL images or paths): always expanded, always the model."""
         dense = self.encoder.encode_images(images, batch_size=max(1, len(images)))
         return self.head.encode_images(dense)
+
+
+def _or_error(fn, *args):
+    """`fn(*args)`, or the DataError it raised."""
+    try:
+        return fn(*args)
+    except DataError as exc:
+        return exc
+
+
+def _one(result: Encoded) -> tuple[SparseVector, frozenset[str]]:
+    if isinstance(result, DataError):
+        raise result
+    return result
 
 
 def parse_vector_json(value: str) -> SparseVector:
@@ -519,13 +602,30 @@ class SearchResult:
     explain: bool
     text: str | None = None
     own: frozenset[str] = frozenset()  # the query's own terms (a text's tokens); the rest is expansion
+    mode: str | None = None  # a text's query mode (MODES); "expanded" for an image, "vector" for a raw vector
 
     def query_terms(self) -> dict:
         return split_terms(self.query, self.own)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What a user should know before trusting the hits: a text left with none of its own
+        word pieces (a word the model does not know, or terms capped away) is searched by the
+        model's expansion alone."""
+        return expansion_only(self.text, self.query, self.own)
+
     def to_dict(self) -> dict:
-        return {"index": self.index, "took_ms": self.took_ms, "query": {"text": self.text, **self.query_terms()},
-                "hits": self.hits, **({"dsl": self.dsl} if self.explain else {})}
+        return {"index": self.index, "took_ms": self.took_ms, "mode": self.mode,
+                "query": {"text": self.text, **self.query_terms()}, "warnings": self.warnings, "hits": self.hits,
+                **({"dsl": self.dsl} if self.explain else {})}
+
+
+def expansion_only(text: str | None, query: SparseVector, own: frozenset[str]) -> list[str]:
+    """The warning of a text query none of whose own terms is among its (prepared) terms, else none."""
+    if text is None or not own or not own.isdisjoint(query):
+        return []
+    return [f"none of the query's own word pieces ({' '.join(sorted(own))}) has a weight: every hit comes from the "
+            f"model's expansion, so the hits may have nothing to do with the text"]
 
 
 DEMO_SEARCH_FILE = "search.json"  # what `lsr-os demo` writes for `search --demo` and `serve --demo`
@@ -541,25 +641,28 @@ def load_demo_settings(folder: str | Path) -> dict:
 
 
 def run_search(cluster, text: str | None = None, image: str | Path | None = None, vector_json: str | None = None,
-               model: str | None = None, head: str | Path | None = None, expand: bool = True,
+               model: str | None = None, head: str | Path | None = None, mode: str = "auto", expand: bool = True,
                collection: str | None = None, index: str | None = None, prefix: str | None = None, k: int = 10,
                max_terms: int | None = None, split: str | None = None, explain: bool = False,
                first_terms: int | None = None, window: int = 100, demo: str | Path | None = None,
                device: str | None = None) -> SearchResult:
     """`lsr-os search`: exactly one of a text, an image or a raw `vector_json` query.
 
-    A vector query is prepare -> one request -> rows: the client, its clause cap and the
-    vocabulary are made once per process, and no request checks the cluster first (a missing
-    collection or an unreachable cluster is diagnosed after the search fails, with the same
-    messages). A text or image query checks the cluster and the collection before its models
-    load, so a wrong URL or collection fails in a second, not after a model has loaded; the models
-    then stay loaded for the next call in the same process. `cluster` is a `ClusterConfig` or a
-    client; `demo` is the folder of `lsr-os demo`, whose model, head and prefix are the defaults.
-    The collection defaults to images for text and vector queries, captions for an image query;
-    `split` filters documents.
+    A text runs in `mode` (`QueryEncoder.mode`: auto is expanded with a model, inference-free with
+    only a head that has query weights; `expand=False` is own-tokens). Every check that needs no
+    cluster and no model comes first: the options, the text's content words, the image, the
+    vector. A vector or inference-free query is then prepare -> one request -> rows: the client,
+    its clause cap and the vocabulary are made once per process, and no request checks the cluster
+    first (a missing collection or an unreachable cluster is diagnosed after the search fails,
+    with the same messages); no model loads and torch is never imported. A query that runs the
+    model checks the cluster and the collection before the model loads, so a wrong URL or
+    collection fails in a second, not after a model has loaded; the models then stay loaded for
+    the next call in the same process. `cluster` is a `ClusterConfig` or a client; `demo` is the
+    folder of `lsr-os demo`, whose model, head and prefix are the defaults. The collection
+    defaults to images for text and vector queries, captions for an image query; `split` filters
+    documents.
     """
     from lsr_os.config import ClusterConfig, connect, connection_error
-    from lsr_os.errors import ConfigError
     from lsr_os.vocab import Vocabulary
 
     if sum(x is not None for x in (text, image, vector_json)) != 1:
@@ -571,26 +674,36 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
         raise DataError("empty query: give some text")
     picture = read_query_image(image) if image is not None else None
     vector = parse_vector_json(vector_json) if vector_json is not None else None
-    vocabulary = Vocabulary.default() if vector is not None else None
-    if vector is None and (not model or not head):
-        raise ConfigError("text and image queries need --model and --head (or --demo DIR, or use --vector-json)")
+    if text is None and mode != "auto":
+        raise ConfigError("--mode is for text queries: " + ("an image query always runs the model (expanded)"
+                                                            if image is not None else "a vector is searched as given"))
+    if text is not None and not head:
+        raise ConfigError("text queries need --head with query weights (inference-free), or --model and --head "
+                          "(or --demo DIR); or search with --vector-json")
+    if image is not None and not (model and head):
+        raise ConfigError("image queries run the dense model: give --model and --head (or --demo DIR)")
+    own, vocabulary, checked = frozenset(), None, None
+    if text is not None:  # the text first: no cluster, no model, no torch for a text that cannot be searched
+        queries = _query_encoder(model, str(head), device)
+        mode = queries.mode(mode, expand)
+        if mode == "inference-free":
+            vector, own = _one(queries.encode_texts([text], mode)[0])
+        else:
+            checked = queries.check_text(text)
+    elif image is not None:
+        queries, mode = _query_encoder(model, str(head), device), "expanded"
+    else:
+        mode, vocabulary, own = "vector", Vocabulary.default(), frozenset(vector)
     index = index or f"{prefix or 'lsr'}-{collection or ('captions' if image is not None else 'images')}"
     config = cluster if isinstance(cluster, ClusterConfig) else None
     searcher = Searcher.of(_client(config) if config else cluster)
-    own: frozenset[str] = frozenset()
-    if vector is not None:
-        own = frozenset(vector)
-    else:
-        queries = _query_encoder(model, str(head), device)
+    if vector is None:  # the model's turn
         if not queries.loaded:  # fail on the cluster before a model loads
             if config:
                 connect(config)
             searcher.require(index)
         if text is not None:
-            own = frozenset(queries.check_text(text))
-            vector = queries.texts([text], expand=expand)[0]
-            if not expand:  # every term of an unexpanded query is one of the text's own tokens
-                own = frozenset(vector)
+            vector, own = _one(queries.encode_texts([text], mode, [checked])[0])
         else:
             vector = queries.images([picture])[0]
     try:
@@ -600,7 +713,7 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
         if better is not None:  # the cluster cannot be reached or refuses us: say so as `connect` does
             raise better from exc.__cause__
         raise
-    result.text, result.own = text, own
+    result.text, result.own, result.mode = text, own, mode
     return result
 
 

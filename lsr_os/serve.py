@@ -359,43 +359,30 @@ class SearchService:
 
             torch.set_num_threads(self.config.torch_threads)
         self.device = str(self.queries.encoder.device)
-        self.queries.texts(["warm up the model"])
+        self.queries.encode_texts(["warm up the model"], "expanded")
         log.info("models loaded on %s: %s, head %s", self.device, self.config.model, self.config.head)
 
     def _encode_batch(self, items: list[tuple]) -> list:
-        """Items ("text", text, expand) or ("image", PIL image) -> (vector, own terms) or the item's
-        error. Texts are checked one by one, so a bad text fails alone; each kind is one model call.
-        A text's own terms are its content word pieces (`QueryEncoder.check_text`), all of them
-        when it is not expanded."""
+        """Items ("text", text, mode) or ("image", PIL image) -> (vector, own terms) or the item's
+        error: the texts of one mode are one model call (`QueryEncoder.encode_texts`, which checks
+        and tokenises each once, so a bad text fails alone), the images another."""
         results: list = [None] * len(items)
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[str, list[int]] = {}
         for i, item in enumerate(items):
-            if item[0] == "text":
-                try:
-                    results[i] = frozenset(self.queries.check_text(item[1]))
-                except DataError as exc:
-                    results[i] = exc
-                    continue
-            key = ("text", item[2]) if item[0] == "text" else ("image", None)
-            groups.setdefault(key, []).append(i)
+            groups.setdefault(item[2] if item[0] == "text" else "image", []).append(i)
         for key, index in groups.items():
             try:
-                if key[0] == "text":
-                    vectors = self.queries.texts([items[i][1] for i in index], expand=key[1])
+                if key == "image":
+                    encoded = [(v, frozenset()) for v in self.queries.images([items[i][1] for i in index])]
                 else:
-                    vectors = self.queries.images([items[i][1] for i in index])
+                    encoded = self.queries.encode_texts([items[i][1] for i in index], key)
             except LsrOsError as exc:
-                vectors = [exc] * len(index)
+                encoded = [exc] * len(index)
             except Exception as exc:  # a model failing is the server's fault, not the query's
-                log.exception("the model failed on a batch of %d %s queries", len(index), key[0])
-                vectors = [ModelError(f"the model failed: {type(exc).__name__}: {exc}")] * len(index)
-            for i, vector in zip(index, vectors):
-                if isinstance(vector, Exception):
-                    results[i] = vector
-                elif key[0] == "image":
-                    results[i] = (vector, frozenset())
-                else:  # unexpanded, every term is the text's own (stop words and punctuation too)
-                    results[i] = (vector, results[i] if key[1] else frozenset(vector))
+                log.exception("the model failed on a batch of %d %s queries", len(index), key)
+                encoded = [ModelError(f"the model failed: {type(exc).__name__}: {exc}")] * len(index)
+            for i, result in zip(index, encoded):
+                results[i] = result
         return results
 
     # ---------------------------------------------------------------- queries
@@ -417,7 +404,7 @@ class SearchService:
             if query.kind == "text":
                 if not req.text.strip():
                     raise ApiError(400, "text: empty query, give some text")
-                item: tuple = ("text", req.text, req.expand)
+                item: tuple = ("text", req.text, "expanded" if req.expand else "own-tokens")
             else:
                 item = ("image", await self._io(decode_image, query.image, self.config.max_pixels))
             try:

@@ -134,7 +134,7 @@ def build_world(root: Path, client, prefix: str) -> TinyWorld:
         tiny.images.append(path)
         tiny.captions.append(world.captions(scene, rng, CAPTIONS_PER_IMAGE))
     queries = QueryEncoder(str(tiny.model), tiny.head, "cpu")
-    text_vectors = [unit(v) for v in queries.texts([caps[0] for caps in tiny.captions])]
+    text_vectors = [unit(v) for v, _ in queries.encode_texts([caps[0] for caps in tiny.captions], "expanded")]
     image_vectors = [unit(v) for v in queries.images([load_image(tiny.image_root / p) for p in tiny.images])]
     for vectors in (text_vectors, image_vectors):  # the construction needs distinct documents (100 = 10 x 10)
         closest = max(dot(a, b) for i, a in enumerate(vectors) for b in vectors[i + 1:])

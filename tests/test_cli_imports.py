@@ -23,11 +23,43 @@ print("IMPORTED " + ",".join(m for m in ("torch", "transformers", "numpy") if m 
 """
 
 
-def imported(*args: str, before: str = "") -> set[str]:
+def run_probe(*args: str, before: str = "") -> tuple[set[str], str]:
+    """The heavy modules a command imported, and what it printed (stdout and stderr)."""
     out = subprocess.run([sys.executable, "-c", PROBE, before, *args], capture_output=True, text=True, cwd=ROOT,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120, check=True)
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("IMPORTED"))
-    return set(filter(None, line.split(" ", 1)[1].split(",")))
+    return set(filter(None, line.split(" ", 1)[1].split(","))), out.stdout + out.stderr
+
+
+def imported(*args: str, before: str = "") -> set[str]:
+    return run_probe(*args, before=before)[0]
+
+
+@pytest.fixture(scope="module")
+def weighted_head(tmp_path_factory):
+    """A head folder with query weights (made here, where torch may load)."""
+    import torch
+
+    from lsr_os.models.head import SparseHead
+
+    head = SparseHead(dense_size=8, hidden_size=16)
+    head.query_weights = torch.rand(head.vocab_size)
+    folder = tmp_path_factory.mktemp("head") / "head"
+    head.save_pretrained(folder)
+    return folder
+
+
+def test_an_inference_free_text_search_imports_neither_torch_nor_transformers(weighted_head):
+    """The process goes as far as the search request (here: a cluster that does not answer)."""
+    heavy, output = run_probe("search", "two green stars", "--head", str(weighted_head), *UNREACHABLE)
+    assert not heavy & {"torch", "transformers"} and "no OpenSearch answered" in output, output
+
+
+def test_a_text_without_content_is_refused_before_the_cluster_and_before_torch(weighted_head):
+    heavy, output = run_probe("search", "the a of .", "--model", "demo:nowhere", "--head", str(weighted_head),
+                              *UNREACHABLE)
+    assert "no content word to search for" in output and "no OpenSearch answered" not in output, output
+    assert not heavy & {"torch", "transformers"}
 
 
 @pytest.mark.parametrize("args", [

@@ -127,3 +127,56 @@ def test_an_answer_missing_a_shard_is_retried_and_then_an_error_not_a_short_top_
         search(os_client, both, body)
     with pytest.raises(ClusterError, match=r"query q1 on .*: 1 of 2 shards did not answer"):
         se.search_run(os_client, both, [("q1", {"dog": 1.0})], progress=False)
+
+
+def _weighted_head(folder: Path) -> Path:
+    """A head whose query weights give every content term 1 + id / V."""
+    import torch
+
+    from lsr_os import static_query as sq
+    from lsr_os.models.head import SparseHead
+    from lsr_os.vocab import fast_tokenizer
+
+    tok = fast_tokenizer()
+    head = SparseHead(dense_size=8, hidden_size=16)
+    mask = torch.tensor(sq.content_term_mask([tok.id_to_token(i) for i in range(len(tok))], tok.all_special_tokens))
+    head.query_weights = (1.0 + torch.arange(len(tok)) / len(tok)) * mask
+    head.save_pretrained(folder)
+    return folder
+
+
+def test_an_inference_free_text_search_needs_only_the_head(os_client, index_name, tmp_path):
+    load(os_client, iter([SparseRecord("stars", {"two": 1.0, "green": 1.0, "stars": 1.0}, {"image": "s.png"}),
+                          SparseRecord("ring", {"red": 1.0, "ring": 2.0}, {"image": "r.png"})]), f"{index_name}-images")
+    head = _weighted_head(tmp_path / "head")
+    res = CliRunner().invoke(main, ["search", "two green stars at night", "--head", str(head), "--prefix", index_name,
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["mode"] == "inference-free" and [h["id"] for h in out["hits"]] == ["stars"]
+    assert set(out["query"]["own"]) == {"two", "green", "stars", "night"} and out["query"]["expansion"] == {}
+    assert out["warnings"] == []
+    plain = CliRunner().invoke(main, ["search", "two green stars", "--head", str(head), "--prefix", index_name])
+    assert plain.exit_code == 0 and plain.output.startswith("mode: inference-free\n"), plain.output
+
+
+def test_a_text_searched_by_its_expansion_alone_says_so(os_client, index_name, tmp_path):
+    """"qwzx": a word the model does not know. Here the head gives its word pieces no weight at
+    all (they are blocked), so every term of the query is expansion; the hits come with a warning."""
+    from serve_helpers import make_demo_encoder
+    from lsr_os.models.head import SparseHead
+    from lsr_os.search import QueryEncoder
+    from lsr_os.vocab import fast_tokenizer
+
+    head = SparseHead.init_offline(dense_size=256)
+    head.blocked_token_ids = fast_tokenizer().token_ids("qwzx")
+    head.save_pretrained(tmp_path / "head")
+    model = str(make_demo_encoder(tmp_path / "encoder"))
+    (vector, own), = QueryEncoder(model, tmp_path / "head", "cpu").encode_texts(["qwzx"], "expanded")
+    assert own and own.isdisjoint(vector)
+    load(os_client, iter([SparseRecord("a", vector, {"image": "a.png"})]), f"{index_name}-images")
+    res = CliRunner().invoke(main, ["search", "qwzx", "--model", model, "--head", str(tmp_path / "head"),
+                                    "--prefix", index_name, "--device", "cpu"])
+    assert res.exit_code == 0 and "Warning: none of the query's own word pieces (##w ##x ##z q) has a weight" \
+        in res.output, res.output
+    assert "every hit comes from the model's expansion" in res.output and "  a  " in res.output

@@ -200,3 +200,121 @@ def test_a_vector_s_weights_are_checked_in_one_place_with_one_message():
         numeric_weights([["dog", 1.0]], "vector")
     with pytest.raises(DataError, match=r"--vector-json: the weight of 'dog' is null, not a number"):
         se.parse_vector_json('{"dog": null}')
+
+
+# --------------------------------------------------------------------------- query modes
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory):
+    """A head with query weights on every content term (weight 1 + id / V) and one without."""
+    import torch
+
+    from lsr_os import static_query as sq
+    from lsr_os.models.head import SparseHead
+    from lsr_os.vocab import fast_tokenizer
+
+    root = tmp_path_factory.mktemp("heads")
+    tok = fast_tokenizer()
+    mask = torch.tensor(sq.content_term_mask([tok.id_to_token(i) for i in range(len(tok))], tok.all_special_tokens))
+    head = SparseHead.init_offline(dense_size=256)
+    head.save_pretrained(root / "plain")
+    head.query_weights = (1.0 + torch.arange(len(tok)) / len(tok)) * mask
+    head.query_weights_info = {"method": "test"}
+    head.save_pretrained(root / "weighted")
+    return root / "weighted", root / "plain"
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    from serve_helpers import make_demo_encoder
+
+    return str(make_demo_encoder(tmp_path_factory.mktemp("encoder") / "demo"))
+
+
+def test_the_mode_follows_what_is_given(heads):
+    weighted, plain = heads
+    assert se.QueryEncoder(None, weighted).mode() == "inference-free"
+    assert se.QueryEncoder("demo:x", weighted).mode() == "expanded"
+    assert se.QueryEncoder("demo:x", plain).mode(expand=False) == "own-tokens"
+    assert se.QueryEncoder("demo:x", weighted).mode("inference-free") == "inference-free"
+    assert se.QueryEncoder("demo:x", weighted).modes == ("expanded", "own-tokens", "inference-free")
+    assert se.QueryEncoder(None, weighted).modes == ("inference-free",)
+
+
+def test_a_mode_that_cannot_run_or_conflicts_is_one_clear_error(heads):
+    from lsr_os.errors import ConfigError
+    from lsr_os.static_query import QueryWeightsMissing
+
+    weighted, plain = heads
+    with pytest.raises(ConfigError, match="no expansion .* is mode own-tokens; it conflicts with mode expanded"):
+        se.QueryEncoder("demo:x", weighted).mode("expanded", expand=False)
+    with pytest.raises(ConfigError, match="mode expanded runs a dense model, and there is none .*inference-free"):
+        se.QueryEncoder(None, weighted).mode("expanded")
+    with pytest.raises(QueryWeightsMissing, match=rf"the head {plain} has no query weights.*add-query-weights"):
+        se.QueryEncoder("demo:x", plain).mode("inference-free")
+    with pytest.raises(QueryWeightsMissing, match=rf"the head {plain} has no query weights"):
+        se.QueryEncoder(None, plain).mode()
+
+
+def test_each_mode_s_own_terms_and_a_bad_text_fails_alone(heads, encoder):
+    """expanded: the text's content word pieces are its own, the rest is expansion; own-tokens and
+    inference-free: every term is the text's own. One tokenisation each, one model call a batch."""
+    weighted, _ = heads
+    queries = se.QueryEncoder(encoder, weighted, "cpu")
+    texts = ["two green stars", "the of and", "a red ring at night"]
+    for mode in se.MODES:
+        good, bad, other = queries.encode_texts(texts, mode)
+        assert isinstance(bad, DataError) and "no content word" in str(bad), mode
+        vector, own = good
+        assert vector and isinstance(other, tuple)
+        if mode == "expanded":
+            assert own == {"two", "green", "stars"} and len(vector) > len(own)
+        else:
+            # (a head that does not block the special tokens, as this one, may weigh [CLS] and [SEP])
+            assert own == set(vector) and set(vector) <= {"two", "green", "stars", "[CLS]", "[SEP]"}
+    static = queries.encode_texts(["two green stars"], "inference-free")[0][0]
+    assert static == queries.static.encode("two green stars")
+
+
+def test_a_query_left_without_its_own_terms_says_every_hit_comes_from_expansion():
+    expansion_only = se.SearchResult("i", 1, {"star": 1.0, "night": 0.5}, [], {}, False, "qwzx",
+                                     frozenset({"q", "##w", "##z", "##x"}), "expanded")
+    (warning,) = expansion_only.warnings
+    assert "none of the query's own word pieces (##w ##x ##z q) has a weight" in warning
+    assert "every hit comes from the model's expansion" in warning
+    assert expansion_only.to_dict()["warnings"] == [warning] and expansion_only.to_dict()["mode"] == "expanded"
+    kept = se.SearchResult("i", 1, {"star": 1.0, "q": 0.5}, [], {}, False, "qwzx", frozenset({"q", "##w"}), "expanded")
+    assert kept.warnings == []
+    vector = se.SearchResult("i", 1, {"star": 1.0}, [], {}, False, None, frozenset({"star"}), "vector")
+    assert vector.warnings == []
+
+
+def test_cli_modes_and_their_mistakes_fail_before_any_cluster_call(heads, tmp_path):
+    weighted, plain = heads
+    unreachable = "http://127.0.0.1:9"
+    res = _cli("search", "two stars", "--head", str(plain), "--url", unreachable)
+    assert res.exit_code == 1 and f"the head {plain} has no query weights" in res.output
+    assert "lsr-os add-query-weights" in res.output
+    res = _cli("search", "two stars", "--head", str(weighted), "--no-expansion", "--mode", "inference-free",
+               "--url", unreachable)
+    assert res.exit_code == 2 and "conflicts with mode inference-free" in res.output
+    res = _cli("search", "two stars", "--head", str(weighted), "--mode", "expanded", "--url", unreachable)
+    assert res.exit_code == 2 and "runs a dense model, and there is none" in res.output
+    image = tmp_path / "q.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    res = _cli("search", "--image", str(image), "--head", str(weighted), "--url", unreachable)
+    assert res.exit_code == 2 and "image queries run the dense model" in res.output
+    res = _cli("search", "--vector-json", '{"dog": 1}', "--mode", "expanded", "--url", unreachable)
+    assert res.exit_code == 2 and "--mode is for text queries" in res.output
+    res = _cli("search", "the a of .", "--model", "demo:nowhere", "--head", str(weighted), "--url", unreachable)
+    assert res.exit_code == 1 and "no content word" in res.output  # the text first: no cluster, no model
+
+
+def test_the_cli_offers_every_query_mode():
+    from lsr_os.cli import main
+
+    choices = next(p for p in main.commands["search"].params if p.name == "mode").type.choices
+    assert tuple(choices) == ("auto", *se.MODES)
