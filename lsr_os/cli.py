@@ -325,7 +325,7 @@ def ingest_cmd(cluster: ClusterConfig, source, collection: tuple[str, ...], alia
                                force_merge=force_merge)
     failed = not_swapped = False
     for report in ix.ingest_collections(connect(cluster), records.stream, collections, options, alias, prefix,
-                                        failures_path):
+                                        failures_path, records.image_root):
         failed |= report.failed > 0
         not_swapped |= report.not_swapped is not None
         if as_json:
@@ -337,6 +337,9 @@ def ingest_cmd(cluster: ClusterConfig, source, collection: tuple[str, ...], alia
 
 
 def _print_ingest(report, keep_old: bool) -> None:
+    if not report.index:
+        click.secho(f"{report.alias}: {report.not_swapped}", fg="red", err=True)
+        return
     served = "not served" if report.not_swapped else "served"
     click.echo(f"{report.alias}: {report.index} {served}, {report.count} documents ({report.sent} sent, "
                f"{report.failed} failed, {report.docs_per_s:.0f} docs/s"

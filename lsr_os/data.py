@@ -247,6 +247,31 @@ class ImageTooLarge(ImageLoadError):
         super().__init__(f"{self.size}, more than the limit of {limit:,}")
 
 
+def image_file(root: Path, rel: str) -> str:
+    """The full path an image is looked for at, as messages and failures name it (not resolved:
+    the root as given, made absolute, and the path the dataset gives)."""
+    return str(Path(root).absolute() / rel)
+
+
+def require_images(root: Path, items: Sequence[ImageItem]) -> None:
+    """DataError unless `root` is a folder holding at least one of `items`: a wrong image root (bare
+    file names whose images sit in a subfolder, say) is one line naming it, before any work, rather
+    than a failure per image. Stops at the first image found, so a good root costs one stat."""
+    if not Path(root).is_dir():
+        raise DataError(f"the image root {Path(root).absolute()} is not a folder")
+    for item in items:
+        try:
+            if resolve_image(root, item.path).is_file():
+                return
+        except ImageLoadError:
+            continue
+    if items:
+        some = "the one image is not" if len(items) == 1 else f"none of the {len(items)} images is"
+        raise DataError(f"{some} under the image root {Path(root).absolute()} "
+                        f"(the first tried: {image_file(root, items[0].path)}); give --images with the folder "
+                        f"that holds them, or --collection captions for the captions alone")
+
+
 def load_image(source: Path | BinaryIO, max_pixels: int | None = None) -> Image.Image:
     """Decode an image file (a path, or an open binary file such as an upload) as RGB with its
     EXIF orientation applied; ImageLoadError says why not.

@@ -91,10 +91,8 @@ def read_embeddings(path: str | Path) -> Embeddings:
     path = Path(path)
     try:
         table = pq.read_table(str(path), columns=["id", "emb"])
-    except FileNotFoundError as exc:
-        raise DataError(f"{path} does not exist") from exc
     except (pa.ArrowInvalid, KeyError, OSError) as exc:
-        raise DataError(f"cannot read {path} as parquet with columns id, emb: {exc}") from exc
+        raise _unreadable(path, exc) from exc
     ids = [str(i) for i in table.column("id").to_pylist()]
     col = table.column("emb").combine_chunks()
     if len(ids) == 0:
@@ -113,6 +111,27 @@ def read_embeddings(path: str | Path) -> Embeddings:
         dup = next(i for i in ids if i in seen or seen.add(i))
         raise DataError(f"{path}: id {dup!r} appears more than once")
     return Embeddings(ids, emb, path)
+
+
+def embedding_dim(path: str | Path) -> int:
+    """The dimension of the vectors in a parquet file (or folder of parts), from its first row: a
+    check before a long job that reads them all later (`read_embeddings`)."""
+    import pyarrow.dataset as pads
+
+    path = Path(path)
+    try:
+        first = pads.dataset(str(path), format="parquet").head(1, columns=["emb"])
+    except (pa.ArrowInvalid, KeyError, OSError) as exc:
+        raise _unreadable(path, exc) from exc
+    if not first.num_rows:
+        raise DataError(f"{path} holds no vectors")
+    return len(first.column("emb")[0])
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    if isinstance(exc, FileNotFoundError):
+        return DataError(f"{path} does not exist")
+    return DataError(f"cannot read {path} as parquet with columns id, emb: {exc}")
 
 
 @dataclass

@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from lsr_os.data import CaptionItem, Dataset, ImageItem, ImageLoadError, caption_problem, load_image, resolve_image, shard
+from lsr_os.data import (CaptionItem, Dataset, ImageItem, ImageLoadError, caption_problem, image_file, load_image,
+                         resolve_image, shard)
 from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, check_collection, write_embeddings
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.models.dense import DenseEncoder, ImagePreprocessor
@@ -158,6 +159,11 @@ class ImageSource(torch.utils.data.Dataset):
         except Exception as exc:  # a decoder bug on one file must not end a long run
             return i, None, f"unexpected {type(exc).__name__}: {exc}"
 
+    def failure(self, i: int, reason: str) -> Failure:
+        """The failure of item `i`, naming the full path it was looked for at."""
+        item = self.items[i]
+        return Failure("image", item.id, image_file(self.root, item.path), reason)
+
 
 def collate(samples):
     """(indices of good images, uint8 batch or None, [(index, reason)] of bad ones)."""
@@ -234,7 +240,8 @@ def encode_folder(model: str | None, out: str | Path, data: str | Path | None = 
     `collection` None encodes both; `workers` None means `default_workers()`; `shard`
     is "I/N". Returns the report and the encoder's description.
     """
-    from lsr_os.data import load_dataset, parse_shard
+    from lsr_os.data import load_dataset, parse_shard, require_images
+    from lsr_os.data import shard as shard_items  # the name `shard` is the option here
     from lsr_os.models import load_encoder
 
     if not model:
@@ -246,6 +253,8 @@ def encode_folder(model: str | None, out: str | Path, data: str | Path | None = 
         check_collection(collection)
         opts.images, opts.captions = collection == "images", collection == "captions"
     dataset = load_dataset(data=data, images=images, captions=captions, split=split)
+    if opts.images:
+        require_images(dataset.root, shard_items(dataset.images, *opts.shard))
     encoder = load_encoder(model, device=device, dtype=dtype)
     return encode_dataset(encoder, dataset, out, opts), encoder.describe()
 
@@ -310,7 +319,7 @@ def _encode_images(encoder: DenseEncoder, dataset: Dataset, sink, opts: EncodeOp
         try:
             for n, (good, batch, bad) in enumerate(loader, 1):
                 for i, reason in bad:
-                    failures.add(Failure("image", todo[i].id, todo[i].path, reason))
+                    failures.add(source.failure(i, reason))
                 counts.failed += len(bad)
                 if batch is not None:
                     drain.push([todo[i].id for i in good], encoder.encode_pixels(batch))

@@ -264,6 +264,19 @@ def serving_source(client: OpenSearch, alias: str) -> str | None:
     return None
 
 
+def image_root(client: OpenSearch, name: str) -> Path | None:
+    """The image root recorded at ingest (`_meta.lsr_os.images`) of the alias or index `name`: the
+    folder its documents' `image` paths are under; None when its source had none (sparse records,
+    dense files), or when the indices behind an alias disagree."""
+    try:
+        mappings = client.indices.get_mapping(index=name)
+    except NotFoundError:
+        return None
+    roots = {(body.get("mappings", {}).get("_meta") or {}).get(META_KEY, {}).get("images") for body in mappings.values()}
+    roots.discard(None)
+    return Path(roots.pop()) if len(roots) == 1 else None
+
+
 def _check_sparse_mapping(client: OpenSearch, index: str) -> None:
     """Fail clearly when `index` does not map `sparse` as rank_features (e.g. a template won)."""
     props = client.indices.get_mapping(index=index)[index]["mappings"].get("properties", {})
@@ -322,7 +335,8 @@ SERVING_SETTINGS = {"refresh_interval": "1s", "translog.durability": "request"} 
 
 def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
                   fresh: bool = False, shards: int | None = None, replicas: int = 0,
-                  exclude_vectors: bool = False, nodes: int | None = None) -> tuple[str, bool]:
+                  exclude_vectors: bool = False, nodes: int | None = None,
+                  images: str | Path | None = None) -> tuple[str, bool]:
     """The index to load into: a pending one of the same source (resume) or a new one.
 
     Returns (index name, resumed). Pending indices of another source (or built with the other
@@ -332,7 +346,8 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
     the index is much smaller (the postings hold what search needs, and explain reads the engine's
     own explanation), but a reindex from the cluster alone can no longer rebuild the vectors;
     snapshots still hold everything, as they copy the index files. `nodes`: the data nodes, when
-    the caller has already asked.
+    the caller has already asked. `images`: the collection's image root, recorded as
+    `_meta.lsr_os.images` (absolute) so that whoever shows the hits can find their files.
     """
     _guard_name(client, alias)
     for name, info in sorted(_versions(client, alias).items()):
@@ -354,7 +369,8 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
         body["mappings"]["_source"] = {"excludes": [SPARSE_FIELD]}
     body["mappings"]["_meta"] = {META_KEY: {"alias": alias, "collection": collection, "source": source,
                                             "state": "loading", "started": _now_tag(),
-                                            **({"exclude_vectors": True} if exclude_vectors else {})}}
+                                            **({"exclude_vectors": True} if exclude_vectors else {}),
+                                            **({"images": str(Path(images).resolve())} if images else {})}}
     name = f"{alias}{VERSION_SEP}{_now_tag()}"
     # Replicas protect the load only once they are started (in sync with their primary): a node
     # lost while a replica still recovers takes the shard's only valid copy with it.
@@ -571,7 +587,8 @@ def _error_of(exc: TransportError) -> Any:
 
 
 def ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str,
-           options: IngestOptions = IngestOptions(), failures_path: str | Path | None = None) -> IngestReport:
+           options: IngestOptions = IngestOptions(), failures_path: str | Path | None = None,
+           images: str | Path | None = None) -> IngestReport:
     """Load a collection's record stream into a new (or resumed) versioned index of `alias`, check, swap.
 
     `stream.source` is the resume key: a later run with the same key resumes an unfinished
@@ -583,14 +600,14 @@ def ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str
     the index is flushed to disk before it is counted, and a node that dies mid-load and loses
     its last seconds shows up as missing documents, which the count check refuses (the same
     command then resumes and re-sends them), so nothing acknowledged reaches the alias unless it
-    is on disk.
+    is on disk. `images`: the image root the records' `image` paths are under (see `prepare_index`).
     """
     options.check()
     nodes = data_nodes(client)
     replicas = default_replicas(nodes) if options.replicas is None else options.replicas
     shards = options.shards or default_shards(stream.total, nodes, options.exclude_vectors)
     index, resumed = prepare_index(client, alias, collection, stream.source, options.fresh, shards, replicas,
-                                   options.exclude_vectors, nodes)
+                                   options.exclude_vectors, nodes, images)
     report = IngestReport(alias=alias, index=index, collection=collection, resumed=resumed, shards=shards)
     if resumed:  # the index keeps the shards it was made with
         report.shards = int(client.indices.get_settings(index=index, name="index.number_of_shards")[index]
@@ -717,22 +734,45 @@ def _check_count(report: IngestReport) -> None:
 
 def ingest_collections(client: OpenSearch, streams: Callable[[str], RecordStream], collections: Iterable[str],
                        options: IngestOptions = IngestOptions(), alias: str | None = None, prefix: str = "lsr",
-                       failures_path: str | Path | None = None) -> Iterator[IngestReport]:
+                       failures_path: str | Path | None = None,
+                       images: str | Path | None = None) -> Iterator[IngestReport]:
     """Load each collection (its stream from `streams(collection)`); one report per collection.
 
-    The alias is `alias` (one collection only) or `<prefix>-<collection>`; failures go to
-    `ingest-failures-<alias>.jsonl`, or to `failures_path` (with `-<collection>` before its suffix
-    when several collections load, so the second does not overwrite the first).
+    Every stream is asked for, and every alias name checked, before the first index is created:
+    a source checks its inputs when asked for a stream (lsr_os.records), so a bad head, model,
+    file or image root fails before anything exists on the cluster. The alias is `alias` (one
+    collection only) or `<prefix>-<collection>`; failures go to `ingest-failures-<alias>.jsonl`,
+    or to `failures_path` (with `-<collection>` before its suffix when several collections load,
+    so the second does not overwrite the first). `images`: the collections' image root, recorded
+    in each index's `_meta` (see `prepare_index`).
+
+    When every image of the run failed and the empty images collection was not served, the
+    captions are not loaded: their report says why (`not_swapped`, with no index), since captions
+    served without their images are a collection nobody asked for; `allow_empty` serves both.
     """
     collections = tuple(collections)
     if alias and len(collections) > 1:
         raise ConfigError("--index names one alias: give one --collection with it")
+    names = {collection: alias or default_alias(collection, prefix) for collection in collections}
+    opened = {collection: streams(collection) for collection in collections}
+    for name in names.values():
+        _guard_name(client, name)
+    no_images = None
     for collection in collections:
-        name = alias or default_alias(collection, prefix)
+        name = names[collection]
+        if collection == "captions" and no_images:
+            log.warning("ingest %s: not loaded: %s", name, no_images)
+            yield IngestReport(alias=name, index="", collection=collection, not_swapped=no_images)
+            continue
         failures = Path(failures_path or f"ingest-failures-{name}.jsonl")
         if failures_path is not None and len(collections) > 1:
             failures = failures.with_name(f"{failures.stem}-{collection}{failures.suffix}")
-        yield ingest(client, streams(collection), name, collection, options, failures)
+        report = ingest(client, opened[collection], name, collection, options, failures, images)
+        if collection == "images" and report.not_swapped and report.count == 0 and report.failed:
+            no_images = (f"not loaded, since every image of this run failed ({report.failed}, listed in "
+                         f"{report.failures_file}) and its captions would be served without them; fix the images "
+                         f"and run the same command again, or pass --allow-empty to serve both")
+        yield report
 
 
 def dashboards_objects(prefix: str = "lsr") -> str:

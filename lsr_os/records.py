@@ -36,7 +36,7 @@ from typing import Iterable, Iterator, Sequence
 from lsr_os.dense_files import (COLLECTIONS, EMB_FILES, META_FILE, DatasetMeta, check_collection, image_path,
                                 no_images_in_split)
 from lsr_os.splits import select_splits, split_label
-from lsr_os.errors import ConfigError, DataError
+from lsr_os.errors import ConfigError, DataError, ModelError
 from lsr_os.failures import Failure, FailureLog, OnFailure
 from lsr_os.sparse import RecordStream, SparseRecord, SparseVector, prune, read_jsonl
 
@@ -151,6 +151,11 @@ class RecordSource(ABC):
         return None
 
     @property
+    def image_root(self) -> Path | None:
+        """The absolute folder the records' `image` paths are under, when the source knows it."""
+        return None
+
+    @property
     @abstractmethod
     def split(self) -> str | None:
         """The splits the source was opened on (None: all)."""
@@ -214,7 +219,12 @@ def _count_lines(path: Path) -> int:
 
 
 class _Encoded(RecordSource):
-    """What the dense and dataset sources share: the head, loaded once, and the key's tail."""
+    """What the dense and dataset sources share: the head, loaded once, and the key's tail.
+
+    Both check every input when a stream is asked for (the head loads then, and the vectors'
+    size is matched against it), so a caller that opens its streams first (`index.ingest_collections`)
+    fails before it has created anything.
+    """
 
     def __init__(self, opts: SourceOptions):
         self.opts = opts
@@ -229,13 +239,41 @@ class _Encoded(RecordSource):
             from lsr_os.models.dense import resolve_device
             from lsr_os.models.head import load_head
 
-            self._head = load_head(self.opts.head).to(resolve_device(self.opts.device)).eval()
+            try:
+                head = load_head(self.opts.head)
+            except ModelError as exc:
+                inside = _heads_inside(Path(self.opts.head))
+                if not inside:
+                    raise
+                raise ModelError(f"{self.opts.head} is not a head checkpoint folder but holds "
+                                 f"{', '.join(p.name for p in inside)}: give --head {inside[0]}") from exc
+            self._head = head.to(resolve_device(self.opts.device)).eval()
         return self._head
+
+    def _check_size(self, dim: int, of: str) -> None:
+        if dim != self.head().dense_size:
+            raise ModelError(f"{of} gives {dim}-d vectors; the head {self.opts.head} takes {self.head().dense_size}-d")
 
     def _key(self, kind: str, parts: Sequence[str], collection: str) -> str:
         expand = "own-tokens" if collection == "captions" and not self.opts.expand else "expanded"
         return "|".join((kind, *parts, str(Path(self.opts.head).resolve()), f"split={split_label(self.opts.split)}",
                          expand, collection))
+
+
+def _heads_inside(folder: Path) -> list[Path]:
+    """Head checkpoints directly inside `folder` (a --head given one level too high: a training
+    run's folder instead of its `best`), `best` first."""
+    from lsr_os.models.head import AUTHORS_MODEL_TYPE, MODEL_TYPE
+    from lsr_os.static_query import read_config
+
+    found = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else ():
+        try:
+            if read_config(sub).get("model_type") in (MODEL_TYPE, AUTHORS_MODEL_TYPE):
+                found.append(sub)
+        except ModelError:
+            continue
+    return sorted(found, key=lambda p: p.name != "best")
 
 
 class DenseSource(_Encoded):
@@ -276,21 +314,19 @@ class DenseSource(_Encoded):
         return rows
 
     def stream(self, collection: str) -> RecordStream:
-        from lsr_os.dense_files import read_embeddings
+        from lsr_os.dense_files import embedding_dim, read_embeddings
 
         check_collection(collection)
         rows = self.rows(collection)
-        batch = self.opts.text_batch_size
+        path = self.folder / EMB_FILES[collection]
+        self._check_size(embedding_dim(path), str(path))
+        head, batch = self.head(), self.opts.text_batch_size
 
         def records(done: frozenset[str], on_failure: OnFailure) -> Iterator[SparseRecord]:
             todo = [r for r in rows if r[0] not in done]
             if not todo:
                 return
-            head = self.head()
-            emb = read_embeddings(self.folder / EMB_FILES[collection])
-            if emb.dim != head.dense_size:
-                raise DataError(f"{emb.path} holds {emb.dim}-d vectors; the head {self.opts.head} expects "
-                                f"{head.dense_size}-d")
+            emb = read_embeddings(path)
             for start in range(0, len(todo), batch):
                 part = todo[start:start + batch]
                 ids = [r[0] for r in part]
@@ -308,19 +344,38 @@ class DatasetSource(_Encoded):
         super().__init__(opts)
         self._dataset = self._encoder = None
 
-    def loaded(self):
-        """(dataset, encoder), loaded on first use."""
+    def dataset(self):
+        """The dataset file's images and captions of the split, read on first use."""
         if self._dataset is None:
             from lsr_os.data import load_dataset
-            from lsr_os.models import load_encoder
 
             self._dataset = load_dataset(data=self.opts.data, images=self.opts.images, captions=self.opts.captions,
                                          split=self.opts.split)
-            self._encoder = load_encoder(self.opts.model, device=self.opts.device)
+        return self._dataset
+
+    def loaded(self):
+        """(dataset, encoder), loaded and checked on first use, the cheapest first: the dataset
+        file, the head, the encoder, and whether the head takes the encoder's vectors."""
+        if self._encoder is None:
+            from lsr_os.models import load_encoder
+
+            self.dataset()
+            self.head()
+            encoder = load_encoder(self.opts.model, device=self.opts.device)
+            self._check_size(encoder.dim, f"the encoder {self.opts.model}")
+            self._encoder = encoder
         return self._dataset, self._encoder
 
+    @property
+    def image_root(self) -> Path:
+        return self.dataset().root.resolve()
+
     def stream(self, collection: str) -> RecordStream:
+        from lsr_os.data import require_images
+
         check_collection(collection)
+        if collection == "images":  # before any model loads: a wrong image root is the commonest slip
+            require_images(self.dataset().root, self.dataset().images)
         dataset, _ = self.loaded()
         model = Path(self.opts.model).expanduser()
         parts = [file_key(self.opts.data or self.opts.captions), str(dataset.root.resolve()),
@@ -369,7 +424,7 @@ class DatasetSource(_Encoded):
         source = ImageSource(dataset.root, todo, encoder.image_preprocessor())
         for good, batch, bad in image_loader(source, self.opts.batch_size, workers, encoder.device.type == "cuda"):
             for i, reason in bad:
-                on_failure(Failure("image", todo[i].id, todo[i].path, reason))
+                on_failure(source.failure(i, reason))
             if batch is not None:
                 items = [todo[i] for i in good]
                 yield from to_sparse(head, "images", [it.id for it in items], encoder.encode_pixels(batch),
@@ -479,6 +534,7 @@ class SplitRecords:
     images: dict[str, SparseVector]
     captions: dict[str, SparseVector]
     caption_image: dict[str, str]
+    caption_texts: dict[str, str]  # the caption's text, where the record carries it (evaluation's text queries)
 
 
 def read_split(source: RecordSource) -> SplitRecords:
@@ -493,6 +549,7 @@ def read_split(source: RecordSource) -> SplitRecords:
     images = {r.id: r.vector for r in source.stream("images").records(frozenset(), fail)}
     captions: dict[str, SparseVector] = {}
     caption_image: dict[str, str] = {}
+    caption_texts: dict[str, str] = {}
     stream = source.stream("captions")
     for r in stream.records(frozenset(), fail):
         image_id = r.meta.get("image_id")
@@ -501,9 +558,11 @@ def read_split(source: RecordSource) -> SplitRecords:
                             f"(lsr-os sparsify writes it)")
         captions[r.id] = r.vector
         caption_image[r.id] = str(image_id)
+        if isinstance(r.meta.get("caption"), str):
+            caption_texts[r.id] = r.meta["caption"]
     if not images or not captions:
         hint = ("" if select_splits(source.split) is None else
                 "; records without a split key are in no split: give --split all to take every record")
         raise DataError(f"the source holds {len(images)} images and {len(captions)} captions in split "
                         f"{split_label(source.split)}{hint}")
-    return SplitRecords(images, captions, caption_image)
+    return SplitRecords(images, captions, caption_image, caption_texts)

@@ -63,8 +63,8 @@ def test_bad_items_are_skipped_listed_and_the_rest_trains(blip_dir, bad, tmp_pat
     assert report["captions"]["failed"] == 2 and report["row_failures"] == 2
 
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
-    by_source = {f["where"]: f for f in failures if f["what"] == "image"}
-    assert set(by_source) == {n for n, ok in IMAGE_CASES.items() if not ok}
+    by_source = {f["where"]: f for f in failures if f["what"] == "image"}  # the full path tried
+    assert set(by_source) == {str(bad.parent / "images" / n) for n, ok in IMAGE_CASES.items() if not ok}
     assert all(f["reason"] for f in failures)
     assert sorted(f["reason"] for f in failures if f["what"] == "caption") == ["empty or whitespace-only caption"] * 2
 
@@ -142,3 +142,16 @@ def test_dense_encoding_does_not_depend_on_sparse_records():
     """The data flow runs one way: dataset -> dense vectors (encode) -> sparse records (records)."""
     assert "lsr_os.encode" in lsr_imports("lsr_os.records")  # records decode images with encode's loader
     assert "lsr_os.records" not in lsr_imports("lsr_os.encode")
+
+
+def test_an_image_root_holding_none_of_the_images_fails_in_one_line_before_the_model_loads(blip_dir, clean, tmp_path):
+    out = tmp_path / "out"
+    res = run("--model", "no-such-model", "--captions", clean, "--images", tmp_path, "--out", out)
+    assert res.exit_code == 1
+    assert res.output.startswith(f"Error: none of the 11 images is under the image root {tmp_path} "
+                                 f"(the first tried: {tmp_path / 'img' / '0.png'}); give --images")
+    assert not out.exists()
+    # the captions alone need no image
+    res = run("--model", blip_dir, "--captions", clean, "--images", tmp_path, "--collection", "captions",
+              "--out", out, "--workers", 0)
+    assert res.exit_code == 0 and "captions: 22 encoded" in res.output

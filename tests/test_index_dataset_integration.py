@@ -9,12 +9,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from encode_helpers import BOMB_LIMIT, IMAGE_CASES, make_bad_dataset, make_tiny_blip
+from encode_helpers import BOMB_LIMIT, IMAGE_CASES, make_bad_dataset, make_tiny_blip, rgb
+from index_helpers import load
 from lsr_os import index as ix
 from lsr_os.data import load_dataset
-from lsr_os.errors import EXIT_FAILURES
+from lsr_os.errors import EXIT_FAILURES, EXIT_NOT_SWAPPED
 from lsr_os.records import SourceOptions, open_source
-from lsr_os.sparse import RecordStream
+from lsr_os.sparse import RecordStream, SparseRecord
 from lsr_os.models.head import SparseHead
 
 pytestmark = pytest.mark.integration
@@ -139,3 +140,59 @@ def test_dataset_input_needs_model_and_head_before_any_cluster_call(bad):
     res = cli("ingest", "--sparse", str(bad), "--captions", str(bad), "--collection", "images",
               "--url", "http://127.0.0.1:9")
     assert res.exit_code == 2 and "give one source" in res.output
+
+
+def captions_csv(path, images):
+    path.write_text("image,caption\n" + "".join(f"{name},a picture called {name}\n" for name in images))
+    return path
+
+
+def meta(client, alias):
+    (body,) = client.indices.get_mapping(index=alias).values()
+    return body["mappings"]["_meta"]["lsr_os"]
+
+
+def test_each_index_records_its_absolute_image_root(os_client, index_name, models, tmp_path, monkeypatch):
+    blip, head = models
+    (tmp_path / "mine" / "pics").mkdir(parents=True)
+    for i in range(2):
+        rgb(i).save(tmp_path / "mine" / "pics" / f"{i}.png")
+    monkeypatch.chdir(tmp_path)  # a relative --images is recorded absolute
+    common = ["--model", str(blip), "--head", str(head), "--workers", "0"]
+    res = cli("ingest", "--captions", str(captions_csv(tmp_path / "mine" / "captions.csv", ["0.png", "1.png"])),
+              "--images", "mine/pics", *common, "--prefix", index_name, "--failures", str(tmp_path / "f.jsonl"))
+    assert res.exit_code == 0, res.output
+    for collection in ("images", "captions"):
+        assert meta(os_client, f"{index_name}-{collection}")["images"] == str(tmp_path / "mine" / "pics")
+        assert ix.image_root(os_client, f"{index_name}-{collection}") == tmp_path / "mine" / "pics"
+    # without --images the root is the captions file's folder
+    captions = captions_csv(tmp_path / "mine" / "pics" / "captions.csv", ["0.png", "1.png"])
+    res = cli("ingest", "--captions", str(captions), *common, "--collection", "images", "--prefix", f"{index_name}-d",
+              "--failures", str(tmp_path / "d.jsonl"))
+    assert res.exit_code == 0, res.output
+    assert meta(os_client, f"{index_name}-d-images")["images"] == str(tmp_path / "mine" / "pics")
+    # sparse records name no root
+    load(os_client, [SparseRecord("1", {"dog": 1.0})], f"{index_name}-s")
+    assert "images" not in meta(os_client, f"{index_name}-s") and ix.image_root(os_client, f"{index_name}-s") is None
+
+
+def test_when_every_image_fails_the_captions_are_not_served_without_them(os_client, index_name, models, tmp_path):
+    blip, head = models
+    for name in ("a.jpg", "b.jpg", "c.jpg"):  # there, but no image Pillow can read (HEIC photos renamed, say)
+        (tmp_path / name).write_text("not a picture")
+    args = ["ingest", "--captions", str(captions_csv(tmp_path / "captions.csv", ["a.jpg", "b.jpg", "c.jpg"])),
+            "--model", str(blip), "--head", str(head), "--workers", "0", "--prefix", index_name,
+            "--failures", str(tmp_path / "f.jsonl")]
+    res = cli(*args)
+    assert res.exit_code == EXIT_NOT_SWAPPED, res.output
+    assert (f"{index_name}-captions: not loaded, since every image of this run failed (3, listed in "
+            f"{tmp_path / 'f-images.jsonl'})") in res.output and "--allow-empty" in res.output
+    assert not os_client.indices.exists_alias(name=f"{index_name}-images")
+    assert not os_client.indices.get(index=f"{index_name}-captions*", expand_wildcards="all")  # nothing created
+    listed = [json.loads(line) for line in (tmp_path / "f-images.jsonl").read_text().splitlines()]
+    assert {f["where"] for f in listed} == {str(tmp_path / n) for n in ("a.jpg", "b.jpg", "c.jpg")}
+    # --allow-empty says an empty images collection is what is wanted: both are served
+    res = cli(*args, "--allow-empty")
+    assert res.exit_code == EXIT_FAILURES, res.output
+    assert os_client.count(index=f"{index_name}-images")["count"] == 0
+    assert os_client.count(index=f"{index_name}-captions")["count"] == 3

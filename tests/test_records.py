@@ -179,7 +179,9 @@ def test_sparsify_lists_bad_images_and_exits_4(world, tmp_path):
                                         "cpu", "--workers", "0", "--collection", "images", "--out", str(tmp_path / "o")])
     assert res.exit_code == EXIT_FAILURES, res.output
     (failure,) = [json.loads(x) for x in (tmp_path / "o" / "failures-images.jsonl").read_text().splitlines()]
-    assert failure == {"id": "1", "what": "image", "where": "img/missing.png", "reason": "file not found"}
+    # the full path tried, so a wrong image root shows in the failure itself
+    assert failure == {"id": "1", "what": "image", "where": str(world / "img" / "missing.png"),
+                       "reason": "file not found"}
     assert len((tmp_path / "o" / "images.jsonl").read_text().splitlines()) == 5
 
 

@@ -4,6 +4,7 @@ evaluate needs nothing else; dense files and the dataset they came from load the
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -101,3 +102,44 @@ def test_evaluate_on_a_captions_file_without_splits_names_split_all(os_client, i
               "--url", ",".join(cluster_config.urls), "--prefix", index_name, "--out", tmp_path / "eval")
     assert res.exit_code == 1, res.output
     assert "no images in split test" in res.output and "--split all" in res.output
+
+
+def dataset_args(world, head):
+    return ["--data", world / "karpathy.json", "--images", world, "--model", world / "blip", "--head", head,
+            "--device", "cpu", "--workers", "0"]
+
+
+def head_of_size(folder, dense_size):
+    SparseHead.init_offline(dense_size=dense_size).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["head-folder-above", "head-size-vs-encoder", "head-size-vs-dense",
+                                  "dense-captions-missing", "no-image-under-root"])
+def test_every_input_is_checked_before_any_index_is_created(os_client, index_name, world, tmp_path, case):
+    """A bad input fails in one line before the first index of either collection exists, so no
+    unfinished index is left behind for the next run to delete."""
+    if case == "head-folder-above":  # the training run's folder instead of its checkpoint
+        shutil.copytree(world / "head", tmp_path / "run" / "best")
+        args, expected = dataset_args(world, tmp_path / "run"), f"give --head {tmp_path / 'run' / 'best'}"
+    elif case == "head-size-vs-encoder":
+        args, expected = dataset_args(world, head_of_size(tmp_path / "h64", 64)), "256-d"
+    elif case == "head-size-vs-dense":
+        args = ["--dense", world / "dense", "--head", head_of_size(tmp_path / "h64", 64), "--device", "cpu"]
+        expected = "256-d"
+    elif case == "dense-captions-missing":  # the images collection would load first
+        shutil.copytree(world / "dense", tmp_path / "dense")
+        shutil.rmtree(tmp_path / "dense" / "text_embs.parquet")
+        args = ["--dense", tmp_path / "dense", "--head", world / "head", "--device", "cpu"]
+        expected = f"{tmp_path / 'dense' / 'text_embs.parquet'} does not exist"
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        args = [*dataset_args(world, world / "head")[:2], "--images", tmp_path / "elsewhere",
+                *dataset_args(world, world / "head")[4:]]
+        expected = (f"none of the 16 images is under the image root {tmp_path / 'elsewhere'} "
+                    f"(the first tried: {tmp_path / 'elsewhere' / 'img' / '0.png'})")
+    res = cli("ingest", *args, "--prefix", index_name, "--failures", tmp_path / "f.jsonl")
+    assert res.exit_code in (1, 2), res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and expected in errors[0], res.output
+    assert not os_client.indices.get(index=f"{index_name}*", expand_wildcards="all")
