@@ -479,7 +479,8 @@ def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, devi
     """Serve the search application: JSON API, web page, image thumbnails; models stay warm.
 
     POST /search and /encode, GET /images/PATH and /healthz; the web page at /, the API at /docs.
-    Without --model/--head (or --demo) it answers vector queries only.
+    With --head alone (a head with query weights) it answers text queries inference-free, with no
+    model; without --model and --head (or --demo), vector queries only.
     """
     from lsr_os import serve as serve_lib
     from lsr_os.search import load_demo_settings
@@ -496,7 +497,7 @@ def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, devi
     service = serve_lib.open_service(cluster, config)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"serving {config.prefix}-images and {config.prefix}-captions at http://{shown}:{sock.getsockname()[1]}/ "
-               f"(API: /docs; {'models on ' + service.device if service.device else 'vector queries only'}); "
+               f"(API: /docs; {service.summary}); "
                f"Ctrl-C stops", err=True)
     serve_lib.run(service, sock, access_log=logging.getLogger().isEnabledFor(logging.INFO))
 

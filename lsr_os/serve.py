@@ -1,7 +1,8 @@
 """`lsr-os serve`: the search application. Warm models, a JSON API, a web page, image thumbnails.
 
 One long-running process keeps the dense encoder and the sparse head loaded (on the GPU when
-there is one) and answers text, image and raw-vector queries over the cluster's collections:
+there is one) and answers text, image and raw-vector queries over the cluster's collections; with
+a head that has query weights and no model, it answers text queries inference-free (no model):
 
     POST /search    a query -> hits with their matched terms (as `lsr-os search --explain`)
     POST /encode    a query -> the sparse query vector and the exact DSL that /search sends
@@ -9,8 +10,9 @@ there is one) and answers text, image and raw-vector queries over the cluster's 
     GET  /healthz   cluster, collections, models, device, batching
     GET  /          the web page; /docs the OpenAPI page
 
-Concurrency: the event loop never runs a model or a cluster call. Queries that arrive together
-are encoded in one model call (`Batcher`: one model thread, a maximum batch, a bounded wait for
+Concurrency: the event loop never runs a model or a cluster call (an inference-free text is a
+tokenizer call and a table lookup: encoded on the loop, it never waits for the model thread).
+Queries that arrive together are encoded in one model call (`Batcher`: one model thread, a maximum batch, a bounded wait for
 queries on their way); a bounded number of queries may wait for the model, beyond which the
 server answers 503. Cluster calls run on a small thread pool over the synchronous client
 (thread-safe, pooled connections).
@@ -49,7 +51,8 @@ from starlette.exceptions import HTTPException
 
 from lsr_os import __version__
 from lsr_os.errors import ClusterError, CollectionMissing, ConfigError, DataError, LsrOsError, ModelError
-from lsr_os.search import QueryEncoder, Searcher, split_terms, stable_preference
+from lsr_os.search import QueryEncoder, Searcher, expansion_only, split_terms, stable_preference
+from lsr_os.static_query import QueryWeightsMissing
 from lsr_os.sparse import SparseVector, numeric_weights
 from lsr_os.vocab import Vocabulary
 
@@ -65,8 +68,9 @@ IMAGE_CACHE = "public, max-age=3600"
 
 @dataclass
 class ServeConfig:
-    """What `lsr-os serve` serves and how much it accepts. Without `model`/`head` it still answers
-    vector queries; without `images` hits carry no image URL."""
+    """What `lsr-os serve` serves and how much it accepts. With `head` alone (query weights needed)
+    it answers text queries inference-free; without either, vector queries only; without `images`
+    hits carry no image URL."""
 
     prefix: str = "lsr"
     model: str | None = None
@@ -84,9 +88,11 @@ class ServeConfig:
     torch_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if (self.model is None) != (self.head is None):
-            raise ConfigError("give both --model and --head (text and image queries need both), or neither "
-                              "(the server then answers vector queries only)")
+        if self.model is not None and self.head is None:
+            raise ConfigError("--model needs --head (the head turns the model's vectors into terms); --head alone "
+                              "answers text queries inference-free when it has query weights")
+        if self.head is not None:
+            QueryEncoder(self.model, self.head).mode()  # a head alone without query weights: the error says so
         if self.images is not None and not Path(self.images).is_dir():
             raise ConfigError(f"--images {self.images}: not a folder")
         if self.max_batch < 1 or self.max_pending < 1 or self.batch_wait_ms < 0:
@@ -228,7 +234,11 @@ class SearchRequest(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K, description="Number of hits.")
     split: str | None = Field(None, max_length=200,
                               description="Only documents of these splits, comma-separated ('train' includes restval).")
-    expand: bool = Field(True, description="Expand a text query beyond its own words (false: its own tokens only).")
+    mode: Literal["auto", "expanded", "own-tokens", "inference-free"] = Field(
+        "auto", description="How a text becomes a query: expanded (model + head), own-tokens (model + head, the text's "
+                            "own word pieces), inference-free (the head's query weights, no model); auto: expanded "
+                            "when the server has a model, else inference-free. Text queries only.")
+    expand: bool = Field(True, description="false: the text keeps its own word pieces (mode own-tokens).")
     session: str | None = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
         description="Any id of the user's session (letters, digits, - and _): its searches go to the same shard "
@@ -261,16 +271,26 @@ class QueryTerms(BaseModel):
     expansion: dict[str, float] = Field(description="Terms the model added, heaviest first.")
 
 
+MODE_FIELD = Field(description="The query mode that answered a text (expanded, own-tokens, inference-free); "
+                               "expanded for an image, vector for a raw vector.")
+WARNINGS_FIELD = Field(description="What to know before trusting the hits, e.g. a text searched by its "
+                                   "expansion alone (none of its own word pieces has a weight).")
+
+
 class SearchResponse(BaseModel):
     collection: str
     took_ms: int
+    mode: str = MODE_FIELD
     query: QueryTerms
+    warnings: list[str] = WARNINGS_FIELD
     hits: list[Hit]
 
 
 class EncodeResponse(BaseModel):
     collection: str
+    mode: str = MODE_FIELD
     query: QueryTerms
+    warnings: list[str] = WARNINGS_FIELD
     vector: dict[str, float] = Field(description="The query as /search sends it: cleaned and capped.")
     dsl: dict = Field(description="The exact search body /search sends (paste into Dev Tools: GET <collection>/_search).")
 
@@ -300,6 +320,7 @@ class Plan:
     own: frozenset[str]
     text: str | None
     vocabulary: Vocabulary | None
+    mode: str
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -337,8 +358,10 @@ class SearchService:
         self.client, self.config, self.urls = client, config, urls
         self.searcher = Searcher(client)
         self.vocabulary = Vocabulary.default()
-        self.queries = QueryEncoder(config.model, config.head, config.device) if config.model else None
+        self.queries = QueryEncoder(config.model, config.head, config.device) if config.head is not None else None
+        self.modes = self.queries.modes if self.queries is not None else ()
         self.device: str | None = None
+        self.ready = False  # the query weights and models loaded and warm (load_models)
         self.model_pool = ThreadPoolExecutor(1, thread_name_prefix="lsr-os-model")
         self.io_pool = ThreadPoolExecutor(config.cluster_threads, thread_name_prefix="lsr-os-io")
         self.batcher = Batcher(self._encode_batch, self.model_pool, config.max_batch, config.batch_wait_ms / 1000,
@@ -348,19 +371,32 @@ class SearchService:
     def alias(self, collection: str) -> str:
         return f"{self.config.prefix}-{collection}"
 
+    @property
+    def summary(self) -> str:
+        """What the server answers, in a few words (its startup line)."""
+        if not self.modes:
+            return "vector queries only"
+        return f"text queries {', '.join(self.modes)}" + (f"; model on {self.device}" if self.device else "; no model")
+
     # ---------------------------------------------------------------- models (model thread only)
 
     def load_models(self) -> None:
-        """Load the encoder and the head once and run one query through them (first-call costs)."""
-        if self.queries is None or self.device is not None:
+        """Load the query weights, the encoder and the head once and run one query through each
+        (first-call costs); then every mode the server offers is ready."""
+        if self.queries is None or self.ready:
             return
-        if self.config.torch_threads is not None:
-            import torch
+        if "inference-free" in self.modes:
+            self.queries.encode_texts(["warm up the lookup"], "inference-free")
+        if self.config.model:
+            if self.config.torch_threads is not None:
+                import torch
 
-            torch.set_num_threads(self.config.torch_threads)
-        self.device = str(self.queries.encoder.device)
-        self.queries.encode_texts(["warm up the model"], "expanded")
-        log.info("models loaded on %s: %s, head %s", self.device, self.config.model, self.config.head)
+                torch.set_num_threads(self.config.torch_threads)
+            self.device = str(self.queries.encoder.device)
+            self.queries.encode_texts(["warm up the model"], "expanded")
+        self.ready = True
+        log.info("ready: modes %s (model %s on %s, head %s)", ", ".join(self.modes), self.config.model, self.device,
+                 self.config.head)
 
     def _encode_batch(self, items: list[tuple]) -> list:
         """Items ("text", text, mode) or ("image", PIL image) -> (vector, own terms) or the item's
@@ -391,22 +427,39 @@ class SearchService:
         return await asyncio.get_running_loop().run_in_executor(self.io_pool, functools.partial(fn, *args))
 
     async def plan(self, query: Query, arrival: Arrival | None = None) -> Plan:
-        """Encode a checked query (text and images through the batcher) for its collection; the
-        query's `arrival` closes when it reaches the batcher or cannot (vector queries, errors)."""
+        """Encode a checked query for its collection: model queries through the batcher, an
+        inference-free text here on the loop; the query's `arrival` closes when it reaches the
+        batcher or cannot (vector and inference-free queries, errors)."""
         req = query.request
         alias = self.alias(req.collection or ("captions" if query.kind == "image" else "images"))
         try:
+            if query.kind != "text" and req.mode != "auto":
+                raise ApiError(400, "mode is for text queries: an image query always runs the model (expanded), "
+                                    "a vector is searched as given")
             if query.kind == "vector":
-                return Plan(alias, req.vector, frozenset(req.vector), None, self.vocabulary)
-            if self.queries is None:
-                raise ApiError(400, f"{query.kind} queries need a model: this server was started without --model "
-                                    f"and --head (or --demo); send a vector query instead")
-            if query.kind == "text":
+                return Plan(alias, req.vector, frozenset(req.vector), None, self.vocabulary, "vector")
+            if query.kind == "image":
+                if not self.config.model:
+                    raise ApiError(400, "image queries run the dense model, and this server has none: start it with "
+                                        "--model and --head (or --demo); send a text or vector query instead")
+                mode, item = "expanded", ("image", await self._io(decode_image, query.image, self.config.max_pixels))
+            else:
+                if self.queries is None:
+                    raise ApiError(400, "text queries need a model or a head with query weights: this server was "
+                                        "started with neither (--model and --head, --head alone, or --demo); send "
+                                        "a vector query instead")
                 if not req.text.strip():
                     raise ApiError(400, "text: empty query, give some text")
-                item: tuple = ("text", req.text, "expanded" if req.expand else "own-tokens")
-            else:
-                item = ("image", await self._io(decode_image, query.image, self.config.max_pixels))
+                try:
+                    mode = self.queries.mode(req.mode, req.expand)
+                except (ConfigError, QueryWeightsMissing) as exc:
+                    raise ApiError(400, str(exc)) from None
+                if mode == "inference-free":  # microseconds: no need of the model thread
+                    encoded = self.queries.encode_texts([req.text], mode)[0]
+                    if isinstance(encoded, DataError):
+                        raise ApiError(400, str(encoded))
+                    return Plan(alias, *encoded, req.text, None, mode)
+                item = ("text", req.text, mode)
             try:
                 vector, own = await self.batcher.submit(item, arrival)
             except Overloaded as exc:
@@ -414,13 +467,14 @@ class SearchService:
         finally:
             if arrival is not None:
                 arrival.close()
-        return Plan(alias, vector, own, req.text, None)
+        return Plan(alias, vector, own, req.text, None, mode)
 
     async def search(self, query: Query, arrival: Arrival | None = None) -> dict:
         plan = await self.plan(query, arrival)
         result = await self._io(self._search, plan, query.request.k, query.request.split, query.request.session)
-        result.text, result.own = plan.text, plan.own
-        return {"collection": plan.alias, "took_ms": result.took_ms, "query": {"text": plan.text, **result.query_terms()},
+        result.text, result.own, result.mode = plan.text, plan.own, plan.mode
+        return {"collection": plan.alias, "took_ms": result.took_ms, "mode": plan.mode,
+                "query": {"text": plan.text, **result.query_terms()}, "warnings": result.warnings,
                 "hits": [self._hit(row) for row in result.hits]}
 
     def _search(self, plan: Plan, k: int, split: str | None, session: str | None):
@@ -442,8 +496,8 @@ class SearchService:
             vector, dsl = self.searcher.body(plan.vector, k, split, explain=True, vocabulary=plan.vocabulary)
         except DataError as exc:
             raise ApiError(400, str(exc)) from None
-        return {"collection": plan.alias, "query": {"text": plan.text, **split_terms(vector, plan.own)},
-                "vector": vector, "dsl": dsl}
+        return {"collection": plan.alias, "mode": plan.mode, "query": {"text": plan.text, **split_terms(vector, plan.own)},
+                "warnings": expansion_only(plan.text, vector, plan.own), "vector": vector, "dsl": dsl}
 
     def _hit(self, row: dict) -> dict:
         image = row.get("image")
@@ -484,8 +538,8 @@ class SearchService:
             collections[name] = entry
         models = None
         if self.queries is not None:
-            models = {"model": str(self.config.model), "head": str(self.config.head), "loaded": self.device is not None,
-                      "device": self.device}
+            models = {"model": self.config.model, "head": str(self.config.head), "loaded": self.ready,
+                      "device": self.device, "modes": list(self.modes)}
         ok = cluster["reachable"] and all(c["documents"] is not None for c in collections.values()) and (
             models is None or models["loaded"])
         return {"ok": ok, "cluster": cluster, "collections": collections, "models": models,

@@ -150,6 +150,38 @@ def build_world(root: Path, client, prefix: str) -> TinyWorld:
     return tiny
 
 
+def weighted_head(tiny: TinyWorld) -> Path:
+    """The tiny world's head with query weights (1 + id / V on every content term), saved beside it."""
+    import torch
+
+    from lsr_os import static_query as sq
+    from lsr_os.models.head import load_head
+
+    folder = tiny.root / "head-weighted"
+    if not folder.exists():
+        head = load_head(tiny.head)
+        terms = head.terms
+        mask = torch.tensor(sq.content_term_mask(terms, head.tokenizer.all_special_tokens))
+        head.query_weights = (1.0 + torch.arange(len(terms)) / len(terms)) * mask
+        head.query_weights_info = {"method": "test"}
+        head.save_pretrained(folder)
+    return folder
+
+
+def load_static_world(client, tiny: TinyWorld, head: Path) -> str:
+    """`<prefix>-static-images`: scene i's document is the inference-free query of its first caption
+    (normalised), so typing that caption without a model must bring scene i first (as in
+    `build_world`). Returns the prefix; `tiny_world` deletes it with the rest."""
+    from lsr_os.static_query import StaticQueryEncoder
+
+    static = StaticQueryEncoder.from_head(head)
+    prefix = f"{tiny.prefix}-static"
+    docs = [SparseRecord(str(i), unit(static.encode(caps[0])), {"image": tiny.images[i], "split": "test"})
+            for i, caps in enumerate(tiny.captions)]
+    load(client, iter(docs), f"{prefix}-images", "images")
+    return prefix
+
+
 class Forwarder:
     """A TCP forwarder from a free local port to the node: closing it is the cluster going away
     (connections refused, open ones cut), opening it again on the same port brings it back."""

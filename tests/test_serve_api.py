@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from encode_helpers import jpeg_bytes, rgb
-from serve_helpers import CAPTIONS_PER_IMAGE, N_SCENES, Forwarder, ServerThread, tiny_world
+from serve_helpers import (CAPTIONS_PER_IMAGE, N_SCENES, Forwarder, ServerThread, load_static_world, tiny_world,
+                           weighted_head)
 from lsr_os.config import ClusterConfig, connect
 from lsr_os.serve import MAX_K, SearchService, ServeConfig
 from lsr_os.vocab import load_tokenizer
@@ -310,3 +311,102 @@ def test_a_cluster_that_went_away_is_503_with_the_reason_and_the_server_recovers
             assert api.get("/healthz").status_code == 200
     finally:
         proxy.stop()
+
+
+# --------------------------------------------------------------------------- query modes
+
+
+@pytest.fixture(scope="module")
+def static(os_client, tiny):
+    """The tiny world's head with query weights, and the prefix of its inference-free collection."""
+    head = weighted_head(tiny)
+    return head, load_static_world(os_client, tiny, head)
+
+
+@pytest.fixture(scope="module")
+def headonly(os_client, cluster_config, tiny, static):
+    """A server with a head and its query weights, and no model."""
+    head, prefix = static
+    config = ServeConfig(prefix=prefix, head=head, images=tiny.image_root, **LIMITS)
+    with ServerThread(SearchService(os_client, config, cluster_config.urls)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as api:
+        yield srv, api
+
+
+def test_a_server_without_a_model_answers_text_queries_inference_free(headonly, tiny):
+    srv, api = headonly
+    for scene in range(N_SCENES):
+        res = api.post("/search", json={"text": tiny.captions[scene][0], "k": 3})
+        assert res.status_code == 200, res.text
+        body = res.json()
+        assert body["mode"] == "inference-free" and body["hits"][0]["id"] == str(scene)
+        assert body["query"]["own"] and body["query"]["expansion"] == {} and body["warnings"] == []
+        assert api.get(body["hits"][0]["image_url"]).content == (tiny.image_root / tiny.images[scene]).read_bytes()
+    assert srv.service.batcher.items == 0  # no query went to the model thread
+    health = api.get("/healthz").json()
+    assert health["models"]["loaded"] and health["models"]["modes"] == ["inference-free"] and health["models"]["model"] is None
+    encoded = api.post("/encode", json={"text": tiny.captions[0][0]}).json()
+    assert encoded["mode"] == "inference-free" and set(encoded["vector"]) == set(encoded["query"]["own"])
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"text": "red ball", "mode": "expanded"}, "mode expanded runs a dense model, and there is none"),
+    ({"text": "red ball", "expand": False}, "mode own-tokens runs a dense model, and there is none"),
+    ({"text": "red ball", "mode": "inference-free", "expand": False}, "conflicts with mode inference-free"),
+    ({"text": "the of and"}, "no content word"),
+    ({"text": "🦄🦄", "mode": "inference-free"}, "no content word"),
+    ({"vector": {"red": 1.0}, "mode": "expanded"}, "mode is for text queries"),
+    ({"text": "red ball", "mode": "fast"}, "mode: Input should be 'auto', 'expanded', 'own-tokens' or 'inference-free'"),
+])
+def test_a_mode_the_server_cannot_answer_is_a_400_naming_what_is_missing(headonly, tiny, request_, message):
+    _, api = headonly
+    res = api.post("/search", json=request_)
+    assert res.status_code == 400 and message in res.json()["error"], res.text
+    assert api.post("/search", json={"text": tiny.captions[1][0], "k": 1}).json()["hits"][0]["id"] == "1"
+
+
+def test_an_image_query_without_a_model_is_a_400_saying_so(headonly, tiny):
+    _, api = headonly
+    res = api.post("/search", files={"image": ("q.png", (tiny.image_root / tiny.images[0]).read_bytes())})
+    assert res.status_code == 400 and "image queries run the dense model, and this server has none" in res.json()["error"]
+
+
+def test_with_a_model_every_mode_answers_and_says_which(api, tiny):
+    text = tiny.captions[2][0]
+    expanded = api.post("/search", json={"text": text, "k": 2}).json()
+    own = api.post("/search", json={"text": text, "k": 2, "mode": "own-tokens"}).json()
+    alias = api.post("/search", json={"text": text, "k": 2, "expand": False}).json()
+    assert expanded["mode"] == "expanded" and expanded["query"]["expansion"]
+    assert own["mode"] == alias["mode"] == "own-tokens" and own["query"] == alias["query"]
+    res = api.post("/search", json={"text": text, "mode": "inference-free"})
+    assert res.status_code == 400 and f"the head {tiny.head} has no query weights" in res.json()["error"]
+    assert "lsr-os add-query-weights" in res.json()["error"]
+    res = api.post("/search", json={"text": text, "mode": "expanded", "expand": False})
+    assert res.status_code == 400 and "conflicts with mode expanded" in res.json()["error"]
+    image = api.post("/search", files={"image": ("q.png", (tiny.image_root / tiny.images[0]).read_bytes())}).json()
+    assert image["mode"] == "expanded"
+    assert api.post("/search", json={"vector": {"dog": 1.0}}).json()["mode"] == "vector"
+
+
+def test_inference_free_queries_do_not_wait_for_the_model_thread(os_client, cluster_config, tiny, static):
+    """With a model and query weights both: while the model thread is busy, an inference-free
+    query still answers at once, and a model query waits for the model."""
+    head, prefix = static
+    config = ServeConfig(prefix=prefix, model=str(tiny.model), head=head, device="cpu", images=tiny.image_root,
+                         **LIMITS)
+    service = SearchService(os_client, config, cluster_config.urls)
+    with ServerThread(service) as srv, httpx.Client(base_url=srv.url, timeout=60) as api:
+        assert api.get("/healthz").json()["models"]["modes"] == ["expanded", "own-tokens", "inference-free"]
+        gate = threading.Event()
+        service.model_pool.submit(gate.wait)
+        waiting: list = []
+        sender = threading.Thread(target=lambda: waiting.extend(_post_all(srv.url, [{"text": tiny.captions[0][0]}])))
+        sender.start()
+        try:
+            _wait(lambda: service.batcher.pending == 1, "the model query waiting")
+            res = api.post("/search", json={"text": tiny.captions[3][0], "mode": "inference-free", "k": 1})
+            assert res.status_code == 200 and res.json()["hits"][0]["id"] == "3" and service.batcher.pending == 1
+        finally:
+            gate.set()
+            sender.join()
+        assert waiting[0].status_code == 200 and waiting[0].json()["mode"] == "expanded"

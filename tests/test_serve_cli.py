@@ -11,14 +11,16 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
 from click.testing import CliRunner
 
 from lsr_os.cli import main
-from serve_helpers import build_world, free_port
+from serve_helpers import build_world, free_port, load_static_world, weighted_head
 
 NOWHERE = "http://127.0.0.1:9"  # nothing answers there
 
@@ -31,7 +33,7 @@ def one_line_error(result) -> str:
 
 def test_a_model_without_a_head_is_refused():
     result = CliRunner().invoke(main, ["serve", "--url", NOWHERE, "--model", "demo:x", "--port", "0"])
-    assert result.exit_code == 2 and "give both --model and --head" in one_line_error(result)
+    assert result.exit_code == 2 and "--model needs --head" in one_line_error(result)
 
 
 def test_a_taken_port_fails_before_the_cluster_is_asked():
@@ -53,39 +55,65 @@ def test_a_demo_folder_without_search_settings_names_the_command_to_run(tmp_path
     assert result.exit_code == 1 and "lsr-os demo --out" in one_line_error(result)
 
 
-@pytest.mark.integration
-def test_serve_demo_needs_no_other_flag_and_stops_on_sigterm(os_client, cluster_config, tmp_path):
+@pytest.fixture(scope="module")
+def world(os_client, tmp_path_factory):
     prefix = f"test-cli-{uuid.uuid4().hex[:8]}"
     try:
-        tiny = build_world(tmp_path, os_client, prefix)
-        demo = tmp_path / "demo-out"
-        demo.mkdir()
-        (demo / "search.json").write_text(json.dumps({"model": str(tiny.model), "head": str(tiny.head),
-                                                      "prefix": prefix, "images": str(tiny.image_root)}))
-        port = free_port()
-        env = {**os.environ, "OPENSEARCH_URL": ",".join(cluster_config.urls),
-               "PYTHONPATH": str(Path(__file__).parent.parent)}
-        proc = subprocess.Popen([sys.executable, "-m", "lsr_os", "serve", "--demo", str(demo), "--port", str(port),
-                                 "--device", "cpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, proc.communicate()[1]
-                try:
-                    health = httpx.get(f"{url}/healthz", timeout=5)
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "the server did not come up"
-                    time.sleep(0.2)
-            assert health.status_code == 200 and health.json()["collections"]["images"]["alias"] == f"{prefix}-images"
-            hit = httpx.post(f"{url}/search", json={"text": tiny.captions[4][0], "k": 1}, timeout=60).json()["hits"][0]
-            assert hit["id"] == "4"
-            assert httpx.get(url + hit["image_url"]).content == (tiny.image_root / tiny.images[4]).read_bytes()
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=30)
-        assert proc.returncode in (0, -signal.SIGTERM), err  # uvicorn re-raises the signal after shutting down
-        assert f"serving {prefix}-images and {prefix}-captions at http://127.0.0.1:{port}/" in err
+        yield build_world(tmp_path_factory.mktemp("world"), os_client, prefix)
     finally:
         os_client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, expand_wildcards="all")
+
+
+@contextmanager
+def serving(cluster_config, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`lsr-os serve ARGS` in a subprocess until it answers /healthz; SIGTERM at the end, which must
+    stop it cleanly. Yields its URL and the process."""
+    port = free_port()
+    env = {**os.environ, "OPENSEARCH_URL": ",".join(cluster_config.urls), "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "lsr_os", "serve", *args, "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                httpx.get(f"{url}/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, proc.stderr_text = proc.communicate(timeout=30)
+    assert proc.returncode in (0, -signal.SIGTERM), proc.stderr_text  # uvicorn re-raises the signal after shutting down
+
+
+@pytest.mark.integration
+def test_serve_demo_needs_no_other_flag_and_stops_on_sigterm(cluster_config, world, tmp_path):
+    demo = tmp_path / "demo-out"
+    demo.mkdir()
+    (demo / "search.json").write_text(json.dumps({"model": str(world.model), "head": str(world.head),
+                                                  "prefix": world.prefix, "images": str(world.image_root)}))
+    with serving(cluster_config, "--demo", str(demo), "--device", "cpu") as (url, proc):
+        health = httpx.get(f"{url}/healthz", timeout=5)
+        assert health.status_code == 200 and health.json()["collections"]["images"]["alias"] == f"{world.prefix}-images"
+        hit = httpx.post(f"{url}/search", json={"text": world.captions[4][0], "k": 1}, timeout=60).json()["hits"][0]
+        assert hit["id"] == "4"
+        assert httpx.get(url + hit["image_url"]).content == (world.image_root / world.images[4]).read_bytes()
+    assert f"serving {world.prefix}-images and {world.prefix}-captions at {url}/" in proc.stderr_text
+    assert "text queries expanded, own-tokens; model on cpu" in proc.stderr_text
+
+
+@pytest.mark.integration
+def test_serve_with_a_head_alone_answers_text_inference_free_without_torch(os_client, cluster_config, world):
+    """A CPU-only machine serves text -> image search: no model, and torch is never loaded."""
+    head = weighted_head(world)
+    prefix = load_static_world(os_client, world, head)
+    with serving(cluster_config, "--head", str(head), "--prefix", prefix, "--images", str(world.image_root)) as (url, proc):
+        body = httpx.post(f"{url}/search", json={"text": world.captions[2][0], "k": 2}, timeout=60).json()
+        assert body["mode"] == "inference-free" and body["hits"][0]["id"] == "2"
+        loaded = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libtorch" not in loaded and "/torch/" not in loaded
+    assert "text queries inference-free; no model" in proc.stderr_text

@@ -232,9 +232,15 @@ def test_unknown_routes_and_methods_answer_json(offline):
     assert api.get("/static/app.js").status_code == 200
 
 
-def test_model_and_head_go_together(tmp_path):
-    with pytest.raises(ConfigError, match="both --model and --head"):
+def test_a_model_needs_a_head_and_a_head_alone_needs_query_weights(tmp_path):
+    from lsr_os.models.head import SparseHead
+    from lsr_os.static_query import QueryWeightsMissing
+
+    with pytest.raises(ConfigError, match="--model needs --head"):
         ServeConfig(model="demo:x")
+    SparseHead(dense_size=8, hidden_size=4).save_pretrained(tmp_path / "head")
+    with pytest.raises(QueryWeightsMissing, match=r"the head .*head has no query weights.*lsr-os add-query-weights"):
+        ServeConfig(head=tmp_path / "head")
     with pytest.raises(ConfigError, match="not a folder"):
         ServeConfig(images=tmp_path / "missing")
 
