@@ -1,0 +1,134 @@
+"""The index side of the lsr-os OpenSearch plugin: typed text ranked inside the cluster.
+
+With the plugin, an images index gets a second field beside `sparse`: `text`, whose term
+frequencies carry each document's weights already multiplied by the query-side weight table
+("folded"). A plain `match` (or Dashboards' free-text search) on `text` splits the typed text into
+the same word pieces as `tokenizers` (analyzer `lsr_os_query`: tokenizer `lsr_os_wordpiece` and
+filter `unique`, so a repeated piece counts once), and the `lsr_os_dot` similarity scores each
+matching term freq / scale, so the score is
+
+    sum over the distinct pieces t of the text:  round(w_t * q9(d_t) * scale) / scale
+
+which is the inference-free score sum w_t * q9(d_t) (rank_feature clauses on `sparse` with boost
+w_t) to within 0.5 / scale per matching term. q9 is the weight `rank_features` stores (9 bits).
+Terms with w_t = 0 (stop words, punctuation, special tokens) are never indexed, so they add
+nothing. Nothing here talks to the cluster but `cluster_has_plugin`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping
+
+from lsr_os.errors import DataError
+from lsr_os.sparse import quantize
+
+PLUGIN = "lsr-os"
+FIELD = "text"
+SIMILARITY = "lsr_os_dot"  # the similarity type, and the name the index declares it under
+TOKENIZER = "lsr_os_wordpiece"
+FOLDED_ANALYZER = "lsr_os_folded"
+QUERY_ANALYZER = "lsr_os_query"
+DEFAULT_SCALE = 65536
+# delimited_term_freq's delimiter: a control character, which BERT's tokenizer deletes from any
+# text, so no query piece can ever contain it.
+DELIMITER = "\u0001"
+# Lucene keeps a term's frequency, and the sum of a field's frequencies, in a Java int.
+MAX_FREQ = 2**31 - 1
+_QUERY_TOKENIZER = "lsr_os_query_pieces"
+_WEIGHT_FILTER = "lsr_os_weights"
+
+
+def vocab_sha256(path: str | Path | None = None) -> str:
+    """SHA-256 of a vocab.txt (default: the BERT-uncased vocabulary lsr-os and the plugin ship)."""
+    from lsr_os.vocab import default_vocab_dir
+
+    file = Path(path) if path else default_vocab_dir() / "vocab.txt"
+    try:
+        return hashlib.sha256(file.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise DataError(f"cannot read the vocabulary {file}: {exc}") from exc
+
+
+def index_settings(vocab_sha256: str, scale: int | float = DEFAULT_SCALE) -> dict[str, Any]:
+    """The `settings.index` entries an index needs for the `text` field (merge them into its own)."""
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    return {
+        "similarity": {SIMILARITY: {"type": SIMILARITY, "scale": scale}},
+        "analysis": {
+            "analyzer": {
+                FOLDED_ANALYZER: {"type": "custom", "tokenizer": "whitespace", "filter": [_WEIGHT_FILTER]},
+                QUERY_ANALYZER: {"type": "custom", "tokenizer": _QUERY_TOKENIZER, "filter": ["unique"]},
+            },
+            "tokenizer": {_QUERY_TOKENIZER: {"type": TOKENIZER, "vocab_sha256": vocab_sha256}},
+            "filter": {_WEIGHT_FILTER: {"type": "delimited_term_freq", "delimiter": DELIMITER}},
+        },
+        # query_string and multi_match without fields (Discover's free text) search `text`
+        "query": {"default_field": [FIELD]},
+    }
+
+
+def text_field() -> dict[str, Any]:
+    """The mapping of the `text` field: folded weights as term frequencies, scored by lsr_os_dot."""
+    return {"type": "text", "analyzer": FOLDED_ANALYZER, "search_analyzer": QUERY_ANALYZER,
+            "index_options": "freqs", "norms": False, "similarity": SIMILARITY}
+
+
+def with_text_field(body: Mapping[str, Any], vocab_sha256: str, scale: int | float = DEFAULT_SCALE) -> dict[str, Any]:
+    """A copy of an index body (`settings` + `mappings`, as mappings/images.json) with the `text`
+    field, its settings, and `text` kept out of `_source` (it is derived data; Discover would show it)."""
+    out = copy.deepcopy(dict(body))
+    index = out.setdefault("settings", {}).setdefault("index", {})
+    for key, value in index_settings(vocab_sha256, scale).items():
+        index[key] = _merged(index.get(key), value)
+    mappings = out.setdefault("mappings", {})
+    mappings.setdefault("properties", {})[FIELD] = text_field()
+    excludes = mappings.setdefault("_source", {}).setdefault("excludes", [])
+    if FIELD not in excludes:
+        excludes.append(FIELD)
+    return out
+
+
+def _merged(old: Any, new: Any) -> Any:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**old, **{k: _merged(old.get(k), v) for k, v in new.items()}}
+    return new
+
+
+def folded_text(vector: Mapping[str, float], weights: Mapping[str, float], scale: int | float = DEFAULT_SCALE,
+                doc_id: str | None = None) -> str:
+    """A document's `text` value: `term + U+0001 + freq` for every term of its sparse vector whose
+    query weight is > 0, where freq = max(1, round(w_t * q9(d_t) * scale)).
+
+    `vector` maps vocabulary terms (not feature names) to the document's weights d_t, `weights`
+    maps terms to the query table's w_t. Raises DataError naming `doc_id` when a frequency, or the
+    field's sum of them, exceeds Lucene's int limit (choose a smaller scale)."""
+    terms = [t for t in vector if weights.get(t, 0) > 0]
+    if not terms:
+        return ""
+    q9 = quantize([vector[t] for t in terms])
+    parts = []
+    total = 0
+    for term, d in zip(terms, q9.tolist()):
+        if d <= 0:
+            continue
+        freq = max(1, round(weights[term] * d * scale))
+        total += freq
+        if freq > MAX_FREQ or total > MAX_FREQ:
+            what = f"term {term!r} folds to {freq}" if freq > MAX_FREQ else f"its folded weights sum to over {MAX_FREQ}"
+            raise DataError(f"document {doc_id or '(no id)'}: {what}, more than Lucene's limit {MAX_FREQ} "
+                            f"for the {FIELD!r} field at scale {scale}; use a smaller scale")
+        if len(term.split()) != 1 or DELIMITER in term:  # the whitespace tokenizer would cut it apart
+            raise DataError(f"document {doc_id or '(no id)'}: term {term!r} cannot be folded (whitespace or U+0001)")
+        parts.append(f"{term}{DELIMITER}{freq}")
+    return " ".join(parts)
+
+
+def cluster_has_plugin(client) -> bool:
+    """Whether every node of the cluster runs the lsr-os plugin (a node without it would fail
+    to open an index that uses it)."""
+    nodes = client.nodes.info(metric="plugins")["nodes"]
+    return bool(nodes) and all(any(p.get("name") == PLUGIN for p in n.get("plugins", [])) for n in nodes.values())

@@ -1,0 +1,156 @@
+"""Helpers of the plugin tests: the reference tokenizer, texts to compare on, and `_analyze` in
+batches whose tokens are split back per text."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from lsr_os.plugin import cluster_has_plugin
+
+ROOT = Path(__file__).resolve().parents[1]
+SEP = " [SEP] "  # a special token: matched on the raw text, it cuts the batch back into its texts
+
+
+@functools.lru_cache(maxsize=1)
+def reference():
+    """tokenizers' fast BERT-uncased tokenizer (the one AutoTokenizer loads), without padding or truncation."""
+    from tokenizers import Tokenizer
+
+    from lsr_os.vocab import default_vocab_dir
+
+    tok = Tokenizer.from_file(str(Path(default_vocab_dir()) / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def char_table():
+    """plugin/tools/bert_char_table.py as a module (it reads the character classes off tokenizers)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bert_char_table", ROOT / "plugin" / "tools" / "bert_char_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def utf16_offsets(text: str) -> list[int]:
+    """Code point index -> UTF-16 index of `text` (OpenSearch counts offsets in UTF-16 units)."""
+    out = [0]
+    for ch in text:
+        out.append(out[-1] + (2 if ord(ch) > 0xFFFF else 1))
+    return out
+
+
+def expected(texts: list[str]) -> list[list[tuple[str, int, int]]]:
+    """(token, start, end) per text from the reference, offsets in UTF-16 units."""
+    out = []
+    for text, enc in zip(texts, reference().encode_batch(texts, add_special_tokens=False)):
+        units = utf16_offsets(text)
+        out.append([(t, units[a], units[b]) for t, (a, b) in zip(enc.tokens, enc.offsets)])
+    return out
+
+
+def analyzed(client, texts: list[str], index: str | None = None, analyzer: str | None = None,
+             max_tokens: int = 9000) -> list[list[tuple[str, int, int]]]:
+    """(token, start, end) per text from OpenSearch, many texts per `_analyze` request: joined by
+    SEP, so the batch's [SEP] tokens mark where each text ends (no text may contain "[SEP]")."""
+    out: list[list[tuple[str, int, int]]] = []
+    batch: list[str] = []
+    budget = 0
+    for text in texts + [None]:
+        cost = 4 + len(text) * 3 if text is not None else 0  # a generous bound on the tokens a text makes
+        if batch and (text is None or budget + cost > max_tokens):
+            out += _analyze_batch(client, batch, index, analyzer)
+            batch, budget = [], 0
+        if text is not None:
+            assert "[SEP]" not in text
+            batch.append(text)
+            budget += cost
+    return out
+
+
+def _analyze_batch(client, texts, index, analyzer):
+    joined = SEP.join(texts)
+    body = {"text": joined, **({"analyzer": analyzer} if analyzer else {"tokenizer": "lsr_os_wordpiece"})}
+    tokens = client.indices.analyze(body=body, index=index)["tokens"]
+    per_text: list[list[tuple[str, int, int]]] = [[]]
+    starts = [0]
+    for text in texts[:-1]:
+        starts.append(starts[-1] + len(text.encode("utf-16-le")) // 2 + len(SEP))
+    for tok in tokens:
+        if tok["token"] == "[SEP]" and tok["start_offset"] == starts[len(per_text)] - len(SEP) + 1:
+            per_text.append([])
+            continue
+        base = starts[len(per_text) - 1]
+        per_text[-1].append((tok["token"], tok["start_offset"] - base, tok["end_offset"] - base))
+    assert len(per_text) == len(texts), "the batch did not split back into its texts"
+    return per_text
+
+
+def require_plugin(client) -> None:
+    """Skip (a failure under CI=true, where the node must have it) when the cluster lacks the plugin."""
+    if not cluster_has_plugin(client):
+        message = ("the cluster at OPENSEARCH_URL does not run the lsr-os plugin on every node "
+                   "(lsr-os node start installs it when Maven and a JDK 21+ are there)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+# ----------------------------------------------------------------------------- texts
+
+ACCENTED = "àáâãäåāăąçćĉċčďđèéêëēĕėęěĝğġģĥħìíîïĩīĭįıĵķĺļľŀłñńņňŉòóôõöøōŏőœŕŗřśŝşšţťŧùúûüũūŭůűųŵýÿŷźżžßþðæ"
+COMBINING = "".join(chr(c) for c in range(0x0300, 0x0370)) + "\u0483\u0591\u05b0\u064b\u0670\u0e31\u1ab0\u20d0\ufe20"
+CJK = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可她里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长知民样现分将外但身些与高意进把法此实回二理美点月明其种声全工己话儿者向情部正名定女问力机给等几很业最间新什打便位因重被走电四第门相次东政海口使教西再平真听世气信北少关并内加化由却代军产入先山五太水万市眼体别处总才场师书比住员九笑性通目华报立马命张活难神数件安表原车白应路期叫死常提感金何更反合放做系计或司利受光王果亲界及今京务制解各任至清物台象记边共风战干接它许八特觉望直服毛林题建南度统色字请交爱让认算论百吃义科怎元社术结六功指思非流每青管夫连远资队跟带花快条院变联言权往展该领传近留红治决周保达办运武半候七必城父强步完革深区即求品士转量空甚众技轻程告江语英基派满式李息写呢识极令黄德收脸钱党倒未持取设始版双历越史商千片容研像找友孩站广改议形委早房音火际则首单据导影失拿网香似斯专石若兵弟谁校读志飞观争究包组造落视济喜离虽坏兴急拉更"
+KANA_HANGUL = "ひらがなカタカナﾊﾟｶﾞ한국어조선말안녕하세요"
+EMOJI = "😀😃😄😁😆😅🤣😂🙂🙃😉😊😇🥰😍🤩😘😗☺️😚😙🥲😋😛😜🤪😝🤑🤗🤭🫢🫣🤫🤔🫡🤐🤨😐😑😶🫥😶‍🌫️😏😒🙄😬😮‍💨🤥🫨👍🏽👩‍👩‍👧‍👦🏳️‍🌈🇩🇪🇯🇵🏴󠁧󠁢󠁳󠁣󠁴󠁿❤️‍🔥🫠🪿"
+SUPPLEMENTARY = "𝐀𝐁𝐂𝒜𝓑𝔄𝕬𝖆𝟘𝟙𐍈𐌰𐌱𓀀𓁐𠀀𠀁𪚥𫝀𬺰𝄞𝄢𐀀𐐀𐐨🜁🝖"
+SCRIPTS = ("Привет мир Ελληνικά ΟΔΟΣ עברית العربية हिन्दी বাংলা தமிழ் ไทย ქართული Հայերեն ትግርኛ "
+           "Tiếng Việt İstanbul ǅǈǋ ﬁﬂ ẞß ǰ ŉ ΐ ἀἁἂ ḁḃ Å Ω K Ⅻ ① ⑴ ㎏ ™ ½ ² ℃")
+PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~¡¿«»‘’“”„‚‹›–—―…·•′″‰€£¥¢§¶†‡※‽⁂、。「」『』【】〈〉《》〔〕！？，．：；（）［］｛｝"
+CONTROL = "".join(chr(c) for c in [0, 1, 7, 8, 11, 12, 27, 127, 0x85, 0x9F, 0xAD, 0x200B, 0x200C, 0x200D, 0x200E,
+                                   0x2028, 0x2029, 0x2060, 0xFEFF, 0xFFFD, 0xE000, 0xF8FF, 0x180E, 0x061C])
+SPACES = " \t\n\r\u00a0\u1680\u2000\u2003\u2007\u200a\u202f\u205f\u3000"
+POOLS = [ACCENTED, COMBINING, CJK, KANA_HANGUL, EMOJI, SUPPLEMENTARY, SCRIPTS, PUNCT, CONTROL, SPACES,
+         "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"]
+
+
+def random_texts(n: int, seed: int) -> list[str]:
+    """Mixed-script texts: words of letters from every pool, runs of punctuation and spaces,
+    controls inside words, very long words, empty and whitespace-only texts."""
+    rng = random.Random(seed)
+    out = ["", " ", "\t\n ", "\u3000\u00a0", "\u200b", "\x00", "[CLS]", "a[MASK]b", "[PAD][UNK]", "[cls] [Sep]"]
+    while len(out) < n:
+        kind = rng.random()
+        if kind < 0.05:  # a very long word, around the 100-character limit
+            out.append(rng.choice(["a", "é", "ab", "한", "x\u0301", "😀"]) * rng.randint(90, 130))
+            continue
+        words = []
+        for _ in range(rng.randint(1, 8)):
+            pools = rng.sample(POOLS, rng.randint(1, 3))
+            chars = "".join(rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 12)))
+            words.append(chars)
+        out.append(rng.choice([" ", "", "  ", "\t", "-", "..."]).join(words))
+    return out
+
+
+def world_captions(n: int, seed: int) -> list[str]:
+    """Captions of the demo world and of the synthetic world (built from their word lists)."""
+    from lsr_os.demo import synthetic, world
+
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < n // 2:
+        out += world.captions(world.random_scene(rng), rng)
+    names = sorted(synthetic.CONCEPTS)
+    while len(out) < n:
+        words = [c if rng.random() < 0.5 else rng.choice(synthetic.CONCEPTS[c]) for c in rng.sample(names, 3)]
+        phrases = [f"{rng.choice(['a', 'the'])} {w}" for w in words]
+        out.append(rng.choice(synthetic.TEMPLATES).format(x=", ".join(phrases[:-1]) + " and " + phrases[-1]))
+    return out[:n]

@@ -1,0 +1,234 @@
+"""The lsr-os plugin on a real node (OPENSEARCH_URL; CI's node runs it): the tokenizer equals
+Hugging Face's fast tokenizer through `_analyze`, and a plain `match` on the folded `text` field
+ranks like the inference-free rank_feature query, Dashboards' own request bodies included."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lsr_os import plugin
+from lsr_os.index import load_mapping
+from lsr_os.search import build_query
+from lsr_os.sparse import quantize
+from plugin_helpers import analyzed, char_table, expected, random_texts, reference, require_plugin, world_captions
+
+pytestmark = pytest.mark.integration
+
+SCALE = plugin.DEFAULT_SCALE
+
+
+@pytest.fixture(scope="module")
+def client(os_client):
+    require_plugin(os_client)
+    return os_client
+
+
+def _mismatches(texts, got):
+    return [(t, e, g) for t, e, g in zip(texts, expected(texts), got) if e != g]
+
+
+# ----------------------------------------------------------------------------- the tokenizer
+
+
+def test_tokens_and_offsets_equal_the_fast_tokenizer_on_10000_texts(client):
+    texts = world_captions(4000, seed=1) + random_texts(6500, seed=2)
+    bad = _mismatches(texts, analyzed(client, texts))
+    assert not bad, f"{len(bad)} of {len(texts)} texts differ, e.g. {bad[:3]}"
+
+
+def test_every_kind_of_character_between_letters_tokenizes_as_the_reference(client):
+    """Code points as "a<c>b": whether c is dropped, a space, punctuation, CJK or part of the word,
+    and what NFD and lowercasing make of it. All of Unicode below U+3400, every edge of the
+    character tables (each range's first and last code point and their neighbours), and every
+    37th code point above."""
+    edges = {cp + d for ranges in char_table().classes().values() for a, b in ranges for cp in (a, b) for d in (-1, 0, 1)}
+    cps = sorted(c for c in set(range(0x3400)) | edges | set(range(0x3400, 0x110000, 37))
+                 if 0 <= c <= 0x10FFFF and not 0xD800 <= c <= 0xDFFF)
+    texts = [f"a{chr(c)}b" for c in cps]
+    name = "test-plugin-codepoints"
+    client.indices.create(index=name, body={"settings": {"index": {
+        "analyze.max_token_count": 100000,
+        "analysis": {"analyzer": {"pieces": {"type": "custom", "tokenizer": plugin.TOKENIZER}}}}}})
+    try:
+        bad = _mismatches(texts, analyzed(client, texts, index=name, analyzer="pieces", max_tokens=60000))
+    finally:
+        client.indices.delete(index=name)
+    assert len(texts) > 40000
+    assert not bad, f"{len(bad)} of {len(texts)} code points differ, e.g. {[(hex(ord(t[1])), e, g) for t, e, g in bad[:5]]}"
+
+
+def test_hugging_face_bert_tokenizer_cases(client):
+    """The cases of transformers' BERT tokenizer tests (basic tokenizer, lower case with accents
+    stripped, Chinese, WordPiece, offsets around special tokens), against the real vocabulary."""
+    cases = [" \tHeLLo!how  \n Are yoU?  ", " \tHäLLo!how  \n Are yoU?  ", "ah\u535a\u63a8zz",
+             "unwanted running", "unwantedX running", "A, naïve [MASK] AllenNLP sentence.",
+             "\u00e9t\u00e9 d\u2019\u00e9t\u00e9", "Hello\u00a0world\u3000!", "UNwant\u00e9d,running"]
+    assert [t for t, *_ in analyzed(client, [cases[0]])[0]] == ["hello", "!", "how", "are", "you", "?"]
+    assert [t for t, *_ in analyzed(client, [cases[1]])[0]] == ["hall", "##o", "!", "how", "are", "you", "?"]
+    assert [t for t, *_ in analyzed(client, [cases[2]])[0]] == ["ah", "\u535a", "[UNK]", "z", "##z"]  # one piece per ideograph
+    assert not _mismatches(cases, analyzed(client, cases))
+
+
+def test_position_increments_are_one_and_the_index_analyzer_checks_the_vocabulary(client, index_name):
+    tokens = client.indices.analyze(body={"tokenizer": plugin.TOKENIZER, "text": "unaffable 한국"})["tokens"]
+    assert [t["position"] for t in tokens] == list(range(len(tokens))) and len(tokens) > 3
+    client.indices.create(index=index_name, body=plugin.with_text_field(load_mapping("images"), plugin.vocab_sha256()))
+    texts = ["the dog the dog on a beach", "Dogs, DOGS and dogs!"]
+    got = analyzed(client, texts, index=index_name, analyzer=plugin.QUERY_ANALYZER)
+    assert [[t for t, *_ in g] for g in got] == [["the", "dog", "on", "a", "beach"], ["dogs", ",", "and", "!"]]
+
+    wrong = "0" * 64
+    with pytest.raises(Exception) as info:
+        client.indices.create(index=f"{index_name}-wrong", body=plugin.with_text_field(load_mapping("images"), wrong))
+    assert f"vocab_sha256 [{wrong}] does not match the vocabulary" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+WORDS = ["dog", "beach", "cat", "red", "blue", "ball", "stars", "night", "grass", "car", "tree", "house", "river",
+         "small", "large", "green", "circle", "square", "two", "three", "sky", "snow", "boat", "bird", "horse"]
+STOP = ["the", "a", "of", "on", ".", ",", "and"]
+
+
+@pytest.fixture(scope="module")
+def scored_index(client):
+    """Documents with known sparse vectors and a known weight table, indexed with both fields."""
+    rng = random.Random(7)
+    terms = WORDS + STOP + ["##s", "[CLS]"]
+    weights = {t: round(rng.uniform(0.2, 3.0), 4) for t in WORDS} | {t: 0.0 for t in STOP + ["##s", "[CLS]"]}
+    docs = {}
+    for i in range(300):
+        chosen = rng.sample(terms, rng.randint(3, 12))
+        docs[f"d{i:03d}"] = {t: rng.uniform(0.01, 4.0) for t in chosen}
+    name = "test-plugin-scoring"
+    client.indices.delete(index=name, ignore_unavailable=True)
+    client.indices.create(index=name, body=plugin.with_text_field(load_mapping("images"), plugin.vocab_sha256(), SCALE))
+    lines = []
+    for doc_id, vector in docs.items():
+        lines += [{"index": {"_index": name, "_id": doc_id}},
+                  {"id": doc_id, "sparse": vector, "text": plugin.folded_text(vector, weights, SCALE, doc_id)}]
+    assert not client.bulk(body=lines, refresh=True)["errors"]
+    yield name, docs, weights
+    client.indices.delete(index=name)
+
+
+def _pieces(text: str) -> list[str]:
+    return reference().encode(text, add_special_tokens=False).tokens
+
+
+def _inference_free(text: str, weights: dict) -> dict:
+    """The Python inference-free query: each distinct piece once, weight w_t > 0."""
+    return {t: weights[t] for t in dict.fromkeys(_pieces(text)) if weights.get(t, 0) > 0}
+
+
+def _hits(client, index, body) -> list[tuple[str, float]]:
+    return [(h["_id"], h["_score"]) for h in client.search(index=index, body=body)["hits"]["hits"]]
+
+
+QUERIES = ["dog beach", "the red ball on the grass", "two green stars at night", "a boat on a river",
+           "horse horse horse", "Large HOUSE, small tree.", "snow sky bird car circle square three"]
+
+
+@pytest.mark.parametrize("text", QUERIES)
+def test_a_match_query_scores_the_inference_free_dot_product(scored_index, client, text):
+    index, docs, weights = scored_index
+    query = _inference_free(text, weights)
+    tolerance = len(query) * 0.5 / SCALE + 1e-5  # rounding per term, plus float32 sums
+    ranked = _hits(client, index, build_query(query, size=len(docs)))
+    matched = _hits(client, index, {"size": len(docs), "query": {"match": {plugin.FIELD: text}}})
+    assert {d for d, _ in matched} == {d for d, _ in ranked}
+    feature_score = dict(ranked)
+    for doc_id, score in matched:
+        exact = sum(w * float(quantize(docs[doc_id][t])) for t, w in query.items() if t in docs[doc_id])
+        assert score == pytest.approx(feature_score[doc_id], abs=tolerance)
+        assert score == pytest.approx(exact, abs=tolerance)
+    tenth = ranked[9][1]
+    sure = {d for d, s in ranked[:10] if abs(s - tenth) > 2 * tolerance}  # not tied with the 10th within tolerance
+    assert sure <= {d for d, _ in matched[:10]} and len(sure) >= 8
+
+
+def test_repeated_words_count_once_and_stop_words_add_nothing(scored_index, client):
+    index, *_ = scored_index
+    once = _hits(client, index, {"size": 20, "query": {"match": {plugin.FIELD: "dog beach"}}})
+    assert _hits(client, index, {"size": 20, "query": {"match": {plugin.FIELD: "dog dog beach DOG, beach"}}}) == once
+    assert _hits(client, index, {"size": 20, "query": {"match": {plugin.FIELD: "the dog on a beach ."}}}) == once
+    assert _hits(client, index, {"size": 20, "query": {"match": {plugin.FIELD: "the of , ."}}}) == []
+
+
+def test_the_match_is_term_queries_on_the_field_and_explains_as_the_dot_product(scored_index, client):
+    index, docs, weights = scored_index
+    text = "puppies on the beach, on the BEACH"
+    answer = client.indices.validate_query(index=index, explain=True, body={"query": {"match": {plugin.FIELD: text}}})
+    assert answer["valid"], answer
+    pieces = list(dict.fromkeys(_pieces(text)))
+    assert any(p.startswith("##") for p in pieces)
+    assert answer["explanations"][0]["explanation"].split() == [f"{plugin.FIELD}:{p}" for p in pieces]
+    hit = client.search(index=index, body={"size": 1, "explain": True, "query": {"match": {plugin.FIELD: "beach"}}})
+    detail = hit["hits"]["hits"][0]["_explanation"]
+    assert "boost * freq / scale" in str(detail)
+    doc = docs[hit["hits"]["hits"][0]["_id"]]
+    assert detail["value"] == pytest.approx(round(weights["beach"] * float(quantize(doc["beach"])) * SCALE) / SCALE)
+
+
+def test_track_total_hits_false_gives_the_top_hits_of_a_full_count(scored_index, client):
+    """Top-score mode (what lets Lucene skip by the similarity's max scores) works on the field and
+    agrees with a search that counts every hit. That skipping really happens is shown in the
+    plugin's Java tests (DotSimilarityTests: Lucene visits fewer documents than match); the
+    node's profiler cannot show it, as profiling turns bulk skipping off for every query."""
+    index, *_ = scored_index
+    query = {"match": {plugin.FIELD: "dog beach cat red blue ball"}}
+    counted = client.search(index=index, body={"size": 5, "query": query, "track_total_hits": True})
+    top = client.search(index=index, body={"size": 5, "query": query, "track_total_hits": False})
+    assert "total" not in top["hits"] and counted["hits"]["total"]["value"] > 5
+    assert [(h["_id"], h["_score"]) for h in top["hits"]["hits"]] == \
+        [(h["_id"], h["_score"]) for h in counted["hits"]["hits"]]
+
+
+# ----------------------------------------------------------------------------- OpenSearch Dashboards
+
+
+def discover_body(free_text: str, language: str) -> dict:
+    """The body Discover sends for free text on an index pattern without a time field
+    (OpenSearch-Dashboards: data/common/search/search_source/search_source.ts flatten(),
+    opensearch_query/build_opensearch_query.ts, from_lucene.ts + decorate_query.ts for Lucene,
+    from_kuery.ts + kuery/functions/and.ts + is.ts for DQL; discover's get_default_sort.ts and
+    normalize_sort_request.ts for the sort; default advanced settings)."""
+    if language == "lucene":
+        query = {"bool": {"must": [{"query_string": {"query": free_text, "analyze_wildcard": True, "time_zone": "UTC"}}],
+                          "filter": [], "should": [], "must_not": []}}
+    else:  # DQL ("kuery"): every clause lands in filter context
+        query = {"bool": {"must": [], "filter": [{"multi_match": {"type": "best_fields", "query": free_text,
+                                                                    "lenient": True}}],
+                          "should": [], "must_not": []}}
+    return {"sort": [{"_score": {"order": "desc"}}], "size": 500, "version": True, "stored_fields": ["*"],
+            "script_fields": {}, "docvalue_fields": [], "_source": {"excludes": []}, "query": query,
+            "highlight": {"pre_tags": ["@opensearch-dashboards-highlighted-field@"],
+                          "post_tags": ["@/opensearch-dashboards-highlighted-field@"],
+                          "fields": {"*": {}}, "fragment_size": 2147483647}}
+
+
+def _discover(client, index, body):
+    """Sent as Dashboards' server sends it: its default search parameters in the URL."""
+    url = f"/{index}/_search?ignore_unavailable=true&track_total_hits=true&preference=1764650000000&timeout=30000ms"
+    answer = client.transport.perform_request("POST", url, body=body)
+    return answer["hits"]["hits"]
+
+
+@pytest.mark.parametrize("text", ["dog beach", "two green stars at night", "horse horse"])
+def test_discover_lucene_free_text_ranks_as_the_match_query(scored_index, client, text):
+    index, *_ = scored_index
+    hits = _discover(client, index, discover_body(text, "lucene"))
+    matched = _hits(client, index, {"size": 500, "query": {"match": {plugin.FIELD: text}}})
+    assert [(h["_id"], h["_score"]) for h in hits] == matched and matched
+    assert all(plugin.FIELD not in h["_source"] for h in hits)  # the folded field stays out of Discover
+
+
+def test_discover_dql_free_text_filters_without_scores(scored_index, client):
+    """Why the saved objects pick Lucene: DQL puts free text in filter context, so every hit
+    scores 0 and "sorted by _score" is no ranking at all."""
+    index, *_ = scored_index
+    hits = _discover(client, index, discover_body("dog beach", "kuery"))
+    assert hits and {h["_score"] for h in hits} == {0.0}
