@@ -478,7 +478,7 @@ def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, devi
               max_pending: int, max_upload_mb: float, max_image_mpix: float, torch_threads: int | None) -> None:
     """Serve the search application: JSON API, web page, image thumbnails; models stay warm.
 
-    POST /search and /encode, GET /images/PATH and /healthz; the web page at /, the API at /docs.
+    POST /search and /encode, GET /media/PATH and /healthz; the web page at /, the API at /docs.
     With --head alone (a head with query weights) it answers text queries inference-free, with no
     model; without --model and --head (or --demo), vector queries only.
     """

@@ -624,8 +624,8 @@ def expansion_only(text: str | None, query: SparseVector, own: frozenset[str]) -
     """The warning of a text query none of whose own terms is among its (prepared) terms, else none."""
     if text is None or not own or not own.isdisjoint(query):
         return []
-    return [f"none of the query's own word pieces ({' '.join(sorted(own))}) has a weight: every hit comes from the "
-            f"model's expansion, so the hits may have nothing to do with the text"]
+    return [f"no word of {text!r} has a weight in its query: every hit comes from the model's expansion, so the "
+            f"hits may have nothing to do with the text"]
 
 
 DEMO_SEARCH_FILE = "search.json"  # what `lsr-os demo` writes for `search --demo` and `serve --demo`

@@ -6,7 +6,7 @@ a head that has query weights and no model, it answers text queries inference-fr
 
     POST /search    a query -> hits with their matched terms (as `lsr-os search --explain`)
     POST /encode    a query -> the sparse query vector and the exact DSL that /search sends
-    GET  /images/P  an image file under the image root (thumbnails; Dashboards' Url format)
+    GET  /media/P   an image file under the image root (thumbnails; Dashboards' Url format)
     GET  /healthz   cluster, collections, models, device, batching
     GET  /          the web page; /docs the OpenAPI page
 
@@ -257,7 +257,7 @@ class Hit(BaseModel):
     id: str
     score: float
     label: str = Field(description="The caption of a caption hit, the image path of an image hit.")
-    image_url: str | None = Field(description="The hit's image (a caption: the image it describes) under /images/.")
+    image_url: str | None = Field(description="The hit's image (a caption: the image it describes) under /media/.")
     terms: list[MatchedTerm] = Field(description="Matched terms, heaviest contribution first; they sum to the score.")
     split: str | None = None
     image: str | None = None
@@ -501,7 +501,7 @@ class SearchService:
 
     def _hit(self, row: dict) -> dict:
         image = row.get("image")
-        url = f"/images/{quote(image)}" if image and self.image_root is not None else None
+        url = f"/media/{quote(image)}" if image and self.image_root is not None else None
         return {"rank": row["rank"], "id": row["id"], "score": row["score"], "label": row["label"], "image_url": url,
                 "terms": row["matches"], **{f: row[f] for f in ("split", "image", "image_id", "caption") if f in row}}
 
@@ -721,7 +721,9 @@ def create_app(service: SearchService) -> FastAPI:
         """The sparse query vector and the exact body that /search sends for the same request."""
         return answer(await queried(request, service.encode))
 
-    @app.get("/images/{path:path}", summary="An image under the image root",
+    # /media/, not /images/: a collection's paths often start with images/ (the demo's do), which
+    # the route would repeat (/images/images/...)
+    @app.get("/media/{path:path}", summary="An image under the image root",
              responses={200: {"content": {"image/*": {}}}, 304: {"description": "Not modified"}, 404: ERRORS[404]})
     async def image(path: str, request: Request):
         """A hit's image (its `image` field), resolved under `--images` only: paths that leave it are 404."""

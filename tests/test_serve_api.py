@@ -74,7 +74,7 @@ def test_each_scene_s_caption_finds_its_image_first_with_terms_that_sum_to_the_s
         assert body["collection"] == f"{tiny.prefix}-images" and body["query"]["text"] == tiny.captions[scene][0]
         top = body["hits"][0]
         assert top["id"] == str(scene) and top["label"] == tiny.images[scene]
-        assert top["image_url"] == f"/images/{tiny.images[scene]}"
+        assert top["image_url"] == f"/media/{tiny.images[scene]}"
         assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4]
         for hit in body["hits"]:
             assert hit["terms"] and sum(t["contribution"] for t in hit["terms"]) == pytest.approx(hit["score"], rel=1e-4)
@@ -91,7 +91,7 @@ def test_an_uploaded_image_finds_its_captions_first(api, tiny):
         top = body["hits"][:CAPTIONS_PER_IMAGE]
         assert {h["image_id"] for h in top} == {str(scene)}
         assert {h["caption"] for h in top} == set(tiny.captions[scene])
-        assert all(h["label"] == h["caption"] and h["image_url"] == f"/images/{tiny.images[scene]}" for h in top)
+        assert all(h["label"] == h["caption"] and h["image_url"] == f"/media/{tiny.images[scene]}" for h in top)
 
 
 def test_a_session_searches_the_same_copies_and_finds_the_same_hits(api, tiny):
@@ -147,15 +147,15 @@ def test_healthz_reports_cluster_collections_models_and_device(api, tiny):
 
 
 def test_images_are_served_with_caching_headers_and_nothing_outside_the_root(api, tiny):
-    res = api.get(f"/images/{tiny.images[0]}")
+    res = api.get(f"/media/{tiny.images[0]}")
     assert res.status_code == 200 and res.headers["content-type"] == "image/png"
     assert "max-age" in res.headers["cache-control"] and res.headers["etag"] and res.headers["last-modified"]
-    again = api.get(f"/images/{tiny.images[0]}", headers={"If-None-Match": res.headers["etag"]})
+    again = api.get(f"/media/{tiny.images[0]}", headers={"If-None-Match": res.headers["etag"]})
     assert again.status_code == 304 and not again.content
     (tiny.root / "secret.png").write_bytes(res.content)  # exists, but outside the image root
     for path in ("%2E%2E/secret.png", "images/%2E%2E/%2E%2E/secret.png", "%2Fetc%2Fhostname", "images/missing.png",
                  "images", "..%2Fhead%2Fconfig.json"):
-        bad = api.get(f"/images/{path}")
+        bad = api.get(f"/media/{path}")
         assert bad.status_code == 404 and "error" in bad.json(), path
     good_query(api, tiny)
 

@@ -207,10 +207,10 @@ def offline(tmp_path):
 
 def test_image_paths_resolve_under_the_root_only(offline):
     _, api = offline
-    res = api.get("/images/images/a.png")
+    res = api.get("/media/images/a.png")
     assert res.status_code == 200 and res.headers["cache-control"] == "public, max-age=3600"
     for path in ("images/link.png", "notes.txt", "images", "images/missing.png", "%2E%2E/outside.png"):
-        res = api.get(f"/images/{path}")
+        res = api.get(f"/media/{path}")
         assert res.status_code == 404 and "no image" in res.json()["error"], path
 
 

@@ -47,8 +47,7 @@ function session() {
 
 function options() {
   const collection = $("collection").value;
-  return { k: Number($("k").value), expand: $("expand").checked, session: session(),
-           ...(collection ? { collection } : {}) };
+  return { k: Number($("k").value), session: session(), ...(collection ? { collection } : {}) };
 }
 
 function busy(on) {
@@ -57,12 +56,22 @@ function busy(on) {
   document.body.classList.toggle("busy", on);
 }
 
+// A refused query leaves nothing of the query before it on the page: only the server's message.
+function clear() {
+  $("query").hidden = true;
+  $("chips").replaceChildren();
+  $("results").replaceChildren();
+  $("captions").replaceChildren();
+  $("summary").textContent = "";
+}
+
 async function run(request, queryImage) {
   busy(true);
   $("error").hidden = true;
   try {
     render(await request(), queryImage);
   } catch (err) {
+    clear();
     $("error").textContent = err.message;
     $("error").hidden = false;
   } finally {
@@ -73,7 +82,7 @@ async function run(request, queryImage) {
 function searchText(event) {
   event.preventDefault();
   const text = $("q").value;
-  run(() => postSearch({ text, ...options() }), null);
+  run(() => postSearch({ text, mode: $("mode").value, ...options() }), null);
 }
 
 function searchImage() {
@@ -81,19 +90,20 @@ function searchImage() {
   if (!file) return;
   const form = new FormData();
   form.append("image", file);
-  for (const [name, value] of Object.entries(options())) {
-    if (name !== "expand") form.append(name, String(value));
-  }
+  for (const [name, value] of Object.entries(options())) form.append(name, String(value));
   run(() => postSearch(form, true), URL.createObjectURL(file));
   $("image-input").value = "";
   $("q").value = "";
 }
 
-function renderQuery(query, queryImage) {
+function renderQuery(query, mode, warnings, queryImage) {
   const image = $("query-image");
   image.hidden = !queryImage;
   if (queryImage) image.src = queryImage;
   $("query-label").textContent = query.text !== null ? `“${query.text}”` : queryImage ? "image query" : "vector query";
+  $("query-mode").textContent = mode;
+  $("query-note").textContent = warnings.join(" ");
+  $("query-note").hidden = warnings.length === 0;
   const terms = [
     ...Object.entries(query.own).map(([t, w]) => [t, w, "own"]),
     ...Object.entries(query.expansion).map(([t, w]) => [t, w, "expansion"]),
@@ -152,7 +162,7 @@ function captionRow(hit) {
 }
 
 function render(data, queryImage) {
-  renderQuery(data.query, queryImage);
+  renderQuery(data.query, data.mode, data.warnings, queryImage);
   const images = data.hits.filter((h) => h.caption === undefined || h.caption === null);
   const captions = data.hits.filter((h) => h.caption !== undefined && h.caption !== null);
   $("results").replaceChildren(...images.map(imageCard));
@@ -162,6 +172,13 @@ function render(data, queryImage) {
     : `no document of ${data.collection} matches this query`;
 }
 
+// The modes the server can answer text queries in; a choice only where there is more than one.
+function offerModes(modes) {
+  const select = $("mode");
+  select.replaceChildren(el("option", "", "auto"), ...modes.map((m) => el("option", "", m)));
+  $("mode-choice").hidden = modes.length < 2;
+}
+
 async function status() {
   const node = $("status");
   try {
@@ -169,8 +186,10 @@ async function status() {
     const health = await response.json();
     const parts = Object.values(health.collections).map((c) =>
       c.documents === null ? `${c.alias} missing` : `${c.alias} ${c.documents.toLocaleString()}`);
-    if (health.models) parts.push(health.models.loaded ? health.models.device : "models loading");
-    else parts.push("vector queries only");
+    if (!health.models) parts.push("vector queries only");
+    else if (!health.models.loaded) parts.push("models loading");
+    else parts.push(health.models.device || "inference-free, no model");
+    offerModes(health.models ? health.models.modes : []);
     if (!health.cluster.reachable) parts.unshift("cluster unreachable");
     node.textContent = parts.join(" · ");
     node.classList.toggle("bad", !health.ok);
