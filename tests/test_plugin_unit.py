@@ -1,0 +1,192 @@
+"""The lsr-os plugin without a node: the folded field, the index settings, the character table
+against tokenizers, the packaged sources, and how `node start` copes without Maven or a JDK."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lsr_os import node, plugin
+from lsr_os.cli import main
+from lsr_os.errors import DataError, NodeError, PluginUnavailable
+from lsr_os.index import load_mapping
+from lsr_os.sparse import quantize
+from plugin_helpers import ROOT, char_table
+
+
+# ----------------------------------------------------------------------------- the index side
+
+
+def test_folded_text_carries_query_weight_times_stored_weight_times_scale():
+    vector = {"dog": 1.3, "the": 0.5, "beach": 0.2, "rare": 1e-7, "##s": 2.0}
+    weights = {"dog": 2.0, "beach": 1.5, "rare": 1.0, "the": 0.0}
+    text = plugin.folded_text(vector, weights, scale=65536, doc_id="img-1")
+    pairs = dict(part.split("\u0001") for part in text.split(" "))
+    assert set(pairs) == {"dog", "beach", "rare"}  # no query weight, no term: "the" and "##s" are left out
+    assert int(pairs["dog"]) == round(2.0 * float(quantize(1.3)) * 65536)
+    assert int(pairs["beach"]) == round(1.5 * float(quantize(0.2)) * 65536)
+    assert pairs["rare"] == "1"  # a positive product never folds to 0 (delimited_term_freq needs >= 1)
+    assert plugin.folded_text({"the": 1.0}, weights) == ""
+
+
+def test_folded_text_refuses_what_lucene_cannot_hold_naming_the_document():
+    with pytest.raises(DataError, match=r"document img-7: term 'dog' folds to \d+, more than Lucene's limit 2147483647"):
+        plugin.folded_text({"dog": 3.0}, {"dog": 20000.0}, scale=65536, doc_id="img-7")
+    many = {f"t{i}": 3.0 for i in range(40)}
+    with pytest.raises(DataError, match="document img-8: its folded weights sum to over 2147483647"):
+        plugin.folded_text(many, {t: 500.0 for t in many}, scale=65536, doc_id="img-8")
+    with pytest.raises(DataError, match=r"document x: term 'new york' cannot be folded"):
+        plugin.folded_text({"new york": 1.0}, {"new york": 1.0}, doc_id="x")
+
+
+def test_an_images_index_body_gets_the_field_its_analysis_and_similarity():
+    base = load_mapping("images")
+    body = plugin.with_text_field(base, "ab" * 32, scale=1000)
+    index = body["settings"]["index"]
+    assert index["number_of_shards"] == base["settings"]["index"]["number_of_shards"]  # kept
+    assert index["similarity"] == {"lsr_os_dot": {"type": "lsr_os_dot", "scale": 1000}}
+    assert index["query"]["default_field"] == ["text"]
+    analysis = index["analysis"]
+    assert analysis["analyzer"]["lsr_os_folded"]["tokenizer"] == "whitespace"
+    weights_filter = analysis["filter"][analysis["analyzer"]["lsr_os_folded"]["filter"][0]]
+    assert weights_filter == {"type": "delimited_term_freq", "delimiter": "\u0001"}
+    query = analysis["analyzer"]["lsr_os_query"]
+    assert query["filter"] == ["unique"]
+    assert analysis["tokenizer"][query["tokenizer"]] == {"type": "lsr_os_wordpiece", "vocab_sha256": "ab" * 32}
+    assert body["mappings"]["properties"]["text"] == {
+        "type": "text", "analyzer": "lsr_os_folded", "search_analyzer": "lsr_os_query", "index_options": "freqs",
+        "norms": False, "similarity": "lsr_os_dot"}
+    assert body["mappings"]["properties"]["sparse"] == base["mappings"]["properties"]["sparse"]
+    assert body["mappings"]["_source"]["excludes"] == ["text"]
+    assert plugin.with_text_field(body, "ab" * 32, 1000) == body and "text" not in base["mappings"]["properties"]
+
+
+def test_the_vocabulary_checksum_is_the_shipped_files():
+    shipped = ROOT / "plugin" / "src" / "main" / "plugin-metadata" / "vocab.txt"
+    assert plugin.vocab_sha256() == plugin.vocab_sha256(shipped)
+    with pytest.raises(DataError, match="cannot read the vocabulary"):
+        plugin.vocab_sha256(ROOT / "nope.txt")
+
+
+def test_cluster_has_plugin_needs_it_on_every_node():
+    class Nodes:
+        def __init__(self, plugins):
+            self.plugins = plugins
+
+        def info(self, metric):
+            return {"nodes": {f"n{i}": {"plugins": [{"name": p} for p in ps]} for i, ps in enumerate(self.plugins)}}
+
+    class Client:
+        def __init__(self, *plugins):
+            self.nodes = Nodes(plugins)
+
+    assert plugin.cluster_has_plugin(Client(["lsr-os"], ["lsr-os", "x"]))
+    assert not plugin.cluster_has_plugin(Client(["lsr-os"], []))
+    assert not plugin.cluster_has_plugin(Client())
+
+
+# ----------------------------------------------------------------------------- the plugin's sources
+
+
+def test_the_character_table_is_what_tokenizers_does_now():
+    """BertCharTable.java is read off tokenizers; a tokenizers release that classifies a character
+    differently must show up here (rerun plugin/tools/bert_char_table.py)."""
+    table = char_table()
+    assert table.TARGET.read_text(encoding="utf-8") == table.java_source(table.classes())
+
+
+def test_the_package_ships_every_file_the_build_reads():
+    shipped = resources.files(node.PLUGIN_SOURCES)
+    in_tree = sorted(p.relative_to(ROOT / "plugin").as_posix() for p in (ROOT / "plugin" / "src" / "main").rglob("*")
+                     if p.is_file())
+    assert [rel for rel, _ in node._plugin_files()] == sorted(["pom.xml", *in_tree])
+    assert shipped.joinpath("pom.xml").read_bytes() == (ROOT / "plugin" / "pom.xml").read_bytes()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"lsr_os.opensearch_plugin" = "plugin"' in pyproject and '"src/main/**/*"' in pyproject
+
+
+def test_the_build_key_follows_the_sources_and_the_version(monkeypatch):
+    key = node.plugin_build_key("3.8.0")
+    assert key.startswith("3.8.0-") and key == node.plugin_build_key("3.8.0")
+    assert node.plugin_build_key("3.7.0").split("-")[1] == key.split("-")[1]
+    files = node._plugin_files()
+    monkeypatch.setattr(node, "_plugin_files", lambda: files[:-1] + [(files[-1][0], files[-1][1] + b" ")])
+    assert node.plugin_build_key("3.8.0") != key
+
+
+# ----------------------------------------------------------------------------- node start without what it needs
+
+
+def fake_dist(tmp_path: Path) -> Path:
+    dist = tmp_path / "dist" / "opensearch-3.8.0"
+    (dist / "plugins").mkdir(parents=True)
+    return dist
+
+
+def test_without_maven_the_node_starts_without_the_plugin_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSR_OS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(node.shutil, "which", lambda name: None)
+    told: list[str] = []
+    dist = fake_dist(tmp_path)
+    assert node._node_distribution(node.NodeSpec(), dist, tmp_path, told.append) == (dist, None)
+    assert len(told) == 1 and "\n" not in told[0]
+    assert told[0].startswith("starting without the lsr-os plugin: Maven (mvn) is not installed")
+    assert "Everything else in lsr-os works without it" in told[0] and "typed-text search" in told[0]
+    with pytest.raises(PluginUnavailable, match="Maven"):
+        node._node_distribution(node.NodeSpec(plugin="require"), dist, tmp_path, told.append)
+    assert node._node_distribution(node.NodeSpec(plugin="skip"), dist, tmp_path, told.append) == (dist, None)
+    assert len(told) == 1
+
+
+def test_without_a_jdk_21_the_start_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSR_OS_HOME", str(tmp_path))
+    monkeypatch.setattr(node, "JVM_ROOT", tmp_path / "no-jvm")
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(node, "provision", lambda version, step: fake_dist(tmp_path))
+    with pytest.raises(NodeError, match="OpenSearch 3.8.0 needs Java 21 or newer; JDKs found: none"):
+        node.start(node.NodeSpec(port=9599))
+
+
+def test_a_plugin_for_opensearch_2_is_not_built(tmp_path):
+    with pytest.raises(PluginUnavailable, match="built for OpenSearch 3.x, not 2.19.0"):
+        node.build_plugin("2.19.0", tmp_path)
+
+
+def test_a_zip_built_for_another_version_is_refused_before_installing(tmp_path):
+    zip_path = tmp_path / "lsr-os-3.7.0.0.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.writestr("plugin-descriptor.properties", "# built\nname=lsr-os\nversion=3.7.0.0\nopensearch.version=3.7.0\n")
+    with pytest.raises(PluginUnavailable, match=r"lsr-os-3.7.0.0.zip was built for OpenSearch 3.7.0, but the node runs "
+                                                r"3.8.0: build it for 3.8.0 \(mvn package -Dopensearch.version=3.8.0\)"):
+        node.install_plugin(fake_dist(tmp_path), zip_path, "3.8.0", tmp_path)
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(PluginUnavailable, match="junk.zip is not an OpenSearch plugin zip"):
+        node.plugin_descriptor(tmp_path / "junk.zip")
+
+
+def test_a_running_node_without_the_plugin_is_not_taken_for_one_with_it(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    monkeypatch.setenv("LSR_OS_HOME", str(tmp_path))
+    node_dir = node.cluster_dir(9555) / "node-1"
+    node_dir.mkdir(parents=True)
+    state = node.NodeState(name="node-1", pid=4242, version=node.DEFAULT_VERSION, url="http://127.0.0.1:9555",
+                           http_port=9555, transport_port=9655, log_file="x.log", data=str(tmp_path / "a"))
+    (node_dir / "node.json").write_text(json.dumps(asdict(state)))
+    monkeypatch.setattr(node, "_alive", lambda pid: pid == 4242)
+    with pytest.raises(NodeError, match="node-1 on port 9555 already runs without the lsr-os plugin; stop it first"):
+        node.start(node.NodeSpec(port=9555, plugin="require"))
+    assert [s.already_running for s in node.start(node.NodeSpec(port=9555))] == [True]
+    assert [s.plugin for s in node.start(node.NodeSpec(port=9555, plugin="skip"))] == [None]
+
+
+def test_node_start_help_shows_the_real_default_version_the_wait_and_the_plugin_switch():
+    out = " ".join(CliRunner().invoke(main, ["node", "start", "--help"]).output.split())
+    assert f"[default: {node.DEFAULT_VERSION}]" in out and "DEFAULT_VERSION" not in out
+    assert "--wait" in out and "for the cluster to answer" in out
+    assert "--plugin / --no-plugin" in out
