@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from lsr_os import __version__
 from lsr_os.config import CHUNK_DOCS, CONCURRENCY, POOL_MAXSIZE, ClusterConfig, split_urls
@@ -225,6 +226,9 @@ WORDS = {
     "prefix": click.option("--prefix", default="lsr", show_default=True,
                            help="Collections are served as <prefix>-images and <prefix>-captions."),
     "json": click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    "demo": click.option("--demo", type=_PATH_DIR,
+                         help="The output folder of `lsr-os demo`: its model and head are the defaults (so are its "
+                              "prefix where the command reads collections, and its image root where it shows images)."),
 }
 
 
@@ -237,22 +241,54 @@ def words(*names: str):
     return decorate
 
 
+def demo_defaults(*names: str, keep: bool = False):
+    """Add `--demo DIR` (see WORDS): the demo folder's values fill the options `names` (model, head,
+    prefix, images) that were not given on the command line. With `keep`, the command receives
+    `demo` too."""
+    def decorate(func):
+        @words("demo")
+        @functools.wraps(func)
+        def wrapper(*args, demo, **kwargs):
+            kwargs.update(_from_demo(demo, {name: kwargs[name] for name in names}))
+            return func(*args, **kwargs, **({"demo": demo} if keep else {}))
+        return wrapper
+    return decorate
+
+
+def _from_demo(demo: Path | None, values: dict) -> dict:
+    """`values` with those not given on the command line (None, or a default) taken from the demo folder."""
+    if demo is None:
+        return values
+    from lsr_os.search import demo_defaults as merged
+
+    source = click.get_current_context().get_parameter_source
+    return {**values, **merged(demo, **{name: None for name, value in values.items()
+                                         if value is None or source(name) is ParameterSource.DEFAULT})}
+
+
 def split_option(default: str | None):
     return click.option("--split", default=default, show_default=default is not None,
                         help="Splits, comma-separated; 'train' includes restval" + ("" if default else " [default: all]") + ".")
 
 
-def source_options(split_default: str | None = None):
-    """The record source group (one of --sparse, --dense, --data/--captions); the command receives
-    `source: SourceOptions` (checked and opened by `lsr_os.records.open_source`)."""
+def source_options(split_default: str | None = None, demo_prefix: bool = False):
+    """The record source group (one of --sparse, --dense, --data/--captions) and --demo (its model
+    and head; with `demo_prefix`, for a command that reads collections, its prefix too); the command
+    receives `source: SourceOptions` (checked and opened by `lsr_os.records.open_source`)."""
     def decorate(func):
         @words("sparse", "dense", "data", "captions", "images", "model", "head", "no_expansion", "batch_size",
-               "text_batch_size", "workers", "device")
+               "text_batch_size", "workers", "device", "demo")
         @split_option(split_default)
         @functools.wraps(func)
         def wrapper(*args, sparse, dense, data, captions, images, model, head, no_expansion, batch_size,
-                    text_batch_size, workers, device, split, **kwargs):
+                    text_batch_size, workers, device, split, demo, **kwargs):
             from lsr_os.records import SourceOptions
+
+            # the demo's models where the source runs them (open_source refuses a model it would not run)
+            runs = {"model": model, "head": head} if data or captions else {"head": head} if dense else {}
+            filled = _from_demo(demo, {**runs, **({"prefix": kwargs["prefix"]} if demo_prefix else {})})
+            model, head = filled.pop("model", model), filled.pop("head", head)
+            kwargs.update(filled)
 
             source = SourceOptions(sparse=sparse, dense=dense, data=data, captions=captions, images=images,
                                    model=model, head=head, split=split, expand=not no_expansion,
@@ -366,8 +402,7 @@ def _print_ingest(report, keep_old: bool) -> None:
                    "word pieces), inference-free (the head's query weights, no model); auto: expanded with a "
                    "model, else inference-free.")
 @words("no_expansion", "device")
-@click.option("--demo", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The output folder of `lsr-os demo`: its model, head and prefix are the defaults.")
+@demo_defaults("model", "head", "prefix", keep=True)
 @click.option("--collection", type=click.Choice(["images", "captions"]), default=None,
               help="Collection to search [default: images for text, captions for --image].")
 @click.option("--index", "index_name", default=None, help="Alias or index to search [default: <prefix>-<collection>].")
@@ -399,7 +434,7 @@ def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None
     result = run_search(cluster, text=text, image=image_path, vector_json=vector_json, model=model, head=head,
                         mode=mode, expand=not no_expansion, collection=collection, index=index_name, prefix=prefix, k=k,
                         max_terms=max_terms, split=split, explain=explain, first_terms=first_terms, window=window,
-                        demo=demo, device=device)
+                        device=device)
     if sheet is not None:
         from lsr_os.search import load_demo_settings
         from lsr_os.sheet import search_sheet
@@ -452,8 +487,7 @@ def compact_json(body: dict) -> str:
 @main.command("serve")
 @cluster_options
 @words("model", "head", "device")
-@click.option("--demo", type=_PATH_DIR,
-              help="The output folder of `lsr-os demo`: its model, head, prefix and images are the defaults.")
+@demo_defaults("model", "head", "prefix", "images")
 @click.option("--prefix", default=None, help="Collections are served as <prefix>-images and <prefix>-captions "
                                              "[default: lsr, or the demo's].")
 @click.option("--images", type=_PATH_DIR, default=None,
@@ -473,8 +507,8 @@ def compact_json(body: dict) -> str:
               help="Largest decoded upload in megapixels (decompression bombs are refused).")
 @click.option("--torch-threads", type=click.IntRange(1), default=None,
               help="CPU threads of the model [default: torch's, one per core].")
-def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, device: str | None, demo: Path | None,
-              prefix: str | None, images: Path | None, host: str, port: int, max_batch: int, batch_wait_ms: float,
+def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, device: str | None, prefix: str | None,
+              images: Path | None, host: str, port: int, max_batch: int, batch_wait_ms: float,
               max_pending: int, max_upload_mb: float, max_image_mpix: float, torch_threads: int | None) -> None:
     """Serve the search application: JSON API, web page, image thumbnails; models stay warm.
 
@@ -483,12 +517,7 @@ def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, devi
     model; without --model and --head (or --demo), vector queries only.
     """
     from lsr_os import serve as serve_lib
-    from lsr_os.search import load_demo_settings
 
-    if demo is not None:
-        settings = load_demo_settings(demo)
-        model, head, prefix = model or settings["model"], head or settings["head"], prefix or settings["prefix"]
-        images = images or (Path(settings["images"]) if settings.get("images") else None)
     config = serve_lib.ServeConfig(prefix=prefix or "lsr", model=model, head=head, images=images, device=device,
                                    max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_pending=max_pending,
                                    max_upload_bytes=int(max_upload_mb * 2**20),
@@ -504,7 +533,7 @@ def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, devi
 
 @main.command("evaluate")
 @cluster_options
-@source_options(split_default="test")
+@source_options(split_default="test", demo_prefix=True)
 @words("prefix")
 @click.option("--images-index", default=None, help="Alias or index of the images [default: <prefix>-images].")
 @click.option("--captions-index", default=None, help="Alias or index of the captions [default: <prefix>-captions].")
@@ -622,6 +651,7 @@ def dashboards_cmd(prefix: str, out: Path | None) -> None:
 
 
 @main.command("encode")
+@demo_defaults("model")
 @words("model", "data", "images", "captions")
 @split_option(None)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")

@@ -632,7 +632,7 @@ DEMO_SEARCH_FILE = "search.json"  # what `lsr-os demo` writes for `search --demo
 
 
 def load_demo_settings(folder: str | Path) -> dict:
-    """What `lsr-os demo` serves (model, head, prefix), from its output folder."""
+    """What `lsr-os demo` serves (model, head, prefix, images), from its output folder."""
     path = Path(folder) / DEMO_SEARCH_FILE
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -640,12 +640,23 @@ def load_demo_settings(folder: str | Path) -> dict:
         raise DataError(f"{path} does not exist: run `lsr-os demo --out {folder}` first") from exc
 
 
+def demo_defaults(folder: str | Path, **values) -> dict:
+    """`values` (any of model, head, prefix, images) with each None one taken from the demo folder:
+    the one place where a command's options meet the demo's (`--demo DIR`)."""
+    settings = load_demo_settings(folder)
+    filled = {}
+    for name, value in values.items():
+        if value is None and settings.get(name) is not None:
+            value = Path(settings[name]) if name in ("head", "images") else settings[name]
+        filled[name] = value
+    return filled
+
+
 def run_search(cluster, text: str | None = None, image: str | Path | None = None, vector_json: str | None = None,
                model: str | None = None, head: str | Path | None = None, mode: str = "auto", expand: bool = True,
                collection: str | None = None, index: str | None = None, prefix: str | None = None, k: int = 10,
                max_terms: int | None = None, split: str | None = None, explain: bool = False,
-               first_terms: int | None = None, window: int = 100, demo: str | Path | None = None,
-               device: str | None = None) -> SearchResult:
+               first_terms: int | None = None, window: int = 100, device: str | None = None) -> SearchResult:
     """`lsr-os search`: exactly one of a text, an image or a raw `vector_json` query.
 
     A text runs in `mode` (`QueryEncoder.mode`: auto is expanded with a model, inference-free with
@@ -657,19 +668,15 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
     with the same messages); no model loads and torch is never imported. A query that runs the
     model checks the cluster and the collection before the model loads, so a wrong URL or
     collection fails in a second, not after a model has loaded; the models then stay loaded for
-    the next call in the same process. `cluster` is a `ClusterConfig` or a client; `demo` is the
-    folder of `lsr-os demo`, whose model, head and prefix are the defaults. The collection
-    defaults to images for text and vector queries, captions for an image query; `split` filters
-    documents.
+    the next call in the same process. `cluster` is a `ClusterConfig` or a client (`demo_defaults`
+    fills the options from `lsr-os demo`'s folder). The collection defaults to images for text and
+    vector queries, captions for an image query; `split` filters documents.
     """
     from lsr_os.config import ClusterConfig, connect, connection_error
     from lsr_os.vocab import Vocabulary
 
     if sum(x is not None for x in (text, image, vector_json)) != 1:
         raise ConfigError("give one query: TEXT, --image FILE or --vector-json")
-    if demo is not None:
-        settings = load_demo_settings(demo)
-        model, head, prefix = model or settings["model"], head or settings["head"], prefix or settings["prefix"]
     if text is not None and not text.strip():
         raise DataError("empty query: give some text")
     picture = read_query_image(image) if image is not None else None

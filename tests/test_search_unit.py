@@ -1,4 +1,7 @@
-"""Unit tier for lsr_os.search: query preparation, the DSL, explain, TREC runs, bad queries."""
+"""Unit tier for lsr_os.search: query preparation, the DSL, explain, TREC runs, bad queries, query
+modes, and the demo's defaults in every command."""
+
+import json
 
 import pytest
 from click.testing import CliRunner
@@ -318,3 +321,74 @@ def test_the_cli_offers_every_query_mode():
 
     choices = next(p for p in main.commands["search"].params if p.name == "mode").type.choices
     assert tuple(choices) == ("auto", *se.MODES)
+
+
+# --------------------------------------------------------------------------- the demo's defaults
+
+
+class Stop(Exception):
+    """Raised where a command would start its work: the options it received are recorded."""
+
+
+@pytest.fixture
+def demo_folder(tmp_path):
+    (tmp_path / "images.jsonl").write_text('{"id": "a", "vector": {"dog": 1.0}}\n')
+    (tmp_path / "head").mkdir()
+    (tmp_path / "world").mkdir()
+    (tmp_path / se.DEMO_SEARCH_FILE).write_text(json.dumps(
+        {"model": str(tmp_path / "encoder"), "head": str(tmp_path / "head"), "prefix": "demo",
+         "images": str(tmp_path / "world")}))
+    return tmp_path
+
+
+def _received(monkeypatch, target: str, *args) -> dict:
+    """The keyword arguments (or the options object) the command passes to `target`."""
+    import importlib
+
+    module, name = target.rsplit(".", 1)
+    seen: dict = {}
+
+    def record(*a, **kw):
+        seen.update(kw, args=a)
+        raise Stop
+
+    monkeypatch.setattr(importlib.import_module(module), name, record)
+    monkeypatch.setattr("lsr_os.config.connect", lambda *a, **kw: None)  # no cluster: the work stops before
+    from lsr_os.cli import main
+
+    res = CliRunner().invoke(main, list(args))
+    assert isinstance(res.exception, Stop), res.output
+    return seen
+
+
+def test_every_command_that_takes_a_model_takes_the_demo_s_as_defaults(monkeypatch, demo_folder, tmp_path):
+    demo = ["--demo", str(demo_folder)]
+    model, head = str(demo_folder / "encoder"), demo_folder / "head"
+    captions = demo_folder / "captions.csv"
+    captions.write_text("image,caption\na.png,a dog\n")
+    for command in ("ingest", "evaluate", "sparsify"):  # the models each source runs, and no other
+        extra = ["--out", str(tmp_path / "out")] if command == "sparsify" else []
+        for source, models in ((["--dense", str(tmp_path)], (None, head)), (["--captions", str(captions)], (model, head)),
+                               (["--sparse", str(demo_folder / "images.jsonl")], (None, None))):
+            (opts,) = _received(monkeypatch, "lsr_os.records.open_source", command, *source, *demo, *extra)["args"]
+            assert (opts.model, opts.head) == models, (command, source)
+    seen = _received(monkeypatch, "lsr_os.encode.encode_folder", "encode", "--captions", str(demo_folder / "search.json"),
+                     "--out", str(tmp_path / "enc"), *demo)
+    assert seen["args"][0] == model
+    seen = _received(monkeypatch, "lsr_os.search.run_search", "search", "two stars", *demo)
+    assert (seen["model"], seen["head"], seen["prefix"]) == (model, head, "demo")
+    seen = _received(monkeypatch, "lsr_os.serve.listen", "serve", *demo)
+    assert seen["args"] == ("127.0.0.1", 8080)  # got as far as the port: the demo's model and head were taken
+
+
+def test_given_options_win_over_the_demo_and_ingest_keeps_its_own_prefix(monkeypatch, demo_folder, tmp_path):
+    demo = ["--demo", str(demo_folder)]
+    seen = _received(monkeypatch, "lsr_os.search.run_search", "search", "two stars", "--model", "demo:mine",
+                     "--prefix", "mine", *demo)
+    assert (seen["model"], seen["prefix"]) == ("demo:mine", "mine")
+    evaluate = _received(monkeypatch, "lsr_os.evaluate.evaluate_source", "evaluate", "--sparse",
+                         str(demo_folder / "images.jsonl"), *demo)
+    assert evaluate["args"][3:5] == ("demo-images", "demo-captions")  # evaluating the demo's collections
+    ingest = _received(monkeypatch, "lsr_os.index.ingest_collections", "ingest", "--sparse",
+                       str(demo_folder / "images.jsonl"), "--collection", "images", *demo)
+    assert ingest["args"][5] == "lsr"  # a load never replaces the demo's collections unless told: --prefix demo
