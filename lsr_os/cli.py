@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
+from click.core import ParameterSource
 
 from lsr_os import __version__
 from lsr_os.config import CHUNK_DOCS, CONCURRENCY, POOL_MAXSIZE, ClusterConfig, split_urls
@@ -266,6 +267,31 @@ def _from_demo(demo: Path | None, values: dict) -> dict:
                                          if value is None or source(name) is ParameterSource.DEFAULT})}
 
 
+def demo_defaults(*names: str, keep: bool = False):
+    """Add `--demo DIR` (see WORDS): the demo folder's values fill the options `names` (model, head,
+    prefix, images) that were not given on the command line. With `keep`, the command receives
+    `demo` too."""
+    def decorate(func):
+        @words("demo")
+        @functools.wraps(func)
+        def wrapper(*args, demo, **kwargs):
+            kwargs.update(_from_demo(demo, {name: kwargs[name] for name in names}))
+            return func(*args, **kwargs, **({"demo": demo} if keep else {}))
+        return wrapper
+    return decorate
+
+
+def _from_demo(demo: Path | None, values: dict) -> dict:
+    """`values` with those not given on the command line (None, or a default) taken from the demo folder."""
+    if demo is None:
+        return values
+    from lsr_os.search import demo_defaults as merged
+
+    source = click.get_current_context().get_parameter_source
+    return {**values, **merged(demo, **{name: None for name, value in values.items()
+                                         if value is None or source(name) is ParameterSource.DEFAULT})}
+
+
 def split_option(default: str | None):
     return click.option("--split", default=default, show_default=default is not None,
                         help="Splits, comma-separated; 'train' includes restval" + ("" if default else " [default: all]") + ".")
@@ -419,9 +445,11 @@ def _print_ingest(report, keep_old: bool) -> None:
 @click.option("--split", default=None, help="Only documents of these splits (comma-separated; 'train' includes restval).")
 @click.option("--explain", is_flag=True, help="Show each hit's matching terms and the query DSL (for Dev Tools).")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also draw the hits' images as a contact sheet (PNG) at this path; needs --images or --demo.")
+              help="Also draw the hits' images as a contact sheet (PNG) at this path, from the collection's image "
+                   "root (see --images).")
 @click.option("--images", "images_root", type=_PATH_DIR, default=None,
-              help="Image root of the collection (for --sheet) [default: the demo's].")
+              help="Image root of the collection, for --sheet [default: the one recorded at ingest; for the "
+                   "demo's collections, the demo's].")
 @words("json")
 def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None, vector_json: str | None,
                model: str | None, head: Path | None, mode: str, no_expansion: bool, device: str | None, demo: Path | None,
@@ -436,13 +464,14 @@ def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None
                         max_terms=max_terms, split=split, explain=explain, first_terms=first_terms, window=window,
                         device=device)
     if sheet is not None:
-        from lsr_os.search import load_demo_settings
+        from lsr_os.search import client_for
         from lsr_os.sheet import search_sheet
 
-        root = images_root or (load_demo_settings(demo).get("images") if demo else None)
-        if root is None:
-            raise click.UsageError("--sheet needs the collection's image root: --images ROOT (or --demo DIR)")
-        search_sheet(result, root, sheet)
+        drawn = search_sheet(result, sheet, client_for(cluster), images_root, demo)
+        if drawn.missing:
+            click.secho(f"Warning: {len(drawn.missing)} of the hits' images are not under {drawn.root} (their tiles "
+                        f"say so): {', '.join(drawn.missing[:5])}{' ...' if len(drawn.missing) > 5 else ''}",
+                        fg="yellow", err=True)
     for warning in result.warnings:
         click.secho(f"Warning: {warning}", fg="yellow", err=True)
     if as_json:

@@ -703,7 +703,7 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
         mode, vocabulary, own = "vector", Vocabulary.default(), frozenset(vector)
     index = index or f"{prefix or 'lsr'}-{collection or ('captions' if image is not None else 'images')}"
     config = cluster if isinstance(cluster, ClusterConfig) else None
-    searcher = Searcher.of(_client(config) if config else cluster)
+    searcher = Searcher.of(client_for(cluster))
     if vector is None:  # the model's turn
         if not queries.loaded:  # fail on the cluster before a model loads
             if config:
@@ -724,9 +724,16 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
     return result
 
 
+def client_for(cluster) -> OpenSearch:
+    """The client of `cluster`, a `ClusterConfig` or already a client: one per configuration in a
+    process, so its Searcher reads the clause cap once."""
+    from lsr_os.config import ClusterConfig
+
+    return _client(cluster) if isinstance(cluster, ClusterConfig) else cluster
+
+
 @functools.lru_cache(maxsize=8)
 def _client(config) -> OpenSearch:
-    """One client per cluster configuration in a process (its Searcher reads the clause cap once)."""
     return config.client()
 
 

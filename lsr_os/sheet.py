@@ -2,17 +2,19 @@
 
 People judge image results faster by looking than by reading ids, so every example query of
 the demo (and `lsr-os search --sheet`) can be saved as a picture. Labels leave out stop words
-and are cut to the tile's width.
+and are cut to the tile's width. A hit's image is looked for where its collection's images were
+ingested from (`sheet_root`); one that cannot be read is a tile that says so.
 """
 
 from __future__ import annotations
 
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from lsr_os.sparse import heaviest_first
 from lsr_os.vocab import STOP_WORDS
 
 TILE = 160
@@ -24,11 +26,13 @@ TEXT_H = 50  # three lines: rank and score, the file, the matched terms
 class SheetHit:
     """One result tile: the image, its rank and score, and the terms that matched most."""
 
-    image: Path
+    image: Path | None  # None: the hit's image path cannot be resolved under the root (`missing` says why)
     rank: int
     score: float
     terms: list[str]
     relevant: bool | None = None  # draws a green (True) or red (False) frame when known
+    label: str | None = None  # the file line [default: the image's file name]
+    missing: str = "not found"
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -38,13 +42,24 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _tile(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((TILE, TILE), Image.Resampling.NEAREST if max(im.size) < TILE else Image.Resampling.BICUBIC)
-        if im.size != (TILE, TILE):
-            im = im.resize((TILE, TILE), Image.Resampling.NEAREST)
-        return im
+def _tile(path: Path | None, why: str = "not found") -> Image.Image:
+    """The image scaled to a tile, or, when it cannot be read (or `path` is None), a pale tile that says why."""
+    from lsr_os.data import ImageLoadError, load_image
+
+    try:
+        if path is None:
+            raise ImageLoadError(why)
+        im = load_image(path)
+    except ImageLoadError as exc:
+        tile = Image.new("RGB", (TILE, TILE), "#eceff3")
+        draw = ImageDraw.Draw(tile)
+        draw.multiline_text((8, TILE // 2 - 20), "\n".join(_wrap(f"image {exc}", _font(12), 3, TILE - 16)),
+                            fill="#8a94a6", font=_font(12), spacing=3)
+        return tile
+    im.thumbnail((TILE, TILE), Image.Resampling.NEAREST if max(im.size) < TILE else Image.Resampling.BICUBIC)
+    if im.size != (TILE, TILE):
+        im = im.resize((TILE, TILE), Image.Resampling.NEAREST)
+    return im
 
 
 def _fit(text: str, font, width: int = TILE) -> str:
@@ -79,8 +94,8 @@ def contact_sheet(title: str, hits: list[SheetHit], out: str | Path, query_image
     for h in hits:
         frame = None if h.relevant is None else ("#1a9850" if h.relevant else "#d73027")
         words = [t for t in h.terms if t.strip("#") not in STOP_WORDS and any(c.isalnum() for c in t)]
-        lines = [f"#{h.rank}  score {h.score:.2f}", Path(h.image).name] + _wrap(" ".join(words), small, 1)
-        tiles.append((_tile(h.image), "\n".join(_fit(line, small) for line in lines), frame))
+        lines = [f"#{h.rank}  score {h.score:.2f}", h.label or Path(h.image).name] + _wrap(" ".join(words), small, 1)
+        tiles.append((_tile(h.image, h.missing), "\n".join(_fit(line, small) for line in lines), frame))
     columns = max(1, min(columns, len(tiles) or 1))
     rows = max(1, -(-len(tiles) // columns))
     head_lines = textwrap.wrap(title, width=12 * columns) or [""]
@@ -103,24 +118,56 @@ def contact_sheet(title: str, hits: list[SheetHit], out: str | Path, query_image
     return out
 
 
-def search_sheet(result, images: str | Path, out: str | Path) -> Path:
-    """The contact sheet of a `lsr_os.search.SearchResult`: each hit's image (a caption hit: the
-    image it describes) under the image root `images`, with its matched terms when explained."""
-    from lsr_os.data import resolve_image
-    from lsr_os.errors import DataError
+@dataclass
+class SheetReport:
+    """A drawn contact sheet and the image paths of its hits that could not be shown."""
 
-    root = Path(images)
-    hits = []
+    path: Path
+    root: Path
+    missing: list[str] = field(default_factory=list)
+
+
+def sheet_root(index: str, recorded: Path | None, images: str | Path | None = None,
+               demo: str | Path | None = None) -> Path:
+    """Where a sheet of `index`'s hits finds their images: `images` when given, else the image root
+    recorded at ingest (`recorded`: `lsr_os.index.image_root`), else, for one of the demo's own
+    collections, the demo's world; ConfigError naming the option otherwise. The demo's image root
+    is never taken for another collection: its images are not there."""
+    from lsr_os.errors import ConfigError
+    from lsr_os.search import load_demo_settings
+
+    if images is not None:
+        return Path(images)
+    if recorded is not None:
+        return recorded
+    settings = load_demo_settings(demo) if demo is not None else {}
+    if settings.get("images") and index in {f"{settings.get('prefix')}-{c}" for c in ("images", "captions")}:
+        return Path(settings["images"])
+    raise ConfigError(f"{index} records no image root (it was loaded from sparse records or dense files, or before "
+                      f"lsr-os recorded one), so --sheet cannot find its images: give --images ROOT")
+
+
+def search_sheet(result, out: str | Path, client=None, images: str | Path | None = None,
+                 demo: str | Path | None = None) -> SheetReport:
+    """The contact sheet of a `lsr_os.search.SearchResult`: each hit's image (a caption hit: the
+    image it describes) under the collection's image root (`sheet_root`; the one recorded at ingest
+    is read through `client`), with its matched terms when explained."""
+    from lsr_os.data import ImageLoadError, resolve_image
+    from lsr_os.index import image_root
+
+    recorded = image_root(client, result.index) if images is None and client is not None else None
+    root = sheet_root(result.index, recorded, images, demo)
+    hits, missing = [], []
     for row in result.hits:
         if not row.get("image"):
             continue
         try:
-            path = resolve_image(root, row["image"])
-        except DataError:
-            continue
-        terms = [m["term"] for m in row.get("matches", [])] or sorted(result.query, key=lambda t: -result.query[t])
-        hits.append(SheetHit(path, row["rank"], row["score"], terms))
-    if not hits:
-        raise DataError(f"no hit of {result.index} names an image under {root}; give the collection's image root")
+            path, why = resolve_image(root, row["image"]), "not found"
+        except ImageLoadError as exc:
+            path, why = None, str(exc)
+        if path is None or not path.is_file():
+            missing.append(row["image"])
+        terms = [m["term"] for m in row.get("matches", [])] or [t for t, _ in heaviest_first(result.query.items())]
+        hits.append(SheetHit(path, row["rank"], row["score"], terms, label=Path(row["image"]).name, missing=why))
     title = f'"{result.text}"' if result.text else f"{len(result.query)}-term query"
-    return contact_sheet(f"{title} -> {result.index}", hits, out)
+    return SheetReport(contact_sheet(f"{title} -> {result.index}", hits, out), root, missing)

@@ -179,3 +179,38 @@ def test_a_text_searched_by_its_expansion_alone_says_so(os_client, index_name, t
                                     "--prefix", index_name, "--device", "cpu"])
     assert res.exit_code == 0 and "Warning: no word of 'qwzx' has a weight in its query" in res.output, res.output
     assert "every hit comes from the model's expansion" in res.output and "  a  " in res.output
+
+
+def test_a_contact_sheet_finds_its_images_where_the_collection_was_ingested_from(os_client, index_name, tmp_path):
+    """The demo's models searching another collection (`--demo D --prefix mine`): the sheet takes
+    that collection's image root, recorded at ingest, not the demo's; a wrong root gives tiles that
+    say so and a warning, never a traceback."""
+    from PIL import Image
+
+    from lsr_os import index as ix
+    from lsr_os.sheet import TILE
+    from lsr_os.sparse import RecordStream
+
+    mine = tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)
+    Image.new("RGB", (32, 32), "red").save(mine / "images" / "ring.png")
+    Image.new("RGB", (32, 32), "blue").save(mine / "images" / "ball.png")
+    docs = [SparseRecord("ring", {"red": 1.0, "ring": 1.0}, {"image": "images/ring.png"}),
+            SparseRecord("ball", {"red": 0.5, "ball": 1.0}, {"image": "images/ball.png"})]
+    ix.ingest(os_client, RecordStream.of(docs, "t"), f"{index_name}-images", "images", ix.IngestOptions(progress=False),
+              images=mine)
+    demo = tmp_path / "demo"
+    (demo / "world").mkdir(parents=True)
+    (demo / "search.json").write_text(json.dumps({"model": "demo:x", "head": str(tmp_path), "prefix": "demo",
+                                                  "images": str(demo / "world")}))
+    query = ["search", "--vector-json", '{"red": 1, "ring": 1}', "--demo", str(demo), "--prefix", index_name, "-k", "3"]
+    res = CliRunner().invoke(main, [*query, "--sheet", str(tmp_path / "mine.png")])
+    assert res.exit_code == 0 and "Warning" not in res.output, res.output
+    with Image.open(tmp_path / "mine.png") as sheet:
+        y = sheet.height // 2
+        assert sheet.getpixel((8 + TILE // 2, y)) == (255, 0, 0) and sheet.getpixel((16 + TILE * 3 // 2, y)) == (0, 0, 255)
+    res = CliRunner().invoke(main, [*query, "--sheet", str(tmp_path / "wrong.png"), "--images", str(demo / "world")])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert f"Warning: 2 of the hits' images are not under {demo / 'world'}" in res.output
+    with Image.open(tmp_path / "wrong.png") as sheet:
+        assert sheet.getpixel((8 + TILE // 2, sheet.height // 2)) != (255, 0, 0)
