@@ -14,7 +14,6 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
-from click.core import ParameterSource
 
 from lsr_os import __version__
 from lsr_os.config import CHUNK_DOCS, CONCURRENCY, POOL_MAXSIZE, ClusterConfig, split_urls
@@ -240,31 +239,6 @@ def words(*names: str):
             func = WORDS[name](func)
         return func
     return decorate
-
-
-def demo_defaults(*names: str, keep: bool = False):
-    """Add `--demo DIR` (see WORDS): the demo folder's values fill the options `names` (model, head,
-    prefix, images) that were not given on the command line. With `keep`, the command receives
-    `demo` too."""
-    def decorate(func):
-        @words("demo")
-        @functools.wraps(func)
-        def wrapper(*args, demo, **kwargs):
-            kwargs.update(_from_demo(demo, {name: kwargs[name] for name in names}))
-            return func(*args, **kwargs, **({"demo": demo} if keep else {}))
-        return wrapper
-    return decorate
-
-
-def _from_demo(demo: Path | None, values: dict) -> dict:
-    """`values` with those not given on the command line (None, or a default) taken from the demo folder."""
-    if demo is None:
-        return values
-    from lsr_os.search import demo_defaults as merged
-
-    source = click.get_current_context().get_parameter_source
-    return {**values, **merged(demo, **{name: None for name, value in values.items()
-                                         if value is None or source(name) is ParameterSource.DEFAULT})}
 
 
 def demo_defaults(*names: str, keep: bool = False):
