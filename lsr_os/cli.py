@@ -639,7 +639,10 @@ def collections_delete(cluster: ClusterConfig, alias: str, yes: bool) -> None:
               help="Write the NDJSON here [default: standard output].")
 def dashboards_cmd(prefix: str, out: Path | None) -> None:
     """OpenSearch Dashboards saved objects for the collections of a prefix (import them in Stack
-    Management -> Saved objects): an index pattern and a saved search per collection."""
+    Management -> Saved objects): an index pattern and a saved search per collection.
+
+    The images search is saved with Lucene syntax and sorted by score: on a cluster with the lsr-os
+    plugin, words typed into Discover's search bar then rank the images (DQL would only filter)."""
     from lsr_os.index import dashboards_objects
 
     text = dashboards_objects(prefix)
