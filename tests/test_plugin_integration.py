@@ -4,6 +4,7 @@ ranks like the inference-free rank_feature query, Dashboards' own request bodies
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -190,12 +191,23 @@ def test_track_total_hits_false_gives_the_top_hits_of_a_full_count(scored_index,
 # ----------------------------------------------------------------------------- OpenSearch Dashboards
 
 
-def discover_body(free_text: str, language: str) -> dict:
-    """The body Discover sends for free text on an index pattern without a time field
-    (OpenSearch-Dashboards: data/common/search/search_source/search_source.ts flatten(),
-    opensearch_query/build_opensearch_query.ts, from_lucene.ts + decorate_query.ts for Lucene,
-    from_kuery.ts + kuery/functions/and.ts + is.ts for DQL; discover's get_default_sort.ts and
-    normalize_sort_request.ts for the sort; default advanced settings)."""
+def saved_search(prefix: str = "lsr") -> dict:
+    """The images search that `lsr-os dashboards` writes."""
+    from lsr_os.index import dashboards_objects
+
+    objects = [json.loads(line) for line in dashboards_objects(prefix).splitlines()]
+    return next(o for o in objects if o["type"] == "search" and o["id"] == f"{prefix}-images-top-terms")
+
+
+def discover_body(free_text: str, search: dict) -> dict:
+    """The body Discover sends for free text typed over a saved search on an index pattern without
+    a time field (OpenSearch-Dashboards, default advanced settings): search_source.ts flatten()
+    (stored_fields, script_fields, docvalue_fields, _source, highlight), build_opensearch_query.ts;
+    for Lucene from_lucene.ts + decorate_query.ts (query_string with query:queryString:options and
+    the browser's time zone), for DQL from_kuery.ts + kuery/functions/and.ts + is.ts (multi_match,
+    in filter context); discover's get_sort_for_search_source.ts, get_default_sort.ts and
+    normalize_sort_request.ts for the sort."""
+    language = json.loads(search["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])["query"]["language"]
     if language == "lucene":
         query = {"bool": {"must": [{"query_string": {"query": free_text, "analyze_wildcard": True, "time_zone": "UTC"}}],
                           "filter": [], "should": [], "must_not": []}}
@@ -203,7 +215,8 @@ def discover_body(free_text: str, language: str) -> dict:
         query = {"bool": {"must": [], "filter": [{"multi_match": {"type": "best_fields", "query": free_text,
                                                                     "lenient": True}}],
                           "should": [], "must_not": []}}
-    return {"sort": [{"_score": {"order": "desc"}}], "size": 500, "version": True, "stored_fields": ["*"],
+    sort = [{field: {"order": order}} for field, order in search["attributes"]["sort"] or [["_score", "desc"]]]
+    return {"sort": sort, "size": 500, "version": True, "stored_fields": ["*"],
             "script_fields": {}, "docvalue_fields": [], "_source": {"excludes": []}, "query": query,
             "highlight": {"pre_tags": ["@opensearch-dashboards-highlighted-field@"],
                           "post_tags": ["@/opensearch-dashboards-highlighted-field@"],
@@ -220,15 +233,26 @@ def _discover(client, index, body):
 @pytest.mark.parametrize("text", ["dog beach", "two green stars at night", "horse horse"])
 def test_discover_lucene_free_text_ranks_as_the_match_query(scored_index, client, text):
     index, *_ = scored_index
-    hits = _discover(client, index, discover_body(text, "lucene"))
+    hits = _discover(client, index, discover_body(text, saved_search()))
     matched = _hits(client, index, {"size": 500, "query": {"match": {plugin.FIELD: text}}})
     assert [(h["_id"], h["_score"]) for h in hits] == matched and matched
     assert all(plugin.FIELD not in h["_source"] for h in hits)  # the folded field stays out of Discover
 
 
+def test_the_saved_images_search_is_lucene_sorted_by_score_whatever_the_prefix():
+    for prefix in ("lsr", "demo"):
+        search = saved_search(prefix)
+        assert json.loads(search["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])["query"]["language"] == "lucene"
+        assert search["attributes"]["sort"] == [["_score", "desc"]]
+
+
 def test_discover_dql_free_text_filters_without_scores(scored_index, client):
-    """Why the saved objects pick Lucene: DQL puts free text in filter context, so every hit
-    scores 0 and "sorted by _score" is no ranking at all."""
+    """Why the images search is saved with Lucene: DQL puts free text in filter context, so every
+    hit scores 0 and "sorted by _score" is no ranking at all."""
     index, *_ = scored_index
-    hits = _discover(client, index, discover_body("dog beach", "kuery"))
+    dql = saved_search()
+    source = json.loads(dql["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
+    source["query"]["language"] = "kuery"
+    dql["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"] = json.dumps(source)
+    hits = _discover(client, index, discover_body("dog beach", dql))
     assert hits and {h["_score"] for h in hits} == {0.0}
