@@ -21,17 +21,53 @@ def load(name: str) -> dict:
     return yaml.safe_load((ROOT / name).read_text())
 
 
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.cluster.yml", "docker-compose.secure.yml")
+
+
 def test_version_is_pinned_once_and_matches_the_local_node():
     assert env_version() == DEFAULT_VERSION
-    for name in ("docker-compose.yml", "docker-compose.cluster.yml"):
+    for name in COMPOSE_FILES:
         for svc in load(name)["services"].values():
             assert svc["image"].split(":", 1)[1].startswith("${OPENSEARCH_VERSION"), svc["image"]
+            if "build" in svc:
+                assert svc["build"]["args"]["OPENSEARCH_VERSION"].startswith("${OPENSEARCH_VERSION"), name
+
+
+def test_every_opensearch_node_runs_the_image_with_the_lsr_os_plugin():
+    for name in COMPOSE_FILES:
+        nodes = {k: v for k, v in load(name)["services"].items() if k != "dashboards"}
+        assert nodes, name
+        for svc in nodes.values():
+            assert svc["build"]["context"] == "./plugin" and (ROOT / "plugin" / "Dockerfile").is_file()
+            assert svc["image"].startswith("lsr-os-opensearch:"), name
+
+
+def _dockerfile() -> list[str]:
+    return [line.strip() for line in (ROOT / "plugin" / "Dockerfile").read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_dockerfile_builds_the_plugin_with_maven_and_installs_it_into_the_official_image():
+    """Checked as text: no Docker engine runs here, so the image itself was never built."""
+    lines = _dockerfile()
+    froms = [ln for ln in lines if ln.startswith("FROM ")]
+    assert lines[0] == "ARG OPENSEARCH_VERSION"  # no default: .env pins the version once
+    assert len(froms) == 2 and froms[0].startswith("FROM maven:") and froms[0].endswith(" AS build")
+    assert int(froms[0].split("temurin-")[1].split()[0]) >= 21  # a JDK the plugin's release 21 builds on
+    assert froms[1] == "FROM opensearchproject/opensearch:${OPENSEARCH_VERSION}"
+    text = "\n".join(lines)
+    assert '-Dopensearch.version="$OPENSEARCH_VERSION" package' in text
+    assert "opensearch-plugin install -b file:///tmp/lsr-os.zip" in text
+    for copied in ("pom.xml", "src/main"):
+        assert f"COPY {copied} " in text and (ROOT / "plugin" / copied).exists()
+    assert DEFAULT_VERSION not in text
+    ignored = (ROOT / "plugin" / ".dockerignore").read_text().split()
+    assert "target/" in ignored and "src/main" not in ignored and "pom.xml" not in ignored
 
 
 def test_single_node_compose():
     doc = load("docker-compose.yml")
     os_svc, dash = doc["services"]["opensearch"], doc["services"]["dashboards"]
-    assert os_svc["image"].startswith("opensearchproject/opensearch:")
     assert dash["image"].startswith("opensearchproject/opensearch-dashboards:")
     assert "127.0.0.1:9200:9200" in os_svc["ports"] and "127.0.0.1:5601:5601" in dash["ports"]
     assert os_svc["environment"]["discovery.type"] == "single-node"
