@@ -1,23 +1,30 @@
-"""Text queries per second and latency through `lsr-os serve`, against the library in process and
-the CLI per call, all measured in the same run and interleaved in rounds.
+"""Text queries by query mode, through `lsr-os serve` and in process: inference-free (the head's
+query weights, no model) against the demo encoder and a BLIP-base-sized model (mode expanded),
+with the same queries sent as raw vectors for the baseline; and `lsr-os search TEXT`
+(inference-free) as a process against `lsr-os search --vector-json` (the same query's vector).
+Every system is measured in the same run, interleaved in rounds (the systems' order rotating).
 
 Systems (k = 10 hits with their matched terms, as the web page asks for them):
-  serve, batching   `lsr-os serve` in its own process (--max-batch 32 --batch-wait-ms 2), driven by
-                    1, 8 and 32 concurrent HTTP clients (asyncio + httpx, in this process)
-  serve, no batch   the same with --max-batch 1: one model call per query
-  library           in this process: `QueryEncoder.texts` on a batch of 1, 8 or 32 texts, then
-                    `Searcher.search` for each, one after the other (what a script would do)
-  CLI per call      `lsr-os search TEXT --model --head` as a new process per query (models load each time)
+  serve        `lsr-os serve` in its own process (--max-batch 32 --batch-wait-ms 2), driven by 1, 8
+               and 32 concurrent HTTP clients (asyncio + httpx, in this process): one server per
+               model, and one with the head alone (no model: inference-free), which also answers
+               the vector baseline (each text's inference-free vector as a vector query)
+  in process   `QueryEncoder.encode_texts` on a batch of 1, 8 or 32 texts, then `Searcher.search`
+               for each, one after the other (what a script would do); a query's latency runs from
+               its batch's start to its search's end; the vector baseline searches the vectors
+  process      `lsr-os search TEXT --head H` and `lsr-os search --vector-json V --index I`, a new
+               process per query, alternating
 
 Models: the demo encoder of `lsr-os demo` (its output folder: model, head and the collection to
-search), and a BLIP-base-sized model (BlipConfig defaults: ViT-B/16, BERT-base text) with random
-weights in front of the demo's head (both 256-d), searching the same collection. Query texts are
-the demo world's test captions.
+search) and a BLIP-base-sized model (BlipConfig defaults: ViT-B/16, BERT-base text) with random
+weights in front of the demo's head (both 256-d). Inference-free needs a head with query weights:
+`--head` [default: the demo's]; `lsr-os add-query-weights` gives an existing head them. Query
+texts: the demo world's test captions.
 
-    python bench/serve.py --demo lsr-os-demo                       # CPU: both models, 2 rounds
+    python bench/serve.py --demo lsr-os-demo --head head-with-query-weights/
     python bench/serve.py --demo lsr-os-demo --device cuda --queries 512 --rounds 3
 
-Results: bench/results/serve_<device>.json and .md (machine facts, load average per cell).
+Results: bench/results/<--name>.json and .md (machine facts, load average per cell).
 """
 
 from __future__ import annotations
@@ -32,14 +39,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from bench.harness import md_table, percentiles, write_results  # noqa: E402
+from bench.harness import RESULTS, md_table, percentiles, write_results  # noqa: E402
 
 K = 10
+INFERENCE_FREE, VECTOR = "inference-free", "vector (baseline)"
+DEMO, BLIP = "demo encoder", "BLIP-base size, random"
 
 
 def free_port() -> int:
@@ -51,30 +62,27 @@ def free_port() -> int:
 
 
 class Server:
-    """`lsr-os serve` in a subprocess on a free port, until closed."""
+    """`lsr-os serve ARGS` in a subprocess on a free port, until closed."""
 
-    def __init__(self, url: str, model: str, head: str, prefix: str, device: str, max_batch: int, wait_ms: float,
-                 threads: int):
+    def __init__(self, url: str, args: list[str]):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lsr_os", "serve", "--url", url, "--model", model, "--head", head, "--prefix",
-             prefix, "--port", str(self.port), "--device", device, "--max-batch", str(max_batch),
-             "--batch-wait-ms", str(wait_ms), "--max-pending", "1024", "--torch-threads", str(threads)],
-            stdout=self.log, stderr=self.log, cwd=Path(__file__).resolve().parent.parent)
+            [sys.executable, "-m", "lsr_os", "serve", "--url", url, "--port", str(self.port), "--max-batch", "32",
+             "--batch-wait-ms", "2", "--max-pending", "1024", *args], stdout=self.log, stderr=self.log, cwd=ROOT)
         deadline = time.monotonic() + 600
         while True:
             if self.proc.poll() is not None:
                 self.log.seek(0)
                 raise RuntimeError(f"lsr-os serve exited: {self.log.read().decode(errors='replace')[-2000:]}")
             try:
-                if httpx.get(f"{self.base}/healthz", timeout=5).status_code == 200:
+                if (httpx.get(f"{self.base}/healthz", timeout=5).json().get("models") or {}).get("loaded"):
                     return
-            except httpx.TransportError:
+            except (httpx.TransportError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("lsr-os serve did not become healthy in 600 s")
+                raise RuntimeError("lsr-os serve did not load its models in 600 s")
             time.sleep(0.5)
 
     def stats(self) -> dict:
@@ -90,168 +98,231 @@ class Server:
         self.proc.wait(60)
 
 
-async def _drive(base: str, texts: list[str], clients: int) -> tuple[float, list[float]]:
-    """Send every text once from `clients` concurrent clients; (wall seconds, latency of each)."""
+async def _drive(base: str, bodies: list[dict], clients: int, mode: str | None) -> tuple[float, list[float]]:
+    """Send every body once from `clients` concurrent clients; (wall seconds, latency of each). Each
+    answer must be a 200 in `mode` (so a server never answers another mode than the one measured)."""
     latencies: list[float] = []
-    queue = iter(texts)
+    queue = iter(bodies)
     async with httpx.AsyncClient(base_url=base, timeout=300,
                                  limits=httpx.Limits(max_connections=clients, max_keepalive_connections=clients)) as http:
         async def client() -> None:
-            for text in queue:
+            for body in queue:
                 t0 = time.perf_counter()
-                res = await http.post("/search", json={"text": text, "k": K})
-                if res.status_code != 200:
-                    raise RuntimeError(f"HTTP {res.status_code}: {res.text[:300]}")
+                res = await http.post("/search", json=body)
                 latencies.append(time.perf_counter() - t0)
+                if res.status_code != 200 or (mode and res.json()["mode"] != mode):
+                    raise RuntimeError(f"HTTP {res.status_code}: {res.text[:300]}")
 
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         return time.perf_counter() - t0, latencies
 
 
-def through_serve(server: Server, texts: list[str], clients: int) -> dict:
-    asyncio.run(_drive(server.base, texts[: 2 * clients], clients))  # warm connections and the model
-    before, server_cpu, client_cpu = server.stats(), server.cpu_s(), time.process_time()
-    wall, latencies = asyncio.run(_drive(server.base, texts, clients))
-    client_cpu, server_cpu = time.process_time() - client_cpu, server.cpu_s() - server_cpu
+def through_serve(server: Server, bodies: list[dict], clients: int, mode: str) -> dict:
+    asyncio.run(_drive(server.base, bodies[: 2 * clients], clients, mode))  # warm the connections
+    before, server_cpu = server.stats(), server.cpu_s()
+    wall, latencies = asyncio.run(_drive(server.base, bodies, clients, mode))
+    server_cpu = server.cpu_s() - server_cpu
     after = server.stats()
     calls = after["batches"] - before["batches"]
-    return {"qps": len(texts) / wall, **percentiles(latencies), "model_calls": calls,
-            "mean_batch": (after["queries"] - before["queries"]) / max(calls, 1),
-            "cpu_ms_per_query": 1000 * server_cpu / len(texts), "client_cpu_ms_per_query": 1000 * client_cpu / len(texts)}
+    return {"qps": len(bodies) / wall, **percentiles(latencies), "model_calls": calls,
+            "mean_batch": (after["queries"] - before["queries"]) / calls if calls else 0.0,
+            "cpu_ms_per_query": 1000 * server_cpu / len(bodies)}
 
 
-def in_process(queries, searcher, alias: str, texts: list[str], batch: int) -> dict:
-    """Encode `batch` texts in one call, then search each; a query's latency ends with its search."""
+def in_process(encode: Callable[[list], list], searcher, alias: str, queries: list, batch: int) -> dict:
+    """Encode `batch` queries in one call, then search each; a query's latency ends with its search."""
     latencies: list[float] = []
     t0, cpu = time.perf_counter(), time.process_time()
-    for start in range(0, len(texts), batch):
+    for start in range(0, len(queries), batch):
         b0 = time.perf_counter()
-        for vector, _ in queries.encode_texts(texts[start:start + batch], "expanded"):
+        for vector in encode(queries[start:start + batch]):
             searcher.search(alias, vector, K, explain=True)
             latencies.append(time.perf_counter() - b0)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu
-    return {"qps": len(texts) / wall, **percentiles(latencies), "cpu_ms_per_query": 1000 * cpu / len(texts)}
+    return {"qps": len(queries) / wall, **percentiles(latencies), "cpu_ms_per_query": 1000 * cpu / len(queries)}
 
 
-def cli_per_call(url: str, model: str, head: str, prefix: str, device: str, texts: list[str]) -> dict:
-    latencies = []
-    for text in texts:
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "lsr_os", "search", text, "--url", url, "--model", model, "--head", head,
-                        "--prefix", prefix, "--device", device, "-k", str(K), "--json"], check=True,
-                       capture_output=True, cwd=Path(__file__).resolve().parent.parent)
-        latencies.append(time.perf_counter() - t0)
-    return {"qps": len(texts) / sum(latencies), **percentiles(latencies)}
+def vectors_of(encoded: list) -> list[dict]:
+    """The vectors of `QueryEncoder.encode_texts`' results (every text of the bench is searchable)."""
+    bad = [r for r in encoded if isinstance(r, Exception)]
+    if bad:
+        raise RuntimeError(f"a query text cannot be searched: {bad[0]}")
+    return [vector for vector, _ in encoded]
+
+
+def processes(url: str, head: str, prefix: str, texts: list[str], vectors: list[dict], n: int) -> dict:
+    """`lsr-os search TEXT --head H` vs `lsr-os search --vector-json V` of the same query, a process
+    each, alternating (which goes first alternates too)."""
+    cli = [sys.executable, str(ROOT / "cli.py"), "search", "--url", url, "-k", str(K), "--json"]
+    runs = {"lsr-os search TEXT (inference-free)": lambda i: cli + [texts[i], "--head", head, "--prefix", prefix],
+            "lsr-os search --vector-json": lambda i: cli + ["--vector-json", json.dumps(vectors[i]), "--prefix", prefix]}
+    walls: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(n):
+        for name in (list(runs) if i % 2 == 0 else list(runs)[::-1]):
+            t0 = time.perf_counter()
+            done = subprocess.run(runs[name](i), capture_output=True, text=True, cwd=ROOT,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+            walls[name].append(time.perf_counter() - t0)
+            if done.returncode != 0:
+                raise RuntimeError(f"{name} failed: {done.stderr[-500:]}")
+    return {name: {"qps": len(w) / sum(w), **percentiles(w)} for name, w in walls.items()}
 
 
 def load_avg() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def bench_model(name: str, model: str, head: str, args, texts: list[str]) -> list[dict]:
-    from lsr_os.config import ClusterConfig, connect
-    from lsr_os.search import QueryEncoder, Searcher
-
-    settings = json.loads((Path(args.demo) / "search.json").read_text())
-    prefix, alias = settings["prefix"], f"{settings['prefix']}-images"
-    print(f"[{name}] starting two servers and loading the model in process", flush=True)
-    servers = {"serve, batching": Server(args.url, model, head, prefix, args.device, 32, 2.0, args.torch_threads),
-               "serve, no batching": Server(args.url, model, head, prefix, args.device, 1, 0.0, args.torch_threads)}
-    queries = QueryEncoder(model, head, args.device)
-    searcher = Searcher(connect(ClusterConfig(urls=(args.url,))))
-    queries.encode_texts(texts[:4], "expanded")  # load and warm
-    rows: list[dict] = []
-    try:
-        for rnd in range(args.rounds):
-            for clients in args.clients:
-                for system, server in servers.items():
-                    row = {"model": name, "system": system, "clients / batch": clients, "round": rnd,
-                           "load_before": load_avg(), **through_serve(server, texts, clients)}
-                    rows.append({**row, "load_after": load_avg()})
-                    print(f"[{name}] round {rnd} {system} x{clients}: {row['qps']:.1f} q/s", flush=True)
-                row = {"model": name, "system": "library in process", "clients / batch": clients, "round": rnd,
-                       "load_before": load_avg(), **in_process(queries, searcher, alias, texts, clients)}
-                rows.append({**row, "load_after": load_avg()})
-                print(f"[{name}] round {rnd} library batch {clients}: {row['qps']:.1f} q/s", flush=True)
-            row = {"model": name, "system": "CLI per call", "clients / batch": 1, "round": rnd, "load_before": load_avg(),
-                   **cli_per_call(args.url, model, head, prefix, args.device, texts[:args.cli_calls])}
-            rows.append({**row, "load_after": load_avg()})
-            print(f"[{name}] round {rnd} CLI: {row['qps']:.2f} q/s", flush=True)
-    finally:
-        for server in servers.values():
-            server.close()
-    return rows
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """Per (model, system, clients): the median over rounds of q/s, p50 and p99, and the load range."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["system"], r["clients / batch"]), []).append(r)
-    out = []
-    for (model, system, clients), rs in groups.items():
-        loads = [x for r in rs for x in (r["load_before"], r["load_after"])]
-        out.append({"model": model, "system": system, "clients / batch": clients,
-                    "q/s": statistics.median(r["qps"] for r in rs), "p50 ms": statistics.median(r["p50_ms"] for r in rs),
-                    "p99 ms": statistics.median(r["p99_ms"] for r in rs),
-                    "mean batch": statistics.median(r["mean_batch"] for r in rs) if "mean_batch" in rs[0] else "",
-                    "CPU ms/q": statistics.median(r["cpu_ms_per_query"] for r in rs) if "cpu_ms_per_query" in rs[0] else "",
-                    "load avg": f"{min(loads):.1f}-{max(loads):.1f}", "rounds": len(rs)})
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", required=True, type=Path, help="output folder of `lsr-os demo` (model, head, collection)")
+    ap.add_argument("--head", type=Path, default=None,
+                    help="head with query weights for inference-free [default: the demo's]")
     ap.add_argument("--url", default=os.environ.get("OPENSEARCH_URL", "http://localhost:9200"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--queries", type=int, default=128, help="queries per measurement")
-    ap.add_argument("--clients", default="1,8,32", help="concurrent clients (and library batch sizes)")
+    ap.add_argument("--clients", default="1,8,32", help="concurrent clients (and in-process batch sizes)")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--cli-calls", type=int, default=3, help="CLI calls per round (each loads the models)")
-    ap.add_argument("--models", default="demo,blip-base-random")
+    ap.add_argument("--processes", type=int, default=20, help="process pairs per round (text and vector-json)")
+    ap.add_argument("--models", default=f"{DEMO},{BLIP}", help="models to compare with inference-free (or none)")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch CPU threads of the servers and of the library here (serve --torch-threads)")
+    ap.add_argument("--name", default=None, help="results name [default: serve_modes_<device>]")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = ap.parse_args()
     import torch
 
+    from lsr_os.config import ClusterConfig, connect
+    from lsr_os.search import QueryEncoder, Searcher, load_demo_settings
+
     torch.set_num_threads(args.torch_threads)
-    args.clients = [int(c) for c in args.clients.split(",")]
-    settings = json.loads((args.demo / "search.json").read_text())
+    clients = [int(c) for c in args.clients.split(",")]
+    settings = load_demo_settings(args.demo)
+    head = str(args.head or settings["head"])
+    prefix, alias = settings["prefix"], f"{settings['prefix']}-images"
     meta = json.loads((Path(settings["images"]) / "dataset_meta.json").read_text())
     texts = [s["raw"] for im in meta["images"] if im["split"] == "test" for s in im["sentences"]][: args.queries]
-    rows: list[dict] = []
+    static = QueryEncoder(None, head)
+    vectors = vectors_of(static.encode_texts(texts, INFERENCE_FREE))
+    searcher = Searcher(connect(ClusterConfig(urls=(args.url,))))
     t0 = time.perf_counter()
+    # each system: (serve server, bodies, mode the answers must be in; in-process encode of a batch)
+    systems: dict[str, tuple] = {}
+    servers: list[Server] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            if name == "demo":
-                rows += bench_model(name, settings["model"], settings["head"], args, texts)
-            else:
-                from bench.encode_throughput import build_blip_base
+        try:
+            print("starting the servers and loading the models in process", flush=True)
+            headonly = Server(args.url, ["--head", head, "--prefix", prefix])
+            servers.append(headonly)
+            systems[INFERENCE_FREE] = (headonly, [{"text": t, "k": K} for t in texts], INFERENCE_FREE,
+                                       lambda batch: vectors_of(static.encode_texts(batch, INFERENCE_FREE)))
+            systems[VECTOR] = (headonly, [{"vector": v, "k": K} for v in vectors], "vector", lambda batch: batch)
+            for name in filter(None, args.models.split(",")):
+                if name == DEMO:
+                    model = settings["model"]
+                elif name == BLIP:
+                    from bench.encode_throughput import build_blip_base
 
-                rows += bench_model(name, str(build_blip_base(Path(tmp) / "blip")), settings["head"], args, texts)
-    summary = summarise(rows)
+                    model = str(build_blip_base(Path(tmp) / "blip"))
+                else:
+                    raise SystemExit(f"--models: {name!r} is neither {DEMO!r} nor {BLIP!r}")
+                server = Server(args.url, ["--model", model, "--head", settings["head"], "--prefix", prefix,
+                                           "--device", args.device, "--torch-threads", str(args.torch_threads)])
+                servers.append(server)
+                queries = QueryEncoder(model, settings["head"], args.device)
+                queries.encode_texts(texts[:4], "expanded")  # load and warm
+                systems[name] = (server, [{"text": t, "k": K} for t in texts], "expanded",
+                                 lambda batch, q=queries: vectors_of(q.encode_texts(batch, "expanded")))
+            rows = measure(systems, searcher, alias, texts, vectors, clients, args.rounds)
+            proc_rows = []
+            for rnd in range(args.rounds):
+                before = load_avg()
+                for name, m in processes(args.url, head, prefix, texts, vectors, args.processes).items():
+                    proc_rows.append({"system": name, "round": rnd, "load_before": before, "load_after": load_avg(), **m})
+                print(f"round {rnd}: processes done", flush=True)
+        finally:
+            for server in servers:
+                server.close()
+    report(rows, proc_rows, args, clients, time.perf_counter() - t0, alias)
+
+
+def measure(systems: dict, searcher, alias: str, texts: list[str], vectors: list[dict], clients: list[int],
+            rounds: int) -> list[dict]:
+    """Every (system, where, clients) cell once per round, the systems' order rotating each round."""
+    rows: list[dict] = []
+    names = list(systems)
+    for rnd in range(rounds):
+        for n in clients:
+            order = names[rnd % len(names):] + names[:rnd % len(names)]
+            for name in order:
+                server, bodies, mode, encode = systems[name]
+                queries = vectors if name == VECTOR else texts
+                for where, run in (("serve", lambda: through_serve(server, bodies, n, mode)),
+                                   ("in process", lambda: in_process(encode, searcher, alias, queries, n))):
+                    before = load_avg()
+                    row = {"query": name, "where": where, "clients / batch": n, "round": rnd, "load_before": before,
+                           **run()}
+                    rows.append({**row, "load_after": load_avg()})
+                    print(f"round {rnd} {name} {where} x{n}: {row['qps']:.1f} q/s, p50 {row['p50_ms']:.1f} ms",
+                          flush=True)
+    return rows
+
+
+def summarise(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """Per group of `keys`: the median over rounds of q/s, p50, p99 (and batch, CPU), and the load range."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        loads = [x for r in rs for x in (r["load_before"], r["load_after"])]
+        row = dict(zip(keys, key))
+        row.update({"q/s": statistics.median(r["qps"] for r in rs), "p50 ms": statistics.median(r["p50_ms"] for r in rs),
+                    "p99 ms": statistics.median(r["p99_ms"] for r in rs), "load avg": f"{min(loads):.1f}-{max(loads):.1f}",
+                    "rounds": len(rs)})
+        for col, field in (("mean batch", "mean_batch"), ("CPU ms/q", "cpu_ms_per_query")):
+            row[col] = statistics.median(r[field] for r in rs) if field in rs[0] else ""
+        out.append(row)
+    return out
+
+
+def report(rows: list[dict], proc_rows: list[dict], args, clients: list[int], seconds: float, alias: str) -> None:
+    summary = summarise(rows, ("query", "where", "clients / batch"))
+    procs = summarise(proc_rows, ("system",))
+    cell = {(r["query"], r["where"], r["clients / batch"]): r for r in summary}
+    top = max(clients)
     goals = []
-    for model in dict.fromkeys(r["model"] for r in summary):
-        pick = {(r["system"], r["clients / batch"]): r["q/s"] for r in summary if r["model"] == model}
-        top = max(args.clients)
-        ratio = pick[("serve, batching", top)] / pick[("library in process", top)]
-        goals.append({"model": model, "clients": top, "serve q/s": pick[("serve, batching", top)],
-                      "library q/s": pick[("library in process", top)], "ratio": ratio, "goal": 0.8, "met": ratio >= 0.8})
-    columns = ["model", "system", "clients / batch", "q/s", "p50 ms", "p99 ms", "mean batch", "CPU ms/q", "load avg"]
-    md = (f"Text queries through `lsr-os serve` (k = {K}, matched terms included) against the library in process and the "
-          f"CLI per call, {args.queries} queries per cell ({args.cli_calls} for the CLI), {args.rounds} rounds interleaved, "
-          f"medians over rounds; device {args.device}, torch threads {args.torch_threads} (servers and library). The HTTP "
-          f"clients, the server, the in-process library and the OpenSearch node share this machine's cores. Query "
-          f"texts: the demo world's test captions; collection: {settings['prefix']}-images. \"mean batch\": queries "
-          f"per model call inside the server; \"CPU ms/q\": CPU time per query of the server process (serve rows) or "
-          f"of the library's process (library rows), the node's not included. Total "
-          f"{time.perf_counter() - t0:.0f} s.\n\n" + md_table(summary, columns) + "\n\nGoal: through serve at "
-          f"{max(args.clients)} clients >= 0.8x the in-process library at the same batch size.\n\n"
-          + md_table(goals, ["model", "clients", "serve q/s", "library q/s", "ratio", "goal", "met"]))
-    path = write_results(f"serve_{args.device.split(':')[0]}", {"rows": rows, "summary": summary, "goals": goals,
-                                                                  "settings": vars(args) | {"demo": str(args.demo)}}, md)
+    if (BLIP, "serve", top) in cell:
+        ratio = cell[(INFERENCE_FREE, "serve", top)]["q/s"] / cell[(BLIP, "serve", top)]["q/s"]
+        goals.append({"goal": f"serve without a model >= 10x the BLIP-base-sized model's q/s at {top} clients",
+                      "measured": f"{ratio:.1f}x", "met": ratio >= 10})
+    for n in clients:
+        ratio = cell[(INFERENCE_FREE, "serve", n)]["p50 ms"] / cell[(VECTOR, "serve", n)]["p50 ms"]
+        goals.append({"goal": f"serve inference-free p50 <= 1.2x a vector query's, {n} clients",
+                      "measured": f"{ratio:.2f}x", "met": ratio <= 1.2})
+    by_name = {r["system"]: r for r in procs}
+    ratio = by_name["lsr-os search TEXT (inference-free)"]["p50 ms"] / by_name["lsr-os search --vector-json"]["p50 ms"]
+    goals.append({"goal": "`lsr-os search TEXT` (inference-free) process p50 <= 1.5x `--vector-json`'s",
+                  "measured": f"{ratio:.2f}x", "met": ratio <= 1.5})
+    columns = ["query", "where", "clients / batch", "q/s", "p50 ms", "p99 ms", "mean batch", "CPU ms/q", "load avg"]
+    md = (f"Text queries by query mode (k = {K}, matched terms included), through `lsr-os serve` and in process, "
+          f"{args.queries} queries per cell, {args.rounds} rounds interleaved (the systems' order rotating), medians "
+          f"over rounds; device {args.device}, torch threads {args.torch_threads} (model servers and library). "
+          f"inference-free: the head's query weights, no model (the server has the head alone); vector (baseline): "
+          f"each text's inference-free vector sent as a vector query (same server); the models: mode expanded. "
+          f"The HTTP clients, the servers, the in-process library and the OpenSearch node share this machine's "
+          f"cores. Query texts: the demo world's test captions; collection: {alias}. \"mean batch\": queries per "
+          f"model call inside the server; \"CPU ms/q\": CPU time per query of the server process (serve) or of this "
+          f"process (in process), the node's not included. Total {seconds:.0f} s.\n\n"
+          + md_table(summary, columns)
+          + f"\n\nProcesses, {args.processes} pairs per round, alternating:\n\n"
+          + md_table(procs, ["system", "q/s", "p50 ms", "p99 ms", "load avg", "rounds"])
+          + "\n\nGoals:\n\n" + md_table(goals, ["goal", "measured", "met"]))
+    name = args.name or f"serve_modes_{args.device.split(':')[0]}"
+    path = write_results(name, {"rows": rows, "process_rows": proc_rows, "summary": summary, "processes": procs,
+                                "goals": goals, "settings": {**vars(args), "demo": str(args.demo),
+                                                             "head": str(args.head), "out": str(args.out)}},
+                         md, args.out)
     print(md)
     print(f"wrote {path}")
 
