@@ -956,7 +956,7 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
     client = connect_or_start(cluster, allow_start=not no_node, step=lambda message: click.echo(message, err=True))
     cfg = DemoConfig(out=out, n_images=n_images, encoder_epochs=encoder_epochs, head_epochs=head_epochs,
                      k=k, prefix=prefix, queries=queries or DEFAULT_QUERIES, progress=not as_json)
-    result = run_demo(client, cfg)
+    result = run_demo(client, cfg, step=lambda message: click.echo(message, err=True))
     if as_json:
         echo_json({"seconds": result.seconds, "report": result.report,
                    "examples": [{"query": e.query, "query_terms": e.query_terms, "hits": e.hits,

@@ -29,7 +29,8 @@ def demo_run(os_client, cluster_config, tmp_path_factory):
         assert first.exit_code == 0, first.output
         second = CliRunner().invoke(main, args)
         assert second.exit_code == 0, second.output
-        yield {"out": out, "prefix": prefix, "first": json.loads(first.stdout), "second": json.loads(second.stdout)}
+        yield {"out": out, "prefix": prefix, "first": json.loads(first.stdout), "second": json.loads(second.stdout),
+               "said": (first.stderr, second.stderr)}
     finally:
         os_client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, expand_wildcards="all")
 
@@ -63,6 +64,12 @@ def test_examples_have_contact_sheets_and_a_rerun_reuses_finished_steps(demo_run
         assert len(ex["hits"]) == 4
         with open(ex["sheet"], "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    # every step says which it is before its progress bars (stderr; stdout holds the JSON)
+    said_first, said_second = demo_run["said"]
+    assert "[2/7] dense encoder: training the image and text encoder" in said_first
+    assert "[4/7] sparse head: training it on the dense vectors" in said_first and "[7/7] evaluate:" in said_first
+    assert "[2/7] dense encoder: reusing the earlier output" in said_second
+    assert "[4/7] sparse head: reusing the earlier output" in said_second
     # the second run trains nothing and loads nothing again: it goes straight to the searches
     assert second["seconds"]["dense encoder"] < 1 and second["seconds"]["sparse head"] < 1
     assert second["report"]["t2i"]["cluster"]["metrics"] == first["report"]["t2i"]["cluster"]["metrics"]

@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from opensearchpy import OpenSearch
 
@@ -76,26 +77,31 @@ class DemoResult:
     out: Path = Path()
 
 
+STEPS = ("world", "dense encoder", "encode", "sparse head", "ingest", "examples", "evaluate")
+
+
 class _Steps:
-    """Times each step and logs when a cached one is reused."""
+    """Times each step and announces it (`step`, a line such as "[4/7] sparse head: training it (4
+    epochs)") before it runs, so the progress bars that follow say which step they belong to."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: Callable[[str], None] | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.step = step
 
-    def run(self, name: str, done: bool, fn):
+    def run(self, name: str, done: bool, fn, what: str = ""):
+        heading = f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {'reusing the earlier output' if done else what}"
+        log.info("step %s", heading)
+        if self.step is not None:
+            self.step(heading)
         t0 = time.perf_counter()
-        if done:
-            log.info("step %s: reusing earlier output", name)
-            result = None
-        else:
-            log.info("step %s", name)
-            result = fn()
+        result = None if done else fn()
         self.seconds[name] = round(time.perf_counter() - t0, 2)
         return result
 
 
-def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
-    """Run (or resume) every step of the demo into `cfg.out` against the cluster of `client`."""
+def run_demo(client: OpenSearch, cfg: DemoConfig, step: Callable[[str], None] | None = None) -> DemoResult:
+    """Run (or resume) every step of the demo into `cfg.out` against the cluster of `client`;
+    `step` is told each step's heading before the step runs."""
     from lsr_os.data import load_karpathy
     from lsr_os.demo import world
     from lsr_os.demo.encoder import train_demo_encoder
@@ -109,35 +115,42 @@ def run_demo(client: OpenSearch, cfg: DemoConfig) -> DemoResult:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, cfg)
-    steps = _Steps()
+    steps = _Steps(step)
     world_dir, enc_dir, dense_dir, head_dir = out / "world", out / "encoder", out / "dense", out / "head"
 
-    meta_path = steps.run("world", False, lambda: world.build(world_dir, n_images=cfg.n_images, seed=cfg.seed))
+    meta_path = steps.run("world", False, lambda: world.build(world_dir, n_images=cfg.n_images, seed=cfg.seed),
+                          f"{cfg.n_images} images with their captions in {world_dir} (kept when already there)")
     steps.run("dense encoder", (enc_dir / MARKER_FILE).exists(),
               lambda: train_demo_encoder(meta_path, world_dir, enc_dir, epochs=cfg.encoder_epochs, seed=cfg.seed,
-                                         progress=cfg.progress))
+                                         progress=cfg.progress),
+              f"training the image and text encoder that stands in for BLIP ({cfg.encoder_epochs} epochs)")
     encoder = load_encoder(enc_dir, device="cpu")
     # encode_dataset resumes by id, so a finished folder costs one scan.
     steps.run("encode", False, lambda: encode_dataset(
-        encoder, load_karpathy(meta_path, world_dir), dense_dir, EncodeOptions(progress=cfg.progress)))
+        encoder, load_karpathy(meta_path, world_dir), dense_dir, EncodeOptions(progress=cfg.progress)),
+        f"the images and captions to dense vectors in {dense_dir} (resumed by id)")
     head_cfg = TrainConfig(epochs=cfg.head_epochs, batch_size=cfg.head_batch_size, seed=cfg.seed, device="cpu",
                            lr_head=cfg.head_lr, lr_proj=cfg.proj_lr, q_reg=cfg.reg, d_reg=cfg.reg)
     steps.run("sparse head", (head_dir / REPORT_FILE).exists(),
-              lambda: train(dense_dir, head_dir, head_cfg, progress=cfg.progress))
+              lambda: train(dense_dir, head_dir, head_cfg, progress=cfg.progress),
+              f"training it on the dense vectors with the paper's schedule ({cfg.head_epochs} epochs)")
     head = load_head(head_dir / BEST_DIR)
     train_report = json.loads((head_dir / REPORT_FILE).read_text())
 
     aliases = {c: f"{cfg.prefix}-{c}" for c in ("images", "captions")}
-    steps.run("ingest", False, lambda: _ingest(client, dense_dir, head_dir / BEST_DIR, aliases, cfg.progress))
+    steps.run("ingest", False, lambda: _ingest(client, dense_dir, head_dir / BEST_DIR, aliases, cfg.progress),
+              f"loading {' and '.join(aliases.values())} into OpenSearch (kept when they serve this head)")
     # What `lsr-os search --demo OUT` (and `serve --demo OUT`) needs: no other flag.
     (out / DEMO_SEARCH_FILE).write_text(json.dumps({
         "model": str(enc_dir.resolve()), "head": str((head_dir / BEST_DIR).resolve()), "prefix": cfg.prefix,
         "images": str(world_dir.resolve())}, indent=2))
     (out / "dashboards.ndjson").write_text(dashboards_objects(cfg.prefix), encoding="utf-8")
     examples = steps.run("examples", False, lambda: _examples(client, encoder, head, aliases["images"],
-                                                              world_dir, cfg, out / "sheets"))
+                                                              world_dir, cfg, out / "sheets"),
+                         f"{len(cfg.queries)} text searches, a contact sheet each in {out / 'sheets'}")
     report = steps.run("evaluate", False, lambda: _evaluate(client, dense_dir, head_dir / BEST_DIR, aliases,
-                                                            out / "eval", cfg.progress))
+                                                            out / "eval", cfg.progress),
+                       "dense vs sparse recall on the test split, both directions, with exact scoring beside")
     return DemoResult(examples, report, train_report, steps.seconds, out)
 
 
