@@ -272,7 +272,8 @@ def image_root(client: OpenSearch, name: str) -> Path | None:
         mappings = client.indices.get_mapping(index=name)
     except NotFoundError:
         return None
-    roots = {(body.get("mappings", {}).get("_meta") or {}).get(META_KEY, {}).get("images") for body in mappings.values()}
+    roots = {(body.get("mappings", {}).get("_meta") or {}).get(META_KEY, {}).get("images")
+             for body in mappings.values()}
     roots.discard(None)
     return Path(roots.pop()) if len(roots) == 1 else None
 
@@ -769,7 +770,7 @@ def ingest_collections(client: OpenSearch, streams: Callable[[str], RecordStream
             failures = failures.with_name(f"{failures.stem}-{collection}{failures.suffix}")
         report = ingest(client, opened[collection], name, collection, options, failures, images)
         if collection == "images" and report.not_swapped and report.count == 0 and report.failed:
-            no_images = (f"not loaded, since every image of this run failed ({report.failed}, listed in "
+            no_images = (f"not loaded, since every image of this run failed ({report.failed} failures, listed in "
                          f"{report.failures_file}) and its captions would be served without them; fix the images "
                          f"and run the same command again, or pass --allow-empty to serve both")
         yield report

@@ -309,7 +309,8 @@ class DenseSource(_Encoded):
                             for s in img.get("sentences", []))
         if not rows:
             if collection == "images" or not any(wanted is None or img["split"] in wanted for img in meta.images):
-                raise no_images_in_split(self.folder / META_FILE, self.opts.split, (img["split"] for img in meta.images))
+                raise no_images_in_split(self.folder / META_FILE, self.opts.split,
+                                         (img["split"] for img in meta.images))
             raise DataError(f"{self.folder / META_FILE} has no captions in split {split_label(self.opts.split)}")
         return rows
 

@@ -185,7 +185,7 @@ def test_when_every_image_fails_the_captions_are_not_served_without_them(os_clie
             "--failures", str(tmp_path / "f.jsonl")]
     res = cli(*args)
     assert res.exit_code == EXIT_NOT_SWAPPED, res.output
-    assert (f"{index_name}-captions: not loaded, since every image of this run failed (3, listed in "
+    assert (f"{index_name}-captions: not loaded, since every image of this run failed (3 failures, listed in "
             f"{tmp_path / 'f-images.jsonl'})") in res.output and "--allow-empty" in res.output
     assert not os_client.indices.exists_alias(name=f"{index_name}-images")
     assert not os_client.indices.get(index=f"{index_name}-captions*", expand_wildcards="all")  # nothing created
