@@ -490,11 +490,12 @@ def compact_json(body: dict) -> str:
 @main.command("serve")
 @cluster_options
 @words("model", "head", "device")
-@demo_defaults("model", "head", "prefix", "images")
+@demo_defaults("model", "head", "prefix", keep=True)
 @click.option("--prefix", default=None, help="Collections are served as <prefix>-images and <prefix>-captions "
                                              "[default: lsr, or the demo's].")
 @click.option("--images", type=_PATH_DIR, default=None,
-              help="Image root: hits' images (thumbnails) are served from under it [default: the demo's; none].")
+              help="Image root: hits' images (thumbnails) are served from under it [default: the one recorded at "
+                   "ingest of <prefix>-images; for the demo's collections, the demo's; none].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 exposes the server to the network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port to listen on.")
@@ -512,7 +513,8 @@ def compact_json(body: dict) -> str:
               help="CPU threads of the model [default: torch's, one per core].")
 def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, device: str | None, prefix: str | None,
               images: Path | None, host: str, port: int, max_batch: int, batch_wait_ms: float,
-              max_pending: int, max_upload_mb: float, max_image_mpix: float, torch_threads: int | None) -> None:
+              max_pending: int, max_upload_mb: float, max_image_mpix: float, torch_threads: int | None,
+              demo: Path | None) -> None:
     """Serve the search application: JSON API, web page, image thumbnails; models stay warm.
 
     POST /search and /encode, GET /media/PATH and /healthz; the web page at /, the API at /docs.
@@ -521,8 +523,8 @@ def serve_cmd(cluster: ClusterConfig, model: str | None, head: Path | None, devi
     """
     from lsr_os import serve as serve_lib
 
-    config = serve_lib.ServeConfig(prefix=prefix or "lsr", model=model, head=head, images=images, device=device,
-                                   max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_pending=max_pending,
+    config = serve_lib.ServeConfig(prefix=prefix or "lsr", model=model, head=head, images=images, demo=demo,
+                                   device=device, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_pending=max_pending,
                                    max_upload_bytes=int(max_upload_mb * 2**20),
                                    max_pixels=int(max_image_mpix * 1e6), torch_threads=torch_threads)
     sock = serve_lib.listen(host, port)

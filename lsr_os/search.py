@@ -640,6 +640,22 @@ def load_demo_settings(folder: str | Path) -> dict:
         raise DataError(f"{path} does not exist: run `lsr-os demo --out {folder}` first") from exc
 
 
+def images_root(index: str, recorded: Path | None, images: str | Path | None = None,
+                demo: str | Path | None = None) -> Path | None:
+    """Where the documents of `index` have their images: `images` when given, else the root recorded
+    at ingest (`recorded`: `lsr_os.index.image_root`), else, for one of the demo's own collections,
+    the demo's world; None when unknown. The demo's world is never taken for another collection
+    searched with the demo's models (`--demo D --prefix mine`): its images are not there."""
+    if images is not None:
+        return Path(images)
+    if recorded is not None:
+        return recorded
+    settings = load_demo_settings(demo) if demo is not None else {}
+    if settings.get("images") and index in {f"{settings.get('prefix')}-{c}" for c in ("images", "captions")}:
+        return Path(settings["images"])
+    return None
+
+
 def demo_defaults(folder: str | Path, **values) -> dict:
     """`values` (any of model, head, prefix, images) with each None one taken from the demo folder:
     the one place where a command's options meet the demo's (`--demo DIR`)."""

@@ -51,7 +51,7 @@ from starlette.exceptions import HTTPException
 
 from lsr_os import __version__
 from lsr_os.errors import ClusterError, CollectionMissing, ConfigError, DataError, LsrOsError, ModelError
-from lsr_os.search import QueryEncoder, Searcher, expansion_only, split_terms, stable_preference
+from lsr_os.search import QueryEncoder, Searcher, expansion_only, images_root, split_terms, stable_preference
 from lsr_os.static_query import QueryWeightsMissing
 from lsr_os.sparse import SparseVector, numeric_weights
 from lsr_os.vocab import Vocabulary
@@ -69,13 +69,15 @@ IMAGE_CACHE = "public, max-age=3600"
 @dataclass
 class ServeConfig:
     """What `lsr-os serve` serves and how much it accepts. With `head` alone (query weights needed)
-    it answers text queries inference-free; without either, vector queries only; without `images`
-    hits carry no image URL."""
+    it answers text queries inference-free; without either, vector queries only. The image root is
+    `images`, else the one recorded at ingest of `<prefix>-images`, else the `demo` folder's world
+    when the collections are the demo's (`search.images_root`); without one, hits carry no image URL."""
 
     prefix: str = "lsr"
     model: str | None = None
     head: str | Path | None = None
     images: Path | None = None
+    demo: Path | None = None  # the folder of `lsr-os demo`: its world holds the images of its collections
     device: str | None = None
     max_batch: int = 32  # queries per model call; 1 turns dynamic batching off
     batch_wait_ms: float = 2.0  # how long a query waits for others to share its model call
@@ -366,10 +368,23 @@ class SearchService:
         self.io_pool = ThreadPoolExecutor(config.cluster_threads, thread_name_prefix="lsr-os-io")
         self.batcher = Batcher(self._encode_batch, self.model_pool, config.max_batch, config.batch_wait_ms / 1000,
                                config.max_pending)
-        self.image_root = Path(config.images).resolve() if config.images is not None else None
+        self.image_root = self._image_root()
 
     def alias(self, collection: str) -> str:
         return f"{self.config.prefix}-{collection}"
+
+    def _image_root(self) -> Path | None:
+        """The image root of the collections (see ServeConfig); the cluster is asked only without --images."""
+        from lsr_os.index import image_root
+
+        recorded = None
+        if self.config.images is None:
+            try:
+                recorded = image_root(self.client, self.alias("images"))
+            except TransportError as exc:  # not fatal: the collection may be loaded later
+                log.warning("cannot read the image root of %s: %s", self.alias("images"), exc)
+        root = images_root(self.alias("images"), recorded, self.config.images, self.config.demo)
+        return root.resolve() if root is not None else None
 
     @property
     def summary(self) -> str:

@@ -3,7 +3,7 @@
 People judge image results faster by looking than by reading ids, so every example query of
 the demo (and `lsr-os search --sheet`) can be saved as a picture. Labels leave out stop words
 and are cut to the tile's width. A hit's image is looked for where its collection's images were
-ingested from (`sheet_root`); one that cannot be read is a tile that says so.
+ingested from (`lsr_os.search.images_root`); one that cannot be read is a tile that says so.
 """
 
 from __future__ import annotations
@@ -127,36 +127,22 @@ class SheetReport:
     missing: list[str] = field(default_factory=list)
 
 
-def sheet_root(index: str, recorded: Path | None, images: str | Path | None = None,
-               demo: str | Path | None = None) -> Path:
-    """Where a sheet of `index`'s hits finds their images: `images` when given, else the image root
-    recorded at ingest (`recorded`: `lsr_os.index.image_root`), else, for one of the demo's own
-    collections, the demo's world; ConfigError naming the option otherwise. The demo's image root
-    is never taken for another collection: its images are not there."""
-    from lsr_os.errors import ConfigError
-    from lsr_os.search import load_demo_settings
-
-    if images is not None:
-        return Path(images)
-    if recorded is not None:
-        return recorded
-    settings = load_demo_settings(demo) if demo is not None else {}
-    if settings.get("images") and index in {f"{settings.get('prefix')}-{c}" for c in ("images", "captions")}:
-        return Path(settings["images"])
-    raise ConfigError(f"{index} records no image root (it was loaded from sparse records or dense files, or before "
-                      f"lsr-os recorded one), so --sheet cannot find its images: give --images ROOT")
-
-
 def search_sheet(result, out: str | Path, client=None, images: str | Path | None = None,
                  demo: str | Path | None = None) -> SheetReport:
     """The contact sheet of a `lsr_os.search.SearchResult`: each hit's image (a caption hit: the
-    image it describes) under the collection's image root (`sheet_root`; the one recorded at ingest
-    is read through `client`), with its matched terms when explained."""
+    image it describes) under the collection's image root (`search.images_root`; the one recorded
+    at ingest is read through `client`), with its matched terms when explained. ConfigError naming
+    --images when the root is unknown."""
     from lsr_os.data import ImageLoadError, resolve_image
+    from lsr_os.errors import ConfigError
     from lsr_os.index import image_root
+    from lsr_os.search import images_root
 
     recorded = image_root(client, result.index) if images is None and client is not None else None
-    root = sheet_root(result.index, recorded, images, demo)
+    root = images_root(result.index, recorded, images, demo)
+    if root is None:
+        raise ConfigError(f"{result.index} records no image root (it was loaded from sparse records or dense files, "
+                          f"or before lsr-os recorded one), so --sheet cannot find its images: give --images ROOT")
     hits, missing = [], []
     for row in result.hits:
         if not row.get("image"):

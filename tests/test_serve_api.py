@@ -410,3 +410,26 @@ def test_inference_free_queries_do_not_wait_for_the_model_thread(os_client, clus
             gate.set()
             sender.join()
         assert waiting[0].status_code == 200 and waiting[0].json()["mode"] == "expanded"
+
+
+def test_the_image_root_is_the_one_recorded_at_ingest_and_the_demo_s_only_for_its_own(os_client, tiny, tmp_path):
+    """`serve --demo D --prefix mine` shows mine's images from where they were ingested, never the
+    demo's world (they are not there); the demo's collections take the demo's world."""
+    import json
+
+    from lsr_os import index as ix
+    from lsr_os.sparse import RecordStream, SparseRecord
+
+    mine = f"{tiny.prefix}-recorded"
+    ix.ingest(os_client, RecordStream.of([SparseRecord("0", {"dog": 1.0}, {"image": tiny.images[0]})], "t"),
+              f"{mine}-images", "images", ix.IngestOptions(progress=False), images=tiny.image_root)
+    demo = tmp_path / "demo"
+    (demo / "world").mkdir(parents=True)
+    (demo / "search.json").write_text(json.dumps({"model": "demo:x", "head": "h", "prefix": tiny.prefix,
+                                                  "images": str(demo / "world")}))
+    for prefix, root in ((mine, tiny.image_root), (tiny.prefix, demo / "world"), (f"{tiny.prefix}-other", None)):
+        service = SearchService(os_client, ServeConfig(prefix=prefix, demo=demo))
+        try:
+            assert service.image_root == (root.resolve() if root else None), prefix
+        finally:
+            service.close()

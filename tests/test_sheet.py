@@ -49,14 +49,15 @@ def test_an_image_the_sheet_cannot_find_is_a_tile_that_says_so(tmp_path):
 
 def test_the_sheet_s_image_root_is_the_option_or_the_demo_s_for_its_own_collections(tmp_path):
     from lsr_os.errors import ConfigError
-    from lsr_os.search import DEMO_SEARCH_FILE
-    from lsr_os.sheet import sheet_root
+    from lsr_os.search import DEMO_SEARCH_FILE, images_root
+    from lsr_os.sheet import search_sheet
 
     demo = tmp_path / "demo"
     demo.mkdir()
     (demo / DEMO_SEARCH_FILE).write_text('{"model": "m", "head": "h", "prefix": "demo", "images": "/demo/world"}')
-    assert sheet_root("mine-images", Path("/data/mine"), images=tmp_path) == tmp_path
-    assert sheet_root("mine-images", Path("/data/mine"), demo=demo) == Path("/data/mine")
-    assert sheet_root("demo-captions", None, demo=demo) == Path("/demo/world")
+    assert images_root("mine-images", Path("/data/mine"), images=tmp_path) == tmp_path
+    assert images_root("mine-images", Path("/data/mine"), demo=demo) == Path("/data/mine")
+    assert images_root("demo-captions", None, demo=demo) == Path("/demo/world")
+    assert images_root("mine-images", None, demo=demo) is None  # the demo's world is not mine's
     with pytest.raises(ConfigError, match="mine-images records no image root .*give --images ROOT"):
-        sheet_root("mine-images", None, demo=demo)  # the demo's world is not mine's
+        search_sheet(_result([{"rank": 1, "score": 1.0, "image": "a.png"}]), tmp_path / "s.png", demo=demo)
