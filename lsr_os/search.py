@@ -388,7 +388,7 @@ class QueryEncoder:
             raise ConfigError(f"no expansion (--no-expansion, or \"expand\": false) is mode own-tokens; it "
                               f"conflicts with mode {mode}")
         if mode == "auto":
-            mode = ("expanded" if expand else "own-tokens") if self.model_name or not expand else "inference-free"
+            mode = "own-tokens" if not expand else "expanded" if self.model_name else "inference-free"
         if mode in MODEL_MODES and not self.model_name:
             others = [m for m in self.modes if m not in MODEL_MODES]
             raise ConfigError(f"mode {mode} runs a dense model, and there is none (--model, or --demo DIR)"
