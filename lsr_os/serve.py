@@ -728,7 +728,8 @@ def create_app(service: SearchService) -> FastAPI:
     @app.post("/search", response_model=SearchResponse, summary="Search a collection", **post)
     async def search(request: Request):
         """A text query searches the images, an uploaded image the captions (or the `collection` given);
-        a `vector` needs no model. Each hit lists its matched terms and their contributions."""
+        a text in `mode` inference-free and a `vector` need no model. The response says which mode
+        answered; each hit lists its matched terms and their contributions."""
         return answer(await queried(request, service.search))
 
     @app.post("/encode", response_model=EncodeResponse, summary="A query's sparse vector and search DSL", **post)
