@@ -114,7 +114,7 @@ def head_of_size(folder, dense_size):
     return folder
 
 
-@pytest.mark.parametrize("case", ["head-folder-above", "head-size-vs-encoder", "head-size-vs-dense",
+@pytest.mark.parametrize("case", ["head-folder-above", "model-unknown", "head-size-vs-encoder", "head-size-vs-dense",
                                   "dense-captions-missing", "no-image-under-root"])
 def test_every_input_is_checked_before_any_index_is_created(os_client, index_name, world, tmp_path, case):
     """A bad input fails in one line before the first index of either collection exists, so no
@@ -122,6 +122,10 @@ def test_every_input_is_checked_before_any_index_is_created(os_client, index_nam
     if case == "head-folder-above":  # the training run's folder instead of its checkpoint
         shutil.copytree(world / "head", tmp_path / "run" / "best")
         args, expected = dataset_args(world, tmp_path / "run"), f"give --head {tmp_path / 'run' / 'best'}"
+    elif case == "model-unknown":
+        args = [*dataset_args(world, world / "head")[:4], "--model", tmp_path / "no-model",
+                *dataset_args(world, world / "head")[6:]]
+        expected = f"unknown encoder '{tmp_path / 'no-model'}'"
     elif case == "head-size-vs-encoder":
         args, expected = dataset_args(world, head_of_size(tmp_path / "h64", 64)), "256-d"
     elif case == "head-size-vs-dense":
