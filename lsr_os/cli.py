@@ -19,6 +19,7 @@ from lsr_os import __version__
 from lsr_os.config import CHUNK_DOCS, CONCURRENCY, POOL_MAXSIZE, ClusterConfig, split_urls
 from lsr_os.errors import LsrOsError
 from lsr_os.node import DEFAULT_VERSION as NODE_VERSION
+from lsr_os.plugin import DEFAULT_SCALE as TEXT_SCALE
 
 
 class LsrGroup(click.Group):
@@ -332,6 +333,13 @@ def source_options(split_default: str | None = None, demo_prefix: bool = False):
               help="Leave the sparse vector out of _source: a much smaller index (explain still works), but "
                    "the cluster alone can no longer reindex it (snapshots still hold everything).")
 @click.option("--force-merge", is_flag=True, help="Merge the index to one segment before serving it (a one-off load).")
+@click.option("--text-field/--no-text-field", "text_field", default=None,
+              help="Give the images a `text` field that the lsr-os OpenSearch plugin ranks typed text on (a plain "
+                   "`match`, Dashboards), folded from the head's query weights; --text-field makes a missing "
+                   "plugin or query weights an error [default: on when the head has query weights and every node "
+                   "runs the plugin]. With --sparse, --head names the query weights.")
+@click.option("--text-scale", type=click.IntRange(1), default=TEXT_SCALE, show_default=True,
+              help="Folded weights are integers: each term's score is kept to 0.5 / scale.")
 @click.option("--failures", "failures_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Failures file (JSONL) [default: ingest-failures-<alias>.jsonl].")
 @words("json")
@@ -339,7 +347,7 @@ def ingest_cmd(cluster: ClusterConfig, source, collection: tuple[str, ...], alia
                fresh: bool, keep_old: bool, allow_empty: bool, max_failed: int | None, chunk_docs: int,
                chunk_mb: float, concurrency: int, max_retries: int, top_k: int | None, threshold: float,
                shards: int | None, replicas: int | None, exclude_vectors: bool, force_merge: bool,
-               failures_path: Path | None, as_json: bool) -> None:
+               text_field: bool | None, text_scale: int, failures_path: Path | None, as_json: bool) -> None:
     """Load sparse records into a new versioned index per collection and swap its alias when sound.
 
     Records come from sparse JSONL, dense files plus a head, or a dataset encoded on the fly. An
@@ -347,21 +355,26 @@ def ingest_cmd(cluster: ClusterConfig, source, collection: tuple[str, ...], alia
     failures file. Exit status: 0 when every record was indexed and served, 4 when some failed,
     5 when a collection was not swapped in (the old one still serves).
     """
+    import dataclasses
+
     from lsr_os import index as ix
     from lsr_os.config import connect
     from lsr_os.errors import EXIT_FAILURES, EXIT_NOT_SWAPPED
     from lsr_os.records import open_source
 
+    head = source.head  # the query weights of the images' text field
+    if source.sparse is not None:  # sparse records need no head to be made: it only names those weights
+        source = dataclasses.replace(source, head=None)
     records = open_source(source)
     collections = records.collections(collection)
     options = ix.IngestOptions(fresh=fresh, keep_old=keep_old, allow_empty=allow_empty, max_failed=max_failed,
                                chunk_docs=chunk_docs, chunk_bytes=int(chunk_mb * 2**20), concurrency=concurrency,
                                retry=ix.RetryPolicy(max_attempts=max_retries), top_k=top_k, threshold=threshold,
                                shards=shards, replicas=replicas, exclude_vectors=exclude_vectors,
-                               force_merge=force_merge)
+                               force_merge=force_merge, text_field=text_field, text_scale=text_scale)
     failed = not_swapped = False
     for report in ix.ingest_collections(connect(cluster), records.stream, collections, options, alias, prefix,
-                                        failures_path, records.image_root):
+                                        failures_path, records.image_root, head):
         failed |= report.failed > 0
         not_swapped |= report.not_swapped is not None
         if as_json:
@@ -379,7 +392,8 @@ def _print_ingest(report, keep_old: bool) -> None:
     served = "not served" if report.not_swapped else "served"
     click.echo(f"{report.alias}: {report.index} {served}, {report.count} documents ({report.sent} sent, "
                f"{report.failed} failed, {report.docs_per_s:.0f} docs/s"
-               f"{f', resumed: {report.already_indexed} already there' if report.resumed else ''})")
+               f"{f', resumed: {report.already_indexed} already there' if report.resumed else ''})"
+               f"{'; typed text ranks it in the cluster (its text field)' if report.text_field else ''}")
     if report.failed:
         kinds = ", ".join(f"{n} {what}" for what, n in sorted(report.failed_by_what.items()))
         click.secho(f"  {report.failed} failures ({kinds}) listed in {report.failures_file}", fg="yellow", err=True)
@@ -615,8 +629,9 @@ def collections_list(cluster: ClusterConfig, as_json: bool) -> None:
     for r in rows:
         mark = "*" if r["served"] else " "
         click.echo(f"{mark} {r['alias'] or '':<{wide['alias']}}  {r['index']:<{wide['index']}}  {r['state']:<9}"
-                   f"{r['docs']:>11,} docs {r['bytes'] / 2**20:9.1f} MiB")
-    click.echo("* = served by its alias; a loading index counts the documents indexed so far")
+                   f"{r['docs']:>11,} docs {r['bytes'] / 2**20:9.1f} MiB{'  text' if r['text_field'] else ''}")
+    click.echo("* = served by its alias; a loading index counts the documents indexed so far; text = typed text "
+               "ranks it in the cluster (the lsr-os plugin's field)")
 
 
 @collections_group.command("delete")

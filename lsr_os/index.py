@@ -4,7 +4,9 @@ A collection (images or captions) is served under an alias. Every load builds a 
 index `<alias>-v<UTC timestamp>` with refresh off, loads it (prepare -> load -> check -> swap):
 
 - prepare: a new index with `mappings/<collection>.json`, or the unfinished one of the same
-  source, resumed (the ids it holds are not produced again);
+  source, resumed (the ids it holds are not produced again); an images index also gets the
+  `text` field of the lsr-os OpenSearch plugin when the head has query weights and the cluster
+  runs the plugin (`text_folding`);
 - load: each record is checked and turned into a document before anything is sent (a record
   OpenSearch could not take is listed, never sent), then bulk requests of bounded size go out,
   several at a time; 429/5xx and lost connections are retried with backoff, a request the
@@ -36,8 +38,9 @@ import orjson
 from opensearchpy import OpenSearch, helpers
 from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
 
+from lsr_os import plugin, static_query
 from lsr_os.config import CHUNK_DOCS, CONCURRENCY
-from lsr_os.errors import ClusterError, ConfigError
+from lsr_os.errors import ClusterError, ConfigError, DataError, ModelError
 from lsr_os.failures import Failure, FailureLog
 from lsr_os.sparse import RecordStream, SparseRecord, SparseVector, clean, heaviest_first, prune
 from lsr_os.vocab import feature_to_term, term_to_feature
@@ -79,12 +82,15 @@ class InvalidRecord(ValueError):
 
 
 def to_document(record: SparseRecord, top_terms: int = 16, top_k: int | None = None,
-                threshold: float = 0.0) -> dict:
+                threshold: float = 0.0, folding: plugin.Folding | None = None) -> dict:
     """The OpenSearch document of a record: checks, hygiene, pruning, feature names, top terms.
 
     Weights that are not finite or not > 0 are dropped (rank_features cannot store them); a
     record left with no term, or over one of the engine's limits, raises InvalidRecord. `terms`
-    keeps the `top_terms` heaviest readable terms for filters and Dashboards. This runs once per
+    keeps the `top_terms` heaviest readable terms for filters and Dashboards. With `folding`,
+    the document gets the plugin's `text` field, folded from the vector as `sparse` stores it
+    (after hygiene and pruning), so a `match` on it scores what the rank_feature query scores
+    (none when no term of the vector has a query weight). This runs once per
     document on the load's critical path (client and node share the CPU on a small machine), so
     the common case, a vector that is already clean, costs a few passes in C and no per-term
     Python work.
@@ -110,6 +116,13 @@ def to_document(record: SparseRecord, top_terms: int = 16, top_k: int | None = N
     doc["id"] = rid
     doc["terms"] = _heaviest(vector, top_terms)
     doc[SPARSE_FIELD] = sparse
+    if folding is not None:
+        try:
+            text = folding.text(vector, rid)
+        except DataError as exc:
+            raise InvalidRecord(str(exc)) from None
+        if text:
+            doc[plugin.FIELD] = text
     return doc
 
 
@@ -187,6 +200,8 @@ class IngestOptions:
     replicas: int | None = None  # None: 1 on a cluster of 2+ data nodes, else 0
     exclude_vectors: bool = False  # leave the sparse vector out of _source (see `prepare_index`)
     force_merge: bool = False  # merge to one segment before serving (a one-off load)
+    text_field: bool | None = None  # the images' `text` field (see `text_folding`); None: when it can be built
+    text_scale: int | float = plugin.DEFAULT_SCALE  # folded weights are kept to 0.5 / text_scale
     progress: bool | None = None  # None: a bar when stderr is a terminal
 
     def check(self) -> None:
@@ -194,6 +209,8 @@ class IngestOptions:
             raise ConfigError("chunk size must be >= 1 document and >= 1 KiB")
         if self.concurrency < 1:
             raise ConfigError("concurrency must be >= 1")
+        if not self.text_scale > 0:
+            raise ConfigError(f"--text-scale must be > 0, not {self.text_scale}")
 
 
 @dataclass
@@ -217,6 +234,8 @@ class IngestReport:
     not_swapped: str | None = None  # why the alias was left as it was (see `swap_refusal`)
     failures_file: str | None = None
     shards: int = 0
+    text_field: bool = False  # the index has the plugin's `text` field
+    text_field_off: str | None = None  # why an images index has none
     seconds: float = 0.0  # the load, from the first record read to the count check
     merge_seconds: float = 0.0  # the force-merge, when asked for
 
@@ -328,6 +347,46 @@ def default_shards(docs: int | None, nodes: int, exclude_vectors: bool = False) 
     return max(1, nodes, math.ceil(size / SHARD_BYTES))
 
 
+def text_folding(client: OpenSearch, alias: str, collection: str, head: str | Path | None,
+                 options: IngestOptions = IngestOptions()) -> tuple[plugin.Folding | None, str | None]:
+    """Whether the new index of `alias` gets the plugin's `text` field: (its folding, None), or
+    (None, why not). Captions never get it, nor does a load with `text_field=False`. Otherwise it
+    needs `head` with query weights, the head's vocabulary the plugin's, and the plugin on every
+    node; by default a load without one of them goes on without the field and logs why (a warning
+    when the head has query weights, so the user expected it), while `text_field=True` makes it an
+    error. A load that would replace a served index having the field with one lacking it is
+    refused unless `text_field=False` says so: typed-text search would vanish from under its users.
+    Every check runs before any index is created."""
+    if collection != "images":
+        return None, None
+    if options.text_field is False:
+        return None, "--no-text-field"
+    expected = False
+    if head is None:
+        why = "no head names the query weights (with --sparse records, --head HEAD names them)"
+    elif not static_query.has_query_weights(head):
+        why = (f"the head {head} has no query weights (add them with "
+               f"`{static_query.ADD_COMMAND.format(head=head)}`)")
+    elif not plugin.cluster_has_plugin(client):
+        why, expected = "the cluster has no lsr-os plugin (on every node)", True
+    else:
+        try:
+            return plugin.Folding.from_head(head, options.text_scale), None
+        except ModelError as exc:
+            why, expected = str(exc), True
+    if options.text_field:
+        raise ConfigError(f"--text-field: {alias} cannot get its {plugin.FIELD!r} field: {why}")
+    served = [name for name, info in _versions(client, alias).items() if info["aliased"] and info["meta"].get("text_field")]
+    if served:
+        raise ConfigError(f"{alias} serves {', '.join(served)}, whose {plugin.FIELD!r} field ranks typed text in the "
+                          f"cluster, but the new index would have none: {why}; pass --no-text-field to replace it "
+                          f"without one")
+    (log.warning if expected else log.info)(
+        "ingest %s: %s: typed-text search in the cluster is off; lsr-os search --mode inference-free works anyway",
+        alias, why)
+    return None, why
+
+
 # While an index loads it is not searched, so it is not refreshed, and its translog is fsynced every
 # few seconds instead of at every bulk request; `finish_index` flushes and restores the serving values.
 LOAD_SETTINGS = {"refresh_interval": "-1", "translog.durability": "async"}
@@ -337,11 +396,14 @@ SERVING_SETTINGS = {"refresh_interval": "1s", "translog.durability": "request"} 
 def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
                   fresh: bool = False, shards: int | None = None, replicas: int = 0,
                   exclude_vectors: bool = False, nodes: int | None = None,
-                  images: str | Path | None = None) -> tuple[str, bool]:
+                  images: str | Path | None = None, text: plugin.Folding | None = None) -> tuple[str, bool]:
     """The index to load into: a pending one of the same source (resume) or a new one.
 
     Returns (index name, resumed). Pending indices of another source (or built with the other
-    `exclude_vectors`), or all of them with `fresh`, are deleted: they were never served.
+    `exclude_vectors`, or another `text` folding: a resumed load never mixes documents with and
+    without the field, or folded from other weights), or all of them with `fresh`, are deleted:
+    they were never served. `text`: the plugin's `text` field and its settings, recorded as
+    `_meta.lsr_os.text_field` (the vocabulary's and the query weights' SHA-256, the scale).
     `shards` overrides the mapping's; the `replicas` exist during the load already, so losing a
     node mid-load loses no document. `exclude_vectors` keeps the sparse vector out of `_source`:
     the index is much smaller (the postings hold what search needs, and explain reads the engine's
@@ -356,22 +418,26 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
         if meta.get("state") != "loading" or info["aliased"]:
             continue
         if (not fresh and meta.get("source") == source and meta.get("collection") == collection
-                and bool(meta.get("exclude_vectors")) == exclude_vectors):
+                and bool(meta.get("exclude_vectors")) == exclude_vectors
+                and meta.get("text_field") == (text.meta() if text else None)):
             _check_sparse_mapping(client, name)
             log.info("resuming the unfinished load into %s", name)
             return name, True
         log.warning("deleting unfinished index %s (source %s)", name, meta.get("source"))
         client.indices.delete(index=name)
     body = load_mapping(collection)
+    if text:
+        body = plugin.with_text_field(body, text.vocab_sha256, text.scale)
     body["settings"].setdefault("index", {}).update({**LOAD_SETTINGS, "number_of_replicas": replicas})
     if shards is not None:
         body["settings"]["index"]["number_of_shards"] = shards
     if exclude_vectors:
-        body["mappings"]["_source"] = {"excludes": [SPARSE_FIELD]}
+        body["mappings"].setdefault("_source", {}).setdefault("excludes", []).append(SPARSE_FIELD)
     body["mappings"]["_meta"] = {META_KEY: {"alias": alias, "collection": collection, "source": source,
                                             "state": "loading", "started": _now_tag(),
                                             **({"exclude_vectors": True} if exclude_vectors else {}),
-                                            **({"images": str(Path(images).resolve())} if images else {})}}
+                                            **({"images": str(Path(images).resolve())} if images else {}),
+                                            **({"text_field": text.meta()} if text else {})}}
     name = f"{alias}{VERSION_SEP}{_now_tag()}"
     # Replicas protect the load only once they are started (in sync with their primary): a node
     # lost while a replica still recovers takes the shard's only valid copy with it.
@@ -589,7 +655,7 @@ def _error_of(exc: TransportError) -> Any:
 
 def ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str,
            options: IngestOptions = IngestOptions(), failures_path: str | Path | None = None,
-           images: str | Path | None = None) -> IngestReport:
+           images: str | Path | None = None, head: str | Path | None = None) -> IngestReport:
     """Load a collection's record stream into a new (or resumed) versioned index of `alias`, check, swap.
 
     `stream.source` is the resume key: a later run with the same key resumes an unfinished
@@ -602,14 +668,26 @@ def ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str
     its last seconds shows up as missing documents, which the count check refuses (the same
     command then resumes and re-sends them), so nothing acknowledged reaches the alias unless it
     is on disk. `images`: the image root the records' `image` paths are under (see `prepare_index`).
+    `head`: the head folder whose query weights an images index's `text` field folds in (see
+    `text_folding`: by default the field is there when it can be built).
     """
     options.check()
+    return _ingest(client, stream, alias, collection, options, failures_path, images,
+                   text_folding(client, alias, collection, head, options))
+
+
+def _ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str, options: IngestOptions,
+            failures_path: str | Path | None, images: str | Path | None,
+            text: tuple[plugin.Folding | None, str | None]) -> IngestReport:
+    """`ingest` once the `text` field is decided (`text_folding`)."""
+    folding, why_off = text
     nodes = data_nodes(client)
     replicas = default_replicas(nodes) if options.replicas is None else options.replicas
     shards = options.shards or default_shards(stream.total, nodes, options.exclude_vectors)
     index, resumed = prepare_index(client, alias, collection, stream.source, options.fresh, shards, replicas,
-                                   options.exclude_vectors, nodes, images)
-    report = IngestReport(alias=alias, index=index, collection=collection, resumed=resumed, shards=shards)
+                                   options.exclude_vectors, nodes, images, folding)
+    report = IngestReport(alias=alias, index=index, collection=collection, resumed=resumed, shards=shards,
+                          text_field=folding is not None, text_field_off=why_off)
     if resumed:  # the index keeps the shards it was made with
         report.shards = int(client.indices.get_settings(index=index, name="index.number_of_shards")[index]
                             ["settings"]["index"]["number_of_shards"])
@@ -620,7 +698,7 @@ def ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str
     t0 = time.perf_counter()
     with FailureLog(failures_path) as failures:
         report.failures_file = str(failures_path) if failures_path else None
-        _load(client, stream, index, done, options, failures, report)
+        _load(client, stream, index, done, options, failures, report, folding)
         report.failed, report.failed_by_what = failures.count, dict(failures.by_what)
     client.indices.flush(index=index)
     client.indices.refresh(index=index)
@@ -633,7 +711,7 @@ def ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str
         return report
     if options.force_merge:
         t1 = time.perf_counter()
-        if options.exclude_vectors:
+        if options.exclude_vectors or folding:  # _source is filtered: see _await_retention_leases
             _await_retention_leases(client, index)
         client.indices.forcemerge(index=index, max_num_segments=1, request_timeout=MERGE_TIMEOUT_S)
         report.merge_seconds = time.perf_counter() - t1
@@ -669,7 +747,7 @@ PROGRESS_STEP = 250  # documents indexed between progress updates
 
 
 def _load(client: OpenSearch, stream: RecordStream, index: str, done: frozenset[str], options: IngestOptions,
-          failures: FailureLog, report: IngestReport) -> None:
+          failures: FailureLog, report: IngestReport, folding: plugin.Folding | None = None) -> None:
     """Send every record not yet `done`; bad records and refused documents go to `failures`."""
     from tqdm.auto import tqdm
 
@@ -686,7 +764,7 @@ def _load(client: OpenSearch, stream: RecordStream, index: str, done: frozenset[
                 report.read += 1
                 try:
                     doc = loader.doc(record.id, to_document(record, options.top_terms, options.top_k,
-                                                            options.threshold))
+                                                            options.threshold, folding))
                 except InvalidRecord as exc:
                     failed(Failure("record", record.id, index, str(exc)))
                     continue
@@ -735,8 +813,8 @@ def _check_count(report: IngestReport) -> None:
 
 def ingest_collections(client: OpenSearch, streams: Callable[[str], RecordStream], collections: Iterable[str],
                        options: IngestOptions = IngestOptions(), alias: str | None = None, prefix: str = "lsr",
-                       failures_path: str | Path | None = None,
-                       images: str | Path | None = None) -> Iterator[IngestReport]:
+                       failures_path: str | Path | None = None, images: str | Path | None = None,
+                       head: str | Path | None = None) -> Iterator[IngestReport]:
     """Load each collection (its stream from `streams(collection)`); one report per collection.
 
     Every stream is asked for, and every alias name checked, before the first index is created:
@@ -745,12 +823,14 @@ def ingest_collections(client: OpenSearch, streams: Callable[[str], RecordStream
     collection only) or `<prefix>-<collection>`; failures go to `ingest-failures-<alias>.jsonl`,
     or to `failures_path` (with `-<collection>` before its suffix when several collections load,
     so the second does not overwrite the first). `images`: the collections' image root, recorded
-    in each index's `_meta` (see `prepare_index`).
+    in each index's `_meta` (see `prepare_index`). `head`: whose query weights the images' `text`
+    field folds in (`text_folding`, decided before anything is created too).
 
     When every image of the run failed and the empty images collection was not served, the
     captions are not loaded: their report says why (`not_swapped`, with no index), since captions
     served without their images are a collection nobody asked for; `allow_empty` serves both.
     """
+    options.check()
     collections = tuple(collections)
     if alias and len(collections) > 1:
         raise ConfigError("--index names one alias: give one --collection with it")
@@ -758,6 +838,8 @@ def ingest_collections(client: OpenSearch, streams: Callable[[str], RecordStream
     opened = {collection: streams(collection) for collection in collections}
     for name in names.values():
         _guard_name(client, name)
+    texts = {collection: text_folding(client, names[collection], collection, head, options)
+             for collection in collections}
     no_images = None
     for collection in collections:
         name = names[collection]
@@ -768,7 +850,7 @@ def ingest_collections(client: OpenSearch, streams: Callable[[str], RecordStream
         failures = Path(failures_path or f"ingest-failures-{name}.jsonl")
         if failures_path is not None and len(collections) > 1:
             failures = failures.with_name(f"{failures.stem}-{collection}{failures.suffix}")
-        report = ingest(client, opened[collection], name, collection, options, failures, images)
+        report = _ingest(client, opened[collection], name, collection, options, failures, images, texts[collection])
         if collection == "images" and report.not_swapped and report.count == 0 and report.failed:
             no_images = (f"not loaded, since every image of this run failed ({report.failed} failures, listed in "
                          f"{report.failures_file}) and its captions would be served without them; fix the images "
@@ -805,7 +887,8 @@ def _with_prefix(name: str, prefix: str) -> str:
 
 
 def list_collections(client: OpenSearch, pattern: str = "*") -> list[dict]:
-    """Every lsr-os index matching `pattern`: alias, index, state, docs, size, served or not."""
+    """Every lsr-os index matching `pattern`: alias, index, state, docs, size, served or not, and its
+    `text_field` (what `_meta` records of the plugin's field, None without one)."""
     try:
         mappings = client.indices.get_mapping(index=pattern, expand_wildcards="open")
     except NotFoundError:
@@ -816,7 +899,7 @@ def list_collections(client: OpenSearch, pattern: str = "*") -> list[dict]:
         if not meta:
             continue
         out.append({"alias": meta.get("alias"), "index": name, "collection": meta.get("collection"),
-                    "state": meta.get("state"), "source": meta.get("source")})
+                    "state": meta.get("state"), "source": meta.get("source"), "text_field": meta.get("text_field")})
     if not out:
         return out
     stats = {row["index"]: row for row in client.cat.indices(index=",".join(r["index"] for r in out),

@@ -12,17 +12,22 @@ matching term freq / scale, so the score is
 which is the inference-free score sum w_t * q9(d_t) (rank_feature clauses on `sparse` with boost
 w_t) to within 0.5 / scale per matching term. q9 is the weight `rank_features` stores (9 bits).
 Terms with w_t = 0 (stop words, punctuation, special tokens) are never indexed, so they add
-nothing. Nothing here talks to the cluster but `cluster_has_plugin`.
+nothing. `Folding` is what an index's `text` field is made of (a head's query weights, the
+vocabulary, the scale); `lsr_os.index` builds the field with it. Nothing here talks to the
+cluster but `cluster_has_plugin`.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import sys
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from lsr_os.errors import DataError
+from lsr_os.errors import DataError, ModelError
 from lsr_os.sparse import quantize
 
 PLUGIN = "lsr-os"
@@ -132,3 +137,45 @@ def cluster_has_plugin(client) -> bool:
     to open an index that uses it)."""
     nodes = client.nodes.info(metric="plugins")["nodes"]
     return bool(nodes) and all(any(p.get("name") == PLUGIN for p in n.get("plugins", [])) for n in nodes.values())
+
+
+@dataclass(frozen=True)
+class Folding:
+    """The query weights an index's `text` field folds in, and what the index records of them
+    (`meta`): a resumed load must fold with the same table, vocabulary and scale, and
+    `lsr-os collections list` tells indices with the field from those without."""
+
+    weights: Mapping[str, float]  # vocabulary term -> its query weight, > 0 only
+    vocab_sha256: str
+    scale: int | float
+    weights_sha256: str  # of the float32 table, little-endian, one weight per vocabulary id
+    head: str
+
+    @classmethod
+    def from_head(cls, head: str | Path, scale: int | float = DEFAULT_SCALE) -> "Folding":
+        """The folding of a head folder's query weights (QueryWeightsMissing when it has none;
+        ModelError when its vocabulary is not the one the plugin tokenizes queries with)."""
+        from lsr_os.static_query import StaticQueryEncoder
+        from lsr_os.vocab import Vocabulary
+
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        enc = StaticQueryEncoder.from_head(head)
+        terms = [enc.tokenizer.id_to_token(i) for i in range(len(enc.weights))]
+        if terms != Vocabulary.default().terms:
+            raise ModelError(f"the head {head} has its own vocabulary ({len(terms)} terms), not the BERT-uncased one "
+                             f"the lsr-os plugin splits typed text with, so the {FIELD!r} field cannot be built for it")
+        table = array("f", enc.weights)
+        if sys.byteorder != "little":
+            table.byteswap()
+        return cls({t: float(w) for t, w in zip(terms, enc.weights) if w > 0}, vocab_sha256(), scale,
+                   hashlib.sha256(table.tobytes()).hexdigest(), str(Path(head).resolve()))
+
+    def text(self, vector: Mapping[str, float], doc_id: str | None = None) -> str:
+        """A document's `text` value (`folded_text`)."""
+        return folded_text(vector, self.weights, self.scale, doc_id)
+
+    def meta(self) -> dict[str, Any]:
+        """What the index's `_meta` records of the field."""
+        return {"field": FIELD, "vocab_sha256": self.vocab_sha256, "scale": self.scale,
+                "query_weights_sha256": self.weights_sha256, "head": self.head}

@@ -196,7 +196,7 @@ def _ingest(client: OpenSearch, dense_dir: Path, head_path: Path, aliases: dict[
         stream = source.stream(collection)
         report = ingest(client, RecordStream(stream.records, key, stream.total), alias, collection,
                         IngestOptions(progress=progress),
-                        failures_path=dense_dir.parent / f"ingest-failures-{collection}.jsonl")
+                        failures_path=dense_dir.parent / f"ingest-failures-{collection}.jsonl", head=head_path)
         reports[collection] = report.to_dict()
     return reports
 
