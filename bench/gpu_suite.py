@@ -81,7 +81,7 @@ from lsr_os.vocab import VOCAB_SIZE, default_vocab_dir, load_tokenizer  # noqa: 
 GOAL_IMAGES_PER_S = 2000  # BLIP-base on one H100
 GOAL_TRAIN_SPEEDUP = 10  # over the authors' loop
 GOAL_200_EPOCH_MIN = 15  # MSCOCO size, one H100
-AUTHORS_WORKERS = 18  # the authors' script hard-codes 18 DataLoader workers (shared/METHOD.md)
+AUTHORS_WORKERS = 18  # the authors' script hard-codes 18 DataLoader workers (docs/method.md)
 QUERY_BATCHES = (1, 64)
 
 

@@ -602,7 +602,26 @@ def evaluate_cmd(cluster: ClusterConfig, source, prefix: str, images_index: str 
         sp = sec["sparsity"]
         click.echo(f"  sparsity FLOPs {sp['flops']:.2f}, terms a query {sp['query_terms']:.1f}, "
                    f"a document {sp['document_terms']:.1f}")
+    _print_query_modes(report)
     click.echo(f"runs and report.json in {out_dir}")
+
+
+def _print_query_modes(report: dict) -> None:
+    """Text -> image by query mode, served figures (evaluate, demo): one row a mode."""
+    modes = report.get("t2i_modes")
+    if not modes:
+        return
+    k = report.get("k", 10)
+    click.echo("text -> image by query mode (through the cluster, in %; parity: top-10 overlap with exact "
+               "scoring, ties counted):")
+    click.echo(f"  {'mode':<15}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'MRR@10':>8}{'FLOPs':>8}{'terms/q':>9}"
+               f"{'words kept':>12}{'parity':>8}")
+    for mode, sec in modes.items():
+        m, sp = sec["cluster"]["metrics"], sec["sparsity"]
+        kept = f"{100 * sec['words_kept']:.1f}" if "words_kept" in sec else "-"
+        click.echo(f"  {mode:<15}" + "".join(f"{100 * m[x]:7.1f}" for x in ("R@1", "R@5", "R@10"))
+                   + f"{100 * m['MRR@10']:8.1f}{sp['flops']:8.2f}{sp['query_terms']:9.1f}{kept:>12}"
+                   + f"{sec['parity'][f'top{k}_overlap_ties']:8.3f}")
 
 
 @main.group("collections")
@@ -892,17 +911,31 @@ def snapshot_delete(cluster: ClusterConfig, repository: str, snapshot: str) -> N
 @click.option("--eval-batch-size", type=int, default=2048, show_default=True, help="Vectors per call in validation.")
 @click.option("--max-text-length", type=int, default=512, show_default=True, help="Caption truncation (tokens).")
 @click.option("--block-special-tokens/--keep-special-tokens", default=True, show_default=True,
-              help="Keep the weights of [CLS], [SEP], [PAD], [UNK], [MASK] at zero (METHOD.md keeps them).")
+              help="Keep the weights of [CLS], [SEP], [PAD], [UNK], [MASK] at zero (the published method keeps them).")
 @click.option("--train-splits", default="train", show_default=True,
               help="Comma list of Karpathy split labels to train on: 'train' is the authors' set; "
                    "'train,restval' adds MSCOCO's restval (the 113k set).")
 @click.option("--deterministic", is_flag=True,
               help="Deterministic kernels: two runs with the same seed, settings and machine give the same bits.")
+@click.option("--query-weights", "query_weights", type=click.Choice(["joint", "after", "none"]), default="joint",
+              show_default=True,
+              help="Query weights for text queries without a model (inference-free): trained with the head "
+                   "(joint), once it is done (after: its documents fixed), or not at all.")
+@click.option("--query-reg", type=float, default=1e-4, show_default=True,
+              help="FLOPs regulariser weight on the inference-free queries.")
+@click.option("--lr-query", type=float, default=1e-2, show_default=True, help="LR of the query weights.")
+@click.option("--query-epochs", type=click.IntRange(1), default=None,
+              help="Passes of --query-weights after [default: --epochs].")
+@click.option("--query-leak", type=click.FloatRange(0), default=0.1, show_default=True,
+              help="--query-weights joint: slope of the query weights' gradient on image terms below zero, "
+                   "so words that died on every image can come back (0: off).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last_state.pt when it exists.")
 def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p, p_end, lr_head, lr_proj,
               warmup_ratio, precision, init, seed, device, eval_batch_size, max_text_length, block_special_tokens,
-              train_splits, deterministic, resume) -> None:
-    """Train the sparse head with probabilistic expansion control (METHOD.md)."""
+              train_splits, deterministic, query_weights, query_reg, lr_query, query_epochs, query_leak,
+              resume) -> None:
+    """Train the sparse head with probabilistic expansion control (see the method page of the docs),
+    and the query weights of the inference-free text queries."""
     from lsr_os.train import TrainConfig, train
 
     splits = tuple(dict.fromkeys(s.strip() for s in train_splits.split(",") if s.strip()))
@@ -910,18 +943,63 @@ def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p,
                       p=fixed_p, p_end_fraction=p_end, lr_head=lr_head, lr_proj=lr_proj, warmup_ratio=warmup_ratio,
                       precision=precision, seed=seed, device=device, init=init, eval_batch_size=eval_batch_size,
                       max_text_length=max_text_length, block_special_tokens=block_special_tokens,
-                      train_splits=splits, deterministic=deterministic)
+                      train_splits=splits, deterministic=deterministic, query_weights=query_weights,
+                      query_reg=query_reg, lr_query=lr_query, query_epochs=query_epochs, query_leak=query_leak)
     result = train(data, out, cfg, resume=resume)
     test, ts = result.test, result.train_set
     click.echo(f"trained on split {'+'.join(ts['train_splits'])}: {ts['train_images']:,} images, "
                f"{ts['train_pairs']:,} caption-image pairs")
     click.echo(f"best epoch {result.best_epoch} (val t2i R@1 {100 * result.best_val_r1:.2f}); "
                f"checkpoint {result.out / 'best'}; {result.epochs_run} epochs in {result.seconds:.0f}s")
-    for name in ("sparse", "sparse_no_query_expansion", "dense"):
-        row = test[name]
-        cells = "  ".join(f"{d} " + " ".join(f"{k} {100 * v:.2f}" for k, v in row[d].items()) for d in ("t2i", "i2t"))
+    _print_test_rows(test)
+
+
+def _print_test_rows(test: dict) -> None:
+    """One line per query mode of a test report (train, add-query-weights)."""
+    rows = {"sparse": test.get("sparse"), "sparse_no_query_expansion": test.get("sparse_no_query_expansion"),
+            "inference_free": test.get("inference_free"),
+            **{f"inference_free_{k}": v for k, v in test.get("inference_free_baselines", {}).items()},
+            "dense": test.get("dense")}
+    for name, row in rows.items():
+        if row is None:
+            continue
+        cells = "  ".join(f"{d} " + " ".join(f"{k} {100 * v:.2f}" for k, v in row[d].items())
+                          for d in ("t2i", "i2t") if d in row)
         extra = f"  FLOPs {row['flops']:.1f}  nnz q {row['nnz_query']:.1f} d {row['nnz_doc']:.1f}" if "flops" in row else ""
         click.echo(f"test {name}: {cells}{extra}")
+
+
+@main.command("add-query-weights")
+@click.option("--head", required=True, type=_PATH_DIR, help="The head checkpoint folder to give query weights.")
+@click.option("--dense", "data", required=True, type=_PATH_DIR,
+              help="Dense files folder the head was trained on (img_embs.parquet, text_embs.parquet, dataset_meta.json).")
+@click.option("--method", type=click.Choice(["distillation", "idf", "mean-own-token"]), default="distillation",
+              show_default=True,
+              help="distillation: trained against the dense teacher, the head's documents fixed; idf and "
+                   "mean-own-token: training-free baselines.")
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Passes over the training pairs.")
+@click.option("--batch-size", type=click.IntRange(2), default=512, show_default=True, help="Pairs per step.")
+@click.option("--query-reg", type=float, default=1e-4, show_default=True, help="FLOPs regulariser weight.")
+@click.option("--lr-query", type=float, default=1e-2, show_default=True, help="Learning rate.")
+@click.option("--train-splits", default="train", show_default=True, help="Comma list of split labels to train on.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+def add_query_weights_cmd(head: Path, data: Path, method: str, epochs: int, batch_size: int, query_reg: float,
+                          lr_query: float, train_splits: str, seed: int, device: str) -> None:
+    """Give an existing head query weights, so text queries need no model (inference-free).
+
+    Heads trained by `lsr-os train` have them already (--query-weights joint, the default); this
+    adds them to an older head, or one from the authors' format, without changing its documents.
+    """
+    from lsr_os.train import TrainConfig, add_query_weights
+
+    splits = tuple(dict.fromkeys(s.strip() for s in train_splits.split(",") if s.strip()))
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, query_reg=query_reg, lr_query=lr_query,
+                      train_splits=splits, seed=seed, device=device, query_weights="after")
+    result = add_query_weights(head, data, method, cfg)
+    entry = result["query_weights"]
+    click.echo(f"{head}: query weights ({entry['method']}) on {entry['nonzero']:,} of {entry['vocab_size']:,} terms")
+    _print_test_rows(result["test"])
 
 
 @main.command("synth")
@@ -975,8 +1053,10 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
                      k=k, prefix=prefix, queries=queries or DEFAULT_QUERIES, progress=not as_json)
     result = run_demo(client, cfg, step=lambda message: click.echo(message, err=True))
     if as_json:
-        echo_json({"seconds": result.seconds, "report": result.report,
+        echo_json({"seconds": result.seconds, "report": result.report, "words": result.words,
                    "examples": [{"query": e.query, "query_terms": e.query_terms, "hits": e.hits,
+                                 "inference_free_terms": e.inference_free_terms,
+                                 "inference_free_hits": e.inference_free_hits,
                                  "sheet": str(e.sheet)} for e in result.examples]})
         return
     for ex in result.examples:
@@ -985,6 +1065,11 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
         for h in ex.hits:
             click.echo(f"  {h['rank']:>2}. {h['score']:7.2f}  {h['image']:<26} matched: {', '.join(h['matched_terms'][:5])}")
         click.echo(f"  contact sheet: {ex.sheet}")
+        if ex.inference_free_terms:
+            same = len(set(ex.inference_free_hits) & {h["id"] for h in ex.hits})
+            click.echo("  without a model (inference-free): " + ", ".join(f"{t} {w:.2f}" for t, w in
+                                                                        ex.inference_free_terms)
+                       + f"; {same} of its top {len(ex.inference_free_hits)} are above")
     click.secho("\nTest split, R@k in % (image-text sense):", bold=True)
     click.echo(" " * 38 + "".join(f"{m:>7}" for m in ("R@1", "R@5", "R@10")))
     for direction, label in (("t2i", "text -> image"), ("i2t", "image -> text")):
@@ -993,9 +1078,19 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
                                 ("sparse via OpenSearch", sec["cluster"]["metrics"])):
             click.echo(f"  {label}, {system}".ljust(38) + "".join(f"{100 * metrics[m]:7.1f}" for m in ("R@1", "R@5", "R@10")))
         click.echo(f"    parity with exact scoring: top-10 overlap {sec['parity']['top10_overlap']:.3f}")
+    click.echo()
+    _print_query_modes(result.report)
+    if result.words:
+        click.echo("words the images hold (best caption word's R-precision per value, mean per family): "
+                   + ", ".join(f"{family} {v['mean']:.2f}" for family, v in result.words.items()))
+        missing = [f"{value} ({family})" for family, v in result.words.items()
+                   for value, row in v["values"].items() if row["r_precision"] == 0]
+        if missing:
+            click.echo(f"  no image holds a word for: {', '.join(missing)}")
     click.echo(f"\nreport: {result.report.get('out_dir')}/report.json; served as {prefix}-images, {prefix}-captions")
     click.echo("steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
     click.echo(f"\nsearch it yourself:  lsr-os search \"two green stars\" --demo {out}")
+    click.echo(f"without a model:     lsr-os search \"two green stars\" --demo {out} --mode inference-free")
     click.echo(f"serve it:            lsr-os serve --demo {out}    # then open http://127.0.0.1:8080/")
     click.echo(f"evaluate it:         lsr-os evaluate --dense {out / 'dense'} --head {out / 'head' / 'best'} "
                f"--prefix {prefix}")

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable
@@ -195,13 +195,14 @@ class SplitData:
     captions: dict[str, SparseVector]
     qrels_t2i: Qrels
     qrels_i2t: Qrels
+    caption_texts: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, source: RecordSource) -> "SplitData":
         """Both collections of a source opened on the split (`SourceOptions.split`)."""
         part = read_split(source)
         t2i, i2t = image_text_qrels(part.caption_image, part.images)
-        return cls(part.images, part.captions, t2i, i2t)
+        return cls(part.images, part.captions, t2i, i2t, part.caption_texts)
 
     def pruned(self, top_k: int | None = None, threshold: float = 0.0) -> "SplitData":
         """The same hygiene and pruning `lsr-os ingest` applies, so memory scores what the index holds."""
@@ -209,7 +210,7 @@ class SplitData:
             return self
         images = {i: prune(clean(v), top_k, threshold) for i, v in self.images.items()}
         captions = {c: prune(clean(v), top_k, threshold) for c, v in self.captions.items()}
-        return SplitData(images, captions, self.qrels_t2i, self.qrels_i2t)
+        return SplitData(images, captions, self.qrels_t2i, self.qrels_i2t, self.caption_texts)
 
 
 def split_filter(client, index: str, n_docs: int, split: str | None) -> list[dict]:
@@ -249,7 +250,7 @@ def dense_runs(dense_dir: str | Path, data: SplitData, k: int = 10) -> dict[str,
 
 def sparsity(queries: dict[str, SparseVector], docs: dict[str, SparseVector]) -> dict[str, float]:
     """The paper's efficiency figures for one direction: FLOPs (expected multiplications per
-    query-document pair, METHOD.md) and the mean number of terms of a query and of a document."""
+    query-document pair, docs/method.md) and the mean number of terms of a query and of a document."""
     from lsr_os.metrics import flops, mean_nonzeros, sparse_dicts_to_csr
 
     terms = sorted({t for v in queries.values() for t in v} | {t for v in docs.values() for t in v})
@@ -258,59 +259,97 @@ def sparsity(queries: dict[str, SparseVector], docs: dict[str, SparseVector]) ->
     return {"flops": flops(q, d), "query_terms": mean_nonzeros(q), "document_terms": mean_nonzeros(d)}
 
 
+QUERY_MODES = ("expanded", "own-tokens", "inference-free")
+
+
+def words_kept(texts: dict[str, str], queries: dict[str, SparseVector], tokenizer) -> float:
+    """The query side of "do the terms speak the user's words": the mean over queries of the share
+    of the text's content words (`vocab.content_words`) with a weight in the query (any of its pieces)."""
+    from lsr_os.vocab import content_words
+
+    shares = []
+    for qid, text in texts.items():
+        words = content_words(text, tokenizer)
+        if words:
+            vector = queries.get(qid, {})
+            shares.append(sum(any(p in vector for p in pieces) for pieces in words.values()) / len(words))
+    return float(np.mean(shares)) if shares else 0.0
+
+
+def _direction(client, name: str, queries: dict[str, SparseVector], docs: dict[str, SparseVector],
+               scorer: ExactScorer, index: str, qrels: Qrels, filters: list[dict], cap: int, k: int, batch_size: int, progress: bool | None,
+               first_terms: int | None, window: int) -> tuple[dict, Run, Run]:
+    """One set of queries through the cluster and exactly: (report section, cluster run, exact run)."""
+    from lsr_os.metrics import retrieval_metrics
+
+    prepared: dict[str, SparseVector] = {}
+    for qid, vector in queries.items():
+        try:
+            prepared[qid] = prepare_query(vector, cap - len(filters))
+        except DataError:  # no usable term: it retrieves nothing and counts as a miss
+            continue
+    # One preference for the whole evaluation: on a healthy cluster a second run is identical.
+    cluster_run, timing = search_run(client, index, prepared.items(), k, cap, filters, batch_size, progress,
+                                     desc=f"{name} via {index}", first_terms=first_terms, window=window,
+                                     preference=stable_preference("evaluate"))
+    exact_run, exact_s = scorer.run(prepared.items(), k)
+    section = {
+        "queries": len(queries), "queries_without_terms": len(queries) - len(prepared), "documents": len(scorer),
+        "cluster": {"metrics": retrieval_metrics(cluster_run, qrels),
+                    "latency_took": latency_summary([t / 1000 for t in timing.took_ms]),
+                    "qps_msearch": timing.queries / timing.wall_s if timing.wall_s else 0.0},
+        "exact": {"metrics": retrieval_metrics(exact_run, qrels), "latency": latency_summary(exact_s)},
+        "parity": {**parity(cluster_run, exact_run, k),
+                   f"top{k}_overlap_ties": tie_aware_overlap(cluster_run, exact_run, scorer, prepared, k)},
+        "sparsity": sparsity(prepared, docs),
+    }
+    return section, cluster_run, exact_run
+
+
 def evaluate(client, images_index: str, captions_index: str, data: SplitData, split: str = "test",
              k: int = 10, batch_size: int = 64, max_terms: int | None = None, out_dir: str | Path | None = None,
              dense_dir: str | Path | None = None, progress: bool | None = None, first_terms: int | None = None,
-             window: int = 100) -> dict:
+             window: int = 100, mode: str | None = None, text_queries: dict[str, dict[str, SparseVector]] | None = None,
+             tokenizer=None) -> dict:
     """Both directions through the cluster and exactly in memory; metrics, parity, latency, sparsity.
 
     `first_terms`/`window`: two-phase search through the cluster (see `search.build_query`); the
     exact reference always scores the full query, so parity shows what the setting costs.
+    `mode` names how `data.captions` were encoded (the text -> image queries, and the captions the
+    image -> text direction finds); `text_queries` are more text -> image query sets by mode
+    (`QUERY_MODES`), each reported beside it under "t2i_modes"; with `tokenizer` and the captions'
+    texts, each mode's share of content words kept (`words_kept`).
 
     Writes `<direction>.<system>.trec` run files and `report.json` into `out_dir` when given.
     """
     from lsr_os.metrics import retrieval_metrics
 
     cap = max_terms or max_clause_count(client)
-    directions = {
-        "t2i": (data.captions, data.images, images_index, data.qrels_t2i),
-        "i2t": (data.images, data.captions, captions_index, data.qrels_i2t),
-    }
     teacher = dense_runs(dense_dir, data, k) if dense_dir else None
     report: dict = {"split": split, "k": k, "max_query_terms": cap, "first_terms": first_terms,
                     "window": window if first_terms else None, "indices": {"images": images_index,
                                                                                   "captions": captions_index}}
     runs: dict[str, Run] = {}
-    for name, (queries, docs, index, qrels) in directions.items():
+    options = dict(cap=cap, k=k, batch_size=batch_size, progress=progress, first_terms=first_terms, window=window)
+    for name, queries, docs, index, qrels in (("t2i", data.captions, data.images, images_index, data.qrels_t2i),
+                                              ("i2t", data.images, data.captions, captions_index, data.qrels_i2t)):
         filters = split_filter(client, index, len(docs), split)
-        prepared: dict[str, SparseVector] = {}
-        for qid, vector in queries.items():
-            try:
-                prepared[qid] = prepare_query(vector, cap - len(filters))
-            except DataError:  # no usable term: it retrieves nothing and counts as a miss
-                continue
-        skipped = len(queries) - len(prepared)
-        # One preference for the whole evaluation: on a healthy cluster a second run is identical.
-        cluster_run, timing = search_run(client, index, prepared.items(), k, cap, filters, batch_size, progress,
-                                         desc=f"{name} via {index}", first_terms=first_terms, window=window,
-                                         preference=stable_preference("evaluate"))
         scorer = ExactScorer(docs.items())
-        exact_run, exact_s = scorer.run(prepared.items(), k)
-        section = {
-            "queries": len(queries), "queries_without_terms": skipped, "documents": len(docs),
-            "cluster": {"metrics": retrieval_metrics(cluster_run, qrels),
-                        "latency_took": latency_summary([t / 1000 for t in timing.took_ms]),
-                        "qps_msearch": timing.queries / timing.wall_s if timing.wall_s else 0.0},
-            "exact": {"metrics": retrieval_metrics(exact_run, qrels), "latency": latency_summary(exact_s)},
-            "parity": {**parity(cluster_run, exact_run, k),
-                       f"top{k}_overlap_ties": tie_aware_overlap(cluster_run, exact_run, scorer, prepared, k)},
-            "sparsity": sparsity(prepared, docs),
-        }
-        runs[f"{name}.cluster"], runs[f"{name}.exact"] = cluster_run, exact_run
-        if teacher is not None:
-            section["dense"] = {"metrics": retrieval_metrics(teacher[name], qrels)}
-            runs[f"{name}.dense"] = teacher[name]
-        report[name] = section
+        sets = {mode or "given": queries, **((text_queries or {}) if name == "t2i" else {})}
+        for set_name, query_set in sets.items():
+            label = name if query_set is queries else f"{name}-{set_name}"
+            section, cluster_run, exact_run = _direction(client, label, query_set, docs, scorer, index, qrels,
+                                                         filters, **options)
+            if name == "t2i" and tokenizer is not None and data.caption_texts:
+                section["words_kept"] = words_kept(data.caption_texts, query_set, tokenizer)
+            runs[f"{label}.cluster"], runs[f"{label}.exact"] = cluster_run, exact_run
+            if query_set is queries:
+                if teacher is not None:
+                    section["dense"] = {"metrics": retrieval_metrics(teacher[name], qrels)}
+                    runs[f"{name}.dense"] = teacher[name]
+                report[name] = {**section, **({"mode": mode} if mode and name == "t2i" else {})}
+            if name == "t2i" and (mode or text_queries):
+                report.setdefault("t2i_modes", {})[set_name] = section
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -321,16 +360,55 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
     return report
 
 
+def text_query_modes(source: RecordSource, data: SplitData) -> tuple[str | None, dict[str, dict[str, SparseVector]]]:
+    """How the source encoded its captions, and the text -> image queries of the other modes it can
+    make cheaply: the other model mode from dense files (the same dense caption vectors through the
+    head), and the inference-free queries when the head has query weights."""
+    from lsr_os import static_query
+    from lsr_os.records import DenseSource
+
+    head = getattr(getattr(source, "opts", None), "head", None)
+    if head is None or not hasattr(source, "head"):
+        return None, {}
+    expand = source.opts.expand
+    mode = "expanded" if expand else "own-tokens"
+    extra: dict[str, dict[str, SparseVector]] = {}
+    texts = data.caption_texts
+    if isinstance(source, DenseSource) and texts:
+        from lsr_os.dense_files import TEXT_FILE, read_embeddings
+
+        ids = [c for c in data.captions if c in texts]
+        dense = read_embeddings(source.dense_dir / TEXT_FILE).take(ids)
+        vectors = source.head().encode_captions(dense, [texts[c] for c in ids], expand=not expand)
+        extra["own-tokens" if expand else "expanded"] = dict(zip(ids, vectors))
+    if static_query.has_query_weights(head) and texts:
+        encoder = static_query.StaticQueryEncoder.from_head(head)
+        queries = {}
+        for qid in data.captions:
+            try:
+                queries[qid] = encoder.encode(texts[qid])
+            except (DataError, KeyError):  # no weighted word (or no text): it retrieves nothing, a miss
+                continue
+        extra["inference-free"] = {qid: queries.get(qid, {}) for qid in data.captions}
+    return mode, extra
+
+
 def evaluate_source(client, source: RecordSource, split: str = "test", images_index: str = "lsr-images",
                     captions_index: str = "lsr-captions", top_k: int | None = None, threshold: float = 0.0,
                     **options) -> dict:
     """`lsr-os evaluate`: the split's records from `source` (opened on `split`), pruned as the ingest
     pruned them, evaluated against both indices (see `evaluate` for `options`); with dense files
-    behind the source, the dense teacher's figures too. The indices are checked before any model
-    or file is loaded."""
+    behind the source, the dense teacher's figures too; with a head, every text query mode it can
+    make (`text_query_modes`). The indices are checked before any model or file is loaded."""
     from lsr_os.index import require_index
+    from lsr_os.static_query import tokenizer_dir
+    from lsr_os.vocab import fast_tokenizer
 
     for index in (images_index, captions_index):
         require_index(client, index)
     data = SplitData.load(source).pruned(top_k, threshold)
-    return evaluate(client, images_index, captions_index, data, split, dense_dir=source.dense_dir, **options)
+    mode, extra = text_query_modes(source, data)
+    head = getattr(getattr(source, "opts", None), "head", None)
+    tokenizer = fast_tokenizer(tokenizer_dir(head) if head else None)
+    return evaluate(client, images_index, captions_index, data, split, dense_dir=source.dense_dir, mode=mode,
+                    text_queries=extra, tokenizer=tokenizer, **options)

@@ -1,4 +1,4 @@
-"""Retrieval metrics in the image-text sense, and the efficiency measures of shared/METHOD.md.
+"""Retrieval metrics in the image-text sense, and the efficiency measures of docs/method.md.
 
 All values are fractions in [0, 1] (the CLI may print percentages):
 
@@ -98,7 +98,7 @@ def flops_from_counts(q_counts: np.ndarray, n_queries: int, d_counts: np.ndarray
 
 
 def flops(query_matrix: Any, doc_matrix: Any) -> float:
-    """Expected number of multiplications per query-document pair (METHOD.md's FLOPs).
+    """Expected number of multiplications per query-document pair (docs/method.md's FLOPs).
 
     Accepts numpy arrays, torch tensors (dense or sparse) and scipy sparse matrices (rows =
     vectors, columns = vocabulary terms).

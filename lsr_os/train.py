@@ -1,4 +1,4 @@
-"""The training algorithm of shared/METHOD.md ("probabilistic expansion control"), built for speed.
+"""The training algorithm of docs/method.md ("probabilistic expansion control"), built for speed.
 
 Per batch of caption-image pairs: one Bernoulli(p) draw decides whether the captions keep only
 their own tokens (no expansion) or are fully expanded; images are always expanded. The loss is
@@ -15,11 +15,11 @@ batch whose captions keep their own tokens never builds their 30,522-wide vector
 evaluated at each caption's (distinct) token ids only and the in-batch scores gather the image
 weights at those ids, which is the same loss at about half the cost of the batch.
 
-Deliberate differences from the reference code (METHOD.md, "Known pitfalls"): the caption side
+Deliberate differences from the reference code (docs/method.md, "Where lsr-os differs"): the caption side
 always starts from the caption's dense vector; validation encodes captions fully expanded (p = 0,
 as the test does) rather than drawing a fresh mask per batch, so that checkpoint selection is
 not noisy; metrics stop at the top 10 because that is all that is kept; by default the head
-blocks the special tokens ([CLS], [SEP], ...; see lsr_os.models.head), which METHOD.md does not.
+blocks the special tokens ([CLS], [SEP], ...; see lsr_os.models.head), which docs/method.md does not.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lsr_os import static_query, train_query
 from lsr_os.dense_files import IMG_FILE, META_FILE, TEXT_FILE, DatasetMeta, Embeddings, Split, read_embeddings
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.metrics import flops_from_counts, topk_metrics
@@ -60,7 +61,7 @@ AUTHORS_TRAIN_SPLITS = ("train",)
 
 @dataclass
 class TrainConfig:
-    """Every knob of METHOD.md; the defaults are the authors' README settings."""
+    """Every knob of docs/method.md; the defaults are the authors' README settings."""
 
     epochs: int = 200
     batch_size: int = 512
@@ -78,9 +79,19 @@ class TrainConfig:
     init: str = "auto"  # auto | minilm | a local masked-LM folder | a head checkpoint to continue from
     eval_batch_size: int = 2048
     max_text_length: int = 512
-    block_special_tokens: bool = True  # keep [CLS]/[SEP]/... weights at zero (not in METHOD.md)
+    block_special_tokens: bool = True  # keep [CLS]/[SEP]/... weights at zero (not in docs/method.md)
     train_splits: tuple[str, ...] = AUTHORS_TRAIN_SPLITS  # Karpathy split labels trained on
     deterministic: bool = False  # seeded and bit-reproducible on one machine (see `determinism`)
+    # The inference-free query side (lsr_os.train_query): "joint" trains the query weights with the
+    # head, "after" trains them once the head is done (documents fixed), "none" trains none.
+    query_weights: str = "joint"
+    query_reg: float = 1e-4  # FLOPs regulariser weight on the inference-free queries
+    lr_query: float = 1e-2  # learning rate of the query weights
+    query_epochs: int | None = None  # "after": passes over the training pairs [default: epochs]
+    # "joint": the query weights' loss reaches an image term also where its logit is below zero, with
+    # this slope (the values are unchanged: see lsr_os.train_query), so a word that died on every image
+    # can come back when queries that say it need it. 0 turns it off.
+    query_leak: float = 0.1
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
@@ -105,6 +116,12 @@ class TrainConfig:
             raise ConfigError("regulariser weights must be >= 0")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision {self.precision!r} is not one of auto, fp32, bf16, fp16")
+        if self.query_weights not in ("joint", "after", "none"):
+            raise ConfigError(f"query weights {self.query_weights!r} is not one of joint, after, none")
+        if (self.query_reg < 0 or self.lr_query <= 0 or self.query_leak < 0
+                or (self.query_epochs is not None and self.query_epochs < 1)):
+            raise ConfigError("query weights need query_reg >= 0, lr_query > 0, query_leak >= 0 and "
+                              "query_epochs >= 1")
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -390,6 +407,31 @@ def evaluate_head(head: SparseHead, data: SplitTensors, expand_queries: bool = T
         head.train(was_training)
 
 
+def evaluate_static(head: SparseHead, weights: Tensor, data: SplitTensors, dtype: torch.dtype | None = None,
+                    chunk: int = 2048) -> dict:
+    """Text -> image metrics of the inference-free queries (the query weights at each caption's
+    distinct tokens, lsr_os.static_query) against the head's fully expanded image vectors."""
+    if data.tokens is None:
+        raise ConfigError("evaluating inference-free queries needs the captions' tokens")
+    device = data.img.device
+    was_training = head.training
+    head.eval()
+
+    def enc_img(x: Tensor) -> Tensor:
+        with _autocast(device, dtype):
+            return head(x).float()
+
+    def enc_txt(x: Tensor, rows: Tensor) -> Tensor:
+        return train_query.static_query_rows(weights, data.tokens.ids[rows], data.tokens.mask[rows], head.vocab_size)
+
+    try:
+        out = rank_and_score(enc_img, enc_txt, data, chunk)
+    finally:
+        head.train(was_training)
+    out.pop("i2t")  # inference-free queries are text queries: image -> text has nothing to do with them
+    return out
+
+
 def evaluate_dense(data: SplitTensors, chunk: int = 2048) -> dict:
     """The frozen dense model's metrics on a split (the teacher's ceiling)."""
     return rank_and_score(lambda x: x, lambda x, rows: x, data, chunk, sparse=False)
@@ -477,6 +519,13 @@ class Trainer:
         self.val_data = data.split("val", self.device, tok, config.max_text_length, blocked)
         self.n_pairs = self.train_data.txt.shape[0]
         self.n_train_images = self.train_data.img.shape[0]
+        tokens = self.train_data.tokens
+        self.query_content = train_query.content_mask(self.head).to(self.device)
+        self.query_init = train_query.idf_weights(tokens.ids, tokens.mask, self.query_content)
+        allowed = train_query.allowed_terms(self.query_content, tokens.ids, tokens.mask)
+        self.query_init = self.query_init / self.query_init[allowed].mean().clamp(min=1e-6)
+        self.query = (train_query.QueryTable(self.query_init, allowed).to(self.device)
+                      if config.query_weights == "joint" else None)
         log.info("training on split(s) %s: %d images, %d caption-image pairs", ",".join(config.train_splits),
                  self.n_train_images, self.n_pairs)
         self.steps_per_epoch = math.ceil(self.n_pairs / config.batch_size)
@@ -487,6 +536,8 @@ class Trainer:
              "lr": config.lr_head, "name": "head"},
             {"params": list(self.head.proj.parameters()), "lr": config.lr_proj, "name": "proj"},
         ]
+        if self.query is not None:
+            groups.append({"params": [self.query.weight], "lr": config.lr_query, "name": "query"})
         self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                                            foreach=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -512,7 +563,7 @@ class Trainer:
         p = expansion_p(epoch, cfg.epochs, cfg.p, cfg.p_end_fraction)
         masked = self.rng.random(self.steps_per_epoch) < p  # one Bernoulli draw per batch, drawn up front
         perm = torch.randperm(self.n_pairs, generator=self.perm_gen).to(self.device)
-        sums = torch.zeros(6, device=self.device)  # loss, distill, reg, nnz_q, nnz_d, batches
+        sums = torch.zeros(7, device=self.device)  # loss, distill, reg, nnz_q, nnz_d, batches, query distill
         t0 = time.perf_counter()
         for b in range(n_steps):
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -520,38 +571,55 @@ class Trainer:
             img_dense = d.img[d.caption_image[idx]]
             wq = reg_weight(cfg.q_reg, self.step, self.warmup_steps)
             wd = reg_weight(cfg.d_reg, self.step, self.warmup_steps)
+            ids, ids_mask = d.tokens.ids[idx], d.tokens.mask[idx]
             with _autocast(self.device, self.dtype):
+                z_img = head.logits(img_dense)
+                s_img = torch.log1p(torch.relu(z_img))
                 if masked[b]:  # captions keep their own tokens: only their weights are computed
-                    s_img = head(img_dense)
-                    ids = d.tokens.ids[idx]
-                    s_txt = head.own_token_weights(txt_dense, ids, d.tokens.mask[idx])
+                    s_txt = head.own_token_weights(txt_dense, ids, ids_mask)
                     scores = own_token_scores(s_img, ids, s_txt)
                 else:  # two calls: slicing one call's output costs two (2B x V) gradient buffers
-                    s_img, s_txt = head(img_dense), head(txt_dense)
+                    s_txt = head(txt_dense)
                     scores = in_batch_scores(s_img, s_txt)
                 distill = distillation_loss(scores, img_dense, txt_dense, cfg.temperature)
                 reg = (wq * l1(s_txt) + wd * l1(s_img)) / 2
                 loss = distill + reg
+                if self.query is not None:  # the same image vectors against the inference-free queries
+                    q_w = self.query(ids, ids_mask)
+                    s_doc = s_img
+                    if cfg.query_leak > 0:  # the same values, and a gradient where z < 0 (see TrainConfig)
+                        below = z_img.clamp(max=0)
+                        s_doc = s_img + cfg.query_leak * (below - below.detach())
+                    q_distill = distillation_loss(own_token_scores(s_doc, ids, q_w), img_dense, txt_dense,
+                                                  cfg.temperature)
+                    q_reg = reg_weight(cfg.query_reg, self.step, self.warmup_steps) * train_query.flops_regulariser(
+                        ids, q_w, head.vocab_size)
+                    loss = loss + q_distill + q_reg
+                else:
+                    q_distill = torch.zeros((), device=self.device)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.query is not None:
+                self.query.project()
             self.step += 1
             with torch.no_grad():
                 sums += torch.stack([loss.detach(), distill.detach(), reg.detach(),
                                      (s_txt > 0).sum(dim=1).float().mean(), (s_img > 0).sum(dim=1).float().mean(),
-                                     torch.ones((), device=self.device)])
+                                     torch.ones((), device=self.device), q_distill.detach()])
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        loss_m, distill_m, reg_m, nq, nd, n = sums.tolist()
+        loss_m, distill_m, reg_m, nq, nd, n, q_distill_m = sums.tolist()
         return {"epoch": epoch, "p": p, "masked_batches": int(masked.sum()), "batches": int(n),
                 "loss": loss_m / n, "loss_distill": distill_m / n, "loss_reg": reg_m / n,
                 "q_reg_weight": reg_weight(cfg.q_reg, self.step, self.warmup_steps),
                 "d_reg_weight": reg_weight(cfg.d_reg, self.step, self.warmup_steps),
                 "lr_head": self.optimizer.param_groups[0]["lr"], "lr_proj": self.optimizer.param_groups[1]["lr"],
                 "temperature": cfg.temperature, "train_nnz_query": nq / n, "train_nnz_doc": nd / n,
+                **({"loss_query_distill": q_distill_m / n} if self.query is not None else {}),
                 "train_seconds": seconds,
                 "pairs_per_s": min(self.n_pairs, n_steps * cfg.batch_size) / seconds if seconds else None}
 
@@ -562,7 +630,7 @@ class Trainer:
                  "head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "rng": self.rng.bit_generator.state, "perm_gen": self.perm_gen.get_state(),
-                 "config": asdict(self.cfg)}
+                 "config": asdict(self.cfg), "query": self.query.state_dict() if self.query is not None else None}
         tmp = self.out / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(self.out / STATE_FILE)
@@ -575,6 +643,8 @@ class Trainer:
         if state["config"] != asdict(self.cfg):
             raise ConfigError(f"{path} was written with other settings; use another --out or drop --resume")
         self.head.load_state_dict(state["head"])
+        if self.query is not None:
+            self.query.load_state_dict(state["query"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -609,10 +679,12 @@ class Trainer:
                        initial=self.start_epoch, total=self.cfg.epochs)
             for epoch in bar:
                 row = self._train_epoch(epoch, None)  # run() already holds the determinism settings
-                val = evaluate_head(self.head, self.val_data, True, self.dtype, self.cfg.eval_batch_size)
-                row["val"] = val
+                val = row["val"] = self.validate()
                 if val["t2i"]["R@1"] > self.best_r1:
                     self.best_r1, self.best_epoch = val["t2i"]["R@1"], epoch
+                    if self.query is not None:
+                        self.head.query_weights = self.query.table()
+                        self.head.query_weights_info = self._query_info()
                     self.head.save_pretrained(self.out / BEST_DIR)
                 row["best_epoch"] = self.best_epoch
                 row.update(self.train_set)
@@ -622,24 +694,122 @@ class Trainer:
                 self._save_state(epoch)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", p=f"{row['p']:.2f}", val_r1=f"{val['t2i']['R@1']:.3f}",
                                 pairs_s=f"{row['pairs_per_s']:.0f}")
+        if self.cfg.query_weights == "after":
+            self._fit_query_weights_after(progress)
         test = self.test_report()
         (self.out / REPORT_FILE).write_text(json.dumps(test, indent=2), encoding="utf-8")
         return TrainResult(self.out, self.best_epoch, self.best_r1, test, len(history),
                            time.perf_counter() - t_start, history, self.train_set)
 
+    def validate(self) -> dict:
+        """Validation figures of the current head (queries fully expanded, as the test does) and of
+        the inference-free queries when the query weights train with it."""
+        val = evaluate_head(self.head, self.val_data, True, self.dtype, self.cfg.eval_batch_size)
+        if self.query is not None:
+            val["inference_free"] = evaluate_static(self.head, self.query.table().to(self.device), self.val_data,
+                                                    self.dtype, self.cfg.eval_batch_size)
+        return val
+
+    def _query_info(self) -> dict:
+        """How the query weights were made (the head's config.json records it)."""
+        cfg = self.cfg
+        return {"method": f"distillation-{cfg.query_weights}", "query_reg": cfg.query_reg, "lr_query": cfg.lr_query,
+                "temperature": cfg.temperature, **({"epochs": cfg.query_epochs or cfg.epochs}
+                                                    if cfg.query_weights == "after" else {"leak": cfg.query_leak})}
+
+    def _fit_query_weights_after(self, progress: bool) -> None:
+        """The "after" way: the best head's documents fixed, the query weights trained alone."""
+        best = load_head(self.out / BEST_DIR).to(self.device)
+        cfg = self.cfg
+        weights, history = train_query.fit_after(
+            best, self.train_data, self.val_data, cfg.query_epochs or cfg.epochs, cfg.batch_size, cfg.lr_query,
+            cfg.query_reg, cfg.temperature, cfg.seed, self.query_init,
+            lambda w: evaluate_static(best, w.to(self.device), self.val_data, self.dtype,
+                                      cfg.eval_batch_size)["t2i"]["R@1"], cfg.warmup_ratio, progress)
+        best.query_weights, best.query_weights_info = weights, self._query_info()
+        best.save_pretrained(self.out / BEST_DIR)
+        with (self.out / METRICS_FILE).open("a", encoding="utf-8") as log_file:
+            for row in history:
+                log_file.write(json.dumps({"query_weights_after": row}) + "\n")
+
     def test_report(self) -> dict:
-        """The best checkpoint on the test split: full expansion (p = 0), no query expansion, dense."""
+        """The best checkpoint on the test split: full expansion (p = 0), no query expansion, dense,
+        and the inference-free queries: the trained query weights and the two training-free baselines."""
         best = load_head(self.out / BEST_DIR).to(self.device)
         test = self.data.split("test", self.device, best.tokenizer, best.max_text_length, best.blocked_token_ids)
-        return {"best_epoch": self.best_epoch, "best_val_t2i_R@1": self.best_r1, **self.train_set,
-                "deterministic": self.cfg.deterministic, "cpu_threads": torch.get_num_threads(),
-                "n_images": test.img.shape[0], "n_captions": test.txt.shape[0],
-                "sparse": evaluate_head(best, test, True, self.dtype, self.cfg.eval_batch_size),
-                "sparse_no_query_expansion": evaluate_head(best, test, False, self.dtype, self.cfg.eval_batch_size),
-                "dense": evaluate_dense(test, self.cfg.eval_batch_size)}
+        ev = self.cfg.eval_batch_size
+        tokens = self.train_data.tokens
+        content = train_query.content_mask(best).to(self.device)
+        baselines = {
+            "idf": train_query.idf_weights(tokens.ids, tokens.mask, content),
+            "mean_own_token": train_query.mean_own_token_weights(best, self.train_data.txt, tokens.ids, tokens.mask,
+                                                                 content)}
+        report = {"best_epoch": self.best_epoch, "best_val_t2i_R@1": self.best_r1, **self.train_set,
+                  "deterministic": self.cfg.deterministic, "cpu_threads": torch.get_num_threads(),
+                  "n_images": test.img.shape[0], "n_captions": test.txt.shape[0],
+                  "sparse": evaluate_head(best, test, True, self.dtype, ev),
+                  "sparse_no_query_expansion": evaluate_head(best, test, False, self.dtype, ev),
+                  "dense": evaluate_dense(test, ev),
+                  "inference_free_baselines": {name: evaluate_static(best, w, test, self.dtype, ev)
+                                               for name, w in baselines.items()}}
+        if best.query_weights is not None:
+            report["inference_free"] = evaluate_static(best, best.query_weights.to(self.device), test, self.dtype, ev)
+        return report
 
 
 def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
           progress: bool = True) -> TrainResult:
     """Train a head on the dataset folder `data`, writing checkpoints, log and report into `out`."""
     return Trainer(config or TrainConfig(), TrainingData.load(data), out).run(resume=resume, progress=progress)
+
+
+QUERY_WEIGHT_METHODS = ("distillation", "idf", "mean-own-token")
+
+
+def add_query_weights(head_path: str | Path, data: str | Path, method: str = "distillation",
+                      config: TrainConfig | None = None, progress: bool = True) -> dict:
+    """Give an existing head query weights (the inference-free query side) without retraining it.
+
+    "distillation" trains them against the dense teacher with the head's documents fixed (the
+    "after" way of `TrainConfig.query_weights`, `config` giving its settings); "idf" and
+    "mean-own-token" are the training-free baselines. Writes them into the head folder and returns
+    the test split's figures of the inference-free queries next to the head's own query modes.
+    """
+    if method not in QUERY_WEIGHT_METHODS:
+        raise ConfigError(f"method {method!r} is not one of {', '.join(QUERY_WEIGHT_METHODS)}")
+    cfg = config or TrainConfig()
+    cfg.check()
+    device = resolve_device(cfg.device)
+    dtype = pick_dtype(cfg.precision, device)
+    head = load_head(head_path).to(device)
+    training = TrainingData.load(data)
+    if head.dense_size != training.dim:
+        raise ConfigError(f"the head {head_path} takes {head.dense_size}-d vectors, {training.folder} has {training.dim}-d")
+    tok, blocked, max_len = head.tokenizer, head.blocked_token_ids, head.max_text_length
+    train_data = training.split(cfg.train_splits, device, tok, max_len, blocked)
+    tokens = train_data.tokens
+    content = train_query.content_mask(head).to(device)
+    if method == "idf":
+        weights = train_query.idf_weights(tokens.ids, tokens.mask, content)
+    elif method == "mean-own-token":
+        weights = train_query.mean_own_token_weights(head, train_data.txt, tokens.ids, tokens.mask, content)
+    else:
+        val_data = training.split("val", device, tok, max_len, blocked)
+        init = train_query.idf_weights(tokens.ids, tokens.mask, content)
+        init = init / init[init > 0].mean().clamp(min=1e-6)
+        weights, _ = train_query.fit_after(
+            head, train_data, val_data, cfg.query_epochs or cfg.epochs, cfg.batch_size, cfg.lr_query, cfg.query_reg,
+            cfg.temperature, cfg.seed, init,
+            lambda w: evaluate_static(head, w.to(device), val_data, dtype, cfg.eval_batch_size)["t2i"]["R@1"],
+            cfg.warmup_ratio, progress)
+    info = {"method": method if method != "distillation" else "distillation-after",
+            **({"query_reg": cfg.query_reg, "lr_query": cfg.lr_query, "temperature": cfg.temperature,
+                "epochs": cfg.query_epochs or cfg.epochs} if method == "distillation" else {}),
+            "train_splits": list(cfg.train_splits)}
+    entry = static_query.add_to_head(head_path, weights.cpu().tolist(), info)
+    test = training.split("test", device, tok, max_len, blocked)
+    ev = cfg.eval_batch_size
+    return {"query_weights": entry,
+            "test": {"inference_free": evaluate_static(head, weights.to(device), test, dtype, ev),
+                     "sparse": evaluate_head(head, test, True, dtype, ev),
+                     "sparse_no_query_expansion": evaluate_head(head, test, False, dtype, ev)}}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from lsr_os.errors import DataError, ModelError
 
@@ -196,15 +196,29 @@ def content_tokens(text: str, tokenizer) -> list[str]:
     if not text or not text.strip():
         raise DataError("empty query: give some text")
     pieces = tokenizer.tokenize(text)
-    special = set(tokenizer.all_special_tokens)
-    words = _words(pieces)
-    content = [p for p, word in zip(pieces, words) if p not in special and word not in STOP_WORDS
-               and any(ch.isalnum() for ch in p)]
+    content = [piece for piece, _ in _content_pieces(pieces, tokenizer)]
     if not content:
         shown = " ".join(pieces) or "nothing"
         raise DataError(f"the query {text!r} has no content word to search for (it tokenizes to: {shown}; "
                         f"special tokens, stop words and punctuation are not searched)")
     return content
+
+
+def content_words(text: str, tokenizer) -> dict[str, list[str]]:
+    """The distinct content words of `text` (see `content_tokens`), each with its word pieces, in
+    order; empty when there is none."""
+    out: dict[str, list[str]] = {}
+    for piece, word in _content_pieces(tokenizer.tokenize(text), tokenizer):
+        out.setdefault(word, []).append(piece)
+    return out
+
+
+def _content_pieces(pieces: list[str], tokenizer) -> Iterator[tuple[str, str]]:
+    """(piece, its whole word) for the pieces that can carry a search."""
+    special = set(tokenizer.all_special_tokens)
+    for piece, word in zip(pieces, _words(pieces)):
+        if piece not in special and word not in STOP_WORDS and any(ch.isalnum() for ch in piece):
+            yield piece, word
 
 
 def is_content_term(term: str, special: frozenset[str] | set[str]) -> bool:

@@ -16,7 +16,7 @@ from lsr_os.vocab import VOCAB_SIZE, default_vocab_dir
 
 
 def _reference(dense, state, eps=1e-12, input_ids=None, attention_mask=None):
-    """METHOD.md's formula written out with numpy, independent of the module."""
+    """docs/method.md's formula written out with numpy, independent of the module."""
     x = np.asarray(dense, np.float64)
     h = x @ state["proj.weight"].double().numpy().T + state["proj.bias"].double().numpy()
     mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)

@@ -1,4 +1,4 @@
-"""The training algorithm's pieces against METHOD.md's formulas, and bad input to the trainer."""
+"""The training algorithm's pieces against docs/method.md's formulas, and bad input to the trainer."""
 
 from __future__ import annotations
 
@@ -170,9 +170,12 @@ def test_fixed_p_one_never_expands_and_p_zero_always_does(tmp_path):
     always = Trainer(TrainConfig(epochs=2, batch_size=4, p=0.0, init="minilm"), data, tmp_path / "b")
     row = always.train_epoch(0)
     assert row["masked_batches"] == 0 and row["train_nnz_query"] > 100
-    # two learning-rate groups: LayerNorm + vocabulary projection, and the new projection
+    # learning-rate groups: LayerNorm + vocabulary projection, the new projection, the query weights
     names = [g["name"] for g in always.optimizer.param_groups]
-    assert names == ["head", "proj"]
+    assert names == ["head", "proj", "query"]
+    without = Trainer(TrainConfig(epochs=2, batch_size=4, p=0.0, init="minilm", query_weights="none"), data,
+                      tmp_path / "c")
+    assert [g["name"] for g in without.optimizer.param_groups] == ["head", "proj"]
     assert always.warmup_steps == int(always.total_steps * 0.2)
 
 
@@ -194,10 +197,15 @@ def test_cli_train_writes_checkpoint_log_report_and_resumes(tmp_path):
     for key in ("loss", "loss_distill", "loss_reg", "q_reg_weight", "d_reg_weight", "temperature", "lr_head",
                 "lr_proj", "train_nnz_query", "train_nnz_doc"):
         assert key in rows[0]
-    assert set(rows[0]["val"]) == {"t2i", "i2t", "flops", "nnz_query", "nnz_doc"}
+    assert set(rows[0]["val"]) == {"t2i", "i2t", "flops", "nnz_query", "nnz_doc", "inference_free"}
     report = json.loads((tmp_path / "o" / "test_report.json").read_text())
     assert set(report["sparse"]["i2t"]) == {"R@1", "R@5", "R@10", "MRR@10"}
-    assert load_head(tmp_path / "o" / "best").init_info["method"] == "minilm-word-embeddings"
+    assert set(report["inference_free"]["t2i"]) == {"R@1", "R@5", "R@10", "MRR@10"}
+    assert set(report["inference_free_baselines"]) == {"idf", "mean_own_token"}
+    assert "test inference_free: t2i R@1" in res.output and "test inference_free_idf: t2i" in res.output
+    best = load_head(tmp_path / "o" / "best")
+    assert best.init_info["method"] == "minilm-word-embeddings"
+    assert best.query_weights is not None and best.query_weights_info["method"] == "distillation-joint"
     res = CliRunner().invoke(cli.main, args + ["--resume"])  # all epochs done: only the report again
     assert res.exit_code == 0, res.output
     assert len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()) == 2

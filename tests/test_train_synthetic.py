@@ -106,6 +106,23 @@ def test_a_deterministic_run_repeats_its_metrics_bit_for_bit(run):
     timing = {"train_seconds", "pairs_per_s"}
     for epoch in range(2):
         row = again.train_epoch(epoch)
-        row["val"] = evaluate_head(again.head, again.val_data, True, again.dtype, CONFIG.eval_batch_size)
+        row["val"] = again.validate()
         assert 0 < row["masked_batches"] and (epoch == 0) == (row["masked_batches"] == row["batches"])
         assert {k: v for k, v in row.items() if k not in timing} == {k: rows[epoch][k] for k in row if k not in timing}
+
+
+def test_d_the_query_weights_recover_the_concept_words(run):
+    """Trained with the head (the default), the inference-free query weights put every concept word and
+    synonym above every filler word of the captions' templates ("photo", "showing", "sunny", ...):
+    measured 0.82-2.2 for concepts against at most 0.52 for filler on these settings."""
+    from lsr_os.demo.synthetic import CONCEPTS, TEMPLATES
+    from lsr_os.vocab import fast_tokenizer, is_content_term
+
+    tok, weights = fast_tokenizer(), run["best"].query_weights
+    special = set(tok.all_special_tokens)
+    concepts = {t for c, synonyms in CONCEPTS.items() for t in (c, *synonyms)}
+    filler = {t for template in TEMPLATES for t in tok.tokenize(template.replace("{x}", "")) if is_content_term(t, special)}
+    weight = {t: float(weights[tok.token_ids(t)[0]]) for t in concepts | filler}
+    assert filler and min(weight[t] for t in concepts) > max(weight[t] for t in filler)
+    report = run["result"].test
+    assert report["inference_free"]["t2i"]["R@1"] >= 0.8 * report["dense"]["t2i"]["R@1"]

@@ -60,12 +60,15 @@ class DemoConfig:
 
 @dataclass
 class Example:
-    """One example search: the query's heaviest terms and its top hits."""
+    """One example search: the query's heaviest terms and its top hits, and the same text searched
+    without a model (inference-free): its terms and its top hits' ids."""
 
     query: str
     query_terms: list[tuple[str, float]]
     hits: list[dict]
     sheet: Path
+    inference_free_terms: list[tuple[str, float]] = field(default_factory=list)
+    inference_free_hits: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,6 +78,7 @@ class DemoResult:
     train_report: dict  # the head trainer's test report (exact, in memory)
     seconds: dict[str, float] = field(default_factory=dict)
     out: Path = Path()
+    words: dict = field(default_factory=dict)  # lsr_os.demo.words.word_precision of the served images
 
 
 STEPS = ("world", "dense encoder", "encode", "sparse head", "ingest", "examples", "evaluate")
@@ -133,7 +137,8 @@ def run_demo(client: OpenSearch, cfg: DemoConfig, step: Callable[[str], None] | 
                            lr_head=cfg.head_lr, lr_proj=cfg.proj_lr, q_reg=cfg.reg, d_reg=cfg.reg)
     steps.run("sparse head", (head_dir / REPORT_FILE).exists(),
               lambda: train(dense_dir, head_dir, head_cfg, progress=cfg.progress),
-              f"training it on the dense vectors with the paper's schedule ({cfg.head_epochs} epochs)")
+              f"training it on the dense vectors with the paper's schedule ({cfg.head_epochs} epochs), and with it "
+              f"the query weights of text queries without a model")
     head = load_head(head_dir / BEST_DIR)
     train_report = json.loads((head_dir / REPORT_FILE).read_text())
 
@@ -145,22 +150,27 @@ def run_demo(client: OpenSearch, cfg: DemoConfig, step: Callable[[str], None] | 
         "model": str(enc_dir.resolve()), "head": str((head_dir / BEST_DIR).resolve()), "prefix": cfg.prefix,
         "images": str(world_dir.resolve())}, indent=2))
     (out / "dashboards.ndjson").write_text(dashboards_objects(cfg.prefix), encoding="utf-8")
-    examples = steps.run("examples", False, lambda: _examples(client, encoder, head, aliases["images"],
-                                                              world_dir, cfg, out / "sheets"),
+    examples = steps.run("examples", False, lambda: _examples(client, encoder, head, head_dir / BEST_DIR,
+                                                              aliases["images"], world_dir, cfg, out / "sheets"),
                          f"{len(cfg.queries)} text searches, a contact sheet each in {out / 'sheets'}")
     report = steps.run("evaluate", False, lambda: _evaluate(client, dense_dir, head_dir / BEST_DIR, aliases,
                                                             out / "eval", cfg.progress),
-                       "dense vs sparse recall on the test split, both directions, with exact scoring beside")
-    return DemoResult(examples, report, train_report, steps.seconds, out)
+                       "dense vs sparse recall on the test split, both directions and every text query mode, "
+                       "with exact scoring beside; which words the terms speak")
+    words = _words(head, head_dir / BEST_DIR, dense_dir, world_dir, out / "eval")
+    return DemoResult(examples, report, train_report, steps.seconds, out, words)
 
 
 def _check_settings(out: Path, cfg: DemoConfig) -> None:
     """Finished steps are reused only for the settings that produced them: refuse a mix."""
     from lsr_os.errors import ConfigError
+    from lsr_os.train import TrainConfig
 
+    defaults = TrainConfig()  # the head's query weights train with it: a head made without them is not reused
     settings = {"n_images": cfg.n_images, "seed": cfg.seed, "encoder_epochs": cfg.encoder_epochs,
                 "head_epochs": cfg.head_epochs, "head_batch_size": cfg.head_batch_size, "head_lr": cfg.head_lr,
-                "proj_lr": cfg.proj_lr, "reg": cfg.reg}
+                "proj_lr": cfg.proj_lr, "reg": cfg.reg, "query_weights": defaults.query_weights,
+                "query_reg": defaults.query_reg, "query_leak": defaults.query_leak}
     path = out / "demo-settings.json"
     if path.exists():
         before = json.loads(path.read_text())
@@ -201,16 +211,25 @@ def _ingest(client: OpenSearch, dense_dir: Path, head_path: Path, aliases: dict[
     return reports
 
 
-def _examples(client: OpenSearch, encoder, head, images_alias: str, world_dir: Path, cfg: DemoConfig,
-              sheet_dir: Path) -> list[Example]:
+def _examples(client: OpenSearch, encoder, head, head_path: Path, images_alias: str, world_dir: Path,
+              cfg: DemoConfig, sheet_dir: Path) -> list[Example]:
     """Search the images with each example query and draw its contact sheet."""
     from lsr_os.search import Searcher
     from lsr_os.sheet import SheetHit, contact_sheet
 
+    from lsr_os.errors import DataError
+    from lsr_os.static_query import StaticQueryEncoder
+
     searcher = Searcher(client)
     vectors = head.encode_captions(encoder.encode_texts(list(cfg.queries)), list(cfg.queries))
+    typed = StaticQueryEncoder.from_head(head_path)
     examples = []
     for n, (query, vector) in enumerate(zip(cfg.queries, vectors), 1):
+        try:
+            free = typed.encode(query)
+            free_hits = [h["id"] for h in searcher.search(images_alias, free, cfg.k).hits]
+        except DataError:  # no word of the query has a weight: nothing to show without a model
+            free, free_hits = {}, []
         result = searcher.search(images_alias, vector, cfg.k, explain=True)
         prepared = result.query
         rows = [{"rank": h["rank"], "id": h["id"], "score": h["score"], "image": h.get("image"),
@@ -220,8 +239,25 @@ def _examples(client: OpenSearch, encoder, head, images_alias: str, world_dir: P
                                             for r in rows if r["image"]],
             sheet_dir / f"query-{n}.png", columns=cfg.k)
         top_terms = heaviest_first(prepared.items())[:8]
-        examples.append(Example(query, top_terms, rows, sheet))
+        examples.append(Example(query, top_terms, rows, sheet, heaviest_first(free.items()), free_hits))
     return examples
+
+
+def _words(head, head_path: Path, dense_dir: Path, world_dir: Path, out_dir: Path) -> dict:
+    """Which words the served images hold (lsr_os.demo.words), over every image of the world;
+    written to `out_dir/words.json`."""
+    from lsr_os.dense_files import IMG_FILE, read_embeddings
+    from lsr_os.demo.world import load_scenes
+    from lsr_os.demo.words import word_precision
+    from lsr_os.static_query import tokenizer_dir
+    from lsr_os.vocab import fast_tokenizer
+
+    images = read_embeddings(dense_dir / IMG_FILE)
+    vectors = dict(zip(images.ids, head.encode_images(images.take(images.ids))))
+    words = word_precision(vectors, load_scenes(world_dir), fast_tokenizer(tokenizer_dir(head_path)).tokenize)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "words.json").write_text(json.dumps(words, indent=2), encoding="utf-8")
+    return words
 
 
 def _evaluate(client: OpenSearch, dense_dir: Path, head_path: Path, aliases: dict[str, str], out_dir: Path,

@@ -1,4 +1,4 @@
-"""The dense-to-sparse (D2S) head of shared/METHOD.md.
+"""The dense-to-sparse (D2S) head of docs/method.md.
 
     h = LayerNorm(W_p · d + b_p)
     s = log(1 + ReLU(W_v · h + b_v))          # one weight per BERT-uncased vocabulary term
@@ -10,7 +10,7 @@ Blocked tokens: a head may hold a list of vocabulary ids whose weight is always 
 project trains block the tokenizer's special tokens ([CLS], [SEP], [PAD], [UNK], [MASK]): they
 are in every caption's own-token mask, so without the block an image learns to spend weight on
 [CLS] (it heads the top terms of most synthetic-world images), which is no word a user can read
-or type and only adds a posting to every document. METHOD.md has no such block, so heads loaded
+or type and only adds a posting to every document. docs/method.md has no such block, so heads loaded
 from the authors' format, and own heads saved without the key, block nothing.
 
 Checkpoint folder (own format): `config.json` (model_type "lsr-os-d2s", shapes, blocked ids, how
@@ -140,8 +140,8 @@ class SparseHead(nn.Module):
 
     # ------------------------------------------------------------------ the model
 
-    def forward(self, dense: Tensor, input_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
-        """Sparse weights; with `input_ids` only the caption's own tokens keep theirs (no expansion)."""
+    def logits(self, dense: Tensor) -> Tensor:
+        """The pre-activation z of every term (0 at blocked ids): weights are log1p(relu(z))."""
         h = self.vocab_layer_norm(self.proj(dense))
         z = self.vocab_projector(h)
         if self._blocked:
@@ -149,7 +149,11 @@ class SparseHead(nn.Module):
             # pass; the gradient there is still 0, because ReLU's backward masks by its output.
             with torch.no_grad():
                 z.index_fill_(1, self._blocked_on(z.device), 0.0)
-        s = torch.log1p(torch.relu(z))
+        return z
+
+    def forward(self, dense: Tensor, input_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
+        """Sparse weights; with `input_ids` only the caption's own tokens keep theirs (no expansion)."""
+        s = torch.log1p(torch.relu(self.logits(dense)))
         if input_ids is not None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
