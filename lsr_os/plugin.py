@@ -125,7 +125,7 @@ def folded_text(vector: Mapping[str, float], weights: Mapping[str, float], scale
         if freq > MAX_FREQ or total > MAX_FREQ:
             what = f"term {term!r} folds to {freq}" if freq > MAX_FREQ else f"its folded weights sum to over {MAX_FREQ}"
             raise DataError(f"document {doc_id or '(no id)'}: {what}, more than Lucene's limit {MAX_FREQ} "
-                            f"for the {FIELD!r} field at scale {scale}; use a smaller scale")
+                            f"for the {FIELD!r} field at scale {scale}; use a smaller scale (ingest --text-scale)")
         if len(term.split()) != 1 or DELIMITER in term:  # the whitespace tokenizer would cut it apart
             raise DataError(f"document {doc_id or '(no id)'}: term {term!r} cannot be folded (whitespace or U+0001)")
         parts.append(f"{term}{DELIMITER}{freq}")

@@ -4,6 +4,7 @@ batches whose tokens are split back per text."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 from pathlib import Path
@@ -103,6 +104,48 @@ def require_plugin(client) -> None:
         pytest.skip(message)
 
 
+# ----------------------------------------------------------------------------- OpenSearch Dashboards
+
+
+def saved_search(prefix: str = "lsr") -> dict:
+    """The images search that `lsr-os dashboards` writes."""
+    from lsr_os.index import dashboards_objects
+
+    objects = [json.loads(line) for line in dashboards_objects(prefix).splitlines()]
+    return next(o for o in objects if o["type"] == "search" and o["id"] == f"{prefix}-images-top-terms")
+
+
+def discover_body(free_text: str, search: dict) -> dict:
+    """The body Discover sends for free text typed over a saved search on an index pattern without
+    a time field (OpenSearch-Dashboards, default advanced settings): search_source.ts flatten()
+    (stored_fields, script_fields, docvalue_fields, _source, highlight), build_opensearch_query.ts;
+    for Lucene from_lucene.ts + decorate_query.ts (query_string with query:queryString:options and
+    the browser's time zone), for DQL from_kuery.ts + kuery/functions/and.ts + is.ts (multi_match,
+    in filter context); discover's get_sort_for_search_source.ts, get_default_sort.ts and
+    normalize_sort_request.ts for the sort."""
+    language = json.loads(search["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])["query"]["language"]
+    if language == "lucene":
+        query = {"bool": {"must": [{"query_string": {"query": free_text, "analyze_wildcard": True, "time_zone": "UTC"}}],
+                          "filter": [], "should": [], "must_not": []}}
+    else:  # DQL ("kuery"): every clause lands in filter context
+        query = {"bool": {"must": [], "filter": [{"multi_match": {"type": "best_fields", "query": free_text,
+                                                                    "lenient": True}}],
+                          "should": [], "must_not": []}}
+    sort = [{field: {"order": order}} for field, order in search["attributes"]["sort"] or [["_score", "desc"]]]
+    return {"sort": sort, "size": 500, "version": True, "stored_fields": ["*"],
+            "script_fields": {}, "docvalue_fields": [], "_source": {"excludes": []}, "query": query,
+            "highlight": {"pre_tags": ["@opensearch-dashboards-highlighted-field@"],
+                          "post_tags": ["@/opensearch-dashboards-highlighted-field@"],
+                          "fields": {"*": {}}, "fragment_size": 2147483647}}
+
+
+def discover(client, index: str, body: dict) -> list[dict]:
+    """Sent as Dashboards' server sends it: its default search parameters in the URL."""
+    url = f"/{index}/_search?ignore_unavailable=true&track_total_hits=true&preference=1764650000000&timeout=30000ms"
+    answer = client.transport.perform_request("POST", url, body=body)
+    return answer["hits"]["hits"]
+
+
 # ----------------------------------------------------------------------------- texts
 
 ACCENTED = "àáâãäåāăąçćĉċčďđèéêëēĕėęěĝğġģĥħìíîïĩīĭįıĵķĺļľŀłñńņňŉòóôõöøōŏőœŕŗřśŝşšţťŧùúûüũūŭůűųŵýÿŷźżžßþðæ"
@@ -154,3 +197,42 @@ def world_captions(n: int, seed: int) -> list[str]:
         phrases = [f"{rng.choice(['a', 'the'])} {w}" for w in words]
         out.append(rng.choice(synthetic.TEMPLATES).format(x=", ".join(phrases[:-1]) + " and " + phrases[-1]))
     return out[:n]
+
+
+# ----------------------------------------------------------------------------- heads and rankings
+
+
+def head_with_query_weights(folder: Path, seed: int = 0, weights=None) -> Path:
+    """A tiny head saved with query weights: random over the content terms (0 on stop words,
+    punctuation and special tokens, as training leaves them), or `weights` as given."""
+    import torch
+
+    from lsr_os import static_query
+    from lsr_os.models.head import SparseHead
+    from lsr_os.vocab import fast_tokenizer
+
+    torch.manual_seed(seed)
+    head = SparseHead(dense_size=8, hidden_size=16)
+    if weights is None:
+        tok = fast_tokenizer()
+        mask = static_query.content_term_mask([tok.id_to_token(i) for i in range(len(tok))], tok.all_special_tokens)
+        weights = torch.rand(head.vocab_size) * 2.5 * torch.tensor(mask)
+    head.query_weights = weights
+    head.query_weights_info = {"method": "test"}
+    head.save_pretrained(folder)
+    return folder
+
+
+def assert_same_top(got: list[tuple[str, float]], want: list[tuple[str, float]], k: int, tol: float) -> None:
+    """`got` (best first) holds the top k of `want` (best first, longer than k unless it is all),
+    documents tied with the k-th within `tol` counted as equal: each of `got` scores what `want`
+    gives it within `tol`, in order, and every document of `want` clearly above the k-th is there."""
+    scores = dict(want)
+    top = want[:k]
+    assert len(got) == len(top), (got, top)
+    kth = top[-1][1]
+    for doc, score in got:
+        assert doc in scores and abs(score - scores[doc]) <= tol, (doc, score, scores.get(doc))
+        assert scores[doc] >= kth - 2 * tol, (doc, scores[doc], kth)
+    assert all(a[1] >= b[1] - tol for a, b in zip(got, got[1:])), got
+    assert {d for d, s in top if s > kth + 2 * tol} <= {d for d, _ in got}

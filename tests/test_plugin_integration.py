@@ -13,7 +13,8 @@ from lsr_os import plugin
 from lsr_os.index import load_mapping
 from lsr_os.search import build_query
 from lsr_os.sparse import quantize
-from plugin_helpers import analyzed, char_table, expected, random_texts, reference, require_plugin, world_captions
+from plugin_helpers import (analyzed, char_table, discover, discover_body, expected, random_texts, reference,
+                            require_plugin, saved_search, world_captions)
 
 pytestmark = pytest.mark.integration
 
@@ -191,49 +192,10 @@ def test_track_total_hits_false_gives_the_top_hits_of_a_full_count(scored_index,
 # ----------------------------------------------------------------------------- OpenSearch Dashboards
 
 
-def saved_search(prefix: str = "lsr") -> dict:
-    """The images search that `lsr-os dashboards` writes."""
-    from lsr_os.index import dashboards_objects
-
-    objects = [json.loads(line) for line in dashboards_objects(prefix).splitlines()]
-    return next(o for o in objects if o["type"] == "search" and o["id"] == f"{prefix}-images-top-terms")
-
-
-def discover_body(free_text: str, search: dict) -> dict:
-    """The body Discover sends for free text typed over a saved search on an index pattern without
-    a time field (OpenSearch-Dashboards, default advanced settings): search_source.ts flatten()
-    (stored_fields, script_fields, docvalue_fields, _source, highlight), build_opensearch_query.ts;
-    for Lucene from_lucene.ts + decorate_query.ts (query_string with query:queryString:options and
-    the browser's time zone), for DQL from_kuery.ts + kuery/functions/and.ts + is.ts (multi_match,
-    in filter context); discover's get_sort_for_search_source.ts, get_default_sort.ts and
-    normalize_sort_request.ts for the sort."""
-    language = json.loads(search["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])["query"]["language"]
-    if language == "lucene":
-        query = {"bool": {"must": [{"query_string": {"query": free_text, "analyze_wildcard": True, "time_zone": "UTC"}}],
-                          "filter": [], "should": [], "must_not": []}}
-    else:  # DQL ("kuery"): every clause lands in filter context
-        query = {"bool": {"must": [], "filter": [{"multi_match": {"type": "best_fields", "query": free_text,
-                                                                    "lenient": True}}],
-                          "should": [], "must_not": []}}
-    sort = [{field: {"order": order}} for field, order in search["attributes"]["sort"] or [["_score", "desc"]]]
-    return {"sort": sort, "size": 500, "version": True, "stored_fields": ["*"],
-            "script_fields": {}, "docvalue_fields": [], "_source": {"excludes": []}, "query": query,
-            "highlight": {"pre_tags": ["@opensearch-dashboards-highlighted-field@"],
-                          "post_tags": ["@/opensearch-dashboards-highlighted-field@"],
-                          "fields": {"*": {}}, "fragment_size": 2147483647}}
-
-
-def _discover(client, index, body):
-    """Sent as Dashboards' server sends it: its default search parameters in the URL."""
-    url = f"/{index}/_search?ignore_unavailable=true&track_total_hits=true&preference=1764650000000&timeout=30000ms"
-    answer = client.transport.perform_request("POST", url, body=body)
-    return answer["hits"]["hits"]
-
-
 @pytest.mark.parametrize("text", ["dog beach", "two green stars at night", "horse horse"])
 def test_discover_lucene_free_text_ranks_as_the_match_query(scored_index, client, text):
     index, *_ = scored_index
-    hits = _discover(client, index, discover_body(text, saved_search()))
+    hits = discover(client, index, discover_body(text, saved_search()))
     matched = _hits(client, index, {"size": 500, "query": {"match": {plugin.FIELD: text}}})
     assert [(h["_id"], h["_score"]) for h in hits] == matched and matched
     assert all(plugin.FIELD not in h["_source"] for h in hits)  # the folded field stays out of Discover
@@ -254,5 +216,5 @@ def test_discover_dql_free_text_filters_without_scores(scored_index, client):
     source = json.loads(dql["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
     source["query"]["language"] = "kuery"
     dql["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"] = json.dumps(source)
-    hits = _discover(client, index, discover_body("dog beach", dql))
+    hits = discover(client, index, discover_body("dog beach", dql))
     assert hits and {h["_score"] for h in hits} == {0.0}

@@ -5,6 +5,7 @@ without them; a failure under CI=true)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from lsr_os.cli import main
 from lsr_os.config import ClusterConfig, connect
 from lsr_os.errors import NodeError
 from lsr_os.index import load_mapping
+from plugin_helpers import head_with_query_weights
 
 pytestmark = pytest.mark.integration
 PLUGIN_PORT, BARE_PORT = 9230, 9235
@@ -74,13 +76,14 @@ def test_node_start_installs_the_plugin_once_and_a_restart_reuses_the_build(java
         node.stop(PLUGIN_PORT)
 
 
-def test_a_node_without_the_plugin_serves_everything_else(java):
+def test_a_node_without_the_plugin_serves_everything_else(java, tmp_path, caplog):
     node.stop(BARE_PORT)
     try:
         started = _start(BARE_PORT, "--no-plugin")
         assert "without the lsr-os plugin" in started.stdout and "building" not in started.output
         client = connect(ClusterConfig(urls=(f"http://127.0.0.1:{BARE_PORT}",), timeout=60.0))
         assert _get(BARE_PORT, "/_cat/plugins?format=json") == [] and not plugin.cluster_has_plugin(client)
+        client.indices.delete(index="bare-*", ignore_unavailable=True, expand_wildcards="all")  # an earlier run's
 
         client.indices.create(index="bare-images", body=load_mapping("images"))
         client.bulk(refresh=True, body=[{"index": {"_index": "bare-images", "_id": "a"}}, {"sparse": {"dog": 2.0, "sky": 0.5}},
@@ -91,8 +94,36 @@ def test_a_node_without_the_plugin_serves_everything_else(java):
 
         with pytest.raises(Exception, match="lsr_os_wordpiece|lsr_os_dot"):  # the text field needs the plugin
             client.indices.create(index="bare-folded", body=plugin.with_text_field(load_mapping("images"), plugin.vocab_sha256()))
+        _ingest_a_head_with_query_weights_without_the_plugin(f"http://127.0.0.1:{BARE_PORT}", tmp_path, caplog)
     finally:
         node.stop(BARE_PORT)
+
+
+def _ingest_a_head_with_query_weights_without_the_plugin(url: str, tmp_path: Path, caplog) -> None:
+    """Ingest of a head with query weights loads without the text field and says so in one line;
+    inference-free search works on it; --text-field is a one-line error that creates nothing."""
+    head = head_with_query_weights(tmp_path / "head")
+    records = tmp_path / "images.jsonl"
+    records.write_text("".join(json.dumps({"id": f"i{n}", "vector": {"green": 0.5 + n, "stars": 2.0 - n / 2}}) + "\n"
+                               for n in range(3)))
+    args = ["ingest", "--url", url, "--sparse", str(records), "--head", str(head), "--prefix", "bare-lsr"]
+    with caplog.at_level(logging.WARNING, logger="lsr_os.index"):
+        loaded = CliRunner().invoke(main, [*args, "--json"])
+    assert loaded.exit_code == 0, loaded.output
+    report = json.loads(loaded.stdout)
+    assert report["count"] == 3 and not report["text_field"]
+    assert report["text_field_off"] == "the cluster has no lsr-os plugin (on every node)"
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "lsr_os.index"]
+    assert said == ("ingest bare-lsr-images: the cluster has no lsr-os plugin (on every node): typed-text search in the "
+                    "cluster is off; lsr-os search --mode inference-free works anyway")
+    searched = CliRunner().invoke(main, ["search", "green stars", "--url", url, "--head", str(head), "--index",
+                                         "bare-lsr-images", "--mode", "inference-free", "--json"])
+    assert searched.exit_code == 0, searched.output
+    answer = json.loads(searched.stdout)
+    assert answer["mode"] == "inference-free" and sorted(h["id"] for h in answer["hits"]) == ["i0", "i1", "i2"]
+    forced = CliRunner().invoke(main, [*args, "--index", "bare-forced", "--text-field"])
+    assert forced.exit_code == 2 and "--text-field: bare-forced cannot get its 'text' field: the cluster has no " \
+        "lsr-os plugin" in forced.output
 
 
 def test_opensearch_refuses_a_zip_built_for_another_version(java, tmp_path):

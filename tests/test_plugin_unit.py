@@ -3,7 +3,9 @@ against tokenizers, the packaged sources, and how `node start` copes without Mav
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -16,7 +18,7 @@ from lsr_os.cli import main
 from lsr_os.errors import DataError, NodeError, PluginUnavailable
 from lsr_os.index import load_mapping
 from lsr_os.sparse import quantize
-from plugin_helpers import ROOT, char_table
+from plugin_helpers import ROOT, char_table, head_with_query_weights
 
 
 # ----------------------------------------------------------------------------- the index side
@@ -91,6 +93,73 @@ def test_cluster_has_plugin_needs_it_on_every_node():
 
 
 # ----------------------------------------------------------------------------- the plugin's sources
+
+
+def test_a_heads_folding_keeps_its_positive_weights_by_term_and_fingerprints_the_table(tmp_path):
+    import torch
+    from safetensors.numpy import load_file
+
+    from lsr_os.vocab import Vocabulary
+
+    terms = Vocabulary.default().terms
+    weights = torch.zeros(len(terms))
+    weights[terms.index("dog")], weights[terms.index("##s")] = 1.25, 0.5
+    folder = head_with_query_weights(tmp_path / "head", weights=weights)
+    folding = plugin.Folding.from_head(folder, scale=1000)
+    assert dict(folding.weights) == {"dog": 1.25, "##s": 0.5}
+    table = load_file(str(folder / "query_weights.safetensors"))["query_weights"]
+    assert folding.meta() == {"field": "text", "vocab_sha256": plugin.vocab_sha256(), "scale": 1000,
+                              "query_weights_sha256": hashlib.sha256(table.astype("<f4").tobytes()).hexdigest(),
+                              "head": str(folder.resolve())}
+    assert folding.text({"dog": 2.0, "cat": 1.0}) == f"dog\u0001{round(1.25 * 2.0 * 1000)}"
+
+
+def test_a_head_of_another_vocabulary_cannot_be_folded(tmp_path):
+    import torch
+
+    from lsr_os.errors import ModelError
+
+    folder = head_with_query_weights(tmp_path / "head", weights=torch.ones(8))
+    shutil.rmtree(folder / "tokenizer")
+    (folder / "tokenizer").mkdir()
+    (folder / "tokenizer" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"]))
+    with pytest.raises(ModelError, match=r"has its own vocabulary \(8 terms\), not the BERT-uncased one"):
+        plugin.Folding.from_head(folder)
+
+
+def test_a_document_gets_the_folded_text_of_its_stored_vector(tmp_path):
+    from lsr_os.index import InvalidRecord, to_document
+    from lsr_os.sparse import SparseRecord
+    from lsr_os.vocab import term_to_feature
+
+    folding = plugin.Folding({"dog": 2.0, "beach": 1.0, "sky.blue": 1.0}, "sha", 100, "w", "h")
+    record = SparseRecord("img-1", {"dog": 1.0, "beach": 0.1, "sky.blue": 0.5, "the": 3.0, "nan": float("nan")})
+    doc = to_document(record, top_k=2, folding=folding)  # pruned to dog and the: beach is not folded either
+    assert doc["text"] == f"dog\u0001{round(2.0 * 100)}"
+    escaped = to_document(SparseRecord("img-2", {"sky.blue": 0.5}), folding=folding)
+    assert list(escaped["sparse"]) == [term_to_feature("sky.blue")] != ["sky.blue"]
+    assert escaped["text"] == f"sky.blue\u0001{round(0.5 * 100)}"  # vocabulary terms, not feature names
+    assert "text" not in to_document(SparseRecord("img-3", {"the": 1.0}), folding=folding)
+    with pytest.raises(InvalidRecord, match="document img-4: term 'dog' folds to"):
+        to_document(SparseRecord("img-4", {"dog": 3e7}), folding=folding)
+
+
+def test_captions_and_no_text_field_are_decided_without_asking_the_cluster():
+    from lsr_os.errors import ConfigError
+    from lsr_os.index import IngestOptions, text_folding
+
+    assert text_folding(None, "x-captions", "captions", "any-head", IngestOptions(text_field=True)) == (None, None)
+    assert text_folding(None, "x-images", "images", "any-head", IngestOptions(text_field=False)) == \
+        (None, "--no-text-field")
+    with pytest.raises(ConfigError, match="--text-field: x-images cannot get its 'text' field: no head names"):
+        text_folding(None, "x-images", "images", None, IngestOptions(text_field=True))
+    with pytest.raises(ConfigError, match="--text-scale must be > 0"):
+        IngestOptions(text_scale=0).check()
+
+
+def test_ingest_help_names_the_text_field_switch():
+    out = " ".join(CliRunner().invoke(main, ["ingest", "--help"]).output.split())
+    assert "--text-field / --no-text-field" in out and "--text-scale" in out and "--head names the query" in out
 
 
 def test_the_character_table_is_what_tokenizers_does_now():
