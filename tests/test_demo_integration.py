@@ -91,3 +91,28 @@ def test_the_demo_is_searchable_by_the_command_it_prints(demo_run, cluster_confi
 
     with Image.open(sheet) as im:  # three tiles of 160 px side by side, with a title above
         assert im.width >= 3 * 160 and im.height > 160
+
+
+def test_the_demo_images_rank_typed_text_in_the_cluster_as_inference_free_search(demo_run, os_client, cluster_config):
+    """On a cluster with the lsr-os plugin the demo's images index gets the `text` field by
+    itself (its head has query weights), and a plain `match` sent straight to the node ranks as
+    `lsr-os search TEXT --demo OUT --mode inference-free` (top 10, ties counted)."""
+    from lsr_os import plugin
+    from lsr_os.demo.pipeline import DEFAULT_QUERIES
+    from plugin_helpers import assert_same_top, require_plugin
+
+    require_plugin(os_client)
+    index = f"{demo_run['prefix']}-images"
+    ((_, body),) = os_client.indices.get_mapping(index=index).items()
+    assert body["mappings"]["_meta"]["lsr_os"]["text_field"]["scale"] == plugin.DEFAULT_SCALE
+    for text in (*DEFAULT_QUERIES, "two green stars"):
+        res = CliRunner().invoke(main, ["search", text, "--demo", str(demo_run["out"]), "--mode", "inference-free",
+                                        "-k", "100", "--json", "--url", ",".join(cluster_config.urls)])
+        assert res.exit_code == 0, res.output
+        answer = json.loads(res.stdout)
+        searched = [(h["id"], h["score"]) for h in answer["hits"]]
+        hits = os_client.transport.perform_request("POST", f"/{index}/_search", body={
+            "size": 10, "query": {"match": {plugin.FIELD: text}}})["hits"]["hits"]
+        terms = len(answer["query"]["own"]) + len(answer["query"]["expansion"])
+        assert_same_top([(h["_id"], h["_score"]) for h in hits], searched, 10,
+                        terms * 0.5 / plugin.DEFAULT_SCALE + 1e-4)
