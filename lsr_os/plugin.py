@@ -24,6 +24,7 @@ import hashlib
 import sys
 from array import array
 from dataclasses import dataclass
+from itertools import chain, compress, repeat
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -111,25 +112,28 @@ def folded_text(vector: Mapping[str, float], weights: Mapping[str, float], scale
     `vector` maps vocabulary terms (not feature names) to the document's weights d_t, `weights`
     maps terms to the query table's w_t. Raises DataError naming `doc_id` when a frequency, or the
     field's sum of them, exceeds Lucene's int limit (choose a smaller scale)."""
-    terms = [t for t in vector if weights.get(t, 0) > 0]
-    if not terms:
+    import numpy as np
+
+    # Per document on ingest's path: C loops only (~80 us for 175 terms, a Python step a term ~300)
+    w = np.array(list(map(weights.get, vector, repeat(0.0))), np.float64)
+    q9 = quantize(np.array(list(vector.values()), np.float32)).astype(np.float64)
+    keep = (w > 0) & (q9 > 0)
+    if not keep.any():
         return ""
-    q9 = quantize([vector[t] for t in terms])
-    parts = []
-    total = 0
-    for term, d in zip(terms, q9.tolist()):
-        if d <= 0:
-            continue
-        freq = max(1, round(weights[term] * d * scale))
-        total += freq
-        if freq > MAX_FREQ or total > MAX_FREQ:
-            what = f"term {term!r} folds to {freq}" if freq > MAX_FREQ else f"its folded weights sum to over {MAX_FREQ}"
-            raise DataError(f"document {doc_id or '(no id)'}: {what}, more than Lucene's limit {MAX_FREQ} "
-                            f"for the {FIELD!r} field at scale {scale}; use a smaller scale (ingest --text-scale)")
-        if len(term.split()) != 1 or DELIMITER in term:  # the whitespace tokenizer would cut it apart
-            raise DataError(f"document {doc_id or '(no id)'}: term {term!r} cannot be folded (whitespace or U+0001)")
-        parts.append(f"{term}{DELIMITER}{freq}")
-    return " ".join(parts)
+    terms = list(compress(vector, keep.tolist()))
+    freqs = np.maximum(1.0, np.rint(w[keep] * q9[keep] * scale))  # half to even, as Python's round
+    if freqs.max() > MAX_FREQ or freqs.sum() > MAX_FREQ:
+        over = int(np.argmax(freqs > MAX_FREQ)) if freqs.max() > MAX_FREQ else None
+        what = (f"term {terms[over]!r} folds to {int(freqs[over])}" if over is not None
+                else f"its folded weights sum to over {MAX_FREQ}")
+        raise DataError(f"document {doc_id or '(no id)'}: {what}, more than Lucene's limit {MAX_FREQ} "
+                        f"for the {FIELD!r} field at scale {scale}; use a smaller scale (ingest --text-scale)")
+    joined = " ".join(terms)
+    if DELIMITER in joined or len(joined.split()) != len(terms):  # the whitespace tokenizer would cut a term apart
+        bad = next(t for t in terms if DELIMITER in t or len(t.split()) != 1)
+        raise DataError(f"document {doc_id or '(no id)'}: term {bad!r} cannot be folded (whitespace or U+0001)")
+    pairs = tuple(chain.from_iterable(zip(terms, freqs.astype(np.int64).tolist())))
+    return (f"%s{DELIMITER}%d " * len(terms) % pairs)[:-1]
 
 
 def cluster_has_plugin(client) -> bool:
