@@ -32,7 +32,7 @@ def test_every_part_of_the_serve_bench_runs_and_reports(os_client, cluster_confi
         done = subprocess.run(
             [sys.executable, "bench/serve.py", "--demo", str(demo), "--head", str(weighted_head(tiny)), "--url",
              cluster_config.urls[0], "--queries", "6", "--clients", "1,2", "--rounds", "1", "--processes", "1",
-             "--models", "demo encoder", "--name", "tiny", "--out", str(tmp_path)],
+             "--models", "demo", "--name", "tiny", "--out", str(tmp_path)],
             capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "tiny.json").read_text())["results"]
