@@ -161,9 +161,10 @@ class StaticQueryEncoder:
 
     def encode(self, text: str) -> SparseVector:
         """The inference-free query of one text; DataError when no word of it has a weight."""
-        content = self.own_terms(text)
+        pieces, ids = self.tokenizer.pieces_and_ids(text)
+        content = content_tokens(text, self.tokenizer, pieces)
         query = {}
-        for i in dict.fromkeys(self.tokenizer.token_ids(text)):
+        for i in dict.fromkeys(ids):
             if self.weights[i] > 0:
                 query[self.tokenizer.id_to_token(i)] = float(self.weights[i])
         if not query:

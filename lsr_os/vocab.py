@@ -129,6 +129,11 @@ class WordPieceTokenizer:
         """The vocabulary ids of `text`'s word pieces."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def pieces_and_ids(self, text: str) -> tuple[list[str], list[int]]:
+        """`text`'s word pieces and their ids, from one tokenizer call."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return enc.tokens, enc.ids
+
     def id_to_token(self, i: int) -> str:
         return self._tok.id_to_token(i)
 
@@ -190,12 +195,13 @@ were what when where which while who whom why will with would you your yours you
 """.split())
 
 
-def content_tokens(text: str, tokenizer) -> list[str]:
+def content_tokens(text: str, tokenizer, pieces: list[str] | None = None) -> list[str]:
     """The word pieces of `text` that can carry a search: not special, not a stop word, not
-    punctuation. DataError when there is none, naming what the text turned into."""
+    punctuation. DataError when there is none, naming what the text turned into. `pieces`: the
+    text's word pieces, when the caller has them already."""
     if not text or not text.strip():
         raise DataError("empty query: give some text")
-    pieces = tokenizer.tokenize(text)
+    pieces = tokenizer.tokenize(text) if pieces is None else pieces
     content = [piece for piece, _ in _content_pieces(pieces, tokenizer)]
     if not content:
         shown = " ".join(pieces) or "nothing"

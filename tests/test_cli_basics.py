@@ -1,10 +1,7 @@
 """The CLI's shell: help, version, logging, one-line errors, connection options."""
 
-import re
-import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import click
 import pytest
@@ -80,39 +77,3 @@ def test_every_option_of_every_command_has_help_text():
     missing = [f"lsr-os {' '.join(path)} {'/'.join(p.opts)}" for path, command in _commands(main)
                for p in command.params if isinstance(p, click.Option) and not p.hidden and not p.help]
     assert not missing, "options without help: " + ", ".join(missing)
-
-
-def _readme_command_lines() -> list[str]:
-    """Each `lsr-os ...` command line in the README's code blocks (continuations joined)."""
-    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```(?:bash|text)?\n(.*?)```", text, re.S) + re.findall(r"\n((?:    .*\n)+)", text)
-    lines = []
-    for block in blocks:
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.strip().removeprefix("$ ")
-            for part in re.split(r"&&|;|\|", line.split(" #")[0]):
-                part = part.strip()
-                if part.startswith("lsr-os "):
-                    lines.append(part)
-    return lines
-
-
-def test_every_command_and_option_the_readme_shows_exists():
-    lines = _readme_command_lines()
-    assert len(lines) > 30
-    wrong = []
-    for line in lines:
-        tokens = shlex.split(line.replace("[", " ").replace("]", " ").replace("...", " "))[1:]
-        command: click.Command = main
-        names = {o for p in main.params for o in p.opts}
-        while tokens and isinstance(command, click.Group) and not tokens[0].startswith("-"):
-            if tokens[0] not in command.commands:
-                wrong.append(f"{line}: no command {tokens[0]!r}")
-                break
-            command = command.commands[tokens.pop(0)]
-        names |= {o for p in command.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
-        for token in tokens:
-            flag = token.split("=")[0]
-            if re.fullmatch(r"--[a-zA-Z][\w-]*|-[a-zA-Z]", flag) and flag not in names:
-                wrong.append(f"{line}: {command.name} has no option {flag}")
-    assert not wrong, "\n".join(wrong)
