@@ -6,8 +6,9 @@ Every system is measured in the same run, interleaved in rounds (the systems' or
 
 Systems (k = 10 hits with their matched terms, as the web page asks for them):
   serve        `lsr-os serve` in its own process (--max-batch 32 --batch-wait-ms 2), driven by 1, 8
-               and 32 concurrent HTTP clients (asyncio + httpx, in this process): one server per
-               model, and one with the head alone (no model: inference-free), which also answers
+               and 32 concurrent HTTP clients (plain asyncio keep-alive connections, `Connection`,
+               in this process): one server per model, and one with the head alone (no model:
+               inference-free), which also answers
                the vector baseline (each text's inference-free vector as a vector query)
   in process   `QueryEncoder.encode_texts` on a batch of 1, 8 or 32 texts, then `Searcher.search`
                for each, one after the other (what a script would do); a query's latency runs from
