@@ -2,12 +2,13 @@
 
 A long job never stops for one bad item: the item is skipped and listed, one JSON object a line,
 
-    {"id": "123", "what": "image", "where": "photos/a.jpg", "reason": "truncated or corrupt image: ..."}
+    {"id": "123", "what": "image", "where": "/data/photos/a.jpg", "reason": "truncated or corrupt image: ..."}
 
 `id` is the item's id when it could be read (null for a line whose id is unreadable); `what` is
 `row` (a row of a dataset file), `image`, `caption`, `record` (a sparse record that cannot be
-served) or `document` (refused by the cluster); `where` is the file and line, the image path or
-the index. The command's exit status is then 4 (`errors.EXIT_FAILURES`).
+served) or `document` (refused by the cluster); `where` is the file and line, the full path an
+image was looked for at (`data.image_file`), the caption's text or the index. The command's exit
+status is then 4 (`errors.EXIT_FAILURES`).
 """
 
 from __future__ import annotations

@@ -742,7 +742,8 @@ def create_app(service: SearchService) -> FastAPI:
     @app.get("/media/{path:path}", summary="An image under the image root",
              responses={200: {"content": {"image/*": {}}}, 304: {"description": "Not modified"}, 404: ERRORS[404]})
     async def image(path: str, request: Request):
-        """A hit's image (its `image` field), resolved under `--images` only: paths that leave it are 404."""
+        """A hit's image (its `image` field), resolved under the server's image root only: paths that leave
+        it are 404."""
         full, stat = await service._io(service.image_file, path)
         response = FileResponse(full, stat_result=stat, headers={"Cache-Control": IMAGE_CACHE})
         if request.headers.get("if-none-match") == response.headers["etag"]:
