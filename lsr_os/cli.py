@@ -1092,8 +1092,7 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
     click.echo(f"\nsearch it yourself:  lsr-os search \"two green stars\" --demo {out}")
     click.echo(f"without a model:     lsr-os search \"two green stars\" --demo {out} --mode inference-free")
     click.echo(f"serve it:            lsr-os serve --demo {out}    # then open http://127.0.0.1:8080/")
-    click.echo(f"evaluate it:         lsr-os evaluate --dense {out / 'dense'} --head {out / 'head' / 'best'} "
-               f"--prefix {prefix}")
+    click.echo(f"evaluate it:         lsr-os evaluate --dense {out / 'dense'} --demo {out}")
     click.echo(f"browse it:           import {out / 'dashboards.ndjson'} in OpenSearch Dashboards (Saved objects)")
 
 
