@@ -376,14 +376,17 @@ def text_folding(client: OpenSearch, alias: str, collection: str, head: str | Pa
             why, expected = str(exc), True
     if options.text_field:
         raise ConfigError(f"--text-field: {alias} cannot get its {plugin.FIELD!r} field: {why}")
-    served = [name for name, info in _versions(client, alias).items() if info["aliased"] and info["meta"].get("text_field")]
+    served = [name for name, info in _versions(client, alias).items()
+              if info["aliased"] and info["meta"].get("text_field")]
     if served:
         raise ConfigError(f"{alias} serves {', '.join(served)}, whose {plugin.FIELD!r} field ranks typed text in the "
                           f"cluster, but the new index would have none: {why}; pass --no-text-field to replace it "
                           f"without one")
-    (log.warning if expected else log.info)(
-        "ingest %s: %s: typed-text search in the cluster is off; lsr-os search --mode inference-free works anyway",
-        alias, why)
+    if expected:  # the head has query weights: its inference-free search works from outside the cluster
+        log.warning("ingest %s: %s: typed-text search in the cluster is off; lsr-os search --mode inference-free "
+                    "works anyway", alias, why)
+    else:
+        log.info("ingest %s: %s: typed-text search in the cluster is off", alias, why)
     return None, why
 
 

@@ -26,7 +26,7 @@ def test_every_part_of_the_plugin_bench_runs_and_reports(os_client, cluster_conf
     os_client.indices.delete(index=f"bench-plugin-{DOCS}*", ignore_unavailable=True, expand_wildcards="all")
     done = subprocess.run(
         [sys.executable, "-m", "bench.plugin_query", "--docs", str(DOCS), "--queries", "20", "--rounds", "1",
-         "--ingest-docs", "300", "--ingest-rounds", "1", "--baseline-index", "--no-force-merge",
+         "--repeats", "3", "--ingest-docs", "300", "--ingest-rounds", "1", "--baseline-index", "--no-force-merge",
          "--url", cluster_config.urls[0], "--name", "tiny", "--out", str(tmp_path), "--drop"],
         capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -38,10 +38,11 @@ def test_every_part_of_the_plugin_bench_runs_and_reports(os_client, cluster_conf
     assert query["queries"]["searched"] == 20 and query["queries"]["terms_min"] >= 1
     for system in query["systems"].values():  # both score what exact scoring scores
         assert system["top10_overlap_ties_vs_exact"] == 1.0 and system["took"]["n"] == 20
+        assert system["server_repeated"]["n"] == 20 and system["server_repeated"]["mean_ms"] > 0
     assert query["match_vs_rank_feature_top10_overlap"] > 0.9
     ingest = results["ingest"]
     assert ingest["ratios"]["store_bytes"] > 0 and ingest["with the text field"]["rounds"][0]["docs"] == 300
     summary = (tmp_path / "tiny.md").read_text()
-    assert "match / rank_feature: server took p50" in summary and "## Machine" in summary and "Load average" in summary
+    assert "match / rank_feature: server time p50" in summary and "## Machine" in summary and "Load average" in summary
     assert os_client.indices.get(index=f"bench-plugin-{DOCS}*", expand_wildcards="all") == {}  # --drop left nothing
     assert os_client.indices.get(index="bench-plugin-ingest-300-*", expand_wildcards="all") == {}

@@ -114,8 +114,8 @@ def _ingest_a_head_with_query_weights_without_the_plugin(url: str, tmp_path: Pat
     assert report["count"] == 3 and not report["text_field"]
     assert report["text_field_off"] == "the cluster has no lsr-os plugin (on every node)"
     (said,) = [r.getMessage() for r in caplog.records if r.name == "lsr_os.index"]
-    assert said == ("ingest bare-lsr-images: the cluster has no lsr-os plugin (on every node): typed-text search in the "
-                    "cluster is off; lsr-os search --mode inference-free works anyway")
+    assert said == ("ingest bare-lsr-images: the cluster has no lsr-os plugin (on every node): typed-text search "
+                    "in the cluster is off; lsr-os search --mode inference-free works anyway")
     searched = CliRunner().invoke(main, ["search", "green stars", "--url", url, "--head", str(head), "--index",
                                          "bare-lsr-images", "--mode", "inference-free", "--json"])
     assert searched.exit_code == 0, searched.output

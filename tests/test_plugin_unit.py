@@ -122,7 +122,8 @@ def test_a_head_of_another_vocabulary_cannot_be_folded(tmp_path):
     folder = head_with_query_weights(tmp_path / "head", weights=torch.ones(8))
     shutil.rmtree(folder / "tokenizer")
     (folder / "tokenizer").mkdir()
-    (folder / "tokenizer" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"]))
+    terms = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"]
+    (folder / "tokenizer" / "vocab.txt").write_text("\n".join(terms))
     with pytest.raises(ModelError, match=r"has its own vocabulary \(8 terms\), not the BERT-uncased one"):
         plugin.Folding.from_head(folder)
 
