@@ -196,10 +196,16 @@ def _ingest(client: OpenSearch, dense_dir: Path, head_path: Path, aliases: dict[
     from lsr_os.records import SourceOptions, open_source
     from lsr_os.sparse import RecordStream
 
+    from lsr_os.plugin import cluster_has_plugin
+    from lsr_os.static_query import has_query_weights
+
     source = open_source(SourceOptions(dense=dense_dir, head=head_path, device="cpu"))
+    # The images get the plugin's text field when the head has query weights and the cluster runs the
+    # plugin: a demo first loaded without the plugin loads its images again once the plugin is there.
+    typed = has_query_weights(head_path) and cluster_has_plugin(client)
     reports = {}
     for collection, alias in aliases.items():
-        key = f"demo:{collection}:{_fingerprint(head_path)}"
+        key = f"demo:{collection}:{_fingerprint(head_path)}" + (":text" if typed and collection == "images" else "")
         if serving_source(client, alias) == key:
             log.info("%s already serves %s", alias, key)
             continue
