@@ -3,11 +3,14 @@
 A text query's shape is its number of terms, and that differs by query mode: the expanded query
 carries the model's expansion, the own-token and the inference-free queries only the text's own
 word pieces. The lengths are taken from the demo's own queries (its test captions encoded in each
-mode by the demo's head); each query of a shape is that many terms drawn by popularity from the
-synthetic collection of bench/serving.py (50-300 terms a document, Zipf term popularity), weights
-log-uniform as its queries are. Every shape is sent as the `rank_feature` query lsr-os sends,
-interleaved query by query over rounds (the shapes' order rotating); server `took` and client
-wall are reported, with the load average.
+mode by the demo's head); each query of a shape is that many terms drawn by a Zipf popularity,
+weights log-uniform, as bench/serving.py's queries are, against its synthetic collection (50-300
+terms a document, Zipf term popularity). Two term draws: "independent" (another permutation of
+the vocabulary than the documents', as bench/serving.py's queries: most query terms are rare in
+the collection) and "popular" (the documents' own popularity: the query terms are the
+collection's most common ones, the slow case). Every query is sent as the `rank_feature` query
+lsr-os sends, interleaved query by query over rounds (the shapes' order rotating); server `took`
+and client wall are reported, with the load average.
 
     python -m bench.query_shapes --demo lsr-os-demo --docs 100000 1000000
 """
@@ -57,7 +60,8 @@ def demo_lengths(demo: Path) -> dict[str, list[int]]:
 
 
 def shaped_queries(lengths: list[int], n: int, seed: int) -> list[dict[str, float]]:
-    """n queries whose term counts are drawn from `lengths`, terms by the collection's popularity."""
+    """n queries whose term counts are drawn from `lengths`, terms by the popularity of `seed`'s
+    permutation (the collection's own when it is the collection's seed)."""
     terms = Vocabulary.default().terms
     order, cdf = zipf_sampler(len(terms), seed)
     rng = np.random.default_rng([seed, 777])
@@ -80,7 +84,8 @@ def main() -> None:
     args = ap.parse_args()
     client = connect(ClusterConfig(urls=split_urls(args.url), timeout=600.0))
     lengths = demo_lengths(args.demo)
-    shapes = {m: shaped_queries(lengths[m], args.queries, args.seed) for m in MODES}
+    draws = {"independent": args.seed + 1, "popular": args.seed}
+    shapes = {(d, m): shaped_queries(lengths[m], args.queries, s) for d, s in draws.items() for m in MODES}
     sampler = LoadSampler()
     results: dict = {"lengths": {m: {"mean": statistics.fmean(v), "median": statistics.median(v), "max": max(v),
                                      "queries": len(v)} for m, v in lengths.items()},
@@ -89,39 +94,42 @@ def main() -> None:
         for n_docs in args.docs:
             alias = f"bench-shapes-{n_docs}"
             loaded = ensure_index(client, alias, n_docs, args.seed, sampler)
-            bodies = {m: [build_query(q, 10, with_source=False) for q in qs] for m, qs in shapes.items()}
+            bodies = {key: [build_query(q, 10, with_source=False) for q in qs] for key, qs in shapes.items()}
 
-            def system(mode: str):
+            def system(key: tuple[str, str]):
                 def one(i: int) -> tuple[float, float]:
                     t0 = time.perf_counter()
-                    answer = client.search(index=alias, body=bodies[mode][i])
+                    answer = client.search(index=alias, body=bodies[key][i])
                     return time.perf_counter() - t0, answer["took"] / 1000
                 return one
 
-            for mode in MODES:  # warm the caches once, untimed
-                for body in bodies[mode][:20]:
-                    client.search(index=alias, body=body)
-            t0 = time.time()
-            timing = interleaved({m: system(m) for m in MODES}, args.queries, args.rounds)
-            results["collections"][str(n_docs)] = {"index": loaded, "timing": timing,
-                                                   "load_avg_1m": sampler.between(t0, time.time())}
-            print(n_docs, {m: round(t["took"]["p50_ms"], 2) for m, t in timing.items()}, flush=True)
+            part = results["collections"][str(n_docs)] = {"index": loaded}
+            for draw in draws:
+                for mode in MODES:  # warm the caches once, untimed
+                    for body in bodies[(draw, mode)][:20]:
+                        client.search(index=alias, body=body)
+                t0 = time.time()
+                timing = interleaved({m: system((draw, m)) for m in MODES}, args.queries, args.rounds)
+                part[draw] = {"timing": timing, "load_avg_1m": sampler.between(t0, time.time())}
+                print(n_docs, draw, {m: round(t["took"]["p50_ms"], 2) for m, t in timing.items()}, flush=True)
     finally:
         sampler.stop()
     rows = []
     for n_docs, part in results["collections"].items():
-        for mode in MODES:
-            t = part["timing"][mode]
-            rows.append({"documents": int(n_docs), "query shape": mode,
+        for draw, mode in shapes:
+            t, load = part[draw]["timing"][mode], part[draw]["load_avg_1m"]
+            rows.append({"documents": int(n_docs), "query terms": draw, "query shape": mode,
                          "terms (mean)": results["lengths"][mode]["mean"],
                          "took p50 ms": t["took"]["p50_ms"], "took p90 ms": t["took"]["p90_ms"],
                          "took mean ms": t["took"]["mean_ms"], "wall p50 ms": t["wall"]["p50_ms"],
-                         "wall p90 ms": t["wall"]["p90_ms"], "load avg": f"{part['load_avg_1m']['min']:.1f}-{part['load_avg_1m']['max']:.1f}"})
+                         "wall p90 ms": t["wall"]["p90_ms"], "load avg": f"{load['min']:.1f}-{load['max']:.1f}"})
     summary = (f"Server time (`took`) and client wall of the `rank_feature` query lsr-os sends, by text query shape; "
-               f"term counts from the demo's test captions in each mode ({args.demo}), terms drawn by popularity from "
-               f"bench/serving.py's synthetic collection (seed {args.seed}; force-merged, one shard, vectors in "
-               f"_source); {args.queries} queries a shape, {args.rounds} rounds interleaved, k = 10, ids and scores "
-               f"only. Took is whole milliseconds as OpenSearch reports it.\n\n"
+               f"term counts from the demo's test captions in each mode ({args.demo}); bench/serving.py's synthetic "
+               f"collection (seed {args.seed}; force-merged, one shard, vectors in _source); query terms drawn "
+               f"independently of the collection's popularity (as bench/serving.py's queries) or by it (the "
+               f"collection's most common terms: the slow case); {args.queries} queries a shape, {args.rounds} "
+               f"rounds interleaved, k = 10, ids and scores only. Took is whole milliseconds as OpenSearch reports "
+               f"it.\n\n"
                + md_table(rows, list(rows[0])))
     write_results(args.name, {"args": {k: str(v) for k, v in vars(args).items()}, **results}, summary, RESULTS)
     print(summary)
