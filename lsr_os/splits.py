@@ -32,3 +32,9 @@ def split_label(spec: str | Iterable[str] | None) -> str:
     """How a selection is named in messages and resume keys: "all" or the sorted names given."""
     names = sorted({n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec or ()) if n.strip()})
     return ",".join(names) if names and "all" not in names else "all"
+
+
+def split_labels(spec: str) -> tuple[str, ...]:
+    """The literal labels of a comma-separated list, in order, once each: training names exactly the
+    labels it uses ("train" does not add restval here, see lsr_os.train.AUTHORS_TRAIN_SPLITS)."""
+    return tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))

@@ -519,13 +519,11 @@ class Trainer:
         self.val_data = data.split("val", self.device, tok, config.max_text_length, blocked)
         self.n_pairs = self.train_data.txt.shape[0]
         self.n_train_images = self.train_data.img.shape[0]
-        tokens = self.train_data.tokens
-        self.query_content = train_query.content_mask(self.head).to(self.device)
-        self.query_init = train_query.idf_weights(tokens.ids, tokens.mask, self.query_content)
-        allowed = train_query.allowed_terms(self.query_content, tokens.ids, tokens.mask)
-        self.query_init = self.query_init / self.query_init[allowed].mean().clamp(min=1e-6)
-        self.query = (train_query.QueryTable(self.query_init, allowed).to(self.device)
-                      if config.query_weights == "joint" else None)
+        self.query = None  # the query weights trained with the head ("joint"), from IDF
+        if config.query_weights == "joint":
+            tokens, content = self.train_data.tokens, train_query.content_mask(self.head).to(self.device)
+            self.query = train_query.QueryTable(train_query.idf_init(tokens.ids, tokens.mask, content),
+                                                train_query.allowed_terms(content, tokens.ids, tokens.mask))
         log.info("training on split(s) %s: %d images, %d caption-image pairs", ",".join(config.train_splits),
                  self.n_train_images, self.n_pairs)
         self.steps_per_epoch = math.ceil(self.n_pairs / config.batch_size)
@@ -586,12 +584,8 @@ class Trainer:
                 loss = distill + reg
                 if self.query is not None:  # the same image vectors against the inference-free queries
                     q_w = self.query(ids, ids_mask)
-                    s_doc = s_img
-                    if cfg.query_leak > 0:  # the same values, and a gradient where z < 0 (see TrainConfig)
-                        below = z_img.clamp(max=0)
-                        s_doc = s_img + cfg.query_leak * (below - below.detach())
-                    q_distill = distillation_loss(own_token_scores(s_doc, ids, q_w), img_dense, txt_dense,
-                                                  cfg.temperature)
+                    q_distill = distillation_loss(train_query.doc_scores_at(z_img, ids, q_w, cfg.query_leak),
+                                                  img_dense, txt_dense, cfg.temperature)
                     q_reg = reg_weight(cfg.query_reg, self.step, self.warmup_steps) * train_query.flops_regulariser(
                         ids, q_w, head.vocab_size)
                     loss = loss + q_distill + q_reg
@@ -684,7 +678,7 @@ class Trainer:
                     self.best_r1, self.best_epoch = val["t2i"]["R@1"], epoch
                     if self.query is not None:
                         self.head.query_weights = self.query.table()
-                        self.head.query_weights_info = self._query_info()
+                        self.head.query_weights_info = query_weights_info(self.cfg, "joint")
                     self.head.save_pretrained(self.out / BEST_DIR)
                 row["best_epoch"] = self.best_epoch
                 row.update(self.train_set)
@@ -710,23 +704,11 @@ class Trainer:
                                                     self.dtype, self.cfg.eval_batch_size)
         return val
 
-    def _query_info(self) -> dict:
-        """How the query weights were made (the head's config.json records it)."""
-        cfg = self.cfg
-        return {"method": f"distillation-{cfg.query_weights}", "query_reg": cfg.query_reg, "lr_query": cfg.lr_query,
-                "temperature": cfg.temperature, **({"epochs": cfg.query_epochs or cfg.epochs}
-                                                    if cfg.query_weights == "after" else {"leak": cfg.query_leak})}
-
     def _fit_query_weights_after(self, progress: bool) -> None:
         """The "after" way: the best head's documents fixed, the query weights trained alone."""
         best = load_head(self.out / BEST_DIR).to(self.device)
-        cfg = self.cfg
-        weights, history = train_query.fit_after(
-            best, self.train_data, self.val_data, cfg.query_epochs or cfg.epochs, cfg.batch_size, cfg.lr_query,
-            cfg.query_reg, cfg.temperature, cfg.seed, self.query_init,
-            lambda w: evaluate_static(best, w.to(self.device), self.val_data, self.dtype,
-                                      cfg.eval_batch_size)["t2i"]["R@1"], cfg.warmup_ratio, progress)
-        best.query_weights, best.query_weights_info = weights, self._query_info()
+        weights, history = fit_query_weights(best, self.train_data, self.val_data, self.cfg, self.dtype, progress)
+        best.query_weights, best.query_weights_info = weights, query_weights_info(self.cfg, "after")
         best.save_pretrained(self.out / BEST_DIR)
         with (self.out / METRICS_FILE).open("a", encoding="utf-8") as log_file:
             for row in history:
@@ -766,6 +748,26 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
 QUERY_WEIGHT_METHODS = ("distillation", "idf", "mean-own-token")
 
 
+def query_weights_info(cfg: TrainConfig, way: str) -> dict:
+    """How query weights were made, as the head's config.json records it: trained by distillation
+    with the head ("joint") or with its documents fixed ("after"), with which settings."""
+    return {"method": f"distillation-{way}", "query_reg": cfg.query_reg, "lr_query": cfg.lr_query,
+            "temperature": cfg.temperature, "train_splits": list(cfg.train_splits),
+            **({"leak": cfg.query_leak} if way == "joint" else {"epochs": cfg.query_epochs or cfg.epochs})}
+
+
+def fit_query_weights(head: SparseHead, train_data: SplitTensors, val_data: SplitTensors, cfg: TrainConfig,
+                      dtype: torch.dtype | None, progress: bool) -> tuple[Tensor, list[dict]]:
+    """The "after" way (`train_query.fit_after`, from IDF), the best epoch chosen on validation R@1."""
+    tokens, device = train_data.tokens, train_data.img.device
+    init = train_query.idf_init(tokens.ids, tokens.mask, train_query.content_mask(head).to(device))
+    return train_query.fit_after(
+        head, train_data, val_data, cfg.query_epochs or cfg.epochs, cfg.batch_size, cfg.lr_query, cfg.query_reg,
+        cfg.temperature, cfg.seed, init,
+        lambda w: evaluate_static(head, w.to(device), val_data, dtype, cfg.eval_batch_size)["t2i"]["R@1"],
+        cfg.warmup_ratio, progress)
+
+
 def add_query_weights(head_path: str | Path, data: str | Path, method: str = "distillation",
                       config: TrainConfig | None = None, progress: bool = True) -> dict:
     """Give an existing head query weights (the inference-free query side) without retraining it.
@@ -782,6 +784,7 @@ def add_query_weights(head_path: str | Path, data: str | Path, method: str = "di
     device = resolve_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     head = load_head(head_path).to(device)
+    static_query.check_writable(head_path)  # before any training: the weights are written into it
     training = TrainingData.load(data)
     if head.dense_size != training.dim:
         raise ConfigError(f"the head {head_path} takes {head.dense_size}-d vectors, {training.folder} has {training.dim}-d")
@@ -795,17 +798,9 @@ def add_query_weights(head_path: str | Path, data: str | Path, method: str = "di
         weights = train_query.mean_own_token_weights(head, train_data.txt, tokens.ids, tokens.mask, content)
     else:
         val_data = training.split("val", device, tok, max_len, blocked)
-        init = train_query.idf_weights(tokens.ids, tokens.mask, content)
-        init = init / init[init > 0].mean().clamp(min=1e-6)
-        weights, _ = train_query.fit_after(
-            head, train_data, val_data, cfg.query_epochs or cfg.epochs, cfg.batch_size, cfg.lr_query, cfg.query_reg,
-            cfg.temperature, cfg.seed, init,
-            lambda w: evaluate_static(head, w.to(device), val_data, dtype, cfg.eval_batch_size)["t2i"]["R@1"],
-            cfg.warmup_ratio, progress)
-    info = {"method": method if method != "distillation" else "distillation-after",
-            **({"query_reg": cfg.query_reg, "lr_query": cfg.lr_query, "temperature": cfg.temperature,
-                "epochs": cfg.query_epochs or cfg.epochs} if method == "distillation" else {}),
-            "train_splits": list(cfg.train_splits)}
+        weights, _ = fit_query_weights(head, train_data, val_data, cfg, dtype, progress)
+    info = (query_weights_info(cfg, "after") if method == "distillation"
+            else {"method": method, "train_splits": list(cfg.train_splits)})
     entry = static_query.add_to_head(head_path, weights.cpu().tolist(), info)
     test = training.split("test", device, tok, max_len, blocked)
     ev = cfg.eval_batch_size

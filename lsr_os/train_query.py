@@ -68,6 +68,12 @@ def idf_weights(ids: Tensor, mask: Tensor, content: Tensor) -> Tensor:
     return torch.where((df > 0) & content, idf, torch.zeros_like(idf))
 
 
+def idf_init(ids: Tensor, mask: Tensor, content: Tensor) -> Tensor:
+    """Where training starts: `idf_weights`, scaled to a mean of 1 over the terms it weights."""
+    idf = idf_weights(ids, mask, content)
+    return idf / idf[idf > 0].mean().clamp(min=1e-6)
+
+
 @torch.no_grad()
 def mean_own_token_weights(head, txt: Tensor, ids: Tensor, mask: Tensor, content: Tensor,
                            chunk: int = 4096) -> Tensor:
@@ -116,6 +122,19 @@ def flops_regulariser(ids: Tensor, weights: Tensor, vocab_size: int) -> Tensor:
     return ((mean / ids.shape[0]) ** 2).sum()
 
 
+def doc_scores_at(z_img: Tensor, ids: Tensor, weights: Tensor, leak: float = 0.0) -> Tensor:
+    """(images x captions) scores of queries weighted at their own token ids (`weights[j, l]` at
+    `ids[j, l]`) against image weights log1p(relu(z)), in fp32, from the image logits gathered at
+    those ids only (never the images' 30,522-wide vectors a second time). With `leak`, the gradient
+    below zero keeps that slope; the values are unchanged (see the module docstring)."""
+    z = z_img[:, ids.reshape(-1).long()].view(z_img.shape[0], *ids.shape).float()
+    s = torch.log1p(torch.relu(z))
+    if leak > 0:
+        below = z.clamp(max=0)
+        s = s + leak * (below - below.detach())
+    return (s * weights.float().unsqueeze(0)).sum(dim=2)
+
+
 def static_query_rows(weights: Tensor, ids: Tensor, mask: Tensor, vocab_size: int) -> Tensor:
     """(n x V) inference-free query vectors of captions (for exact scoring)."""
     rows = torch.zeros(ids.shape[0], vocab_size, device=ids.device, dtype=torch.float32)
@@ -129,7 +148,7 @@ def fit_after(head, train_data, val_data, epochs: int, batch_size: int, lr: floa
     best validation R@1 (`evaluate(table)`) and one row of figures per epoch."""
     from tqdm.auto import tqdm
 
-    from lsr_os.train import distillation_loss, lr_factor, own_token_scores, reg_weight
+    from lsr_os.train import distillation_loss, lr_factor, reg_weight
 
     device = train_data.img.device
     tokens = train_data.tokens
@@ -149,10 +168,10 @@ def fit_after(head, train_data, val_data, epochs: int, batch_size: int, lr: floa
             idx = perm[b * batch_size:(b + 1) * batch_size]
             img_dense = train_data.img[train_data.caption_image[idx]]
             with torch.no_grad():
-                s_img = head(img_dense)
+                z_img = head.logits(img_dense)
             ids, mask = tokens.ids[idx], tokens.mask[idx]
             wq = table(ids, mask)
-            distill = distillation_loss(own_token_scores(s_img, ids, wq), img_dense, train_data.txt[idx], temperature)
+            distill = distillation_loss(doc_scores_at(z_img, ids, wq), img_dense, train_data.txt[idx], temperature)
             loss = distill + reg_weight(reg, step, warmup) * flops_regulariser(ids, wq, head.vocab_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
