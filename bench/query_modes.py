@@ -26,14 +26,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import md_table, write_results  # noqa: E402
-from lsr_os.dense_files import IMG_FILE, TEXT_FILE, read_embeddings  # noqa: E402
+from lsr_os.dense_files import TEXT_FILE, read_embeddings  # noqa: E402
 from lsr_os.demo.synthetic import write_synthetic  # noqa: E402
-from lsr_os.errors import DataError  # noqa: E402
 from lsr_os.evaluate import words_kept  # noqa: E402
 from lsr_os.models.head import load_head  # noqa: E402
 from lsr_os.static_query import StaticQueryEncoder, tokenizer_dir  # noqa: E402
 from lsr_os.train import BEST_DIR, TrainConfig, TrainingData, train  # noqa: E402
-from lsr_os.vocab import fast_tokenizer  # noqa: E402
+from lsr_os.vocab import content_words, fast_tokenizer  # noqa: E402
 
 WAYS = {"none": dict(query_weights="none"), "after": dict(query_weights="after"),
         "joint": dict(query_weights="joint", query_leak=0.0), "joint + leak": dict(query_weights="joint")}
@@ -55,8 +54,8 @@ def mode_rows(world: str, way: str, seed: int, out: Path, data: Path, report: di
     queries = {"expanded": head.encode_captions(dense, list(texts.values())),
                "own-tokens": head.encode_captions(dense, list(texts.values()), expand=False)}
     if head.query_weights is not None:
-        static = StaticQueryEncoder.from_head(out / BEST_DIR)
-        queries["inference-free"] = [_encode_or_nothing(static, t) for t in texts.values()]
+        queries["inference-free"] = StaticQueryEncoder.from_head(out / BEST_DIR).encode_each(list(texts.values()))
+    words = {qid: content_words(text, tok) for qid, text in texts.items()}
     sections = {"expanded": report["sparse"], "own-tokens": report["sparse_no_query_expansion"],
                 "inference-free": report.get("inference_free"),
                 "inference-free (IDF)": report["inference_free_baselines"]["idf"],
@@ -69,27 +68,16 @@ def mode_rows(world: str, way: str, seed: int, out: Path, data: Path, report: di
                **{m: 100 * sec["t2i"][m] for m in METRICS}, "FLOPs": sec["flops"], "terms/q": sec["nnz_query"],
                "terms/doc": sec["nnz_doc"]}
         if mode in queries:
-            row["words kept"] = 100 * words_kept(texts, dict(zip(texts, queries[mode])), tok)
+            row["words kept"] = 100 * words_kept(words, dict(zip(texts, queries[mode])))
         rows.append(row)
     return rows
 
 
-def _encode_or_nothing(static: StaticQueryEncoder, text: str) -> dict:
-    try:
-        return static.encode(text)
-    except DataError:  # no weighted word: the query is empty (a miss in the metrics too)
-        return {}
-
-
 def word_rows(world_dir: Path, data: Path, out: Path, way: str, seed: int) -> dict:
     """The document side on the demo world: mean best-word R-precision per attribute family."""
-    from lsr_os.demo.world import load_scenes
-    from lsr_os.demo.words import word_precision
+    from lsr_os.demo.words import served_word_precision
 
-    head = load_head(out / BEST_DIR)
-    images = read_embeddings(data / IMG_FILE)
-    vectors = dict(zip(images.ids, head.encode_images(images.take(images.ids))))
-    words = word_precision(vectors, load_scenes(world_dir), fast_tokenizer(tokenizer_dir(out / BEST_DIR)).tokenize)
+    words = served_word_precision(out / BEST_DIR, data, world_dir)
     dead = [v for family in ("colour", "shape") for v, row in words[family]["values"].items() if row["r_precision"] == 0]
     return {"training": way, "seed": seed, **{f: round(w["mean"], 3) for f, w in words.items()},
             "values without a word": ", ".join(dead) or "-"}

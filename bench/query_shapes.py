@@ -27,7 +27,6 @@ import numpy as np
 from bench.harness import RESULTS, md_table, write_results
 from bench.serving import LoadSampler, draw_ids, ensure_index, interleaved, node_facts, zipf_sampler
 from lsr_os.config import ClusterConfig, connect, split_urls
-from lsr_os.errors import DataError
 from lsr_os.search import build_query
 from lsr_os.vocab import Vocabulary
 
@@ -47,16 +46,10 @@ def demo_lengths(demo: Path) -> dict[str, list[int]]:
     split = TrainingData.load(demo / "dense").meta.split("test")
     texts, ids = list(split.captions), [str(c) for c in split.caption_ids]
     dense = read_embeddings(demo / "dense" / TEXT_FILE).take(ids)
-    static = StaticQueryEncoder.from_head(head_dir)
-    lengths = {"expanded": [len(v) for v in head.encode_captions(dense, texts)],
-               "own-tokens": [len(v) for v in head.encode_captions(dense, texts, expand=False)],
-               "inference-free": []}
-    for text in texts:
-        try:
-            lengths["inference-free"].append(len(static.encode(text)))
-        except DataError:  # no weighted word: such a text is never sent
-            continue
-    return lengths
+    free = StaticQueryEncoder.from_head(head_dir).encode_each(texts)
+    return {"expanded": [len(v) for v in head.encode_captions(dense, texts)],
+            "own-tokens": [len(v) for v in head.encode_captions(dense, texts, expand=False)],
+            "inference-free": [len(v) for v in free if v]}  # a text without a weighted word is never sent
 
 
 def shaped_queries(lengths: list[int], n: int, seed: int) -> list[dict[str, float]]:

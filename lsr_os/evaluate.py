@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from lsr_os.splits import split_label
-from lsr_os.errors import DataError
+from lsr_os.errors import ConfigError, DataError
 from lsr_os.metrics import Qrels, image_text_qrels
 from lsr_os.records import RecordSource, read_split
 from lsr_os.search import (Run, max_clause_count, prepare_query, search_run, split_filters, stable_preference,
@@ -259,20 +259,15 @@ def sparsity(queries: dict[str, SparseVector], docs: dict[str, SparseVector]) ->
     return {"flops": flops(q, d), "query_terms": mean_nonzeros(q), "document_terms": mean_nonzeros(d)}
 
 
-QUERY_MODES = ("expanded", "own-tokens", "inference-free")
-
-
-def words_kept(texts: dict[str, str], queries: dict[str, SparseVector], tokenizer) -> float:
+def words_kept(words: dict[str, dict[str, list[str]]], queries: dict[str, SparseVector]) -> float:
     """The query side of "do the terms speak the user's words": the mean over queries of the share
-    of the text's content words (`vocab.content_words`) with a weight in the query (any of its pieces)."""
-    from lsr_os.vocab import content_words
-
+    of the text's content words (`words`: each query's `vocab.content_words`) with a weight in the
+    query (any of its pieces)."""
     shares = []
-    for qid, text in texts.items():
-        words = content_words(text, tokenizer)
-        if words:
+    for qid, pieces_of in words.items():
+        if pieces_of:
             vector = queries.get(qid, {})
-            shares.append(sum(any(p in vector for p in pieces) for pieces in words.values()) / len(words))
+            shares.append(sum(any(p in vector for p in pieces) for pieces in pieces_of.values()) / len(pieces_of))
     return float(np.mean(shares)) if shares else 0.0
 
 
@@ -317,12 +312,13 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
     exact reference always scores the full query, so parity shows what the setting costs.
     `mode` names how `data.captions` were encoded (the text -> image queries, and the captions the
     image -> text direction finds); `text_queries` are more text -> image query sets by mode
-    (`QUERY_MODES`), each reported beside it under "t2i_modes"; with `tokenizer` and the captions'
+    ("expanded", "own-tokens", "inference-free"), each reported beside it under "t2i_modes"; with `tokenizer` and the captions'
     texts, each mode's share of content words kept (`words_kept`).
 
     Writes `<direction>.<system>.trec` run files and `report.json` into `out_dir` when given.
     """
     from lsr_os.metrics import retrieval_metrics
+    from lsr_os.vocab import content_words
 
     cap = max_terms or max_clause_count(client)
     teacher = dense_runs(dense_dir, data, k) if dense_dir else None
@@ -331,6 +327,10 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
                                                                                   "captions": captions_index}}
     runs: dict[str, Run] = {}
     options = dict(cap=cap, k=k, batch_size=batch_size, progress=progress, first_terms=first_terms, window=window)
+    if mode is not None and mode in (text_queries or {}):
+        raise ConfigError(f"the captions' own mode {mode!r} cannot be one of the other query sets too")
+    words = ({qid: content_words(text, tokenizer) for qid, text in data.caption_texts.items()}
+             if tokenizer is not None else {})
     for name, queries, docs, index, qrels in (("t2i", data.captions, data.images, images_index, data.qrels_t2i),
                                               ("i2t", data.images, data.captions, captions_index, data.qrels_i2t)):
         filters = split_filter(client, index, len(docs), split)
@@ -340,8 +340,8 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
             label = name if query_set is queries else f"{name}-{set_name}"
             section, cluster_run, exact_run = _direction(client, label, query_set, docs, scorer, index, qrels,
                                                          filters, **options)
-            if name == "t2i" and tokenizer is not None and data.caption_texts:
-                section["words_kept"] = words_kept(data.caption_texts, query_set, tokenizer)
+            if name == "t2i" and words:
+                section["words_kept"] = words_kept(words, query_set)
             runs[f"{label}.cluster"], runs[f"{label}.exact"] = cluster_run, exact_run
             if query_set is queries:
                 if teacher is not None:
@@ -367,8 +367,8 @@ def text_query_modes(source: RecordSource, data: SplitData) -> tuple[str | None,
     from lsr_os import static_query
     from lsr_os.records import DenseSource
 
-    head = getattr(getattr(source, "opts", None), "head", None)
-    if head is None or not hasattr(source, "head"):
+    head = source.head_path
+    if head is None:
         return None, {}
     expand = source.opts.expand
     mode = "expanded" if expand else "own-tokens"
@@ -382,14 +382,10 @@ def text_query_modes(source: RecordSource, data: SplitData) -> tuple[str | None,
         vectors = source.head().encode_captions(dense, [texts[c] for c in ids], expand=not expand)
         extra["own-tokens" if expand else "expanded"] = dict(zip(ids, vectors))
     if static_query.has_query_weights(head) and texts:
-        encoder = static_query.StaticQueryEncoder.from_head(head)
-        queries = {}
-        for qid in data.captions:
-            try:
-                queries[qid] = encoder.encode(texts[qid])
-            except (DataError, KeyError):  # no weighted word (or no text): it retrieves nothing, a miss
-                continue
-        extra["inference-free"] = {qid: queries.get(qid, {}) for qid in data.captions}
+        # a caption without a text or without a weighted word retrieves nothing: a miss
+        qids = [c for c in data.captions if c in texts]
+        queries = static_query.StaticQueryEncoder.from_head(head).encode_each([texts[c] for c in qids])
+        extra["inference-free"] = {qid: {} for qid in data.captions} | dict(zip(qids, queries))
     return mode, extra
 
 
@@ -408,7 +404,7 @@ def evaluate_source(client, source: RecordSource, split: str = "test", images_in
         require_index(client, index)
     data = SplitData.load(source).pruned(top_k, threshold)
     mode, extra = text_query_modes(source, data)
-    head = getattr(getattr(source, "opts", None), "head", None)
+    head = source.head_path
     tokenizer = fast_tokenizer(tokenizer_dir(head) if head else None)
     return evaluate(client, images_index, captions_index, data, split, dense_dir=source.dense_dir, mode=mode,
                     text_queries=extra, tokenizer=tokenizer, **options)

@@ -156,6 +156,11 @@ class RecordSource(ABC):
         return None
 
     @property
+    def head_path(self) -> Path | None:
+        """The head that encodes the records, when the source runs one (None: records as given)."""
+        return None
+
+    @property
     @abstractmethod
     def split(self) -> str | None:
         """The splits the source was opened on (None: all)."""
@@ -233,6 +238,10 @@ class _Encoded(RecordSource):
     @property
     def split(self) -> str | None:
         return self.opts.split
+
+    @property
+    def head_path(self) -> Path:
+        return Path(self.opts.head)
 
     def head(self):
         if self._head is None:

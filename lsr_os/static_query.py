@@ -85,6 +85,16 @@ def entry(info: dict, weights: Sequence[float]) -> dict:
             "nonzero": sum(1 for w in weights if w > 0), **info}
 
 
+def check_writable(folder: str | Path) -> None:
+    """ModelError naming the folder when query weights could not be written into it."""
+    probe = Path(folder) / ".lsr-os-write-check"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ModelError(f"cannot write into the head folder {folder}: {exc.strerror}") from exc
+
+
 def write_weights(folder: str | Path, weights) -> None:
     """Write `query_weights.safetensors` (float32, one weight per vocabulary id) into the folder."""
     import numpy as np
@@ -93,7 +103,11 @@ def write_weights(folder: str | Path, weights) -> None:
     arr = np.ascontiguousarray(np.asarray(weights, dtype=np.float32).reshape(-1))
     if not np.all(np.isfinite(arr)) or (arr < 0).any():
         raise ModelError("query weights must be finite and >= 0")
-    save_file({TENSOR: arr}, str(Path(folder) / WEIGHTS_FILE), metadata={"format": "lsr-os-query-weights"})
+    path = Path(folder) / WEIGHTS_FILE
+    try:
+        save_file({TENSOR: arr}, str(path), metadata={"format": "lsr-os-query-weights"})
+    except OSError as exc:
+        raise ModelError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def add_to_head(folder: str | Path, weights, info: dict) -> dict:
@@ -104,8 +118,11 @@ def add_to_head(folder: str | Path, weights, info: dict) -> dict:
     write_weights(folder, values)
     cfg[CONFIG_KEY] = entry(info, values)
     tmp = folder / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-    tmp.replace(folder / CONFIG_FILE)
+    try:
+        tmp.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+        tmp.replace(folder / CONFIG_FILE)
+    except OSError as exc:
+        raise ModelError(f"cannot write {folder / CONFIG_FILE}: {exc.strerror}") from exc
     return cfg[CONFIG_KEY]
 
 
@@ -155,10 +172,6 @@ class StaticQueryEncoder:
                                       f"without a model; add them with `{ADD_COMMAND.format(head=folder)}`")
         return cls(read_weights(folder), fast_tokenizer(tokenizer_dir(folder)), folder, cfg[CONFIG_KEY])
 
-    def own_terms(self, text: str) -> list[str]:
-        """The text's content word pieces (DataError when it has none: `content_tokens`)."""
-        return content_tokens(text, self.tokenizer)
-
     def encode(self, text: str) -> SparseVector:
         """The inference-free query of one text; DataError when no word of it has a weight."""
         pieces, ids = self.tokenizer.pieces_and_ids(text)
@@ -172,6 +185,13 @@ class StaticQueryEncoder:
                             f"(its content word pieces: {' '.join(content)}); search it with a model instead")
         return query
 
-    def texts(self, texts: Sequence[str]) -> list[SparseVector]:
-        """The inference-free queries of several texts (each checked as `encode` does)."""
-        return [self.encode(t) for t in texts]
+    def encode_each(self, texts: Sequence[str]) -> list[SparseVector]:
+        """The inference-free query of each text, an empty one where `encode` refuses the text (an
+        evaluation counts it as a miss; a bench does not send it)."""
+        out = []
+        for text in texts:
+            try:
+                out.append(self.encode(text))
+            except DataError:
+                out.append({})
+        return out

@@ -67,7 +67,7 @@ def test_the_static_query_is_the_distinct_weighted_pieces_of_the_text(tmp_path):
     query = enc.encode("Three small blue stars, blue stars at night")
     assert sorted(query) == ["blue", "night", "small", "stars", "three"]  # once each; "at" and "," weigh 0
     assert query["blue"] == pytest.approx(float(weights[tok.token_ids("blue")[0]]))
-    assert enc.own_terms("the blue star") == ["blue", "star"]
+    assert enc.encode_each(["the blue star", "the a of"]) == [enc.encode("the blue star"), {}]
 
 
 def test_texts_without_searchable_words_are_one_line_errors(tmp_path):
