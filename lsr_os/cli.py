@@ -936,9 +936,10 @@ def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p,
               resume) -> None:
     """Train the sparse head with probabilistic expansion control (see the method page of the docs),
     and the query weights of the inference-free text queries."""
+    from lsr_os.splits import split_labels
     from lsr_os.train import TrainConfig, train
 
-    splits = tuple(dict.fromkeys(s.strip() for s in train_splits.split(",") if s.strip()))
+    splits = split_labels(train_splits)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, q_reg=q_reg, d_reg=d_reg, temperature=temperature,
                       p=fixed_p, p_end_fraction=p_end, lr_head=lr_head, lr_proj=lr_proj, warmup_ratio=warmup_ratio,
                       precision=precision, seed=seed, device=device, init=init, eval_batch_size=eval_batch_size,
@@ -991,9 +992,10 @@ def add_query_weights_cmd(head: Path, data: Path, method: str, epochs: int, batc
     Heads trained by `lsr-os train` have them already (--query-weights joint, the default); this
     adds them to an older head, or one from the authors' format, without changing its documents.
     """
+    from lsr_os.splits import split_labels
     from lsr_os.train import TrainConfig, add_query_weights
 
-    splits = tuple(dict.fromkeys(s.strip() for s in train_splits.split(",") if s.strip()))
+    splits = split_labels(train_splits)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, query_reg=query_reg, lr_query=lr_query,
                       train_splits=splits, seed=seed, device=device, query_weights="after")
     result = add_query_weights(head, data, method, cfg)
@@ -1066,10 +1068,9 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
             click.echo(f"  {h['rank']:>2}. {h['score']:7.2f}  {h['image']:<26} matched: {', '.join(h['matched_terms'][:5])}")
         click.echo(f"  contact sheet: {ex.sheet}")
         if ex.inference_free_terms:
-            same = len(set(ex.inference_free_hits) & {h["id"] for h in ex.hits})
             click.echo("  without a model (inference-free): " + ", ".join(f"{t} {w:.2f}" for t, w in
                                                                         ex.inference_free_terms)
-                       + f"; {same} of its top {len(ex.inference_free_hits)} are above")
+                       + f"; {ex.shared_hits} of its top {len(ex.inference_free_hits)} are above")
     click.secho("\nTest split, R@k in % (image-text sense):", bold=True)
     click.echo(" " * 38 + "".join(f"{m:>7}" for m in ("R@1", "R@5", "R@10")))
     for direction, label in (("t2i", "text -> image"), ("i2t", "image -> text")):
@@ -1083,10 +1084,8 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
     if result.words:
         click.echo("words the images hold (best caption word's R-precision per value, mean per family): "
                    + ", ".join(f"{family} {v['mean']:.2f}" for family, v in result.words.items()))
-        missing = [f"{value} ({family})" for family, v in result.words.items()
-                   for value, row in v["values"].items() if row["r_precision"] == 0]
-        if missing:
-            click.echo(f"  no image holds a word for: {', '.join(missing)}")
+        if result.values_without_words:
+            click.echo(f"  no image holds a word for: {', '.join(result.values_without_words)}")
     click.echo(f"\nreport: {result.report.get('out_dir')}/report.json; served as {prefix}-images, {prefix}-captions")
     click.echo("steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
     click.echo(f"\nsearch it yourself:  lsr-os search \"two green stars\" --demo {out}")

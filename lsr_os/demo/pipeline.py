@@ -70,6 +70,11 @@ class Example:
     inference_free_terms: list[tuple[str, float]] = field(default_factory=list)
     inference_free_hits: list[str] = field(default_factory=list)
 
+    @property
+    def shared_hits(self) -> int:
+        """How many of the inference-free top hits the model's top hits hold too."""
+        return len(set(self.inference_free_hits) & {h["id"] for h in self.hits})
+
 
 @dataclass
 class DemoResult:
@@ -79,6 +84,12 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
     out: Path = Path()
     words: dict = field(default_factory=dict)  # lsr_os.demo.words.word_precision of the served images
+
+    @property
+    def values_without_words(self) -> list[str]:
+        """The attribute values ("blue (colour)") no image holds a caption word for."""
+        return [f"{value} ({family})" for family, v in self.words.items()
+                for value, row in v["values"].items() if row["r_precision"] == 0]
 
 
 STEPS = ("world", "dense encoder", "encode", "sparse head", "ingest", "examples", "evaluate")
@@ -157,7 +168,7 @@ def run_demo(client: OpenSearch, cfg: DemoConfig, step: Callable[[str], None] | 
                                                             out / "eval", cfg.progress),
                        "dense vs sparse recall on the test split, both directions and every text query mode, "
                        "with exact scoring beside; which words the terms speak")
-    words = _words(head, head_dir / BEST_DIR, dense_dir, world_dir, out / "eval")
+    words = _words(head_dir / BEST_DIR, dense_dir, world_dir, out / "eval")
     return DemoResult(examples, report, train_report, steps.seconds, out, words)
 
 
@@ -223,19 +234,15 @@ def _examples(client: OpenSearch, encoder, head, head_path: Path, images_alias: 
     from lsr_os.search import Searcher
     from lsr_os.sheet import SheetHit, contact_sheet
 
-    from lsr_os.errors import DataError
     from lsr_os.static_query import StaticQueryEncoder
 
     searcher = Searcher(client)
     vectors = head.encode_captions(encoder.encode_texts(list(cfg.queries)), list(cfg.queries))
-    typed = StaticQueryEncoder.from_head(head_path)
+    typed = StaticQueryEncoder.from_head(head_path).encode_each(list(cfg.queries))
     examples = []
-    for n, (query, vector) in enumerate(zip(cfg.queries, vectors), 1):
-        try:
-            free = typed.encode(query)
-            free_hits = [h["id"] for h in searcher.search(images_alias, free, cfg.k).hits]
-        except DataError:  # no word of the query has a weight: nothing to show without a model
-            free, free_hits = {}, []
+    for n, (query, vector, free) in enumerate(zip(cfg.queries, vectors, typed), 1):
+        # a query none of whose words has a weight has nothing to show without a model
+        free_hits = [h["id"] for h in searcher.search(images_alias, free, cfg.k).hits] if free else []
         result = searcher.search(images_alias, vector, cfg.k, explain=True)
         prepared = result.query
         rows = [{"rank": h["rank"], "id": h["id"], "score": h["score"], "image": h.get("image"),
@@ -249,18 +256,12 @@ def _examples(client: OpenSearch, encoder, head, head_path: Path, images_alias: 
     return examples
 
 
-def _words(head, head_path: Path, dense_dir: Path, world_dir: Path, out_dir: Path) -> dict:
+def _words(head_path: Path, dense_dir: Path, world_dir: Path, out_dir: Path) -> dict:
     """Which words the served images hold (lsr_os.demo.words), over every image of the world;
     written to `out_dir/words.json`."""
-    from lsr_os.dense_files import IMG_FILE, read_embeddings
-    from lsr_os.demo.world import load_scenes
-    from lsr_os.demo.words import word_precision
-    from lsr_os.static_query import tokenizer_dir
-    from lsr_os.vocab import fast_tokenizer
+    from lsr_os.demo.words import served_word_precision
 
-    images = read_embeddings(dense_dir / IMG_FILE)
-    vectors = dict(zip(images.ids, head.encode_images(images.take(images.ids))))
-    words = word_precision(vectors, load_scenes(world_dir), fast_tokenizer(tokenizer_dir(head_path)).tokenize)
+    words = served_word_precision(head_path, dense_dir, world_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "words.json").write_text(json.dumps(words, indent=2), encoding="utf-8")
     return words

@@ -16,12 +16,11 @@ colour no image holds. Two measures:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 from lsr_os.demo import world
-from lsr_os.sparse import SparseVector
-
-FAMILIES = ("colour", "shape", "count", "size", "texture", "place", "background")
+from lsr_os.sparse import SparseVector, heaviest_first
 
 
 def value_words() -> dict[str, dict[str, list[str]]]:
@@ -44,9 +43,6 @@ def _value(scene: world.Scene, family: str) -> str:
     return str(scene.count) if family == "count" else scene.position if family == "place" else getattr(scene, family)
 
 
-def word_weight(vector: SparseVector, word: str, tokenize) -> float:
-    """An image's weight on a word: the sum over the word's pieces (one piece for most words)."""
-    return sum(vector.get(piece, 0.0) for piece in tokenize(word))
 
 
 def word_precision(images: Mapping[str, SparseVector], scenes: Mapping[str, world.Scene], tokenize) -> dict:
@@ -65,12 +61,27 @@ def word_precision(images: Mapping[str, SparseVector], scenes: Mapping[str, worl
             r = len(truth)
             per_word = {}
             for word in words:
-                weights = [(word_weight(images[i], word, tokenize), i) for i in ids]
-                holding = sorted(((w, i) for w, i in weights if w > 0), key=lambda wi: (-wi[0], wi[1]))
-                top = [i for _, i in holding[:r]]
+                pieces = tokenize(word)  # an image's weight on a word: the sum over its pieces (mostly one)
+                weights = ((i, sum(images[i].get(p, 0.0) for p in pieces)) for i in ids)
+                holding = heaviest_first((i, w) for i, w in weights if w > 0)
+                top = [i for i, _ in holding[:r]]
                 per_word[word] = (len(truth.intersection(top)) / r if r else 0.0, len(holding))
             best = max(per_word, key=lambda w: per_word[w][0])
             values[value] = {"r_precision": per_word[best][0], "best_word": best, "images": r,
                              "words": {w: {"r_precision": p, "images_holding": n} for w, (p, n) in per_word.items()}}
         out[family] = {"mean": sum(v["r_precision"] for v in values.values()) / len(values), "values": values}
     return out
+
+
+def served_word_precision(head_dir: str | Path, dense_dir: str | Path, world_dir: str | Path) -> dict:
+    """`word_precision` of a head's (fully expanded) image vectors over every image of a demo world,
+    from its dense files; the words split by the head's own tokenizer."""
+    from lsr_os.dense_files import IMG_FILE, read_embeddings
+    from lsr_os.models.head import load_head
+    from lsr_os.static_query import tokenizer_dir
+    from lsr_os.vocab import fast_tokenizer
+
+    head = load_head(head_dir)
+    images = read_embeddings(Path(dense_dir) / IMG_FILE)
+    vectors = dict(zip(images.ids, head.encode_images(images.take(images.ids))))
+    return word_precision(vectors, world.load_scenes(world_dir), fast_tokenizer(tokenizer_dir(head_dir)).tokenize)
