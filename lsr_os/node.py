@@ -51,6 +51,8 @@ _UNPRIVILEGED_ID = "1000"
 # The plugin: its name (also its folder under plugins/), and the package that ships its sources.
 PLUGIN = "lsr-os"
 PLUGIN_SOURCES = "lsr_os.opensearch_plugin"
+# A first build downloads ~70 MB of jars; one that takes longer than this has hung (on the network).
+PLUGIN_BUILD_TIMEOUT_S = 1800
 # auto: install it when it can be built, else start without it and say so in one line;
 # require: fail instead; skip: never (the nodes run the untouched distribution).
 PluginMode = Literal["auto", "require", "skip"]
@@ -308,9 +310,16 @@ def build_plugin(version: str, java: Path, step: Step = _quiet) -> Path:
             step(f"building the lsr-os plugin for OpenSearch {version} with Maven (once per plugin source; "
                  "the first build downloads about 70 MB of OpenSearch jars)")
             started = time.monotonic()
-            proc = subprocess.run(
-                [mvn, "-B", "-q", "-DskipTests", f"-Dopensearch.version={version}", "package"],
-                cwd=build, env={**os.environ, "JAVA_HOME": str(java)}, capture_output=True, text=True, check=False)
+            try:
+                proc = subprocess.run(
+                    [mvn, "-B", "-q", "-DskipTests", f"-Dopensearch.version={version}", "package"], cwd=build,
+                    env={**os.environ, "JAVA_HOME": str(java)}, capture_output=True, text=True, check=False,
+                    timeout=PLUGIN_BUILD_TIMEOUT_S)
+            except subprocess.TimeoutExpired as exc:
+                raise PluginUnavailable(f"Maven did not build the lsr-os plugin within {exc.timeout:.0f} s "
+                                        "(is Maven Central reachable?)") from exc
+            except OSError as exc:
+                raise PluginUnavailable(f"could not run Maven ({mvn}) to build the lsr-os plugin: {exc}") from exc
             built = sorted((build / "target").glob(f"{PLUGIN}-*.zip"))
             if proc.returncode != 0 or not built:
                 raise PluginUnavailable(f"Maven could not build the lsr-os plugin for OpenSearch {version}: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import zipfile
 from importlib import resources
@@ -225,6 +226,24 @@ def test_without_a_jdk_21_the_start_says_what_is_missing(tmp_path, monkeypatch):
 def test_a_plugin_for_opensearch_2_is_not_built(tmp_path):
     with pytest.raises(PluginUnavailable, match="built for OpenSearch 3.x, not 2.19.0"):
         node.build_plugin("2.19.0", tmp_path)
+
+
+def test_a_maven_that_hangs_or_cannot_run_is_one_plugin_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSR_OS_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "plugins").mkdir(parents=True)
+    mvn = tmp_path / "bin" / "mvn"
+    mvn.parent.mkdir()
+    mvn.write_text("#!/bin/sh\nsleep 30\n")
+    mvn.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{mvn.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(node, "PLUGIN_BUILD_TIMEOUT_S", 0.5)
+    with pytest.raises(PluginUnavailable, match=r"Maven did not build the lsr-os plugin within 0 s"):
+        node.build_plugin("3.8.0", tmp_path)
+    mvn.chmod(0o644)  # on PATH by name, but not executable
+    monkeypatch.setattr(node.shutil, "which", lambda name: str(mvn))
+    with pytest.raises(PluginUnavailable, match=r"could not run Maven .* to build the lsr-os plugin"):
+        node.build_plugin("3.8.0", tmp_path)
+    assert not list((tmp_path / "home" / "plugins").glob("build-*"))  # the build folder is removed either way
 
 
 def test_a_zip_built_for_another_version_is_refused_before_installing(tmp_path):
