@@ -316,11 +316,15 @@ def test_cli_modes_and_their_mistakes_fail_before_any_cluster_call(heads, tmp_pa
     assert res.exit_code == 1 and "no content word" in res.output  # the text first: no cluster, no model
 
 
-def test_the_cli_offers_every_query_mode():
+def test_the_cli_and_the_server_offer_every_query_mode():
+    import typing
+
     from lsr_os.cli import main
+    from lsr_os.serve import SearchRequest
 
     choices = next(p for p in main.commands["search"].params if p.name == "mode").type.choices
     assert tuple(choices) == ("auto", *se.MODES)
+    assert typing.get_args(SearchRequest.model_fields["mode"].annotation) == ("auto", *se.MODES)
 
 
 # --------------------------------------------------------------------------- the demo's defaults
