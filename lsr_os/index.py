@@ -422,7 +422,7 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
             continue
         if (not fresh and meta.get("source") == source and meta.get("collection") == collection
                 and bool(meta.get("exclude_vectors")) == exclude_vectors
-                and meta.get("text_field") == (text.meta() if text else None)):
+                and (text.folds_like(meta.get("text_field")) if text else meta.get("text_field") is None)):
             _check_sparse_mapping(client, name)
             log.info("resuming the unfinished load into %s", name)
             return name, True

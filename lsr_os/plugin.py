@@ -183,3 +183,9 @@ class Folding:
         """What the index's `_meta` records of the field."""
         return {"field": FIELD, "vocab_sha256": self.vocab_sha256, "scale": self.scale,
                 "query_weights_sha256": self.weights_sha256, "head": self.head}
+
+    def folds_like(self, recorded: Mapping[str, Any] | None) -> bool:
+        """Whether an index's recorded `meta` folds the same way (the same table, vocabulary and
+        scale; where the head folder lay is recorded for people, not compared)."""
+        mine = self.meta()
+        return recorded is not None and all(recorded.get(k) == v for k, v in mine.items() if k != "head")

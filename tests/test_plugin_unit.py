@@ -113,6 +113,10 @@ def test_a_heads_folding_keeps_its_positive_weights_by_term_and_fingerprints_the
                               "query_weights_sha256": hashlib.sha256(table.astype("<f4").tobytes()).hexdigest(),
                               "head": str(folder.resolve())}
     assert folding.text({"dog": 2.0, "cat": 1.0}) == f"dog\u0001{round(1.25 * 2.0 * 1000)}"
+    moved = shutil.copytree(folder, tmp_path / "moved")  # a resumed load may name the head anywhere
+    assert plugin.Folding.from_head(moved, scale=1000).folds_like(folding.meta())
+    assert not plugin.Folding.from_head(moved, scale=100).folds_like(folding.meta())
+    assert not folding.folds_like(folding.meta() | {"query_weights_sha256": "other"}) and not folding.folds_like(None)
 
 
 def test_a_head_of_another_vocabulary_cannot_be_folded(tmp_path):
