@@ -28,7 +28,7 @@ from itertools import chain, compress, repeat
 from pathlib import Path
 from typing import Any, Mapping
 
-from lsr_os.errors import DataError, ModelError
+from lsr_os.errors import ConfigError, DataError, ModelError
 from lsr_os.sparse import quantize
 
 PLUGIN = "lsr-os"
@@ -58,10 +58,14 @@ def vocab_sha256(path: str | Path | None = None) -> str:
         raise DataError(f"cannot read the vocabulary {file}: {exc}") from exc
 
 
+def _check_scale(scale: int | float) -> None:
+    if not scale > 0:
+        raise ConfigError(f"the text field's scale must be > 0, not {scale}")
+
+
 def index_settings(vocab_sha256: str, scale: int | float = DEFAULT_SCALE) -> dict[str, Any]:
     """The `settings.index` entries an index needs for the `text` field (merge them into its own)."""
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
+    _check_scale(scale)
     return {
         "similarity": {SIMILARITY: {"type": SIMILARITY, "scale": scale}},
         "analysis": {
@@ -162,8 +166,7 @@ class Folding:
         from lsr_os.static_query import StaticQueryEncoder
         from lsr_os.vocab import Vocabulary
 
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
+        _check_scale(scale)
         enc = StaticQueryEncoder.from_head(head)
         terms = [enc.tokenizer.id_to_token(i) for i in range(len(enc.weights))]
         if terms != Vocabulary.default().terms:
