@@ -124,13 +124,24 @@ def build_query(vector: SparseVector, size: int = 10, filters: Sequence[dict] = 
 
 
 # A search that some shard failed to answer (a node leaving, a copy relocating) comes back with the
-# other shards' hits only: a wrong top k, not an error. It is sent again after these pauses, while
-# the cluster moves the shard to a live copy, and fails if it is still incomplete.
+# other shards' hits only: a wrong top k, not an error (or, when every shard failed, a 5xx). It is
+# sent again after these pauses, while the cluster moves the shard to a live copy, and fails if it
+# is still incomplete.
 PARTIAL_RETRY_S = (0.5, 1.0, 2.0)
+
+
+def _all_shards_failed(status: int | None, info) -> bool:
+    """Whether an error is every shard failing at once (a search that met a node as it left, before
+    the cluster knew): the same passing state as a partial answer, so it is retried alike."""
+    err = info.get("error") if isinstance(info, dict) else None
+    return (isinstance(status, int) and status >= 500 and isinstance(err, dict)
+            and err.get("type") == "search_phase_execution_exception")
 
 
 def _missing_shards(answer: dict) -> str | None:
     """Why an answer lacks some shards' hits, or None when every shard answered."""
+    if "error" in answer:  # only `_all_shards_failed` errors get here
+        return f"every shard failed ({_error_text(answer)})"
     shards = answer.get("_shards") or {}
     if not shards.get("failed"):
         return None
@@ -176,6 +187,8 @@ def search(client: OpenSearch, index: str, body: dict, preference: str | None = 
         except NotFoundError as exc:
             raise ClusterError(f"no index or alias {index} on the cluster; ingest it first with `lsr-os ingest`") from exc
         except TransportError as exc:
+            if _all_shards_failed(exc.status_code, exc.info):
+                return [{"status": exc.status_code, **exc.info}]
             raise ClusterError(f"search on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
 
     resp = _until_complete(send, [(None, body)], index)[None]
@@ -242,7 +255,7 @@ def _msearch_batch(client: OpenSearch, index: str, batch: list[tuple[str, dict]]
         except TransportError as exc:
             raise ClusterError(f"_msearch on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
         for (qid, _), answer in zip(todo, resp["responses"]):
-            if "error" in answer:
+            if "error" in answer and not _all_shards_failed(answer.get("status"), answer):
                 raise ClusterError(f"query {qid} on {index} failed: HTTP {answer.get('status')} "
                                    f"{_error_text(answer)}")
         return resp["responses"]

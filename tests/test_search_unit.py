@@ -396,3 +396,18 @@ def test_given_options_win_over_the_demo_and_ingest_keeps_its_own_prefix(monkeyp
     ingest = _received(monkeypatch, "lsr_os.index.ingest_collections", "ingest", "--sparse",
                        str(demo_folder / "images.jsonl"), "--collection", "images", *demo)
     assert ingest["args"][5] == "lsr"  # a load never replaces the demo's collections unless told: --prefix demo
+
+
+def test_every_shard_failing_at_once_is_retried_like_a_partial_answer_but_a_bad_query_is_not():
+    """A search that meets a node as it leaves can fail on every shard at once (HTTP 500
+    search_phase_execution_exception, the CI failure that a lost node caused): retried as a
+    partial answer is. The same exception with a 4xx is the query's fault and fails at once."""
+    lost = {"error": {"type": "search_phase_execution_exception", "reason": "all shards failed",
+                      "root_cause": [{"type": "node_disconnected_exception", "reason": "[node-2] disconnected"}]},
+            "status": 500}
+    assert se._all_shards_failed(500, lost) and se._all_shards_failed(503, lost)
+    assert se._missing_shards(lost) == "every shard failed (search_phase_execution_exception: [node-2] disconnected)"
+    assert not se._all_shards_failed(400, lost)
+    assert not se._all_shards_failed(500, {"error": {"type": "illegal_state_exception"}})
+    assert not se._all_shards_failed(None, "not json")
+    assert se._missing_shards({"_shards": {"total": 2, "failed": 0}, "hits": {"hits": []}}) is None
