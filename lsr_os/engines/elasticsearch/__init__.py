@@ -1,0 +1,1 @@
+"""Elasticsearch: `sparse_vector` fields and queries, the official `elasticsearch` client."""

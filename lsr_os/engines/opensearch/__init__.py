@@ -1,0 +1,1 @@
+"""OpenSearch: `rank_features` fields, `rank_feature` queries, opensearch-py."""
