@@ -191,6 +191,10 @@ def test_cli_train_writes_checkpoint_log_report_and_resumes(tmp_path):
             "--init", "minilm", "--q-reg", "0.01"]
     res = CliRunner().invoke(cli.main, args)
     assert res.exit_code == 0, res.output
+    # the first line says the defaults are not the paper's algorithm alone; config.json and the report agree
+    algorithm = TrainConfig().algorithm
+    assert res.output.splitlines()[0] == f"training by {algorithm['summary']}"
+    assert algorithm["paper"] is False and algorithm["summary"].startswith("the paper's algorithm plus query weights")
     assert "test sparse: t2i R@1" in res.output and "test dense:" in res.output
     rows = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and rows[0]["p"] == 1.0 and rows[1]["p"] == pytest.approx(1 - 1 / 1.9)
@@ -199,6 +203,8 @@ def test_cli_train_writes_checkpoint_log_report_and_resumes(tmp_path):
         assert key in rows[0]
     assert set(rows[0]["val"]) == {"t2i", "i2t", "flops", "nnz_query", "nnz_doc", "inference_free"}
     report = json.loads((tmp_path / "o" / "test_report.json").read_text())
+    config = json.loads((tmp_path / "o" / "best" / "config.json").read_text())
+    assert report["algorithm"] == config["algorithm"] == algorithm
     assert set(report["sparse"]["i2t"]) == {"R@1", "R@5", "R@10", "MRR@10"}
     assert set(report["inference_free"]["t2i"]) == {"R@1", "R@5", "R@10", "MRR@10"}
     assert set(report["inference_free_baselines"]) == {"idf", "mean_own_token"}
