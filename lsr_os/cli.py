@@ -958,6 +958,7 @@ def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p,
                       max_text_length=max_text_length, block_special_tokens=block_special_tokens,
                       train_splits=splits, deterministic=deterministic, query_weights=query_weights,
                       query_reg=query_reg, lr_query=lr_query, query_epochs=query_epochs, query_leak=query_leak)
+    click.echo(f"training by {cfg.algorithm['summary']}")
     result = train(data, out, cfg, resume=resume)
     test, ts = result.test, result.train_set
     click.echo(f"trained on split {'+'.join(ts['train_splits'])}: {ts['train_images']:,} images, "
