@@ -388,10 +388,12 @@ class SearchService:
 
     @property
     def summary(self) -> str:
-        """What the server answers, in a few words (its startup line)."""
+        """What the server answers, from which engine, in a few words (its startup line)."""
+        engine = f"{self.engine.display_name} {self.engine.version}"
         if not self.modes:
-            return "vector queries only"
-        return f"text queries {', '.join(self.modes)}" + (f"; model on {self.device}" if self.device else "; no model")
+            return f"{engine}; vector queries only"
+        return (f"{engine}; text queries {', '.join(self.modes)}"
+                + (f"; model on {self.device}" if self.device else "; no model"))
 
     # ---------------------------------------------------------------- models (model thread only)
 
