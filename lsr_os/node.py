@@ -48,10 +48,14 @@ MAPPER_EXTRAS = ("org.opensearch.plugin", "mapper-extras-client", "jar")
 JVM_ROOT = Path("/usr/lib/jvm")
 # An unprivileged uid to run as when we are root: OpenSearch refuses to run as root.
 _UNPRIVILEGED_ID = "1000"
-# The plugin: its name (also its folder under plugins/), and the package that ships its sources.
+# The plugin: its name (also its folder under plugins/), and the package that ships its Maven
+# sources (a core module and one module per engine, each building that engine's zip).
 PLUGIN = "lsr-os"
-PLUGIN_SOURCES = "lsr_os.opensearch_plugin"
-# A first build downloads ~70 MB of jars; one that takes longer than this has hung (on the network).
+PLUGIN_SOURCES = "lsr_os.plugin_sources"
+# Engine -> (its name for people, the oldest major version the plugin builds for). The engine is
+# also the Maven module that builds its zip and the prefix of its version property.
+PLUGIN_ENGINES = {"opensearch": ("OpenSearch", 3), "elasticsearch": ("Elasticsearch", 9)}
+# A first build downloads up to 90 MB of jars; one that takes longer than this has hung (on the network).
 PLUGIN_BUILD_TIMEOUT_S = 1800
 # auto: install it when it can be built, else start without it and say so in one line;
 # require: fail instead; skip: never (the nodes run the untouched distribution).
@@ -263,10 +267,15 @@ def _plugin_lock() -> Iterator[None]:
 
 
 def _plugin_files() -> list[tuple[str, bytes]]:
-    """What the plugin's build reads (pom.xml and src/main), as (relative path, bytes), sorted."""
+    """What the plugin's build reads, as (relative path, bytes), sorted: the parent pom.xml and
+    assembly.xml, and each module's pom.xml and src/main."""
     root = resources.files(PLUGIN_SOURCES)
-    out = [("pom.xml", root.joinpath("pom.xml").read_bytes())]
-    todo = [("src/main", root.joinpath("src").joinpath("main"))]
+    out = [(name, root.joinpath(name).read_bytes()) for name in ("pom.xml", "assembly.xml")]
+    todo = []
+    for module in root.iterdir():
+        if module.is_dir() and module.joinpath("pom.xml").is_file():
+            out.append((f"{module.name}/pom.xml", module.joinpath("pom.xml").read_bytes()))
+            todo.append((f"{module.name}/src/main", module.joinpath("src").joinpath("main")))
     while todo:
         rel, folder = todo.pop()
         for entry in folder.iterdir():
@@ -277,20 +286,24 @@ def _plugin_files() -> list[tuple[str, bytes]]:
     return sorted(out)
 
 
-def plugin_build_key(version: str) -> str:
-    """Names one build: the OpenSearch version and a hash of the plugin's sources."""
+def plugin_build_key(version: str, engine: str = "opensearch") -> str:
+    """Names one build: the engine, its version and a hash of the plugin's sources."""
     digest = hashlib.sha256()
     for rel, data in _plugin_files():
         digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-    return f"{version}-{digest.hexdigest()[:12]}"
+    return f"{engine}-{version}-{digest.hexdigest()[:12]}"
 
 
-def build_plugin(version: str, java: Path, step: Step = _quiet) -> Path:
-    """The plugin's zip for OpenSearch `version`, built with Maven once per source and version
-    (cached under the lsr-os home, like the distribution); raises PluginUnavailable."""
-    if int(version.split(".")[0]) < 3:
-        raise PluginUnavailable(f"the lsr-os plugin is built for OpenSearch 3.x, not {version}")
-    key = plugin_build_key(version)
+def build_plugin(version: str, java: Path, step: Step = _quiet, engine: str = "opensearch") -> Path:
+    """The plugin's zip for `engine` (opensearch or elasticsearch) at exactly `version`, built with
+    Maven once per source, engine and version (cached under the lsr-os home, like the
+    distribution); raises PluginUnavailable."""
+    if engine not in PLUGIN_ENGINES:
+        raise PluginUnavailable(f"the lsr-os plugin is built for {' or '.join(PLUGIN_ENGINES)}, not {engine!r}")
+    name, oldest = PLUGIN_ENGINES[engine]
+    if int(version.split(".")[0]) < oldest:
+        raise PluginUnavailable(f"the lsr-os plugin is built for {name} {oldest}.x, not {version}")
+    key = plugin_build_key(version, engine)
     cached = home() / "plugins" / key
     zips = sorted(cached.glob(f"{PLUGIN}-*.zip"))
     if zips:
@@ -307,22 +320,23 @@ def build_plugin(version: str, java: Path, step: Step = _quiet) -> Path:
             for rel, data in _plugin_files():
                 (build / rel).parent.mkdir(parents=True, exist_ok=True)
                 (build / rel).write_bytes(data)
-            step(f"building the lsr-os plugin for OpenSearch {version} with Maven (once per plugin source; "
-                 "the first build downloads about 70 MB of OpenSearch jars)")
+            step(f"building the lsr-os plugin for {name} {version} with Maven (once per plugin source; "
+                 "the first build downloads up to 90 MB of jars)")
             started = time.monotonic()
+            # only the engine's module and the core; no test is compiled, so no test framework is fetched
+            command = [mvn, "-B", "-q", "-pl", engine, "-am", "-Dmaven.test.skip=true", f"-D{engine}.version={version}",
+                       "package"]
             try:
-                proc = subprocess.run(
-                    [mvn, "-B", "-q", "-DskipTests", f"-Dopensearch.version={version}", "package"], cwd=build,
-                    env={**os.environ, "JAVA_HOME": str(java)}, capture_output=True, text=True, check=False,
-                    timeout=PLUGIN_BUILD_TIMEOUT_S)
+                proc = subprocess.run(command, cwd=build, env={**os.environ, "JAVA_HOME": str(java)},
+                                      capture_output=True, text=True, check=False, timeout=PLUGIN_BUILD_TIMEOUT_S)
             except subprocess.TimeoutExpired as exc:
                 raise PluginUnavailable(f"Maven did not build the lsr-os plugin within {exc.timeout:.0f} s "
                                         "(is Maven Central reachable?)") from exc
             except OSError as exc:
                 raise PluginUnavailable(f"could not run Maven ({mvn}) to build the lsr-os plugin: {exc}") from exc
-            built = sorted((build / "target").glob(f"{PLUGIN}-*.zip"))
+            built = sorted((build / engine / "target").glob(f"{PLUGIN}-*.zip"))
             if proc.returncode != 0 or not built:
-                raise PluginUnavailable(f"Maven could not build the lsr-os plugin for OpenSearch {version}: "
+                raise PluginUnavailable(f"Maven could not build the lsr-os plugin for {name} {version}: "
                                         f"{_maven_error(proc.stdout + proc.stderr)}")
             cached.mkdir(parents=True, exist_ok=True)
             shutil.copy2(built[0], cached / (built[0].name + ".tmp"))
@@ -357,7 +371,8 @@ def install_plugin(dist: Path, zip_path: Path, version: str, java: Path) -> None
     built_for = plugin_descriptor(zip_path).get("opensearch.version")
     if built_for != version:
         raise PluginUnavailable(f"{zip_path.name} was built for OpenSearch {built_for}, but the node runs {version}: "
-                                f"build it for {version} (mvn package -Dopensearch.version={version})")
+                                f"build it for {version} (in plugin/: mvn -B -pl opensearch -am package "
+                                f"-Dmaven.test.skip=true -Dopensearch.version={version})")
     env = {**os.environ, "OPENSEARCH_JAVA_HOME": str(java), "OPENSEARCH_PATH_CONF": str(dist / "config")}
     env.pop("OPENSEARCH_JAVA_OPTS", None)
     tool = str(dist / "bin" / "opensearch-plugin")

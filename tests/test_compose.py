@@ -56,13 +56,19 @@ def test_the_dockerfile_builds_the_plugin_with_maven_and_installs_it_into_the_of
     assert int(froms[0].split("temurin-")[1].split()[0]) >= 21  # a JDK the plugin's release 21 builds on
     assert froms[1] == "FROM opensearchproject/opensearch:${OPENSEARCH_VERSION}"
     text = "\n".join(lines)
-    assert '-Dopensearch.version="$OPENSEARCH_VERSION" package' in text
+    assert '-pl opensearch -am -Dmaven.test.skip=true -Dopensearch.version="$OPENSEARCH_VERSION" package' in text
+    assert "cp opensearch/target/lsr-os-*.zip" in text
     assert "opensearch-plugin install -b file:///tmp/lsr-os.zip" in text
-    for copied in ("pom.xml", "src/main"):
-        assert f"COPY {copied} " in text and (ROOT / "plugin" / copied).exists()
+    copied = [part for ln in lines if ln.startswith("COPY ") and "--from" not in ln for part in ln.split()[1:-1]]
+    # every pom of the reactor, the assembly, and the sources of the modules it builds
+    assert sorted(copied) == sorted(["pom.xml", "assembly.xml", "core/pom.xml", "core/src/main", "opensearch/pom.xml",
+                                     "opensearch/src/main", "elasticsearch/pom.xml"])
+    assert all((ROOT / "plugin" / path).exists() for path in copied)
+    parent = (ROOT / "plugin" / "pom.xml").read_text()
+    assert all(f"<module>{path.split('/')[0]}</module>" in parent for path in copied if path.endswith("/pom.xml"))
     assert DEFAULT_VERSION not in text
     ignored = (ROOT / "plugin" / ".dockerignore").read_text().split()
-    assert "target/" in ignored and "src/main" not in ignored and "pom.xml" not in ignored
+    assert "**/target/" in ignored and not any("src/main" in i or "pom.xml" in i for i in ignored)
 
 
 def test_single_node_compose():
