@@ -160,6 +160,7 @@ def test_clean_vectors_take_the_fast_path_with_the_same_document_as_cleaning():
     doc = ix.to_document(SparseRecord("x", dict(vec)), top_terms=2)
     assert doc["sparse"] == {"dog": 2.0, "a%2Eb": 0.5, "100%25": 0.25, "cat": 1.0, "##s": 3.0e38}
     assert doc["terms"] == ["##s", "dog"]
+    assert ix.to_document(SparseRecord("x", dict(vec)), escape_names=False)["sparse"] == vec
     for bad in (math.nan, math.inf, -1.0, 0.0, 1e-40):
         doc = ix.to_document(SparseRecord("x", {**vec, "bad": bad}))
         assert "bad" not in doc["sparse"] and len(doc["sparse"]) == len(vec)
