@@ -8,8 +8,8 @@ load records into a cluster and search it::
     encoder = lsr_os.load_encoder("lsr-os-demo/encoder")
     head = lsr_os.load_head("lsr-os-demo/head/best")
     query = head.encode_captions(encoder.encode_texts(["two green stars"]), ["two green stars"])[0]
-    client = lsr_os.connect(lsr_os.ClusterConfig(urls=("http://localhost:9200",)))
-    result = lsr_os.Searcher.of(client).search("demo-images", query, k=5)
+    engine = lsr_os.connect(lsr_os.ClusterConfig(urls=("http://localhost:9200",)))  # OpenSearch or Elasticsearch
+    result = lsr_os.Searcher.of(engine).search("demo-images", query, k=5)
 
 Every name is imported on first use (PEP 562), so `import lsr_os` costs almost nothing and
 imports neither torch, transformers nor numpy: a command or an application that needs no model
@@ -55,7 +55,8 @@ _EXPORTS = {
     "ingest_collections": "lsr_os.index",
     # the cluster
     "ClusterConfig": "lsr_os.config",
-    "connect": "lsr_os.config",
+    "connect": "lsr_os.engines",
+    "Engine": "lsr_os.engines.base.base",
     # errors
     "LsrOsError": "lsr_os.errors",
     "ConfigError": "lsr_os.errors",
@@ -84,7 +85,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers, IDEs and the API reference; never run
-    from lsr_os.config import ClusterConfig, connect
+    from lsr_os.config import ClusterConfig
+    from lsr_os.engines import connect
+    from lsr_os.engines.base.base import Engine
     from lsr_os.errors import (ClusterError, ClusterUnreachable, CollectionMissing, ConfigError, DataError,
                                LsrOsError, ModelError)
     from lsr_os.index import IngestOptions, IngestReport, ingest, ingest_collections

@@ -42,23 +42,34 @@ class LsrGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More logging: -v info, -vv debug.")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def main(verbose: int, debug: bool) -> None:
-    """Multimodal learned sparse retrieval served from OpenSearch rank_features fields."""
+    """Multimodal learned sparse retrieval served from OpenSearch or Elasticsearch."""
     level = logging.DEBUG if verbose > 1 or debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # opensearch-py logs every failed request with a traceback; our errors already say what failed.
-    logging.getLogger("opensearch").setLevel(logging.DEBUG if debug else logging.ERROR)
+    # The clients log every failed request with a traceback; our errors already say what failed.
+    for name in ("opensearch", "elastic_transport"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
+def _env(name: str) -> list[str]:
+    """A connection option's environment variables: the OpenSearch name first, then the
+    Elasticsearch one (the first that is set wins)."""
+    return [f"OPENSEARCH_{name}", f"ELASTICSEARCH_{name}"]
 
 
 def cluster_options(func):
     """Add the shared connection options; the command receives `cluster: ClusterConfig`."""
 
-    @click.option("--url", "urls", multiple=True, envvar="OPENSEARCH_URL", show_envvar=True,
-                  help="Cluster URL; repeat or comma-separate for several nodes. [default: http://localhost:9200]")
-    @click.option("--user", envvar="OPENSEARCH_USER", show_envvar=True, help="Basic-auth user.")
-    @click.option("--password", envvar="OPENSEARCH_PASSWORD", show_envvar=True,
+    @click.option("--url", "urls", multiple=True, envvar=_env("URL"), show_envvar=True,
+                  help="Cluster URL, OpenSearch or Elasticsearch (told from its answer); repeat or comma-separate "
+                       "for several nodes. [default: http://localhost:9200]")
+    @click.option("--user", envvar=_env("USER"), show_envvar=True, help="Basic-auth user.")
+    @click.option("--password", envvar=_env("PASSWORD"), show_envvar=True,
                   help="Basic-auth password (prefer the environment variable).")
-    @click.option("--ca-certs", type=click.Path(exists=True, dir_okay=False), envvar="OPENSEARCH_CA_CERTS",
-                  help="CA bundle to verify the cluster's TLS certificate.")
+    @click.option("--api-key", envvar="ELASTICSEARCH_API_KEY", show_envvar=True,
+                  help="Elasticsearch API key (the `encoded` value Elasticsearch returns; prefer the environment "
+                       "variable).")
+    @click.option("--ca-certs", type=click.Path(exists=True, dir_okay=False), envvar=_env("CA_CERTS"),
+                  show_envvar=True, help="CA bundle to verify the cluster's TLS certificate.")
     @click.option("--insecure", is_flag=True, help="Do not verify TLS certificates.")
     @click.option("--timeout", type=float, default=30.0, show_default=True, help="Request timeout in seconds.")
     @click.option("--aws-region", envvar="OPENSEARCH_AWS_REGION", show_envvar=True,
@@ -66,12 +77,13 @@ def cluster_options(func):
     @click.option("--aws-service", type=click.Choice(["es", "aoss"]), default="es", show_default=True,
                   help="SigV4 service: es (managed domain) or aoss (Serverless).")
     @functools.wraps(func)
-    def wrapper(*args, urls, user, password, ca_certs, insecure, timeout, aws_region, aws_service, **kwargs):
+    def wrapper(*args, urls, user, password, api_key, ca_certs, insecure, timeout, aws_region, aws_service, **kwargs):
         if user is not None and password is None:  # never on the command line, never echoed
             password = click.prompt(f"Password for {user}", hide_input=True, err=True)
-        cluster = ClusterConfig(urls=split_urls(urls), user=user, password=password,
+        cluster = ClusterConfig(urls=split_urls(urls), user=user, password=password, api_key=api_key,
                                 ca_certs=ca_certs, insecure=insecure, timeout=timeout,
                                 aws_region=aws_region, aws_service=aws_service)
+        cluster.check()
         return func(*args, cluster=cluster, **kwargs)
 
     return wrapper
@@ -85,14 +97,14 @@ def echo_json(obj) -> None:
 @cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(cluster: ClusterConfig, as_json: bool) -> None:
-    """Check the connection: the cluster's version, health and nodes."""
-    from lsr_os.config import cluster_info
+    """Check the connection: the cluster's engine, version, health and nodes."""
+    from lsr_os.engines import connect
 
-    facts = cluster_info(cluster)
+    facts = connect(cluster).describe()
     if as_json:
         echo_json(facts)
     else:
-        click.echo(f"OpenSearch {facts['version']} at {', '.join(cluster.urls)}: cluster {facts['cluster_name']} "
+        click.echo(f"{facts['engine']} {facts['version']} at {', '.join(cluster.urls)}: cluster {facts['cluster_name']} "
                    f"is {facts['status']} with {facts['number_of_nodes']} node(s)")
 
 
@@ -406,7 +418,7 @@ def ingest_cmd(cluster: ClusterConfig, source, collection: tuple[str, ...], alia
     import dataclasses
 
     from lsr_os import index as ix
-    from lsr_os.config import connect
+    from lsr_os.engines import connect
     from lsr_os.errors import EXIT_FAILURES, EXIT_NOT_SWAPPED
     from lsr_os.records import open_source
 
@@ -500,10 +512,10 @@ def search_cmd(cluster: ClusterConfig, text: str | None, image_path: Path | None
                         max_terms=max_terms, split=split, explain=explain, first_terms=first_terms, window=window,
                         device=device)
     if sheet is not None:
-        from lsr_os.search import client_for
+        from lsr_os.search import engine_for
         from lsr_os.sheet import search_sheet
 
-        drawn = search_sheet(result, sheet, client_for(cluster), images_root, demo)
+        drawn = search_sheet(result, sheet, engine_for(cluster), images_root, demo)
         if drawn.missing:
             click.secho(f"Warning: {len(drawn.missing)} of the hits' images are not under {drawn.root} (their tiles "
                         f"say so): {', '.join(drawn.missing[:5])}{' ...' if len(drawn.missing) > 5 else ''}",
@@ -624,7 +636,7 @@ def evaluate_cmd(cluster: ClusterConfig, source, prefix: str, images_index: str 
     The split's records come from the same sources as `ingest` (give the --top-k/--threshold the
     ingest used); with dense files, the dense teacher's figures are added.
     """
-    from lsr_os.config import connect
+    from lsr_os.engines import connect
     from lsr_os.evaluate import evaluate_source
     from lsr_os.records import open_source
 
@@ -682,7 +694,7 @@ def collections_group() -> None:
 @words("json")
 def collections_list(cluster: ClusterConfig, as_json: bool) -> None:
     """Every lsr-os index: alias, state, documents, size, served or not."""
-    from lsr_os.config import connect
+    from lsr_os.engines import connect
     from lsr_os.index import list_collections
 
     rows = list_collections(connect(cluster))
@@ -707,13 +719,13 @@ def collections_list(cluster: ClusterConfig, as_json: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def collections_delete(cluster: ClusterConfig, alias: str, yes: bool) -> None:
     """Delete a collection: its alias and every index version built for it."""
-    from lsr_os.config import connect
+    from lsr_os.engines import connect
     from lsr_os.index import delete_collection
 
-    client = connect(cluster)
+    engine = connect(cluster)
     if not yes:
         click.confirm(f"delete {alias} and all its index versions?", abort=True)
-    for name in delete_collection(client, alias):
+    for name in delete_collection(engine, alias):
         click.echo(f"deleted {name}")
 
 
@@ -849,13 +861,13 @@ def snapshot_create(cluster: ClusterConfig, repository: str, location: str | Non
                     snapshot: str | None, as_json: bool) -> None:
     """Snapshot INDICES (indices, aliases or wildcards) [default: every complete lsr-os collection]."""
     from lsr_os import snapshot as snap
-    from lsr_os.config import connect
+    from lsr_os.engines import connect
 
     snapshot = snap.check_name(snapshot or snap.default_snapshot_name())  # before any request
-    client = connect(cluster)
+    engine = connect(cluster)
     if location:
-        snap.register_repository(client, repository, location)
-    result = snap.create_snapshot(client, repository, snapshot, indices)
+        snap.register_repository(engine, repository, location)
+    result = snap.create_snapshot(engine, repository, snapshot, indices)
     if as_json:
         echo_json(result)
     else:
@@ -870,12 +882,12 @@ def snapshot_create(cluster: ClusterConfig, repository: str, location: str | Non
 def snapshot_list(cluster: ClusterConfig, repository: str, location: str | None, as_json: bool) -> None:
     """The repository's snapshots, oldest first."""
     from lsr_os import snapshot as snap
-    from lsr_os.config import connect
+    from lsr_os.engines import connect
 
-    client = connect(cluster)
+    engine = connect(cluster)
     if location:
-        snap.register_repository(client, repository, location, readonly=True)
-    rows = snap.list_snapshots(client, repository)
+        snap.register_repository(engine, repository, location, readonly=True)
+    rows = snap.list_snapshots(engine, repository)
     if as_json:
         echo_json(rows)
         return
@@ -901,12 +913,12 @@ def snapshot_restore(cluster: ClusterConfig, repository: str, location: str | No
     To move an index to another cluster, give --location: the folder is registered read-only.
     """
     from lsr_os import snapshot as snap
-    from lsr_os.config import connect
+    from lsr_os.engines import connect
 
-    client = connect(cluster)
+    engine = connect(cluster)
     if location:
-        snap.register_repository(client, repository, location, readonly=True)
-    result = snap.restore_snapshot(client, repository, snapshot, indices, rename_suffix, not no_aliases)
+        snap.register_repository(engine, repository, location, readonly=True)
+    result = snap.restore_snapshot(engine, repository, snapshot, indices, rename_suffix, not no_aliases)
     if as_json:
         echo_json(result)
         return
@@ -921,7 +933,7 @@ def snapshot_restore(cluster: ClusterConfig, repository: str, location: str | No
 def snapshot_delete(cluster: ClusterConfig, repository: str, snapshot: str) -> None:
     """Delete one snapshot from the repository."""
     from lsr_os import snapshot as snap
-    from lsr_os.config import connect
+    from lsr_os.engines import connect
 
     snap.delete_snapshot(connect(cluster), repository, snapshot)
     click.echo(f"deleted {repository}/{snapshot}")
@@ -994,6 +1006,7 @@ def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p,
                       max_text_length=max_text_length, block_special_tokens=block_special_tokens,
                       train_splits=splits, deterministic=deterministic, query_weights=query_weights,
                       query_reg=query_reg, lr_query=lr_query, query_epochs=query_epochs, query_leak=query_leak)
+    click.echo(f"training by {cfg.algorithm['summary']}")
     result = train(data, out, cfg, resume=resume)
     test, ts = result.test, result.train_set
     click.echo(f"trained on split {'+'.join(ts['train_splits'])}: {ts['train_images']:,} images, "
@@ -1098,10 +1111,10 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
 
     from lsr_os.node import connect_or_start
 
-    client = connect_or_start(cluster, allow_start=not no_node, step=lambda message: click.echo(message, err=True))
+    engine = connect_or_start(cluster, allow_start=not no_node, step=lambda message: click.echo(message, err=True))
     cfg = DemoConfig(out=out, n_images=n_images, encoder_epochs=encoder_epochs, head_epochs=head_epochs,
                      k=k, prefix=prefix, queries=queries or DEFAULT_QUERIES, progress=not as_json)
-    result = run_demo(client, cfg, step=lambda message: click.echo(message, err=True))
+    result = run_demo(engine, cfg, step=lambda message: click.echo(message, err=True))
     if as_json:
         echo_json({"seconds": result.seconds, "report": result.report, "words": result.words,
                    "examples": [{"query": e.query, "query_terms": e.query_terms, "hits": e.hits,

@@ -31,7 +31,7 @@ class ModelError(LsrOsError):
 
 
 class ClusterError(LsrOsError):
-    """OpenSearch answered with an error, or a request could not be completed."""
+    """The cluster answered with an error, or a request could not be completed."""
 
 
 class CollectionMissing(ClusterError):
@@ -39,14 +39,50 @@ class CollectionMissing(ClusterError):
 
 
 class ClusterUnreachable(ClusterError):
-    """No OpenSearch node answered at the configured URLs."""
+    """No node answered at the configured URLs."""
 
     exit_code = 3
 
 
+class EngineError(ClusterError):
+    """A cluster call that failed, in the same shape for every engine (lsr_os.engines translates
+    each client's own exceptions): `status` is the HTTP status, or None when no answer came at
+    all; `info` is the answer's body (the engine's error object), when there was one."""
+
+    def __init__(self, message: str, status: int | None = None, info=None):
+        super().__init__(message)
+        self.status, self.info = status, info
+
+    @property
+    def error_type(self) -> str | None:
+        """The engine's name for the error (`index_not_found_exception`), when it gave one."""
+        err = self.info.get("error") if isinstance(self.info, dict) else None
+        return err.get("type") if isinstance(err, dict) else None
+
+
+class NotFound(EngineError):
+    """HTTP 404: no such index, alias, repository or snapshot."""
+
+
+class BadRequest(EngineError):
+    """HTTP 400: the cluster refused the request itself (a mapping, a query, a setting)."""
+
+
+class AccessDenied(EngineError):
+    """HTTP 401 or 403: credentials refused, or the user may not do this."""
+
+
+class NoAnswer(EngineError, ClusterUnreachable):
+    """No HTTP answer: the connection was refused, reset or timed out (worth retrying)."""
+
+
+class TLSFailure(EngineError):
+    """The TLS handshake failed (an unknown CA, or plain HTTP spoken to an HTTPS port)."""
+
+
 class NodeError(LsrOsError):
-    """The local OpenSearch node could not be provisioned, started or stopped."""
+    """A local node could not be provisioned, started or stopped."""
 
 
 class PluginUnavailable(NodeError):
-    """The lsr-os OpenSearch plugin cannot be built or installed here (a node can start without it)."""
+    """The lsr-os plugin cannot be built or installed here (a node can start without it)."""

@@ -21,11 +21,12 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
+from lsr_os.engines.base.base import Engine
 from lsr_os.splits import split_label
 from lsr_os.errors import ConfigError, DataError
 from lsr_os.metrics import Qrels, image_text_qrels
 from lsr_os.records import RecordSource, read_split
-from lsr_os.search import (Run, max_clause_count, prepare_query, search_run, split_filters, stable_preference,
+from lsr_os.search import (Run, prepare_query, search_run, split_filters, stable_preference,
                            write_trec)
 from lsr_os.sparse import SparseVector, clean, prune, quantize
 
@@ -213,15 +214,15 @@ class SplitData:
         return SplitData(images, captions, self.qrels_t2i, self.qrels_i2t, self.caption_texts)
 
 
-def split_filter(client, index: str, n_docs: int, split: str | None) -> list[dict]:
+def split_filter(engine: Engine, index: str, n_docs: int, split: str | None) -> list[dict]:
     """The filter that restricts `index` to the evaluated documents, checking their number."""
     from lsr_os.index import require_index
 
-    total = require_index(client, index)
+    total = require_index(engine, index)
     if total == n_docs:
         return []
     filters = split_filters(split)
-    in_split = int(client.count(index=index, body={"query": {"bool": {"filter": filters}}})["count"]) if filters else total
+    in_split = engine.count(index, {"bool": {"filter": filters}}) if filters else total
     if in_split != n_docs:
         raise DataError(f"{index} holds {total} documents, {in_split} of split {split_label(split)}, but the source "
                         f"holds {n_docs}: ingest the same source, or evaluate the split it holds")
@@ -271,7 +272,7 @@ def words_kept(words: dict[str, dict[str, list[str]]], queries: dict[str, Sparse
     return float(np.mean(shares)) if shares else 0.0
 
 
-def _direction(client, name: str, queries: dict[str, SparseVector], docs: dict[str, SparseVector],
+def _direction(engine: Engine, name: str, queries: dict[str, SparseVector], docs: dict[str, SparseVector],
                scorer: ExactScorer, index: str, qrels: Qrels, filters: list[dict], cap: int, k: int, batch_size: int, progress: bool | None,
                first_terms: int | None, window: int) -> tuple[dict, Run, Run]:
     """One set of queries through the cluster and exactly: (report section, cluster run, exact run)."""
@@ -284,7 +285,7 @@ def _direction(client, name: str, queries: dict[str, SparseVector], docs: dict[s
         except DataError:  # no usable term: it retrieves nothing and counts as a miss
             continue
     # One preference for the whole evaluation: on a healthy cluster a second run is identical.
-    cluster_run, timing = search_run(client, index, prepared.items(), k, cap, filters, batch_size, progress,
+    cluster_run, timing = search_run(engine, index, prepared.items(), k, cap, filters, batch_size, progress,
                                      desc=f"{name} via {index}", first_terms=first_terms, window=window,
                                      preference=stable_preference("evaluate"))
     exact_run, exact_s = scorer.run(prepared.items(), k)
@@ -301,7 +302,7 @@ def _direction(client, name: str, queries: dict[str, SparseVector], docs: dict[s
     return section, cluster_run, exact_run
 
 
-def evaluate(client, images_index: str, captions_index: str, data: SplitData, split: str = "test",
+def evaluate(engine: Engine, images_index: str, captions_index: str, data: SplitData, split: str = "test",
              k: int = 10, batch_size: int = 64, max_terms: int | None = None, out_dir: str | Path | None = None,
              dense_dir: str | Path | None = None, progress: bool | None = None, first_terms: int | None = None,
              window: int = 100, mode: str | None = None, text_queries: dict[str, dict[str, SparseVector]] | None = None,
@@ -320,7 +321,7 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
     from lsr_os.metrics import retrieval_metrics
     from lsr_os.vocab import content_words
 
-    cap = max_terms or max_clause_count(client)
+    cap = max_terms or engine.max_clause_count
     teacher = dense_runs(dense_dir, data, k) if dense_dir else None
     report: dict = {"split": split, "k": k, "max_query_terms": cap, "first_terms": first_terms,
                     "window": window if first_terms else None, "indices": {"images": images_index,
@@ -333,12 +334,12 @@ def evaluate(client, images_index: str, captions_index: str, data: SplitData, sp
              if tokenizer is not None else {})
     for name, queries, docs, index, qrels in (("t2i", data.captions, data.images, images_index, data.qrels_t2i),
                                               ("i2t", data.images, data.captions, captions_index, data.qrels_i2t)):
-        filters = split_filter(client, index, len(docs), split)
+        filters = split_filter(engine, index, len(docs), split)
         scorer = ExactScorer(docs.items())
         sets = {mode or "given": queries, **((text_queries or {}) if name == "t2i" else {})}
         for set_name, query_set in sets.items():
             label = name if query_set is queries else f"{name}-{set_name}"
-            section, cluster_run, exact_run = _direction(client, label, query_set, docs, scorer, index, qrels,
+            section, cluster_run, exact_run = _direction(engine, label, query_set, docs, scorer, index, qrels,
                                                          filters, **options)
             if name == "t2i" and words:
                 section["words_kept"] = words_kept(words, query_set)
@@ -389,7 +390,7 @@ def text_query_modes(source: RecordSource, data: SplitData) -> tuple[str | None,
     return mode, extra
 
 
-def evaluate_source(client, source: RecordSource, split: str = "test", images_index: str = "lsr-images",
+def evaluate_source(engine: Engine, source: RecordSource, split: str = "test", images_index: str = "lsr-images",
                     captions_index: str = "lsr-captions", top_k: int | None = None, threshold: float = 0.0,
                     **options) -> dict:
     """`lsr-os evaluate`: the split's records from `source` (opened on `split`), pruned as the ingest
@@ -401,10 +402,10 @@ def evaluate_source(client, source: RecordSource, split: str = "test", images_in
     from lsr_os.vocab import fast_tokenizer
 
     for index in (images_index, captions_index):
-        require_index(client, index)
+        require_index(engine, index)
     data = SplitData.load(source).pruned(top_k, threshold)
     mode, extra = text_query_modes(source, data)
     head = source.head_path
     tokenizer = fast_tokenizer(tokenizer_dir(head) if head else None)
-    return evaluate(client, images_index, captions_index, data, split, dense_dir=source.dense_dir, mode=mode,
+    return evaluate(engine, images_index, captions_index, data, split, dense_dir=source.dense_dir, mode=mode,
                     text_queries=extra, tokenizer=tokenizer, **options)

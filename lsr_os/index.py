@@ -1,14 +1,14 @@
-"""OpenSearch only: collections' mappings, index lifecycle, and bulk ingest of sparse records.
+"""Collections' mappings, index lifecycle, and bulk ingest of sparse records, on either engine.
 
 A collection (images or captions) is served under an alias. Every load builds a new versioned
 index `<alias>-v<UTC timestamp>` with refresh off, loads it (prepare -> load -> check -> swap):
 
 - prepare: a new index with `mappings/<collection>.json`, or the unfinished one of the same
   source, resumed (the ids it holds are not produced again); an images index also gets the
-  `text` field of the lsr-os OpenSearch plugin when the head has query weights and the cluster
+  `text` field of the lsr-os plugin when the head has query weights and the cluster
   runs the plugin (`text_folding`);
 - load: each record is checked and turned into a document before anything is sent (a record
-  OpenSearch could not take is listed, never sent), then bulk requests of bounded size go out,
+  the engine could not take is listed, never sent), then bulk requests of bounded size go out,
   several at a time; 429/5xx and lost connections are retried with backoff, a request the
   cluster refuses as a whole is split until the one document at fault is found;
 - check: the index holds exactly what it held plus what this run created;
@@ -35,12 +35,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import orjson
-from opensearchpy import OpenSearch, helpers
-from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
-
 from lsr_os import plugin, static_query
 from lsr_os.config import CHUNK_DOCS, CONCURRENCY
-from lsr_os.errors import ClusterError, ConfigError, DataError, ModelError
+from lsr_os.engines.base.base import Engine
+from lsr_os.engines.base.operations import SPARSE_FIELD
+from lsr_os.errors import BadRequest, ClusterError, ConfigError, DataError, EngineError, ModelError, NotFound
 from lsr_os.failures import Failure, FailureLog
 from lsr_os.sparse import RecordStream, SparseRecord, SparseVector, clean, heaviest_first, prune
 from lsr_os.vocab import feature_to_term, term_to_feature
@@ -48,11 +47,10 @@ from lsr_os.vocab import feature_to_term, term_to_feature
 log = logging.getLogger(__name__)
 
 COLLECTIONS = ("images", "captions")
-SPARSE_FIELD = "sparse"
 META_KEY = "lsr_os"
 VERSION_SEP = "-v"
 # Limits of the engine that a document must respect, checked before it is sent:
-MAX_ID_BYTES = 512  # OpenSearch refuses the whole bulk request over a longer _id
+MAX_ID_BYTES = 512  # both engines refuse the whole bulk request over a longer _id
 MAX_TERM_BYTES = 32766  # Lucene's longest term ("immense term")
 # Lucene adds up a field's term frequencies in an int; a rank_feature's frequency is its weight's
 # float32 bits >>> 15, so a vector whose frequencies sum past 2^31 - 1 cannot be indexed ("too
@@ -82,8 +80,8 @@ class InvalidRecord(ValueError):
 
 
 def to_document(record: SparseRecord, top_terms: int = 16, top_k: int | None = None,
-                threshold: float = 0.0, folding: plugin.Folding | None = None) -> dict:
-    """The OpenSearch document of a record: checks, hygiene, pruning, feature names, top terms.
+                threshold: float = 0.0, folding: plugin.Folding | None = None, escape_names: bool = True) -> dict:
+    """The document of a record: checks, hygiene, pruning, feature names, top terms.
 
     Weights that are not finite or not > 0 are dropped (rank_features cannot store them); a
     record left with no term, or over one of the engine's limits, raises InvalidRecord. `terms`
@@ -93,22 +91,23 @@ def to_document(record: SparseRecord, top_terms: int = 16, top_k: int | None = N
     (none when no term of the vector has a query weight). This runs once per
     document on the load's critical path (client and node share the CPU on a small machine), so
     the common case, a vector that is already clean, costs a few passes in C and no per-term
-    Python work.
+    Python work. `escape_names`: the engine's `features.escapes_feature_names` (OpenSearch's
+    `rank_feature` query cannot name a term with a dot unless it is escaped).
     """
     rid = record.id
     if len(rid) > MAX_ID_BYTES // 4 and len(rid.encode("utf-8")) > MAX_ID_BYTES:
-        raise InvalidRecord(f"id is {len(rid.encode('utf-8'))} bytes; OpenSearch takes at most {MAX_ID_BYTES}")
+        raise InvalidRecord(f"id is {len(rid.encode('utf-8'))} bytes; the engine takes at most {MAX_ID_BYTES}")
     vector = clean(record.vector)
     if top_k is not None or threshold > 0:
         vector = prune(vector, top_k, threshold)
     if not vector:
         raise InvalidRecord("no term with a finite weight > 0" + (" after pruning" if record.vector else ""))
-    names = "\x00".join(vector)  # one scan in C finds whether any term needs escaping
+    names = "\x00".join(vector) if escape_names else ""  # one scan in C finds whether any term needs escaping
     sparse = {term_to_feature(t): w for t, w in vector.items()} if "." in names or "%" in names else dict(vector)
     if max(map(len, sparse)) > MAX_TERM_BYTES // 4:  # only then can a feature name be too many bytes
         for feature in sparse:
             if len(feature.encode("utf-8")) > MAX_TERM_BYTES:
-                raise InvalidRecord(f"term {feature_to_term(feature)[:20]!r}... is {len(feature.encode('utf-8'))} "
+                raise InvalidRecord(f"term {(feature_to_term(feature) if escape_names else feature)[:20]!r}... is {len(feature.encode('utf-8'))} "
                                     f"bytes; Lucene takes at most {MAX_TERM_BYTES}")
     if len(sparse) > _SAFE_TERMS:
         _check_field_freq(vector)
@@ -254,72 +253,55 @@ def _now_tag() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S%f")
 
 
-def _versions(client: OpenSearch, alias: str) -> dict[str, dict]:
+def _versions(engine: Engine, alias: str) -> dict[str, dict]:
     """Versioned indices of `alias`: name -> {"meta": _meta.lsr_os, "aliased": bool}."""
-    try:
-        mappings = client.indices.get_mapping(index=f"{alias}{VERSION_SEP}*", expand_wildcards="open")
-    except NotFoundError:
+    mappings = engine.mappings(f"{alias}{VERSION_SEP}*")
+    if not mappings:
         return {}
-    aliased = set(_aliased(client, alias))
+    aliased = set(engine.alias_targets(alias))
     out = {}
     for name, body in mappings.items():
-        meta = (body.get("mappings", {}).get("_meta") or {}).get(META_KEY)
+        meta = (body.get("_meta") or {}).get(META_KEY)
         if meta and meta.get("alias") == alias:
             out[name] = {"meta": meta, "aliased": name in aliased}
     return out
 
 
-def _aliased(client: OpenSearch, alias: str) -> list[str]:
-    """The indices `alias` points to (none when it does not exist)."""
-    body = client.indices.get_alias(name=alias, ignore=404)
-    return [] if body.get("status") == 404 and "error" in body else list(body)
-
-
-def serving_source(client: OpenSearch, alias: str) -> str | None:
+def serving_source(engine: Engine, alias: str) -> str | None:
     """The `source` of the complete index that `alias` serves, if any (lets callers skip a reload)."""
-    for info in _versions(client, alias).values():
+    for info in _versions(engine, alias).values():
         if info["aliased"] and info["meta"].get("state") == "complete":
             return info["meta"].get("source")
     return None
 
 
-def image_root(client: OpenSearch, name: str) -> Path | None:
+def image_root(engine: Engine, name: str) -> Path | None:
     """The image root recorded at ingest (`_meta.lsr_os.images`) of the alias or index `name`: the
     folder its documents' `image` paths are under; None when its source had none (sparse records,
     dense files), or when the indices behind an alias disagree."""
-    try:
-        mappings = client.indices.get_mapping(index=name)
-    except NotFoundError:
-        return None
-    roots = {(body.get("mappings", {}).get("_meta") or {}).get(META_KEY, {}).get("images")
-             for body in mappings.values()}
+    roots = {(body.get("_meta") or {}).get(META_KEY, {}).get("images") for body in engine.mappings(name).values()}
     roots.discard(None)
     return Path(roots.pop()) if len(roots) == 1 else None
 
 
-def _check_sparse_mapping(client: OpenSearch, index: str) -> None:
-    """Fail clearly when `index` does not map `sparse` as rank_features (e.g. a template won)."""
-    props = client.indices.get_mapping(index=index)[index]["mappings"].get("properties", {})
-    kind = props.get(SPARSE_FIELD, {}).get("type")
-    if kind != "rank_features":
-        raise ClusterError(f"index {index} maps {SPARSE_FIELD!r} as {kind or 'nothing'}, not rank_features "
+def _check_sparse_mapping(engine: Engine, index: str) -> None:
+    """Fail clearly when `index` does not map `sparse` as the engine's sparse type (e.g. a template won)."""
+    wanted = engine.features.sparse_field_type
+    kind = engine.mappings(index).get(index, {}).get("properties", {}).get(SPARSE_FIELD, {}).get("type")
+    if kind != wanted:
+        raise ClusterError(f"index {index} maps {SPARSE_FIELD!r} as {kind or 'nothing'}, not {wanted} "
                            f"(an index template may override mappings/); fix the template or choose another name")
 
 
-def _guard_name(client: OpenSearch, alias: str) -> None:
+def _guard_name(engine: Engine, alias: str) -> None:
     """The alias name must not be a concrete index (a mapping conflict we refuse to touch)."""
-    if client.indices.exists(index=alias) and not client.indices.exists_alias(name=alias):
-        props = client.indices.get_mapping(index=alias)[alias]["mappings"].get("properties", {})
-        kind = props.get(SPARSE_FIELD, {}).get("type")
-        detail = (f"its {SPARSE_FIELD!r} field is {kind}, which conflicts with rank_features" if kind not in
-                  (None, "rank_features") else "lsr-os serves collections through aliases")
+    if engine.exists(alias) and not engine.is_alias(alias):
+        wanted = engine.features.sparse_field_type
+        kind = engine.mappings(alias).get(alias, {}).get("properties", {}).get(SPARSE_FIELD, {}).get("type")
+        detail = (f"its {SPARSE_FIELD!r} field is {kind}, which conflicts with {wanted}" if kind not in
+                  (None, wanted) else "lsr-os serves collections through aliases")
         raise ClusterError(f"{alias} is an existing index, not an alias ({detail}); "
                            f"delete it or ingest under another --index name")
-
-
-def data_nodes(client: OpenSearch) -> int:
-    """How many data nodes the cluster has."""
-    return len(client.nodes.info(node_id="data:true", metric="_none").get("nodes", {}))
 
 
 def default_replicas(nodes: int) -> int:
@@ -347,7 +329,7 @@ def default_shards(docs: int | None, nodes: int, exclude_vectors: bool = False) 
     return max(1, nodes, math.ceil(size / SHARD_BYTES))
 
 
-def text_folding(client: OpenSearch, alias: str, collection: str, head: str | Path | None,
+def text_folding(engine: Engine, alias: str, collection: str, head: str | Path | None,
                  options: IngestOptions = IngestOptions()) -> tuple[plugin.Folding | None, str | None]:
     """Whether the new index of `alias` gets the plugin's `text` field: (its folding, None), or
     (None, why not). Captions never get it, nor does a load with `text_field=False`. Otherwise it
@@ -367,7 +349,7 @@ def text_folding(client: OpenSearch, alias: str, collection: str, head: str | Pa
     elif not static_query.has_query_weights(head):
         why = (f"the head {head} has no query weights (add them with "
                f"`{static_query.ADD_COMMAND.format(head=head)}`)")
-    elif not plugin.cluster_has_plugin(client):
+    elif not engine.features.has_lsr_os_plugin:
         why, expected = "the cluster has no lsr-os plugin (on every node)", True
     else:
         try:
@@ -376,7 +358,7 @@ def text_folding(client: OpenSearch, alias: str, collection: str, head: str | Pa
             why, expected = str(exc), True
     if options.text_field:
         raise ConfigError(f"--text-field: {alias} cannot get its {plugin.FIELD!r} field: {why}")
-    served = [name for name, info in _versions(client, alias).items()
+    served = [name for name, info in _versions(engine, alias).items()
               if info["aliased"] and info["meta"].get("text_field")]
     if served:
         raise ConfigError(f"{alias} serves {', '.join(served)}, whose {plugin.FIELD!r} field ranks typed text in the "
@@ -396,7 +378,7 @@ LOAD_SETTINGS = {"refresh_interval": "-1", "translog.durability": "async"}
 SERVING_SETTINGS = {"refresh_interval": "1s", "translog.durability": "request"}  # unless the mapping says
 
 
-def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
+def prepare_index(engine: Engine, alias: str, collection: str, source: str,
                   fresh: bool = False, shards: int | None = None, replicas: int = 0,
                   exclude_vectors: bool = False, nodes: int | None = None,
                   images: str | Path | None = None, text: plugin.Folding | None = None) -> tuple[str, bool]:
@@ -415,20 +397,20 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
     the caller has already asked. `images`: the collection's image root, recorded as
     `_meta.lsr_os.images` (absolute) so that whoever shows the hits can find their files.
     """
-    _guard_name(client, alias)
-    for name, info in sorted(_versions(client, alias).items()):
+    _guard_name(engine, alias)
+    for name, info in sorted(_versions(engine, alias).items()):
         meta = info["meta"]
         if meta.get("state") != "loading" or info["aliased"]:
             continue
         if (not fresh and meta.get("source") == source and meta.get("collection") == collection
                 and bool(meta.get("exclude_vectors")) == exclude_vectors
                 and (text.folds_like(meta.get("text_field")) if text else meta.get("text_field") is None)):
-            _check_sparse_mapping(client, name)
+            _check_sparse_mapping(engine, name)
             log.info("resuming the unfinished load into %s", name)
             return name, True
         log.warning("deleting unfinished index %s (source %s)", name, meta.get("source"))
-        client.indices.delete(index=name)
-    body = load_mapping(collection)
+        engine.delete_indices(name)
+    body = engine.ops.collection_body(load_mapping(collection))
     if text:
         body = plugin.with_text_field(body, text.vocab_sha256, text.scale)
     body["settings"].setdefault("index", {}).update({**LOAD_SETTINGS, "number_of_replicas": replicas})
@@ -445,15 +427,15 @@ def prepare_index(client: OpenSearch, alias: str, collection: str, source: str,
     # Replicas protect the load only once they are started (in sync with their primary): a node
     # lost while a replica still recovers takes the shard's only valid copy with it.
     if replicas and nodes is None:
-        nodes = data_nodes(client)
+        nodes = engine.data_nodes()
     copies = min(replicas + 1, max(1, nodes)) if replicas else 1
     try:
-        created = client.indices.create(index=name, body=body, wait_for_active_shards=str(copies))
-    except RequestError as exc:
-        raise ClusterError(f"cannot create index {name}: {exc.error} ({exc.info})") from exc
+        created = engine.create_index(name, body, wait_for_active_shards=copies)
+    except BadRequest as exc:
+        raise ClusterError(f"cannot create index {name}: {exc} ({exc.info})") from exc
     if not created.get("shards_acknowledged", True):
         log.warning("%s: not every shard copy started within the create timeout; loading anyway", name)
-    _check_sparse_mapping(client, name)
+    _check_sparse_mapping(engine, name)
     return name, False
 
 
@@ -477,7 +459,7 @@ def swap_refusal(report: "IngestReport", served: list[str], allow_empty: bool = 
     return None
 
 
-def finish_index(client: OpenSearch, alias: str, index: str, collection: str, keep_old: bool = False,
+def finish_index(engine: Engine, alias: str, index: str, collection: str, keep_old: bool = False,
                  replicas: int | None = None) -> list[str]:
     """Restore serving settings, mark the index complete, swap the alias; returns the replaced indices.
 
@@ -485,25 +467,24 @@ def finish_index(client: OpenSearch, alias: str, index: str, collection: str, ke
     pointing at `index` alone.
     """
     settings = load_mapping(collection)["settings"].get("index", {})
-    client.indices.put_settings(index=index, body={"index": {
+    engine.put_index_settings(index, {"index": {
         **{key: settings.get(key, value) for key, value in SERVING_SETTINGS.items()},
         "number_of_replicas": settings.get("number_of_replicas", 1) if replicas is None else replicas,
     }})
-    meta = _versions(client, alias).get(index, {}).get("meta", {})
+    meta = _versions(engine, alias).get(index, {}).get("meta", {})
     meta.update(state="complete", finished=_now_tag())
-    client.indices.put_mapping(index=index, body={"_meta": {META_KEY: meta}})
-    old = [i for i in _aliased(client, alias) if i != index]
+    engine.put_meta(index, {META_KEY: meta})
+    old = [i for i in engine.alias_targets(alias) if i != index]
     actions: list[dict] = [{"remove": {"index": i, "alias": alias}} for i in old]
     actions.append({"add": {"index": index, "alias": alias}})
-    client.indices.update_aliases(body={"actions": actions})
-    now = _aliased(client, alias)
+    engine.update_aliases(actions)
+    now = engine.alias_targets(alias)
     if now != [index]:
         raise ClusterError(f"alias {alias} points to {', '.join(now) or 'nothing'} after the swap, not {index}; "
                            f"nothing was deleted")
     log.info("alias %s -> %s (was %s)", alias, index, ", ".join(old) or "nothing")
-    if not keep_old:
-        for i in old:
-            client.indices.delete(index=i, ignore_unavailable=True)
+    if not keep_old and old:
+        engine.delete_indices(old, missing_ok=True)
     return old
 
 
@@ -566,9 +547,9 @@ class BulkLoader:
     is at fault) is split in halves until that document fails alone and the others are indexed.
     """
 
-    def __init__(self, client: OpenSearch, index: str, retry: RetryPolicy = RetryPolicy(),
+    def __init__(self, engine: Engine, index: str, retry: RetryPolicy = RetryPolicy(),
                  chunk_docs: int = CHUNK_DOCS, chunk_bytes: int = 10 * 2**20, concurrency: int = CONCURRENCY):
-        self.client, self.index, self.retry = client, index, retry
+        self.engine, self.index, self.retry = engine, index, retry
         self.chunk_docs, self.chunk_bytes, self.concurrency = chunk_docs, chunk_bytes, concurrency
         self._action = b'{"index":{"_index":' + orjson.dumps(index) + b',"_id":'
 
@@ -628,13 +609,14 @@ class BulkLoader:
     def _send(self, docs: list[_Doc]) -> Iterator[tuple[Outcome | None, _Doc, Any]]:
         """(outcome, doc, status) per document of one request; outcome None: retry the document."""
         try:
-            resp = self.client.bulk(body=b"".join(d.lines for d in docs),
+            resp = self.engine.bulk(b"".join(d.lines for d in docs),
                                     filter_path="errors,items.*.status,items.*.result,items.*.error")
-        except TransportError as exc:
-            if self.retry.retryable(exc.status_code):
-                yield from ((None, d, exc.status_code) for d in docs)
+        except EngineError as exc:
+            status = "N/A" if exc.status is None else exc.status
+            if self.retry.retryable(exc.status):
+                yield from ((None, d, status) for d in docs)
             elif len(docs) == 1:
-                yield Outcome(docs[0].id, False, reason=f"HTTP {exc.status_code} {_reason(_error_of(exc))}"), docs[0], None
+                yield Outcome(docs[0].id, False, reason=f"HTTP {status} {_reason(_error_of(exc))}"), docs[0], None
             else:  # one document spoils the request for all: find it, index the rest
                 half = len(docs) // 2
                 yield from self._send(docs[:half])
@@ -651,12 +633,14 @@ class BulkLoader:
                 yield Outcome(doc.id, False, reason=f"HTTP {status} {_reason(info.get('error'))}"), doc, status
 
 
-def _error_of(exc: TransportError) -> Any:
+def _error_of(exc: EngineError) -> Any:
     info = exc.info
+    if info is None:
+        return str(exc)
     return info.get("error", info) if isinstance(info, dict) else info
 
 
-def ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str,
+def ingest(engine: Engine, stream: RecordStream, alias: str, collection: str,
            options: IngestOptions = IngestOptions(), failures_path: str | Path | None = None,
            images: str | Path | None = None, head: str | Path | None = None) -> IngestReport:
     """Load a collection's record stream into a new (or resumed) versioned index of `alias`, check, swap.
@@ -675,55 +659,54 @@ def ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str
     `text_folding`: by default the field is there when it can be built).
     """
     options.check()
-    return _ingest(client, stream, alias, collection, options, failures_path, images,
-                   text_folding(client, alias, collection, head, options))
+    return _ingest(engine, stream, alias, collection, options, failures_path, images,
+                   text_folding(engine, alias, collection, head, options))
 
 
-def _ingest(client: OpenSearch, stream: RecordStream, alias: str, collection: str, options: IngestOptions,
+def _ingest(engine: Engine, stream: RecordStream, alias: str, collection: str, options: IngestOptions,
             failures_path: str | Path | None, images: str | Path | None,
             text: tuple[plugin.Folding | None, str | None]) -> IngestReport:
     """`ingest` once the `text` field is decided (`text_folding`)."""
     folding, why_off = text
-    nodes = data_nodes(client)
+    nodes = engine.data_nodes()
     replicas = default_replicas(nodes) if options.replicas is None else options.replicas
     shards = options.shards or default_shards(stream.total, nodes, options.exclude_vectors)
-    index, resumed = prepare_index(client, alias, collection, stream.source, options.fresh, shards, replicas,
+    index, resumed = prepare_index(engine, alias, collection, stream.source, options.fresh, shards, replicas,
                                    options.exclude_vectors, nodes, images, folding)
     report = IngestReport(alias=alias, index=index, collection=collection, resumed=resumed, shards=shards,
                           text_field=folding is not None, text_field_off=why_off)
     if resumed:  # the index keeps the shards it was made with
-        report.shards = int(client.indices.get_settings(index=index, name="index.number_of_shards")[index]
-                            ["settings"]["index"]["number_of_shards"])
-    client.indices.refresh(index=index)
-    report.docs_before = int(client.count(index=index)["count"])
-    done = indexed_ids(client, index) if report.docs_before else frozenset()
+        report.shards = int(engine.index_setting(index, "index.number_of_shards"))
+    engine.refresh(index)
+    report.docs_before = engine.count(index)
+    done = indexed_ids(engine, index) if report.docs_before else frozenset()
     report.already_indexed = len(done)
     t0 = time.perf_counter()
     with FailureLog(failures_path) as failures:
         report.failures_file = str(failures_path) if failures_path else None
-        _load(client, stream, index, done, options, failures, report, folding)
+        _load(engine, stream, index, done, options, failures, report, folding)
         report.failed, report.failed_by_what = failures.count, dict(failures.by_what)
-    client.indices.flush(index=index)
-    client.indices.refresh(index=index)
-    report.count = int(client.count(index=index)["count"])
+    engine.flush(index)
+    engine.refresh(index)
+    report.count = engine.count(index)
     report.seconds = time.perf_counter() - t0
     _check_count(report)
-    report.not_swapped = swap_refusal(report, _aliased(client, alias), options.allow_empty, options.max_failed)
+    report.not_swapped = swap_refusal(report, engine.alias_targets(alias), options.allow_empty, options.max_failed)
     if report.not_swapped:
         log.warning("ingest %s: not swapped: %s", alias, report.not_swapped)
         return report
     if options.force_merge:
         t1 = time.perf_counter()
         if options.exclude_vectors or folding:  # _source is filtered: see _await_retention_leases
-            _await_retention_leases(client, index)
-        client.indices.forcemerge(index=index, max_num_segments=1, request_timeout=MERGE_TIMEOUT_S)
+            _await_retention_leases(engine, index)
+        engine.force_merge(index, 1, timeout=MERGE_TIMEOUT_S)
         report.merge_seconds = time.perf_counter() - t1
-    report.replaced = finish_index(client, alias, index, collection, options.keep_old, replicas)
+    report.replaced = finish_index(engine, alias, index, collection, options.keep_old, replicas)
     log.info("ingest %s: %s", alias, report.to_dict())
     return report
 
 
-def _await_retention_leases(client: OpenSearch, index: str, timeout_s: float = 120.0) -> None:
+def _await_retention_leases(engine: Engine, index: str, timeout_s: float = 120.0) -> None:
     """Wait until every shard's retention leases cover all its operations (they sync every 30 s).
 
     With `_source` filtered, each document's full source also lives in `_recovery_source` until
@@ -733,8 +716,8 @@ def _await_retention_leases(client: OpenSearch, index: str, timeout_s: float = 1
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        shards = client.indices.stats(index=index, level="shards",
-                                      filter_path="indices.*.shards.*.seq_no,indices.*.shards.*.retention_leases")
+        shards = engine.stats(index, level="shards",
+                              filter_path="indices.*.shards.*.seq_no,indices.*.shards.*.retention_leases")
         copies = [c for body in shards.get("indices", {}).values() for cs in body["shards"].values() for c in cs]
         if all(lease["retaining_seq_no"] > c["seq_no"]["max_seq_no"]
                for c in copies for lease in c["retention_leases"]["leases"]):
@@ -749,12 +732,13 @@ def _await_retention_leases(client: OpenSearch, index: str, timeout_s: float = 1
 PROGRESS_STEP = 250  # documents indexed between progress updates
 
 
-def _load(client: OpenSearch, stream: RecordStream, index: str, done: frozenset[str], options: IngestOptions,
+def _load(engine: Engine, stream: RecordStream, index: str, done: frozenset[str], options: IngestOptions,
           failures: FailureLog, report: IngestReport, folding: plugin.Folding | None = None) -> None:
     """Send every record not yet `done`; bad records and refused documents go to `failures`."""
     from tqdm.auto import tqdm
 
-    loader = BulkLoader(client, index, options.retry, options.chunk_docs, options.chunk_bytes, options.concurrency)
+    escape = engine.features.escapes_feature_names
+    loader = BulkLoader(engine, index, options.retry, options.chunk_docs, options.chunk_bytes, options.concurrency)
     total = None if stream.total is None else max(0, stream.total - len(done))
     with tqdm(total=total, unit="doc", desc=f"ingest {index}", dynamic_ncols=True,
               disable=None if options.progress is None else not options.progress) as bar:
@@ -767,7 +751,7 @@ def _load(client: OpenSearch, stream: RecordStream, index: str, done: frozenset[
                 report.read += 1
                 try:
                     doc = loader.doc(record.id, to_document(record, options.top_terms, options.top_k,
-                                                            options.threshold, folding))
+                                                            options.threshold, folding, escape))
                 except InvalidRecord as exc:
                     failed(Failure("record", record.id, index, str(exc)))
                     continue
@@ -787,10 +771,9 @@ def _load(client: OpenSearch, stream: RecordStream, index: str, done: frozenset[
         bar.update(report.indexed - shown)
 
 
-def indexed_ids(client: OpenSearch, index: str) -> frozenset[str]:
+def indexed_ids(engine: Engine, index: str) -> frozenset[str]:
     """The ids `index` holds (a resumed load skips them); one scroll over ids only, no sources."""
-    hits = helpers.scan(client, index=index, query={"_source": False}, size=5000)
-    return frozenset(hit["_id"] for hit in hits)
+    return frozenset(engine.ids(index))
 
 
 def _check_count(report: IngestReport) -> None:
@@ -814,7 +797,7 @@ def _check_count(report: IngestReport) -> None:
                     report.alias)
 
 
-def ingest_collections(client: OpenSearch, streams: Callable[[str], RecordStream], collections: Iterable[str],
+def ingest_collections(engine: Engine, streams: Callable[[str], RecordStream], collections: Iterable[str],
                        options: IngestOptions = IngestOptions(), alias: str | None = None, prefix: str = "lsr",
                        failures_path: str | Path | None = None, images: str | Path | None = None,
                        head: str | Path | None = None) -> Iterator[IngestReport]:
@@ -840,8 +823,8 @@ def ingest_collections(client: OpenSearch, streams: Callable[[str], RecordStream
     names = {collection: alias or default_alias(collection, prefix) for collection in collections}
     opened = {collection: streams(collection) for collection in collections}
     for name in names.values():
-        _guard_name(client, name)
-    texts = {collection: text_folding(client, names[collection], collection, head, options)
+        _guard_name(engine, name)
+    texts = {collection: text_folding(engine, names[collection], collection, head, options)
              for collection in collections}
     no_images = None
     for collection in collections:
@@ -853,7 +836,7 @@ def ingest_collections(client: OpenSearch, streams: Callable[[str], RecordStream
         failures = Path(failures_path or f"ingest-failures-{name}.jsonl")
         if failures_path is not None and len(collections) > 1:
             failures = failures.with_name(f"{failures.stem}-{collection}{failures.suffix}")
-        report = _ingest(client, opened[collection], name, collection, options, failures, images, texts[collection])
+        report = _ingest(engine, opened[collection], name, collection, options, failures, images, texts[collection])
         if collection == "images" and report.not_swapped and report.count == 0 and report.failed:
             no_images = (f"not loaded, since every image of this run failed ({report.failed} failures, listed in "
                          f"{report.failures_file}) and its captions would be served without them; fix the images "
@@ -889,29 +872,24 @@ def _with_prefix(name: str, prefix: str) -> str:
 # --------------------------------------------------------------------------- housekeeping
 
 
-def list_collections(client: OpenSearch, pattern: str = "*") -> list[dict]:
+def list_collections(engine: Engine, pattern: str = "*") -> list[dict]:
     """Every lsr-os index matching `pattern`: alias, index, state, docs, size, served or not, and its
     `text_field` (what `_meta` records of the plugin's field, None without one)."""
-    try:
-        mappings = client.indices.get_mapping(index=pattern, expand_wildcards="open")
-    except NotFoundError:
-        return []
     out = []
-    for name, body in mappings.items():
-        meta = (body.get("mappings", {}).get("_meta") or {}).get(META_KEY)
+    for name, body in engine.mappings(pattern).items():
+        meta = (body.get("_meta") or {}).get(META_KEY)
         if not meta:
             continue
         out.append({"alias": meta.get("alias"), "index": name, "collection": meta.get("collection"),
                     "state": meta.get("state"), "source": meta.get("source"), "text_field": meta.get("text_field")})
     if not out:
         return out
-    stats = {row["index"]: row for row in client.cat.indices(index=",".join(r["index"] for r in out),
-                                                              format="json", bytes="b")}
+    stats = {row["index"]: row for row in engine.cat_indices(",".join(r["index"] for r in out))}
     loading = [r["index"] for r in out if r["state"] == "loading"]
     # A loading index has refresh off, so its searchable count lags: report what it has indexed.
-    indexing = client.indices.stats(index=",".join(loading), metric="indexing")["indices"] if loading else {}
+    indexing = engine.stats(",".join(loading), metric="indexing")["indices"] if loading else {}
     for row in out:
-        row["served"] = bool(row["alias"]) and row["index"] in _aliased(client, row["alias"])
+        row["served"] = bool(row["alias"]) and row["index"] in engine.alias_targets(row["alias"])
         row["docs"] = int(stats.get(row["index"], {}).get("docs.count") or 0)
         if row["index"] in indexing:
             row["docs"] = max(row["docs"], int(indexing[row["index"]]["primaries"]["indexing"]["index_total"]))
@@ -919,21 +897,20 @@ def list_collections(client: OpenSearch, pattern: str = "*") -> list[dict]:
     return sorted(out, key=lambda r: (r["alias"] or "", r["index"]))
 
 
-def delete_collection(client: OpenSearch, alias: str) -> list[str]:
+def delete_collection(engine: Engine, alias: str) -> list[str]:
     """Delete the alias and every versioned index built for it; returns the deleted indices."""
-    names = sorted(_versions(client, alias))
+    names = sorted(_versions(engine, alias))
     if not names:
         raise ClusterError(f"no lsr-os collection named {alias} (see `lsr-os collections list`)")
-    for name in names:
-        client.indices.delete(index=name, ignore_unavailable=True)
+    engine.delete_indices(names, missing_ok=True)
     return names
 
 
-def require_index(client: OpenSearch, name: str) -> int:
+def require_index(engine: Engine, name: str) -> int:
     """The document count of the alias or index `name`; a clear error when it does not exist."""
     try:
-        return int(client.count(index=name)["count"])
-    except NotFoundError as exc:
+        return engine.count(name)
+    except NotFound as exc:
         raise ClusterError(f"no index or alias {name} on the cluster; ingest it first with `lsr-os ingest`") from exc
-    except TransportError as exc:
-        raise ClusterError(f"cannot count {name}: HTTP {exc.status_code} {exc.error}") from exc
+    except EngineError as exc:
+        raise ClusterError(f"cannot count {name}: {exc}") from exc

@@ -1048,9 +1048,10 @@ def logs(port: int = 9200, lines: int = 50) -> str:
 
 
 def connect_or_start(cluster, allow_start: bool = True, step: Step = log.warning):
-    """A client to the configured cluster; with the default URL and no node answering there, a
+    """The engine of the configured cluster; with the default URL and no node answering there, a
     local node is started first (the demo's "works on a fresh machine"), telling `step` how far."""
-    from lsr_os.config import DEFAULT_URL, connect
+    from lsr_os.config import DEFAULT_URL
+    from lsr_os.engines import connect
     from lsr_os.errors import ClusterUnreachable
 
     try:

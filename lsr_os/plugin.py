@@ -140,13 +140,6 @@ def folded_text(vector: Mapping[str, float], weights: Mapping[str, float], scale
     return (f"%s{DELIMITER}%d " * len(terms) % pairs)[:-1]
 
 
-def cluster_has_plugin(client) -> bool:
-    """Whether every node of the cluster runs the lsr-os plugin (a node without it would fail
-    to open an index that uses it)."""
-    nodes = client.nodes.info(metric="plugins")["nodes"]
-    return bool(nodes) and all(any(p.get("name") == PLUGIN for p in n.get("plugins", [])) for n in nodes.values())
-
-
 @dataclass(frozen=True)
 class Folding:
     """The query weights an index's `text` field folds in, and what the index records of them

@@ -1,9 +1,9 @@
-"""Weighted term queries against `rank_features`: building, (m)search, hits -> runs, explain.
+"""Weighted term queries against the sparse field: building, (m)search, hits -> runs, explain.
 
-A query is `bool.should` of one `rank_feature` clause per query term, with the `linear`
-function and `boost` = the query weight, so a document's score is the dot product of the
-query with the document's stored (9-bit) weights. The number of clauses is capped at the
-cluster's `indices.query.bool.max_clause_count` by keeping the heaviest query terms.
+A query's score is the dot product of the query with each document's stored (9-bit) weights:
+the engine's operations write it (`rank_feature` clauses on OpenSearch, the `sparse_vector` query
+on Elasticsearch); everything around it is the same on both. The number of query terms is capped
+at the cluster's max clause count by keeping the heaviest.
 """
 
 from __future__ import annotations
@@ -11,49 +11,25 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from opensearchpy import OpenSearch
-from opensearchpy.exceptions import ConnectionError as OSConnectionError, NotFoundError, TransportError
-
+from lsr_os.engines.base.base import Engine, error_text
+from lsr_os.engines.base.operations import BaseOperations
+from lsr_os.errors import ClusterError, CollectionMissing, ConfigError, DataError, EngineError, NotFound
 from lsr_os.splits import select_splits
-from lsr_os.errors import ClusterError, ClusterUnreachable, CollectionMissing, ConfigError, DataError
-from lsr_os.index import SPARSE_FIELD
-from lsr_os.sparse import SparseVector, clean, heaviest_first, numeric_weights, prune, quantize
-from lsr_os.vocab import content_tokens, fast_tokenizer, feature_to_term, term_to_feature
+from lsr_os.sparse import SparseVector, clean, heaviest_first, numeric_weights, prune
+from lsr_os.vocab import content_tokens, fast_tokenizer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_CLAUSES = 1024  # OpenSearch 3.x default of indices.query.bool.max_clause_count
-MAX_CLAUSE_SETTING = "indices.query.bool.max_clause_count"
 # Fields a hit shows besides its score; `sparse` is left out of responses unless explaining.
 DISPLAY_FIELDS = ["id", "dataset", "split", "image", "image_id", "caption", "terms"]
 
 Run = dict[str, dict[str, float]]
-
-
-def max_clause_count(client: OpenSearch) -> int:
-    """The cluster's max clause count (persistent, transient or default), else 1024."""
-    try:  # filtered: the cluster's defaults alone are ~100 KB of JSON
-        body = client.cluster.get_settings(include_defaults=True, filter_path=f"*.{MAX_CLAUSE_SETTING}")
-    except OSConnectionError as exc:  # not a settings problem: nothing answered
-        raise ClusterUnreachable(f"cannot read {MAX_CLAUSE_SETTING}: no answer ({exc.error})") from exc
-    except TransportError as exc:
-        log.warning("cannot read %s (HTTP %s); assuming %d", MAX_CLAUSE_SETTING, exc.status_code,
-                    DEFAULT_MAX_CLAUSES)
-        return DEFAULT_MAX_CLAUSES
-    for level in ("transient", "persistent", "defaults"):
-        value = body.get(level, {})
-        for key in MAX_CLAUSE_SETTING.split("."):
-            value = value.get(key, {}) if isinstance(value, dict) else {}
-        if value not in ({}, None):
-            return int(value)
-    return DEFAULT_MAX_CLAUSES
 
 
 def split_filters(spec: str | None) -> list[dict]:
@@ -88,15 +64,10 @@ def prepare_query(vector: SparseVector, max_terms: int, vocabulary=None) -> Spar
     return kept
 
 
-def _disjunction(vector: SparseVector) -> list[dict]:
-    return [{"rank_feature": {"field": f"{SPARSE_FIELD}.{term_to_feature(t)}", "linear": {}, "boost": w}}
-            for t, w in heaviest_first(vector.items())]
-
-
-def build_query(vector: SparseVector, size: int = 10, filters: Sequence[dict] = (),
+def build_query(ops: BaseOperations, vector: SparseVector, size: int = 10, filters: Sequence[dict] = (),
                 with_vectors: bool = False, with_source: bool = True, first_terms: int | None = None,
                 window: int = 100, explain: bool = False) -> dict:
-    """The search body for a prepared query vector (see `prepare_query`); clauses heaviest first.
+    """The search body for a prepared query vector (see `prepare_query`) on the engine of `ops`.
 
     `filters` are extra non-scoring clauses (e.g. `{"terms": {"split": ["test"]}}`); each counts
     against the max clause count, so callers cap the terms at max - len(filters).
@@ -109,16 +80,16 @@ def build_query(vector: SparseVector, size: int = 10, filters: Sequence[dict] = 
     the full dot product), which trades a little recall for fewer postings to walk.
     """
     first = vector if first_terms is None or len(vector) <= first_terms else prune(vector, first_terms)
-    query: dict = {"bool": {"should": _disjunction(first)}}
-    if filters:  # with a filter, should clauses turn optional unless one must match
-        query["bool"].update(filter=list(filters), minimum_should_match=1)
-    source = {"includes": DISPLAY_FIELDS + ([SPARSE_FIELD] if with_vectors else [])} if with_source else False
+    query = ops.sparse_query(first)
+    if filters:  # the filters only select: the sparse query alone scores
+        query = {"bool": {"must": [query], "filter": list(filters)}}
+    source = ops.source_filter(DISPLAY_FIELDS, with_vectors) if with_source else False
     body = {"size": size, "query": query, "_source": source, "track_total_hits": False}
     if explain:
         body["explain"] = True
     if first is not vector:
         body["rescore"] = {"window_size": max(window, size), "query": {
-            "rescore_query": {"bool": {"should": _disjunction(vector)}}, "query_weight": 0.0,
+            "rescore_query": ops.sparse_query(vector), "query_weight": 0.0,
             "rescore_query_weight": 1.0}}
     return body
 
@@ -141,7 +112,7 @@ def _all_shards_failed(status: int | None, info) -> bool:
 def _missing_shards(answer: dict) -> str | None:
     """Why an answer lacks some shards' hits, or None when every shard answered."""
     if "error" in answer:  # only `_all_shards_failed` errors get here
-        return f"every shard failed ({_error_text(answer)})"
+        return f"every shard failed ({error_text(answer)})"
     shards = answer.get("_shards") or {}
     if not shards.get("failed"):
         return None
@@ -174,35 +145,24 @@ def _until_complete(send, queries: list[tuple[str | None, dict]], index: str) ->
     return answers
 
 
-def search(client: OpenSearch, index: str, body: dict, preference: str | None = None) -> tuple[list[dict], int]:
+def search(engine: Engine, index: str, body: dict, preference: str | None = None) -> tuple[list[dict], int]:
     """One search; returns (hits, server milliseconds). Names the index in errors.
 
     `preference` (see `stable_preference`) sends the search to the same shard copies as every
     other search with the same value. An answer missing some shards is retried (`PARTIAL_RETRY_S`)."""
-    params = {"preference": preference} if preference else None
 
     def send(todo: list) -> list[dict]:
         try:
-            return [client.search(index=index, body=body, params=params)]
-        except NotFoundError as exc:
+            return [engine.search(index, body, preference)]
+        except NotFound as exc:
             raise ClusterError(f"no index or alias {index} on the cluster; ingest it first with `lsr-os ingest`") from exc
-        except TransportError as exc:
-            if _all_shards_failed(exc.status_code, exc.info):
-                return [{"status": exc.status_code, **exc.info}]
-            raise ClusterError(f"search on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
+        except EngineError as exc:
+            if _all_shards_failed(exc.status, exc.info):
+                return [{"status": exc.status, **exc.info}]
+            raise ClusterError(f"search on {index} failed: {exc}") from exc
 
     resp = _until_complete(send, [(None, body)], index)[None]
     return resp["hits"]["hits"], int(resp.get("took", 0))
-
-
-def _error_text(info) -> str:
-    if isinstance(info, dict):
-        err = info.get("error", info)
-        if isinstance(err, dict):
-            root = (err.get("root_cause") or [{}])[0]
-            return f"{err.get('type')}: {root.get('reason') or err.get('reason')}"
-        return str(err)
-    return str(info)
 
 
 @dataclass
@@ -223,7 +183,7 @@ def stable_preference(key: str) -> str:
     return f"lsr-os:{key}"  # a custom preference must not start with "_"
 
 
-def msearch(client: OpenSearch, index: str, queries: Iterable[tuple[str, dict]], batch_size: int = 64,
+def msearch(engine: Engine, index: str, queries: Iterable[tuple[str, dict]], batch_size: int = 64,
             progress: bool | None = None, desc: str = "search",
             preference: str | None = None) -> Iterator[tuple[str, list[dict], int]]:
     """Run (qid, body) queries with `_msearch` in batches; yields (qid, hits, took ms) in order."""
@@ -234,31 +194,30 @@ def msearch(client: OpenSearch, index: str, queries: Iterable[tuple[str, dict]],
         for item in queries:
             batch.append(item)
             if len(batch) >= batch_size:
-                yield from _msearch_batch(client, index, batch, preference)
+                yield from _msearch_batch(engine, index, batch, preference)
                 bar.update(len(batch))
                 batch = []
         if batch:
-            yield from _msearch_batch(client, index, batch, preference)
+            yield from _msearch_batch(engine, index, batch, preference)
             bar.update(len(batch))
 
 
-def _msearch_batch(client: OpenSearch, index: str, batch: list[tuple[str, dict]], preference: str | None):
+def _msearch_batch(engine: Engine, index: str, batch: list[tuple[str, dict]], preference: str | None):
     """One `_msearch` of the batch; queries whose answer misses some shards are sent again
     (`PARTIAL_RETRY_S`), so every answer yielded is complete. Yields in the batch's order."""
-    header = {"index": index, **({"preference": preference} if preference else {})}
 
     def send(todo: list[tuple[str, dict]]) -> list[dict]:
         try:
-            resp = client.msearch(body=[line for _, body in todo for line in (header, body)])
-        except NotFoundError as exc:
+            responses = engine.msearch(index, [body for _, body in todo], preference)
+        except NotFound as exc:
             raise ClusterError(f"no index or alias {index} on the cluster; ingest it first with `lsr-os ingest`") from exc
-        except TransportError as exc:
-            raise ClusterError(f"_msearch on {index} failed: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
-        for (qid, _), answer in zip(todo, resp["responses"]):
+        except EngineError as exc:
+            raise ClusterError(f"_msearch on {index} failed: {exc}") from exc
+        for (qid, _), answer in zip(todo, responses):
             if "error" in answer and not _all_shards_failed(answer.get("status"), answer):
                 raise ClusterError(f"query {qid} on {index} failed: HTTP {answer.get('status')} "
-                                   f"{_error_text(answer)}")
-        return resp["responses"]
+                                   f"{error_text(answer)}")
+        return responses
 
     answers = _until_complete(send, batch, index)
     for qid, _ in batch:
@@ -266,66 +225,34 @@ def _msearch_batch(client: OpenSearch, index: str, batch: list[tuple[str, dict]]
         yield qid, answer["hits"]["hits"], int(answer.get("took", 0))
 
 
-def search_run(client: OpenSearch, index: str, queries: Iterable[tuple[str, SparseVector]], k: int = 10,
+def search_run(engine: Engine, index: str, queries: Iterable[tuple[str, SparseVector]], k: int = 10,
                max_terms: int | None = None, filters: Sequence[dict] = (), batch_size: int = 64,
                progress: bool | None = None, desc: str = "search", first_terms: int | None = None,
                window: int = 100, preference: str | None = None) -> tuple[Run, BatchTiming]:
     """Search many query vectors and collect a run {qid: {doc id: score}} plus timings."""
-    cap = (max_terms or max_clause_count(client)) - len(filters)
-    bodies = ((qid, build_query(prepare_query(vec, cap), k, filters, with_source=False, first_terms=first_terms,
+    cap = (max_terms or engine.max_clause_count) - len(filters)
+    bodies = ((qid, build_query(engine.ops, prepare_query(vec, cap), k, filters, with_source=False, first_terms=first_terms,
                                 window=window)) for qid, vec in queries)
     run: Run = {}
     took: list[int] = []
     t0 = time.perf_counter()
-    for qid, hits, ms in msearch(client, index, bodies, batch_size, progress, desc, preference):
+    for qid, hits, ms in msearch(engine, index, bodies, batch_size, progress, desc, preference):
         run[qid] = {h["_id"]: float(h["_score"]) for h in hits}
         took.append(ms)
     return run, BatchTiming(took, time.perf_counter() - t0, len(took))
 
 
-def explain_hit(query: SparseVector, hit: dict) -> list[dict]:
-    """The matching terms of a hit: query weight, stored document weight (9-bit, as OpenSearch
+def explain_hit(ops: BaseOperations, query: SparseVector, hit: dict) -> list[dict]:
+    """The matching terms of a hit: query weight, stored document weight (9-bit, as the engine
     scores it) and contribution, heaviest first; they sum to the score.
 
     The stored weights come from the engine's own explanation when the hit has one (a search with
     `explain`: needed when the index leaves vectors out of `_source`), else from the vector in
     `_source` (a search `with_vectors`).
     """
-    if "_explanation" in hit:
-        stored = _explained_weights(hit["_explanation"])
-    else:
-        doc = (hit.get("_source") or {}).get(SPARSE_FIELD) or {}
-        stored = {feature: float(quantize(weight)) for feature, weight in doc.items()}
-    rows = []
-    for feature, weight in stored.items():
-        term = feature_to_term(feature)
-        if term in query:
-            rows.append({"term": term, "query_weight": query[term], "doc_weight": weight,
-                         "contribution": query[term] * weight})
+    rows = [{"term": term, "query_weight": query[term], "doc_weight": weight, "contribution": query[term] * weight}
+            for term, weight in ops.stored_weights(hit).items() if term in query]
     return sorted(rows, key=lambda r: -r["contribution"])
-
-
-# Lucene's FeatureField explains a linear rank_feature clause as "Linear function on the <field> field
-# for the <feature> feature, computed as w * S from:" with the details "w, weight ..." and "S, feature value".
-_LINEAR = re.compile(r"Linear function on the (.+) field for the (.+) feature, computed as w \* S")
-
-
-def _explained_weights(node: dict) -> dict[str, float]:
-    """{feature: stored weight} of every linear rank_feature clause in a score explanation (a
-    two-phase search explains its first phase and its rescore: the same values, kept once)."""
-    found: dict[str, float] = {}
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        match = _LINEAR.match(item.get("description", ""))
-        if match and match.group(1) == SPARSE_FIELD:
-            value = next((d["value"] for d in item.get("details", []) if d.get("description", "").startswith("S,")),
-                         None)
-            if value is not None:
-                found[match.group(2)] = float(value)
-            continue
-        stack.extend(item.get("details", []))
-    return found
 
 
 def write_trec(path: str | Path, run: Run, name: str) -> None:
@@ -517,40 +444,37 @@ class Searcher:
     """The search path of one cluster: the clause cap is read once and the vocabulary loaded once,
     so each search is prepare -> one request -> rows."""
 
-    def __init__(self, client: OpenSearch):
-        self.client = client
-        self._cap: int | None = None
+    def __init__(self, engine: Engine):
+        self.engine = engine
 
     @classmethod
-    def of(cls, client: OpenSearch) -> "Searcher":
-        """The Searcher of `client`, made once per client object (so is the clause cap read)."""
-        searcher = _SEARCHERS.get(client)
+    def of(cls, engine: Engine) -> "Searcher":
+        """The Searcher of `engine`, made once per engine object."""
+        searcher = _SEARCHERS.get(engine)
         if searcher is None:
-            searcher = _SEARCHERS[client] = cls(client)
+            searcher = _SEARCHERS[engine] = cls(engine)
         return searcher
 
     @property
     def clause_cap(self) -> int:
-        if self._cap is None:
-            self._cap = max_clause_count(self.client)
-        return self._cap
+        return self.engine.max_clause_count  # read once per engine
 
     def require(self, index: str) -> int:
         """The documents of alias or index `index`; when it is missing, the error lists the
         collections that exist and the --prefix that reaches them."""
         try:
-            return int(self.client.count(index=index)["count"])
-        except NotFoundError:
+            return self.engine.count(index)
+        except NotFound:
             pass
-        except TransportError as exc:
-            raise ClusterError(f"cannot count {index}: HTTP {exc.status_code} {_error_text(exc.info)}") from exc
+        except EngineError as exc:
+            raise ClusterError(f"cannot count {index}: {exc}") from exc
         raise self.missing(index)
 
     def missing(self, index: str) -> CollectionMissing:
         """The error for a collection that does not exist: it lists those that do, and their --prefix."""
         from lsr_os.index import list_collections
 
-        served = sorted({r["alias"] for r in list_collections(self.client) if r["served"] and r["alias"]})
+        served = sorted({r["alias"] for r in list_collections(self.engine) if r["served"] and r["alias"]})
         prefixes = sorted({a.rsplit("-", 1)[0] for a in served if a.endswith(("-images", "-captions"))})
         hint = (f"; the cluster serves {', '.join(served)}"
                 + (f" ({' or '.join(f'--prefix {p}' for p in prefixes)})" if prefixes else "")
@@ -566,7 +490,8 @@ class Searcher:
         limit = (max_terms or self.clause_cap) - len(filters)
         if len(query) > limit:
             query = prepare_query(query, limit)
-        return query, build_query(query, k, filters, first_terms=first_terms, window=window, explain=explain)
+        return query, build_query(self.engine.ops, query, k, filters, first_terms=first_terms, window=window,
+                                  explain=explain)
 
     def search(self, index: str, vector: SparseVector, k: int = 10, split: str | None = None,
                explain: bool = False, max_terms: int | None = None, first_terms: int | None = None,
@@ -576,9 +501,9 @@ class Searcher:
         A missing `index` raises the error of `missing`; `preference`: see `stable_preference`."""
         query, body = self.body(vector, k, split, explain, max_terms, first_terms, window, vocabulary)
         try:
-            hits, took = search(self.client, index, body, preference)
+            hits, took = search(self.engine, index, body, preference)
         except ClusterError as exc:
-            if isinstance(exc.__cause__, NotFoundError):
+            if isinstance(exc.__cause__, NotFound):
                 raise self.missing(index) from None
             raise
         rows = []
@@ -588,12 +513,12 @@ class Searcher:
                    **{f: src[f] for f in ("split", "image", "image_id", "caption") if f in src}}
             row["label"] = src.get("caption") or src.get("image") or ""
             if explain:
-                row["matches"] = explain_hit(query, hit)
+                row["matches"] = explain_hit(self.engine.ops, query, hit)
             rows.append(row)
         return SearchResult(index, took, query, rows, body, explain)
 
 
-_SEARCHERS: "weakref.WeakKeyDictionary[OpenSearch, Searcher]" = weakref.WeakKeyDictionary()
+_SEARCHERS: "weakref.WeakKeyDictionary[Engine, Searcher]" = weakref.WeakKeyDictionary()
 
 
 def split_terms(query: SparseVector, own: frozenset[str]) -> dict:
@@ -691,17 +616,15 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
     A text runs in `mode` (`QueryEncoder.mode`: auto is expanded with a model, inference-free with
     only a head that has query weights; `expand=False` is own-tokens). Every check that needs no
     cluster and no model comes first: the options, the text's content words, the image, the
-    vector. A vector or inference-free query is then prepare -> one request -> rows: the client,
-    its clause cap and the vocabulary are made once per process, and no request checks the cluster
-    first (a missing collection or an unreachable cluster is diagnosed after the search fails,
-    with the same messages); no model loads and torch is never imported. A query that runs the
-    model checks the cluster and the collection before the model loads, so a wrong URL or
-    collection fails in a second, not after a model has loaded; the models then stay loaded for
-    the next call in the same process. `cluster` is a `ClusterConfig` or a client (`demo_defaults`
-    fills the options from `lsr-os demo`'s folder). The collection defaults to images for text and
+    vector. A vector or inference-free query is then connect -> prepare -> one search -> rows: the
+    connection (the request that tells the engine), its clause cap and the vocabulary are made once
+    per process, and a missing collection is diagnosed after the search fails; no model loads and
+    torch is never imported. A query that runs the model checks the collection before the model
+    loads, so a wrong URL or collection fails in a second, not after a model has loaded; the models
+    then stay loaded for the next call in the same process. `cluster` is a `ClusterConfig` or an
+    `Engine` (`demo_defaults` fills the options from `lsr-os demo`'s folder). The collection defaults to images for text and
     vector queries, captions for an image query; `split` filters documents.
     """
-    from lsr_os.config import ClusterConfig, connect, connection_error
     from lsr_os.vocab import Vocabulary
 
     if sum(x is not None for x in (text, image, vector_json)) != 1:
@@ -731,39 +654,32 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
     else:
         mode, vocabulary, own = "vector", Vocabulary.default(), frozenset(vector)
     index = index or f"{prefix or 'lsr'}-{collection or ('captions' if image is not None else 'images')}"
-    config = cluster if isinstance(cluster, ClusterConfig) else None
-    searcher = Searcher.of(client_for(cluster))
+    searcher = Searcher.of(engine_for(cluster))
     if vector is None:  # the model's turn
-        if not queries.loaded:  # fail on the cluster before a model loads
-            if config:
-                connect(config)
+        if not queries.loaded:  # fail on the collection before a model loads
             searcher.require(index)
         if text is not None:
             vector, own = _one(queries.encode_texts([text], mode, [checked])[0])
         else:
             vector = queries.images([picture])[0]
-    try:
-        result = searcher.search(index, vector, k, split, explain, max_terms, first_terms, window, vocabulary)
-    except ClusterError as exc:
-        better = connection_error(config, exc.__cause__) if config and exc.__cause__ is not None else None
-        if better is not None:  # the cluster cannot be reached or refuses us: say so as `connect` does
-            raise better from exc.__cause__
-        raise
+    result = searcher.search(index, vector, k, split, explain, max_terms, first_terms, window, vocabulary)
     result.text, result.own, result.mode = text, own, mode
     return result
 
 
-def client_for(cluster) -> OpenSearch:
-    """The client of `cluster`, a `ClusterConfig` or already a client: one per configuration in a
-    process, so its Searcher reads the clause cap once."""
+def engine_for(cluster) -> Engine:
+    """The engine of `cluster`, a `ClusterConfig` or already an `Engine`: one connection per
+    configuration in a process, so the engine is detected and the clause cap read once."""
     from lsr_os.config import ClusterConfig
 
-    return _client(cluster) if isinstance(cluster, ClusterConfig) else cluster
+    return _connected(cluster) if isinstance(cluster, ClusterConfig) else cluster
 
 
 @functools.lru_cache(maxsize=8)
-def _client(config) -> OpenSearch:
-    return config.client()
+def _connected(config) -> Engine:
+    from lsr_os.engines import connect
+
+    return connect(config)
 
 
 @functools.lru_cache(maxsize=4)

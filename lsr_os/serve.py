@@ -43,14 +43,14 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from opensearchpy import OpenSearch
-from opensearchpy.exceptions import ConnectionError as OSConnectionError, TransportError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from lsr_os import __version__
-from lsr_os.errors import ClusterError, CollectionMissing, ConfigError, DataError, LsrOsError, ModelError
+from lsr_os.engines.base.base import Engine
+from lsr_os.errors import (ClusterError, CollectionMissing, ConfigError, DataError, EngineError, LsrOsError, ModelError,
+                           NoAnswer)
 from lsr_os.search import QueryEncoder, Searcher, expansion_only, images_root, split_terms, stable_preference
 from lsr_os.static_query import QueryWeightsMissing
 from lsr_os.sparse import SparseVector, numeric_weights
@@ -84,7 +84,7 @@ class ServeConfig:
     max_pending: int = 256  # queries waiting for the model; one more gets 503
     max_upload_bytes: int = 10 * 2**20
     max_pixels: int = 50_000_000  # decoded size of an uploaded image (decompression bombs)
-    cluster_threads: int = 8  # within opensearch-py's 10 pooled connections per node
+    cluster_threads: int = 8  # within the engine client's pooled connections per node (config.POOL_MAXSIZE)
     # torch's CPU threads (process-wide); None keeps torch's default (one per core). On a CPU the
     # model shares the cores with the HTTP server and the cluster client: see bench/serve.py.
     torch_threads: int | None = None
@@ -356,9 +356,9 @@ class SearchService:
     """Everything a request needs: the searcher, the warm models behind the batcher, the thread
     pools. The HTTP layer (`create_app`) only parses requests and shapes responses."""
 
-    def __init__(self, client: OpenSearch, config: ServeConfig, urls: tuple[str, ...] = ()):
-        self.client, self.config, self.urls = client, config, urls
-        self.searcher = Searcher(client)
+    def __init__(self, engine: Engine, config: ServeConfig):
+        self.engine, self.config, self.urls = engine, config, engine.config.urls
+        self.searcher = Searcher(engine)
         self.vocabulary = Vocabulary.default()
         self.queries = QueryEncoder(config.model, config.head, config.device) if config.head is not None else None
         self.modes = self.queries.modes if self.queries is not None else ()
@@ -380,18 +380,20 @@ class SearchService:
         recorded = None
         if self.config.images is None:
             try:
-                recorded = image_root(self.client, self.alias("images"))
-            except TransportError as exc:  # not fatal: the collection may be loaded later
+                recorded = image_root(self.engine, self.alias("images"))
+            except EngineError as exc:  # not fatal: the collection may be loaded later
                 log.warning("cannot read the image root of %s: %s", self.alias("images"), exc)
         root = images_root(self.alias("images"), recorded, self.config.images, self.config.demo)
         return root.resolve() if root is not None else None
 
     @property
     def summary(self) -> str:
-        """What the server answers, in a few words (its startup line)."""
+        """What the server answers, from which engine, in a few words (its startup line)."""
+        engine = f"{self.engine.display_name} {self.engine.version}"
         if not self.modes:
-            return "vector queries only"
-        return f"text queries {', '.join(self.modes)}" + (f"; model on {self.device}" if self.device else "; no model")
+            return f"{engine}; vector queries only"
+        return (f"{engine}; text queries {', '.join(self.modes)}"
+                + (f"; model on {self.device}" if self.device else "; no model"))
 
     # ---------------------------------------------------------------- models (model thread only)
 
@@ -525,10 +527,10 @@ class SearchService:
         gone or overloaded, 502 for any other refusal."""
         if isinstance(exc, CollectionMissing):
             return ApiError(404, str(exc))
-        cause = exc.__cause__
-        if isinstance(cause, OSConnectionError):
+        cause = exc if isinstance(exc, EngineError) else exc.__cause__
+        if isinstance(cause, NoAnswer):
             return ApiError(503, f"the cluster at {', '.join(self.urls) or 'its URL'} cannot be reached: {exc}")
-        status = cause.status_code if isinstance(cause, TransportError) else None
+        status = cause.status if isinstance(cause, EngineError) else None
         if isinstance(status, int) and (status == 429 or status >= 500):
             return ApiError(503, str(exc))
         return ApiError(502, str(exc))
@@ -537,10 +539,11 @@ class SearchService:
 
     def health(self) -> dict:
         """Cluster reachable, collections present (documents), models loaded, device, batching."""
-        cluster: dict = {"urls": list(self.urls), "reachable": False}
+        cluster: dict = {"urls": list(self.urls), "engine": self.engine.display_name, "reachable": False}
         try:
-            cluster.update(reachable=True, version=self.client.info()["version"]["number"])
-        except TransportError as exc:
+            self.engine.health()
+            cluster.update(reachable=True, version=self.engine.version)
+        except EngineError as exc:
             cluster["error"] = f"{type(exc).__name__}: {exc}"[:500]
         collections = {}
         for name in COLLECTIONS:
@@ -631,7 +634,7 @@ def _request_schema() -> dict:
 ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
     (400, "Bad input: the message names the field and what is wrong"), (404, "No such collection on the cluster"),
     (413, "Upload or decoded image too large"), (415, "Neither JSON nor a multipart form"),
-    (502, "The cluster refused the query"), (503, "Cluster unreachable, or too many queries waiting"))}
+    (502, "The cluster refused the query"), (503, "Cluster unreachable or overloaded (429, 5xx), or too many queries waiting"))}
 
 
 def create_app(service: SearchService) -> FastAPI:
@@ -646,7 +649,7 @@ def create_app(service: SearchService) -> FastAPI:
             await service.batcher.stop()
 
     app = FastAPI(title="lsr-os", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Multimodal learned sparse retrieval over OpenSearch `rank_features`: text -> images, "
+                  description="Multimodal learned sparse retrieval over OpenSearch or Elasticsearch: text -> images, "
                               "image -> captions, raw sparse vectors. The web page is at `/`.")
     app.state.service = service
     app.add_middleware(_BodyLimit, limit=service.config.max_upload_bytes + FORM_OVERHEAD)
@@ -809,11 +812,11 @@ def listen(host: str, port: int) -> socket.socket:
 def open_service(cluster, config: ServeConfig) -> SearchService:
     """Connect, check the collections (a missing one is logged, not fatal: it may be loaded later)
     and load the models, so every failure a user can fix shows before the server starts."""
-    from lsr_os.config import ClusterConfig, connect
+    from lsr_os.config import ClusterConfig
+    from lsr_os.engines import connect
 
-    client = connect(cluster) if isinstance(cluster, ClusterConfig) else cluster
-    urls = cluster.urls if isinstance(cluster, ClusterConfig) else ()
-    service = SearchService(client, config, urls)
+    engine = connect(cluster) if isinstance(cluster, ClusterConfig) else cluster
+    service = SearchService(engine, config)
     for name in COLLECTIONS:
         try:
             service.searcher.require(service.alias(name))

@@ -127,18 +127,18 @@ class SheetReport:
     missing: list[str] = field(default_factory=list)
 
 
-def search_sheet(result, out: str | Path, client=None, images: str | Path | None = None,
+def search_sheet(result, out: str | Path, engine=None, images: str | Path | None = None,
                  demo: str | Path | None = None) -> SheetReport:
     """The contact sheet of a `lsr_os.search.SearchResult`: each hit's image (a caption hit: the
     image it describes) under the collection's image root (`search.images_root`; the one recorded
-    at ingest is read through `client`), with its matched terms when explained. ConfigError naming
+    at ingest is read through `engine`), with its matched terms when explained. ConfigError naming
     --images when the root is unknown."""
     from lsr_os.data import ImageLoadError, resolve_image
     from lsr_os.errors import ConfigError
     from lsr_os.index import image_root
     from lsr_os.search import images_root
 
-    recorded = image_root(client, result.index) if images is None and client is not None else None
+    recorded = image_root(engine, result.index) if images is None and engine is not None else None
     root = images_root(result.index, recorded, images, demo)
     if root is None:
         raise ConfigError(f"{result.index} records no image root (it was loaded from sparse records or dense files, "

@@ -16,6 +16,7 @@ from lsr_os.cli import main
 from encode_helpers import rgb
 from lsr_os import index as ix
 from lsr_os.config import ClusterConfig
+from lsr_os.engines import engine_class
 from lsr_os.serve import SearchService, ServeConfig, create_app
 
 
@@ -58,7 +59,9 @@ def test_both_collections_show_their_image_field_as_an_image_url(objects):
 def test_the_url_template_reaches_serve_s_image_route(objects, tmp_path):
     (tmp_path / "images").mkdir()
     rgb(3).save(tmp_path / "images" / "a b.png")
-    service = SearchService(ClusterConfig(urls=("http://127.0.0.1:9",)).client(), ServeConfig(images=tmp_path))
+    # Dashboards is OpenSearch's; the route asks the cluster nothing, so none need answer (port 9)
+    dead = engine_class("opensearch")(ClusterConfig(urls=("http://127.0.0.1:9",)), "0")
+    service = SearchService(dead, ServeConfig(images=tmp_path))
     api = TestClient(create_app(service))
     serve_port = next(p for p in main.commands["serve"].params if p.name == "port").default
     for pattern in (o for o in objects if o["type"] == "index-pattern"):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from opensearchpy import OpenSearch
+from lsr_os.engines.base.base import Engine
 
 from lsr_os.search import DEMO_SEARCH_FILE
 from lsr_os.sparse import heaviest_first
@@ -114,8 +114,8 @@ class _Steps:
         return result
 
 
-def run_demo(client: OpenSearch, cfg: DemoConfig, step: Callable[[str], None] | None = None) -> DemoResult:
-    """Run (or resume) every step of the demo into `cfg.out` against the cluster of `client`;
+def run_demo(engine: Engine, cfg: DemoConfig, step: Callable[[str], None] | None = None) -> DemoResult:
+    """Run (or resume) every step of the demo into `cfg.out` against the cluster of `engine`;
     `step` is told each step's heading before the step runs."""
     from lsr_os.data import load_karpathy
     from lsr_os.demo import world
@@ -154,17 +154,17 @@ def run_demo(client: OpenSearch, cfg: DemoConfig, step: Callable[[str], None] | 
     train_report = json.loads((head_dir / REPORT_FILE).read_text())
 
     aliases = {c: f"{cfg.prefix}-{c}" for c in ("images", "captions")}
-    steps.run("ingest", False, lambda: _ingest(client, dense_dir, head_dir / BEST_DIR, aliases, cfg.progress),
+    steps.run("ingest", False, lambda: _ingest(engine, dense_dir, head_dir / BEST_DIR, aliases, cfg.progress),
               f"loading {' and '.join(aliases.values())} into OpenSearch (kept when they serve this head)")
     # What `lsr-os search --demo OUT` (and `serve --demo OUT`) needs: no other flag.
     (out / DEMO_SEARCH_FILE).write_text(json.dumps({
         "model": str(enc_dir.resolve()), "head": str((head_dir / BEST_DIR).resolve()), "prefix": cfg.prefix,
         "images": str(world_dir.resolve())}, indent=2))
     (out / "dashboards.ndjson").write_text(dashboards_objects(cfg.prefix), encoding="utf-8")
-    examples = steps.run("examples", False, lambda: _examples(client, encoder, head, head_dir / BEST_DIR,
+    examples = steps.run("examples", False, lambda: _examples(engine, encoder, head, head_dir / BEST_DIR,
                                                               aliases["images"], world_dir, cfg, out / "sheets"),
                          f"{len(cfg.queries)} text searches, a contact sheet each in {out / 'sheets'}")
-    report = steps.run("evaluate", False, lambda: _evaluate(client, dense_dir, head_dir / BEST_DIR, aliases,
+    report = steps.run("evaluate", False, lambda: _evaluate(engine, dense_dir, head_dir / BEST_DIR, aliases,
                                                             out / "eval", cfg.progress),
                        "dense vs sparse recall on the test split, both directions and every text query mode, "
                        "with exact scoring beside; which words the terms speak")
@@ -201,34 +201,33 @@ def _fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _ingest(client: OpenSearch, dense_dir: Path, head_path: Path, aliases: dict[str, str], progress: bool) -> dict:
+def _ingest(engine: Engine, dense_dir: Path, head_path: Path, aliases: dict[str, str], progress: bool) -> dict:
     """Load both collections; skipped when the aliases already serve this head's complete output."""
     from lsr_os.index import IngestOptions, ingest, serving_source
     from lsr_os.records import SourceOptions, open_source
     from lsr_os.sparse import RecordStream
 
-    from lsr_os.plugin import cluster_has_plugin
     from lsr_os.static_query import has_query_weights
 
     source = open_source(SourceOptions(dense=dense_dir, head=head_path, device="cpu"))
     # The images get the plugin's text field when the head has query weights and the cluster runs the
     # plugin: a demo first loaded without the plugin loads its images again once the plugin is there.
-    typed = has_query_weights(head_path) and cluster_has_plugin(client)
+    typed = has_query_weights(head_path) and engine.features.has_lsr_os_plugin
     reports = {}
     for collection, alias in aliases.items():
         key = f"demo:{collection}:{_fingerprint(head_path)}" + (":text" if typed and collection == "images" else "")
-        if serving_source(client, alias) == key:
+        if serving_source(engine, alias) == key:
             log.info("%s already serves %s", alias, key)
             continue
         stream = source.stream(collection)
-        report = ingest(client, RecordStream(stream.records, key, stream.total), alias, collection,
+        report = ingest(engine, RecordStream(stream.records, key, stream.total), alias, collection,
                         IngestOptions(progress=progress),
                         failures_path=dense_dir.parent / f"ingest-failures-{collection}.jsonl", head=head_path)
         reports[collection] = report.to_dict()
     return reports
 
 
-def _examples(client: OpenSearch, encoder, head, head_path: Path, images_alias: str, world_dir: Path,
+def _examples(engine: Engine, encoder, head, head_path: Path, images_alias: str, world_dir: Path,
               cfg: DemoConfig, sheet_dir: Path) -> list[Example]:
     """Search the images with each example query and draw its contact sheet."""
     from lsr_os.search import Searcher
@@ -236,7 +235,7 @@ def _examples(client: OpenSearch, encoder, head, head_path: Path, images_alias: 
 
     from lsr_os.static_query import StaticQueryEncoder
 
-    searcher = Searcher(client)
+    searcher = Searcher(engine)
     vectors = head.encode_captions(encoder.encode_texts(list(cfg.queries)), list(cfg.queries))
     typed = StaticQueryEncoder.from_head(head_path).encode_each(list(cfg.queries))
     examples = []
@@ -267,11 +266,11 @@ def _words(head_path: Path, dense_dir: Path, world_dir: Path, out_dir: Path) -> 
     return words
 
 
-def _evaluate(client: OpenSearch, dense_dir: Path, head_path: Path, aliases: dict[str, str], out_dir: Path,
+def _evaluate(engine: Engine, dense_dir: Path, head_path: Path, aliases: dict[str, str], out_dir: Path,
               progress: bool) -> dict:
     from lsr_os.evaluate import evaluate_source
     from lsr_os.records import SourceOptions, open_source
 
     source = open_source(SourceOptions(dense=dense_dir, head=head_path, split="test", device="cpu"))
-    return evaluate_source(client, source, "test", aliases["images"], aliases["captions"], out_dir=out_dir,
+    return evaluate_source(engine, source, "test", aliases["images"], aliases["captions"], out_dir=out_dir,
                            progress=progress)

@@ -1,0 +1,107 @@
+"""Which engine answers at a URL, read from its answer.
+
+Every Elasticsearch answer (an error too) carries the header `X-Elastic-Product: Elasticsearch`;
+OpenSearch's never does. `GET /` cannot tell them apart for us, since Elasticsearch's
+integration-test distribution refuses it (405), so one `GET /_nodes/_local` asks for the node's
+version instead. It goes through urllib3, the HTTP library under both engines' clients, because
+neither client shows an answer's headers before it has decided the engine for itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+
+import urllib3
+
+from lsr_os.config import START_HINT, ClusterConfig
+from lsr_os.errors import AccessDenied, ClusterError, ClusterUnreachable, TLSFailure
+
+log = logging.getLogger(__name__)
+
+PRODUCT_HEADER = "X-Elastic-Product"
+_PROBE = "/_nodes/_local?filter_path=nodes.*.version"
+
+
+def detect(config: ClusterConfig) -> tuple[str, str]:
+    """(engine name, version) of the cluster: the first configured URL that answers decides."""
+    config.check()
+    if config.aws_region:  # SigV4 signs for Amazon OpenSearch Service, whose engine is OpenSearch
+        return "opensearch", _signed_version(config)
+    failure: ClusterError | None = None
+    for url in config.urls:
+        try:
+            return _probe(config, url)
+        except ClusterUnreachable as exc:  # another node of the cluster may answer
+            failure = failure or exc
+    assert failure is not None
+    raise failure
+
+
+def _probe(config: ClusterConfig, url: str) -> tuple[str, str]:
+    headers = {"Accept": "application/json"}
+    if config.user is not None:
+        token = base64.b64encode(f"{config.user}:{config.password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    elif config.api_key:
+        headers["Authorization"] = f"ApiKey {config.api_key}"
+    tls = {}
+    if url.startswith("https://"):
+        tls = {"cert_reqs": "CERT_NONE"} if config.insecure else {"cert_reqs": "CERT_REQUIRED"}
+        if config.ca_certs and not config.insecure:
+            tls["ca_certs"] = config.ca_certs
+    if config.insecure:
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    pool = urllib3.PoolManager(timeout=urllib3.Timeout(connect=min(config.timeout, 10.0), read=config.timeout),
+                               retries=False, **tls)
+    try:
+        resp = pool.request("GET", url + _PROBE, headers=headers)
+    except urllib3.exceptions.SSLError as exc:
+        if "WRONG_VERSION_NUMBER" in _reason(exc):
+            raise TLSFailure(f"{url} speaks plain HTTP, not TLS: use an http:// URL") from None
+        raise TLSFailure(f"TLS handshake with {url} failed ({_reason(exc)}); give the cluster's CA with "
+                         f"--ca-certs (or --insecure for a throwaway test cluster)") from None
+    except urllib3.exceptions.ProtocolError as exc:
+        if url.startswith("http://") and isinstance(_root(exc), (http.client.RemoteDisconnected, ConnectionResetError)):
+            raise ClusterUnreachable(f"{url} closed the connection without an answer: a cluster that serves "
+                                     f"HTTPS needs an https:// URL") from None
+        raise ClusterUnreachable(f"no cluster answered at {url} ({_reason(exc)}); {START_HINT}") from None
+    except urllib3.exceptions.HTTPError:
+        raise ClusterUnreachable(f"no cluster answered at {url}; {START_HINT}") from None
+    finally:
+        pool.clear()
+    engine = "elasticsearch" if resp.headers.get(PRODUCT_HEADER) == "Elasticsearch" else "opensearch"
+    shown = "Elasticsearch" if engine == "elasticsearch" else "OpenSearch"
+    if resp.status in (401, 403):
+        who = f"user {config.user!r}" if config.user else ("the API key" if config.api_key else "no credentials")
+        raise AccessDenied(f"{shown} at {url} refused {who} (HTTP {resp.status})", resp.status)
+    if resp.status != 200:
+        raise ClusterError(f"{shown} at {url} answered HTTP {resp.status}: {resp.data[:200].decode(errors='replace')}")
+    try:
+        nodes = json.loads(resp.data)["nodes"]
+        version = next(iter(nodes.values()))["version"]
+    except (ValueError, KeyError, StopIteration, TypeError):
+        raise ClusterError(f"{url} answered something that is not a node list: "
+                           f"{resp.data[:200].decode(errors='replace')}") from None
+    return engine, version
+
+
+def _signed_version(config: ClusterConfig) -> str:
+    from lsr_os.engines.opensearch.base import Engine
+
+    probe = Engine(config, "?")
+    with probe.errors():
+        return probe.client.info()["version"]["number"]
+
+
+def _root(exc: BaseException) -> BaseException:
+    while exc.args and isinstance(exc.args[-1], BaseException):
+        exc = exc.args[-1]
+    return exc
+
+
+def _reason(exc: BaseException) -> str:
+    return str(_root(exc)) or type(_root(exc)).__name__
+
