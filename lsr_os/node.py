@@ -46,6 +46,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
+from lsr_os.engines import ENGINES
 from lsr_os.engines.base.node import CA_CERT, NODE_CERT, NODE_KEY, Answer, NodeLayout
 # The OpenSearch pin lives with the OpenSearch layout; re-exported because callers name it here.
 from lsr_os.engines.opensearch.node import DEFAULT_VERSION
@@ -53,7 +54,6 @@ from lsr_os.errors import NodeError, PluginUnavailable
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("opensearch", "elasticsearch")
 DEFAULT_ENGINE = "opensearch"
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 JVM_ROOT = Path("/usr/lib/jvm")
