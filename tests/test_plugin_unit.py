@@ -227,7 +227,7 @@ def test_without_a_jdk_21_the_start_says_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("LSR_OS_HOME", str(tmp_path))
     monkeypatch.setattr(node, "JVM_ROOT", tmp_path / "no-jvm")
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(node, "provision", lambda version, step: fake_dist(tmp_path))
+    monkeypatch.setattr(node, "provision", lambda version, step, engine: fake_dist(tmp_path))
     with pytest.raises(NodeError, match="OpenSearch 3.8.0 needs Java 21 or newer; JDKs found: none"):
         node.start(node.NodeSpec(port=9599))
 
