@@ -672,6 +672,7 @@ def ingest(engine: Engine, stream: RecordStream, alias: str, collection: str,
     `text_folding`: by default the field is there when it can be built).
     """
     options.check()
+    engine.check_may_write(alias)
     return _ingest(engine, stream, alias, collection, options, failures_path, images,
                    text_folding(engine, alias, collection, head, options))
 
@@ -836,6 +837,7 @@ def ingest_collections(engine: Engine, streams: Callable[[str], RecordStream], c
     names = {collection: alias or default_alias(collection, prefix) for collection in collections}
     opened = {collection: streams(collection) for collection in collections}
     for name in names.values():
+        engine.check_may_write(name)
         _guard_name(engine, name)
     texts = {collection: text_folding(engine, names[collection], collection, head, options)
              for collection in collections}
