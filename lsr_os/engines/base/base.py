@@ -64,9 +64,10 @@ class Engine:
                 raise
             raise translated from exc
 
-    def _call(self, method: str, timeout: float | None = None, **kwargs) -> Any:
-        """Call the client's `method` ("indices.create") and return its answer as plain data."""
-        target = self._client_for(timeout)
+    def _call(self, method: str, client_timeout: float | None = None, **kwargs) -> Any:
+        """Call the client's `method` ("indices.create") and return its answer as plain data;
+        `client_timeout`: how long the client waits for it (`timeout` in kwargs goes to the cluster)."""
+        target = self._client_for(client_timeout)
         for part in method.split("."):
             target = getattr(target, part)
         with self.errors():
@@ -105,7 +106,7 @@ class Engine:
         kwargs = {k: v for k, v in (("index", indices), ("wait_for_status", wait_for_status)) if v is not None}
         if wait_s is not None:
             kwargs["timeout"] = f"{wait_s:.0f}s"
-        return self._call("cluster.health", timeout=None if wait_s is None else wait_s + 10, **kwargs)
+        return self._call("cluster.health", client_timeout=None if wait_s is None else wait_s + 10, **kwargs)
 
     def data_nodes(self) -> int:
         """How many data nodes the cluster has (replicas need a second one)."""
@@ -203,7 +204,7 @@ class Engine:
         self._call("indices.flush", index=index)
 
     def force_merge(self, index: str, max_segments: int = 1, timeout: float | None = None) -> None:
-        self._call("indices.forcemerge", timeout=timeout, index=index, max_num_segments=max_segments)
+        self._call("indices.forcemerge", client_timeout=timeout, index=index, max_num_segments=max_segments)
 
     def count(self, index: str, query: dict | None = None) -> int:
         kwargs = {"body": {"query": query}} if query is not None else {}
@@ -267,14 +268,14 @@ class Engine:
         self._call("snapshot.delete_repository", name=name)
 
     def create_snapshot(self, repository: str, snapshot: str, body: dict, timeout: float | None = None) -> dict:
-        return self._call("snapshot.create", timeout=timeout, repository=repository, snapshot=snapshot,
+        return self._call("snapshot.create", client_timeout=timeout, repository=repository, snapshot=snapshot,
                           body=body, wait_for_completion=True)
 
     def snapshots(self, repository: str) -> list[dict]:
         return self._call("snapshot.get", repository=repository, snapshot="_all").get("snapshots", [])
 
     def restore_snapshot(self, repository: str, snapshot: str, body: dict, timeout: float | None = None) -> dict:
-        return self._call("snapshot.restore", timeout=timeout, repository=repository, snapshot=snapshot,
+        return self._call("snapshot.restore", client_timeout=timeout, repository=repository, snapshot=snapshot,
                           body=body, wait_for_completion=True)
 
     def delete_snapshot(self, repository: str, snapshot: str) -> None:
