@@ -25,6 +25,13 @@ class Engine(BaseEngine):
     def _new_client(self, timeout: float) -> OpenSearch:
         return new_client(self.config, timeout)
 
+    def _call(self, method: str, client_timeout: float | None = None, **kwargs) -> Any:
+        # opensearch-py takes a call's `timeout` as its own wait unless `request_timeout` is given;
+        # given, `timeout` goes to the cluster as the API means it (health's wait, a force-merge's)
+        if "timeout" in kwargs:
+            kwargs["request_timeout"] = max(client_timeout or 0, self.config.timeout)
+        return super()._call(method, client_timeout, **kwargs)
+
     def _translate(self, exc: Exception) -> EngineError | None:
         if isinstance(exc, ex.SSLError):
             return TLSFailure(f"TLS with {self.where} failed: {exc.info or exc.error}")
