@@ -1,52 +1,97 @@
-"""Connection security without a server: https, CA verification, basic auth, SigV4, secrets kept out of sight."""
+"""Connection security without a server: each engine's client configured for https, CA
+verification, basic auth, API keys and SigV4 (each backend's `new_client`), the credentials
+checked together, and secrets kept out of sight."""
 
+import base64
 import logging
+from importlib import import_module
 
 import pytest
 from click.testing import CliRunner
 
 from lsr_os.cli import main
-from lsr_os.config import ClusterConfig, connect
-from lsr_os.errors import ClusterError, ClusterUnreachable, ConfigError
+from lsr_os.config import ClusterConfig
+from lsr_os.engines import ENGINES, connect
+from lsr_os.errors import ClusterUnreachable, ConfigError, TLSFailure
 
 SECRET = "s3cr3t-Pa55word!"
 
 
-def connection(client):
-    """The first urllib3 connection of a client's pool (where the TLS and auth settings land)."""
-    return client.transport.connection_pool.connections[0]
+def new_client(engine: str, config: ClusterConfig, timeout: float = 5.0):
+    """The engine's own client as its backend makes it (no request is sent)."""
+    return import_module(f"lsr_os.engines.{engine}.base").new_client(config, timeout)
 
 
-def test_https_with_a_ca_verifies_and_sends_basic_auth(tmp_path):
+def nodes(engine: str, config: ClusterConfig) -> list[dict]:
+    """What each node connection of an engine's client will do: its URL, the certificate check of
+    its urllib3 pool (None for plain http) and CA bundle, and the Authorization header it sends."""
+    client = new_client(engine, config)
+    if engine == "opensearch":  # opensearch-py: a pool of urllib3 connections, each with its headers
+        return [{"url": c.host, "cert_reqs": getattr(c.pool, "cert_reqs", None), "ca_certs": getattr(c.pool, "ca_certs", None),
+                 "authorization": c.headers.get("authorization")} for c in client.transport.connection_pool.connections]
+    # elasticsearch-py: elastic-transport nodes; the client adds its auth header to every request
+    return [{"url": f"{n.scheme}://{n.host}:{n.port}", "cert_reqs": getattr(n.pool, "cert_reqs", None),
+             "ca_certs": getattr(n.pool, "ca_certs", None), "authorization": client._headers.get("authorization")}
+            for n in client.transport.node_pool.all()]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_https_with_a_ca_verifies_and_sends_basic_auth(engine, tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("not parsed until a request is made")
-    client = ClusterConfig(urls=("https://a.example:9200", "https://b.example:9200"), user="admin",
-                           password=SECRET, ca_certs=str(ca)).client()
-    conns = client.transport.connection_pool.connections
-    assert sorted(c.host for c in conns) == ["https://a.example:9200", "https://b.example:9200"]
-    pool = conns[0].pool
-    assert pool.cert_reqs == "CERT_REQUIRED" and pool.ca_certs == str(ca)
-    assert conns[0].headers["authorization"].startswith("Basic ")
+    found = nodes(engine, ClusterConfig(urls=("https://a.example:9200", "https://b.example:9200"), user="admin",
+                                        password=SECRET, ca_certs=str(ca)))
+    assert sorted(n["url"] for n in found) == ["https://a.example:9200", "https://b.example:9200"]
+    basic = "Basic " + base64.b64encode(f"admin:{SECRET}".encode()).decode()
+    for node in found:
+        assert (node["cert_reqs"], node["ca_certs"], node["authorization"]) == ("CERT_REQUIRED", str(ca), basic)
 
 
-def test_insecure_turns_verification_off_and_plain_http_has_no_tls():
-    insecure = connection(ClusterConfig(urls=("https://a.example:9200",), insecure=True).client())
-    assert insecure.pool.cert_reqs == "CERT_NONE"
-    plain = connection(ClusterConfig(urls=("http://a.example:9200",)).client())
-    assert plain.host.startswith("http://") and "authorization" not in plain.headers
+@pytest.mark.parametrize("engine", ENGINES)
+def test_insecure_turns_verification_off_and_plain_http_has_no_tls(engine):
+    (insecure,) = nodes(engine, ClusterConfig(urls=("https://a.example:9200",), insecure=True))
+    assert insecure["cert_reqs"] == "CERT_NONE"
+    (plain,) = nodes(engine, ClusterConfig(urls=("http://a.example:9200",)))
+    assert plain["url"] == "http://a.example:9200" and plain["cert_reqs"] is None and plain["authorization"] is None
 
 
-def test_the_password_is_never_in_repr_or_str():
+def test_an_api_key_is_sent_as_is_to_elasticsearch_and_refused_for_opensearch():
+    key = base64.b64encode(b"key-id:" + SECRET.encode()).decode()  # the `encoded` value Elasticsearch returns
+    (node,) = nodes("elasticsearch", ClusterConfig(urls=("https://a.example:9200",), api_key=key))
+    assert node["authorization"] == f"ApiKey {key}"
+    with pytest.raises(ConfigError, match="OpenSearch takes no API key") as err:
+        new_client("opensearch", ClusterConfig(urls=("https://a.example:9200",), api_key=key))
+    assert key not in str(err.value)
+
+
+def test_the_password_and_the_api_key_are_never_in_repr_or_str():
     cfg = ClusterConfig(user="admin", password=SECRET)
     assert SECRET not in repr(cfg) and SECRET not in str(cfg)
     assert "admin" in repr(cfg)
+    keyed = ClusterConfig(api_key=SECRET)
+    assert SECRET not in repr(keyed) and SECRET not in str(keyed)
 
 
-def test_user_without_password_and_auth_mixes_are_refused():
-    with pytest.raises(ConfigError, match="give both --user and --password"):
-        ClusterConfig(user="admin").client()
-    with pytest.raises(ConfigError, match="not both"):
-        ClusterConfig(user="admin", password=SECRET, aws_region="eu-west-1").client()
+@pytest.mark.parametrize("given, message", [
+    ({"user": "admin"}, "give both --user and --password"),
+    ({"password": SECRET}, "give both --user and --password"),
+    ({"user": "admin", "password": SECRET, "aws_region": "eu-west-1"}, "not --user and --aws-region"),
+    ({"user": "admin", "password": SECRET, "api_key": "a2V5"}, "not --user and --api-key"),
+    ({"api_key": "a2V5", "aws_region": "eu-west-1"}, "not --api-key and --aws-region"),
+])
+def test_credentials_that_cannot_go_together_are_refused_before_any_request(given, message):
+    config = ClusterConfig(urls=("http://127.0.0.1:9",), **given)
+    with pytest.raises(ConfigError, match=message) as err:
+        config.check()
+    assert SECRET not in str(err.value)
+    with pytest.raises(ConfigError, match=message):  # connect checks before it sends anything
+        connect(config)
+
+
+@pytest.mark.parametrize("given", [{}, {"user": "admin", "password": SECRET}, {"api_key": "a2V5"},
+                                   {"aws_region": "eu-west-1"}])
+def test_one_way_to_authenticate_or_none_passes_the_check(given):
+    ClusterConfig(**given).check()
 
 
 def test_sigv4_signs_with_the_environment_credentials(monkeypatch):
@@ -56,12 +101,17 @@ def test_sigv4_signs_with_the_environment_credentials(monkeypatch):
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     url = "https://search-demo.eu-west-1.es.amazonaws.com"
-    client = ClusterConfig(urls=(url,), aws_region="eu-west-1", aws_service="aoss").client()
-    auth = connection(client).http_auth
+    client = new_client("opensearch", ClusterConfig(urls=(url,), aws_region="eu-west-1", aws_service="aoss"))
+    auth = client.transport.connection_pool.connections[0].http_auth
     headers = auth("GET", url + "/_cluster/health", None)
     assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
     assert "/eu-west-1/aoss/aws4_request" in headers["Authorization"]
     assert "wJalrXUtnFEMI" not in " ".join(headers.values())
+
+
+def test_sigv4_is_for_amazon_opensearch_service_only():
+    with pytest.raises(ConfigError, match="SigV4 signs requests to Amazon OpenSearch Service, not to Elasticsearch"):
+        new_client("elasticsearch", ClusterConfig(urls=("https://x.example",), aws_region="eu-west-1"))
 
 
 def test_sigv4_without_credentials_is_a_clear_error(monkeypatch, tmp_path):
@@ -72,19 +122,21 @@ def test_sigv4_without_credentials_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with pytest.raises(ConfigError, match="no AWS credentials found"):
-        ClusterConfig(urls=("https://x.example",), aws_region="eu-west-1").client()
+        new_client("opensearch", ClusterConfig(urls=("https://x.example",), aws_region="eu-west-1"))
 
 
-def test_failed_connection_keeps_the_password_out_of_errors_and_logs(caplog):
+@pytest.mark.parametrize("auth", [{"user": "admin", "password": SECRET}, {"api_key": SECRET}])
+def test_failed_connection_keeps_the_secret_out_of_errors_and_logs(auth, caplog):
     caplog.set_level(logging.DEBUG)
-    cfg = ClusterConfig(urls=("https://127.0.0.1:1",), user="admin", password=SECRET, timeout=2, max_retries=0)
+    cfg = ClusterConfig(urls=("https://127.0.0.1:1",), timeout=2, max_retries=0, **auth)
     with pytest.raises(ClusterUnreachable) as err:
         connect(cfg)
     assert SECRET not in str(err.value) and SECRET not in caplog.text
 
 
 def test_cli_prompts_for_a_missing_password_without_echoing_it(monkeypatch):
-    monkeypatch.delenv("OPENSEARCH_PASSWORD", raising=False)
+    for variable in ("OPENSEARCH_PASSWORD", "ELASTICSEARCH_PASSWORD"):
+        monkeypatch.delenv(variable, raising=False)
     result = CliRunner().invoke(main, ["info", "--url", "http://127.0.0.1:1", "--user", "admin", "--timeout", "1"],
                                 input=SECRET + "\n")
     assert "Password for admin" in result.output
@@ -133,9 +185,19 @@ def tls_listener(tmp_path):
 def test_an_unverified_certificate_is_one_clear_error_that_suggests_the_ca(tls_listener, caplog):
     caplog.set_level(logging.DEBUG)
     cfg = ClusterConfig(urls=(tls_listener,), user="admin", password=SECRET, timeout=5, max_retries=0)
-    with pytest.raises(ClusterError, match=f"TLS handshake with {tls_listener} failed .*--ca-certs") as err:
+    with pytest.raises(TLSFailure, match=f"TLS handshake with {tls_listener} failed .*--ca-certs") as err:
         connect(cfg)
     assert not isinstance(err.value, ClusterUnreachable)
+    assert SECRET not in str(err.value) and SECRET not in caplog.text
+
+
+def test_plain_http_to_an_https_port_says_to_use_https(tls_listener, caplog):
+    caplog.set_level(logging.DEBUG)
+    plain = tls_listener.replace("https://", "http://")
+    cfg = ClusterConfig(urls=(plain,), user="admin", password=SECRET, timeout=5, max_retries=0)
+    with pytest.raises(ClusterUnreachable, match=f"^{plain} closed the connection without an answer: a cluster "
+                                                 "that serves HTTPS needs an https:// URL$") as err:
+        connect(cfg)
     assert SECRET not in str(err.value) and SECRET not in caplog.text
 
 
