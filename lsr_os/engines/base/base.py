@@ -29,6 +29,8 @@ class Engine:
     features_class: ClassVar[type[BaseFeatures]] = BaseFeatures
     operations_class: ClassVar[type[BaseOperations]] = BaseOperations
     scan: Any  # the client's scroll helper: scan(client, index=, query=, size=) -> hits
+    # The keyword the client's repository calls name a snapshot repository by (opensearch-py: repository).
+    repository_keyword: ClassVar[str] = "name"
 
     def __init__(self, config: ClusterConfig, version: str):
         self.config, self.version = config, version
@@ -257,15 +259,15 @@ class Engine:
     def repository(self, name: str) -> dict | None:
         """A snapshot repository's definition, or None when the cluster has none of this name."""
         try:
-            return self._call("snapshot.get_repository", name=name)[name]
+            return self._call("snapshot.get_repository", **{self.repository_keyword: name})[name]
         except NotFound:
             return None
 
     def create_repository(self, name: str, body: dict) -> None:
-        self._call("snapshot.create_repository", name=name, body=body)
+        self._call("snapshot.create_repository", body=body, **{self.repository_keyword: name})
 
     def delete_repository(self, name: str) -> None:
-        self._call("snapshot.delete_repository", name=name)
+        self._call("snapshot.delete_repository", **{self.repository_keyword: name})
 
     def create_snapshot(self, repository: str, snapshot: str, body: dict, timeout: float | None = None) -> dict:
         return self._call("snapshot.create", client_timeout=timeout, repository=repository, snapshot=snapshot,

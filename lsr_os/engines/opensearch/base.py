@@ -21,6 +21,7 @@ class Engine(BaseEngine):
     features_class = Features
     operations_class = Operations
     scan = staticmethod(helpers.scan)
+    repository_keyword = "repository"
 
     def _new_client(self, timeout: float) -> OpenSearch:
         return new_client(self.config, timeout)
