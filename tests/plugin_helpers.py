@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from lsr_os.plugin import cluster_has_plugin
-
 ROOT = Path(__file__).resolve().parents[1]
 SEP = " [SEP] "  # a special token: matched on the raw text, it cuts the batch back into its texts
 
@@ -94,11 +92,11 @@ def _analyze_batch(client, texts, index, analyzer):
     return per_text
 
 
-def require_plugin(client) -> None:
+def require_plugin(engine) -> None:
     """Skip (a failure under CI=true, where the node must have it) when the cluster lacks the plugin."""
-    if not cluster_has_plugin(client):
-        message = ("the cluster at OPENSEARCH_URL does not run the lsr-os plugin on every node "
-                   "(lsr-os node start installs it when Maven and a JDK 21+ are there)")
+    if not engine.features.has_lsr_os_plugin:
+        message = (f"the {engine.display_name} cluster at {engine.where} does not run the lsr-os plugin on every "
+                   "node (lsr-os node start installs it when Maven and a JDK 21+ are there)")
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
