@@ -8,9 +8,10 @@ weights log-uniform, as bench/serving.py's queries are, against its synthetic co
 terms a document, Zipf term popularity). Two term draws: "independent" (another permutation of
 the vocabulary than the documents', as bench/serving.py's queries: most query terms are rare in
 the collection) and "popular" (the documents' own popularity: the query terms are the
-collection's most common ones, the slow case). Every query is sent as the `rank_feature` query
-lsr-os sends, interleaved query by query over rounds (the shapes' order rotating); server `took`
-and client wall are reported, with the load average.
+collection's most common ones, the slow case). Every query is sent as the sparse query lsr-os
+sends to the engine at --url (OpenSearch's `rank_feature` clauses, Elasticsearch's
+`sparse_vector` query), interleaved query by query over rounds (the shapes' order rotating);
+server `took` and client wall are reported, with the load average.
 
     python -m bench.query_shapes --demo lsr-os-demo --docs 100000 1000000
 """
@@ -18,6 +19,7 @@ and client wall are reported, with the load average.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +28,8 @@ import numpy as np
 
 from bench.harness import RESULTS, md_table, write_results
 from bench.serving import LoadSampler, draw_ids, ensure_index, interleaved, node_facts, zipf_sampler
-from lsr_os.config import ClusterConfig, connect, split_urls
+from lsr_os.config import ClusterConfig, split_urls
+from lsr_os.engines import connect
 from lsr_os.search import build_query
 from lsr_os.vocab import Vocabulary
 
@@ -72,27 +75,30 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300, help="queries of each shape")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0, help="the collection's seed (bench/serving.py's)")
-    ap.add_argument("--url", default=None, help="OpenSearch URL [default: OPENSEARCH_URL or localhost:9200]")
+    ap.add_argument("--url", default=None, help="OpenSearch or Elasticsearch URL (the engine is told from its answer) "
+                                                "[default: OPENSEARCH_URL, ELASTICSEARCH_URL or localhost:9200]")
     ap.add_argument("--name", default="query_shapes")
     args = ap.parse_args()
-    client = connect(ClusterConfig(urls=split_urls(args.url), timeout=600.0))
+    url = args.url or os.environ.get("OPENSEARCH_URL") or os.environ.get("ELASTICSEARCH_URL")
+    engine = connect(ClusterConfig(urls=split_urls(url), timeout=600.0))
     lengths = demo_lengths(args.demo)
     draws = {"independent": args.seed + 1, "popular": args.seed}
     shapes = {(d, m): shaped_queries(lengths[m], args.queries, s) for d, s in draws.items() for m in MODES}
     sampler = LoadSampler()
     results: dict = {"lengths": {m: {"mean": statistics.fmean(v), "median": statistics.median(v), "max": max(v),
                                      "queries": len(v)} for m, v in lengths.items()},
-                     "node": node_facts(client), "collections": {}}
+                     "node": node_facts(engine), "collections": {}}
     try:
         for n_docs in args.docs:
             alias = f"bench-shapes-{n_docs}"
-            loaded = ensure_index(client, alias, n_docs, args.seed, sampler)
-            bodies = {key: [build_query(q, 10, with_source=False) for q in qs] for key, qs in shapes.items()}
+            loaded = ensure_index(engine, alias, n_docs, args.seed, sampler)
+            bodies = {key: [build_query(engine.ops, q, 10, with_source=False) for q in qs]
+                      for key, qs in shapes.items()}
 
             def system(key: tuple[str, str]):
                 def one(i: int) -> tuple[float, float]:
                     t0 = time.perf_counter()
-                    answer = client.search(index=alias, body=bodies[key][i])
+                    answer = engine.search(alias, bodies[key][i])
                     return time.perf_counter() - t0, answer["took"] / 1000
                 return one
 
@@ -100,7 +106,7 @@ def main() -> None:
             for draw in draws:
                 for mode in MODES:  # warm the caches once, untimed
                     for body in bodies[(draw, mode)][:20]:
-                        client.search(index=alias, body=body)
+                        engine.search(alias, body)
                 t0 = time.time()
                 timing = interleaved({m: system((draw, m)) for m in MODES}, args.queries, args.rounds)
                 part[draw] = {"timing": timing, "load_avg_1m": sampler.between(t0, time.time())}
@@ -116,12 +122,14 @@ def main() -> None:
                          "took p50 ms": t["took"]["p50_ms"], "took p90 ms": t["took"]["p90_ms"],
                          "took mean ms": t["took"]["mean_ms"], "wall p50 ms": t["wall"]["p50_ms"],
                          "wall p90 ms": t["wall"]["p90_ms"], "load avg": f"{load['min']:.1f}-{load['max']:.1f}"})
-    summary = (f"Server time (`took`) and client wall of the `rank_feature` query lsr-os sends, by text query shape; "
+    node = results["node"]
+    summary = (f"Server time (`took`) and client wall of the sparse query lsr-os sends to {node['engine']} "
+               f"{node['version']}, by text query shape; "
                f"term counts from the demo's test captions in each mode ({args.demo}); bench/serving.py's synthetic "
                f"collection (seed {args.seed}; force-merged, one shard, vectors in _source); query terms drawn "
                f"independently of the collection's popularity (as bench/serving.py's queries) or by it (the "
                f"collection's most common terms: the slow case); {args.queries} queries a shape, {args.rounds} "
-               f"rounds interleaved, k = 10, ids and scores only. Took is whole milliseconds as OpenSearch reports "
+               f"rounds interleaved, k = 10, ids and scores only. Took is whole milliseconds as the engine reports "
                f"it.\n\n"
                + md_table(rows, list(rows[0])))
     write_results(args.name, {"args": {k: str(v) for k, v in vars(args).items()}, **results}, summary, RESULTS)

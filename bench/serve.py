@@ -25,6 +25,8 @@ texts: the demo world's test captions.
     python bench/serve.py --demo lsr-os-demo --head head-with-query-weights/
     python bench/serve.py --demo lsr-os-demo --device cuda --queries 512 --rounds 3
 
+The engine (OpenSearch or Elasticsearch) is told from the cluster at --url.
+
 Results: bench/results/<--name>.json and .md (machine facts, load average per cell).
 """
 
@@ -214,7 +216,8 @@ def main() -> None:
     ap.add_argument("--demo", required=True, type=Path, help="output folder of `lsr-os demo` (model, head, collection)")
     ap.add_argument("--head", type=Path, default=None,
                     help="head with query weights for inference-free [default: the demo's]")
-    ap.add_argument("--url", default=os.environ.get("OPENSEARCH_URL", "http://localhost:9200"))
+    ap.add_argument("--url", default=os.environ.get("OPENSEARCH_URL") or os.environ.get("ELASTICSEARCH_URL")
+                    or "http://localhost:9200", help="the cluster, OpenSearch or Elasticsearch (told from its answer)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--queries", type=int, default=128, help="queries per measurement")
     ap.add_argument("--clients", default="1,8,32", help="concurrent clients (and in-process batch sizes)")
@@ -228,7 +231,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from lsr_os.config import ClusterConfig, connect
+    from lsr_os.config import ClusterConfig
+    from lsr_os.engines import connect
     from lsr_os.search import QueryEncoder, Searcher, load_demo_settings
 
     torch.set_num_threads(args.torch_threads)
@@ -240,7 +244,8 @@ def main() -> None:
     texts = [s["raw"] for im in meta["images"] if im["split"] == "test" for s in im["sentences"]][: args.queries]
     static = QueryEncoder(None, head)
     vectors = vectors_of(static.encode_texts(texts, INFERENCE_FREE))
-    searcher = Searcher(connect(ClusterConfig(urls=(args.url,))))
+    engine = connect(ClusterConfig(urls=(args.url,)))
+    searcher = Searcher(engine)
     t0 = time.perf_counter()
     # each system: (serve server, bodies, mode the answers must be in; in-process encode of a batch)
     systems: dict[str, tuple] = {}
@@ -280,7 +285,7 @@ def main() -> None:
         finally:
             for server in servers:
                 server.close()
-    report(rows, proc_rows, args, clients, time.perf_counter() - t0, alias)
+    report(rows, proc_rows, args, clients, time.perf_counter() - t0, alias, f"{engine.display_name} {engine.version}")
 
 
 def measure(systems: dict, searcher, alias: str, texts: list[str], vectors: list[dict], clients: list[int],
@@ -324,7 +329,8 @@ def summarise(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
     return out
 
 
-def report(rows: list[dict], proc_rows: list[dict], args, clients: list[int], seconds: float, alias: str) -> None:
+def report(rows: list[dict], proc_rows: list[dict], args, clients: list[int], seconds: float, alias: str,
+           engine: str) -> None:
     summary = summarise(rows, ("query", "where", "clients / batch"))
     procs = summarise(proc_rows, ("system",))
     cell = {(r["query"], r["where"], r["clients / batch"]): r for r in summary}
@@ -349,7 +355,7 @@ def report(rows: list[dict], proc_rows: list[dict], args, clients: list[int], se
           f"over rounds; device {args.device}, torch threads {args.torch_threads} (model servers and library). "
           f"inference-free: the head's query weights, no model (the server has the head alone); vector (baseline): "
           f"each text's inference-free vector sent as a vector query (same server); the models: mode expanded. "
-          f"The HTTP clients, the servers, the in-process library and the OpenSearch node share this machine's "
+          f"The HTTP clients, the servers, the in-process library and the {engine} node share this machine's "
           f"cores. Query texts: the demo world's test captions; collection: {alias}. \"mean batch\": queries per "
           f"model call inside the server; \"CPU ms/q\": CPU time per query of the server process (serve) or of this "
           f"process (in process), the node's not included; \"client CPU ms/q\": the load generator's (plain asyncio "
@@ -360,7 +366,7 @@ def report(rows: list[dict], proc_rows: list[dict], args, clients: list[int], se
           + "\n\nGoals:\n\n" + md_table(goals, ["goal", "measured", "met"]))
     name = args.name or f"serve_modes_{args.device.split(':')[0]}"
     path = write_results(name, {"rows": rows, "process_rows": proc_rows, "summary": summary, "processes": procs,
-                                "goals": goals, "settings": {**vars(args), "demo": str(args.demo),
+                                "goals": goals, "engine": engine, "settings": {**vars(args), "demo": str(args.demo),
                                                              "head": str(args.head), "out": str(args.out)}},
                          md, args.out)
     print(md)

@@ -5,21 +5,24 @@ One size per run (documents of 50-300 terms with Zipf-like term use over the 30,
 vocabulary; queries of 10-80 terms), everything compared in the same run, interleaved query by
 query (the order of the systems rotates) over several rounds:
 
-- query overhead: the raw `client.search` of a body vs the library building and sending that
-  same body (`Searcher.search`, what `lsr-os serve` calls; `run_search`, what the CLI calls),
-  the server's `took`, and exact scipy-CSR scoring (`ExactScorer`) of the same queries;
+- query overhead: the raw `search` of a body through the engine's own client (opensearch-py's
+  or elasticsearch-py's) vs the library building and sending that same body (`Searcher.search`,
+  what `lsr-os serve` calls; `run_search`, what the CLI calls), the server's `took`, and exact
+  scipy-CSR scoring (`ExactScorer`) of the same queries;
 - the CLI as a process (`lsr-os search --vector-json`) vs a bare Python process that imports
-  opensearch-py and sends the same request, plus the CLI's import profile (`-X importtime`);
+  the engine's client and sends the same request, plus the CLI's import profile (`-X importtime`);
 - ingest: `lsr-os ingest --sparse` (a process reading JSONL) vs the best of several raw
-  `helpers.parallel_bulk`/`streaming_bulk` loads of the same prepared documents into the same
-  mapping and load settings, on a slice of the collection, alternating;
+  `helpers.parallel_bulk`/`streaming_bulk` loads (the engine's client's helpers) of the same
+  prepared documents into the same mapping and load settings, on a slice of the collection,
+  alternating;
 - query settings (two-phase search, query pruning) on the served index, document pruning
   (`--top-k`, `--threshold`) on extra indices, shards (1 vs 2, by `_split`), and the vector
   left out of `_source` (size and speed): server took p50/p90 and top-10 overlap with exact
   scoring of the full query over the unpruned documents.
 
 Indices are kept and reused across runs (`bench-<docs>...`; --drop removes them at the end):
-the 1M collection is loaded once. The load average is sampled through the run.
+the 1M collection is loaded once. The load average is sampled through the run. The engine
+(OpenSearch or Elasticsearch) is told from the cluster at --url.
 
     python -m bench.serving --docs 100000 --name serving_100k
     python -m bench.serving --docs 1000000 --doc-pruning "" --name serving_1m
@@ -36,15 +39,18 @@ import sys
 import tempfile
 import threading
 import time
+from importlib import import_module
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
 
 from bench.harness import RESULTS, md_table, percentiles, write_results
 from lsr_os import index as ix
-from lsr_os.config import ClusterConfig, connect, split_urls
+from lsr_os.config import ClusterConfig, split_urls
+from lsr_os.engines import connect
+from lsr_os.engines.base.base import Engine
 from lsr_os.evaluate import ExactScorer, parity, tie_aware_overlap
 from lsr_os.search import Searcher, build_query, prepare_query, run_search
 from lsr_os.sparse import RecordStream, SparseRecord, quantize, write_jsonl
@@ -182,51 +188,52 @@ def interleaved(systems: dict[str, Callable[[int], float | tuple[float, float]]]
 # --------------------------------------------------------------------------- indices
 
 
-def ensure_index(client, alias: str, n_docs: int, seed: int, sampler: LoadSampler, merge: bool = True,
+def ensure_index(engine: Engine, alias: str, n_docs: int, seed: int, sampler: LoadSampler, merge: bool = True,
                  **options) -> dict:
     """The bench index `alias` (loaded by `ix.ingest`, force-merged unless `merge` is off), reused
     when it already serves the same collection; returns what the load did (or that it was reused)."""
     key = options if merge else {**options, "merge": False}
     source = f"bench:{n_docs}:{seed}:{json.dumps(key, sort_keys=True)}"
-    if ix.serving_source(client, alias) == source and client.count(index=alias)["count"] > 0:
-        return {"alias": alias, "reused": True, **index_stats(client, alias)}
+    if ix.serving_source(engine, alias) == source and engine.count(alias) > 0:
+        return {"alias": alias, "reused": True, **index_stats(engine, alias)}
 
     def load() -> dict:
         stream = RecordStream.of(documents(n_docs, seed), source, n_docs)
-        report = ix.ingest(client, stream, alias, "images", ix.IngestOptions(force_merge=merge, progress=False,
+        report = ix.ingest(engine, stream, alias, "images", ix.IngestOptions(force_merge=merge, progress=False,
                                                                              **options),
                            failures_path=Path(tempfile.gettempdir()) / f"{alias}-failures.jsonl")
         if report.not_swapped or report.failed:
             raise RuntimeError(f"bench load of {alias} failed: {report.to_dict()}")
-        return {"alias": alias, "reused": False, "report": report.to_dict(), **index_stats(client, alias)}
+        return {"alias": alias, "reused": False, "report": report.to_dict(), **index_stats(engine, alias)}
 
     return phase(sampler, load)
 
 
-def index_stats(client, name: str) -> dict:
+def index_stats(engine: Engine, name: str) -> dict:
     """Documents, segments and store bytes of an index."""
-    stats = client.indices.stats(index=name, metric="docs,store,segments")["_all"]["primaries"]
+    stats = engine.stats(name, metric="docs,store,segments")["_all"]["primaries"]
     return {"docs": stats["docs"]["count"], "store_bytes": stats["store"]["size_in_bytes"],
             "segments": stats["segments"]["count"]}
 
 
-def split_index(client, alias: str, shards: int, sampler: LoadSampler) -> str:
+def split_index(engine: Engine, alias: str, shards: int, sampler: LoadSampler) -> str:
     """A copy of `alias`'s index with `shards` primaries (`_split`), force-merged; reused."""
     target = f"{alias}-{shards}sh"
-    if client.indices.exists(index=target):
+    if engine.exists(target):
         return target
 
     def split() -> dict:
-        (source,) = client.indices.get_alias(name=alias)
-        client.indices.put_settings(index=source, body={"index.blocks.write": True})
+        (source,) = engine.alias_targets(alias)
+        engine.put_index_settings(source, {"index.blocks.write": True})
         try:
-            client.indices.split(index=source, target=target, body={"settings": {
-                "index.number_of_shards": shards, "index.number_of_replicas": 0, "index.blocks.write": None}}, request_timeout=3600)
-            client.cluster.health(index=target, wait_for_status="green", request_timeout=3600, timeout="3600s")
-            client.indices.forcemerge(index=target, max_num_segments=1, request_timeout=ix.MERGE_TIMEOUT_S)
+            with engine.errors():  # the one call lsr-os itself never makes: the same on both clients
+                engine.client.indices.split(index=source, target=target, body={"settings": {
+                    "index.number_of_shards": shards, "index.number_of_replicas": 0, "index.blocks.write": None}})
+            engine.health(target, wait_for_status="green", wait_s=3600)
+            engine.force_merge(target, 1, timeout=ix.MERGE_TIMEOUT_S)
         finally:
-            client.indices.put_settings(index=source, body={"index.blocks.write": None})
-        return {"split": target, **index_stats(client, target)}
+            engine.put_index_settings(source, {"index.blocks.write": None})
+        return {"split": target, **index_stats(engine, target)}
 
     phase(sampler, split)
     return target
@@ -235,16 +242,17 @@ def split_index(client, alias: str, shards: int, sampler: LoadSampler) -> str:
 # --------------------------------------------------------------------------- the parts of the bench
 
 
-def query_overhead(client, index: str, qs: list, scorer: ExactScorer, rounds: int) -> dict:
-    """Raw client.search vs Searcher.search vs run_search (same body), server took, exact CSR."""
-    searcher = Searcher(client)
+def query_overhead(engine: Engine, index: str, qs: list, scorer: ExactScorer, rounds: int) -> dict:
+    """The engine's own client's search vs Searcher.search vs run_search (same body), server took,
+    exact CSR."""
+    searcher = Searcher(engine)
     searcher.clause_cap  # read once, as a serving process does before its first query
     vjson = [json.dumps(v) for _, v in qs]
     bodies = [searcher.search(index, v, K).dsl for _, v in qs]  # exactly what the library sends
 
     def raw(i):
         t0 = time.perf_counter()
-        resp = client.search(index=index, body=bodies[i])
+        resp = engine.client.search(index=index, body=bodies[i])
         return time.perf_counter() - t0, resp["took"] / 1000
 
     def library(i):
@@ -254,7 +262,7 @@ def query_overhead(client, index: str, qs: list, scorer: ExactScorer, rounds: in
 
     def cli_call(i):
         t0 = time.perf_counter()
-        run_search(client, vector_json=vjson[i], index=index, k=K)
+        run_search(engine, vector_json=vjson[i], index=index, k=K)
         return time.perf_counter() - t0
 
     def exact(i):
@@ -273,18 +281,24 @@ def query_overhead(client, index: str, qs: list, scorer: ExactScorer, rounds: in
 
 
 BARE = """import json, sys
-from opensearchpy import OpenSearch
+from {package} import {client} as Client
 body = json.load(open(sys.argv[1]))
-resp = OpenSearch([sys.argv[2]]).search(index=sys.argv[3], body=body)
+resp = Client([sys.argv[2]]).search(index=sys.argv[3], body=body)
 print(json.dumps([h["_id"] for h in resp["hits"]["hits"]]))
 """
 
 
-def cli_process(url: str, index: str, qs: list, n: int, rounds: int, workdir: Path) -> dict:
-    """`lsr-os search --vector-json FILE --json` as a process vs a bare opensearch-py process
-    sending the body the CLI sends; interleaved; plus the CLI's slowest imports."""
-    client = connect(ClusterConfig(urls=(url,)))
-    searcher = Searcher(client)
+def client_package(engine: Engine) -> str:
+    """The package of the engine's own client (opensearchpy, elasticsearch)."""
+    return type(engine.client).__module__.split(".")[0]
+
+
+def cli_process(engine: Engine, index: str, qs: list, n: int, rounds: int, workdir: Path) -> dict:
+    """`lsr-os search --vector-json FILE --json` as a process vs a bare process of the engine's own
+    client sending the body the CLI sends; interleaved; plus the CLI's slowest imports."""
+    url = engine.config.urls[0]
+    searcher = Searcher(engine)
+    bare = BARE.format(package=client_package(engine), client=type(engine.client).__name__)
     files = []
     for qid, vector in qs[:n]:
         vec, body = workdir / f"{qid}.json", workdir / f"{qid}.body.json"
@@ -301,10 +315,10 @@ def cli_process(url: str, index: str, qs: list, n: int, rounds: int, workdir: Pa
         return time.perf_counter() - t0
 
     cli = [sys.executable, str(ROOT / "cli.py"), "search", "--url", url, "--index", index, "--json", "--vector-json"]
-    systems = {"bare opensearch-py process": lambda i: run([sys.executable, "-c", BARE, str(files[i][1]), url, index]),
+    systems = {"bare client process": lambda i: run([sys.executable, "-c", bare, str(files[i][1]), url, index]),
                "lsr-os search --vector-json": lambda i: run(cli + [str(files[i][0])])}
     out = interleaved(systems, len(files), rounds)
-    ratio = out["lsr-os search --vector-json"]["wall"]["p50_ms"] / out["bare opensearch-py process"]["wall"]["p50_ms"]
+    ratio = out["lsr-os search --vector-json"]["wall"]["p50_ms"] / out["bare client process"]["wall"]["p50_ms"]
     prof = subprocess.run([sys.executable, "-X", "importtime", *cli[1:], str(files[0][0])], capture_output=True,
                           text=True, env=env, cwd=ROOT)
     imports = []
@@ -315,40 +329,51 @@ def cli_process(url: str, index: str, qs: list, n: int, rounds: int, workdir: Pa
                 imports.append((name.strip(), int(cum) / 1000))
     top = sorted(imports, key=lambda x: -x[1])[:12]
     return {"systems": out, "p50_ratio": ratio, "top_level_imports_ms": top,
-            "total_import_ms": round(sum(ms for _, ms in imports), 1)}
+            "total_import_ms": round(sum(ms for _, ms in imports), 1), "client": client_package(engine)}
 
 
-class OrjsonSerializer:
-    """opensearch-py's JSON serializer with orjson's dumps (a raw load's best client setting)."""
+def orjson_serializer(engine: Engine) -> Any:
+    """The engine's client's JSON serializer with orjson's dumps (a raw load's best client setting)."""
+    import orjson
 
-    def __new__(cls):
-        import orjson
-        from opensearchpy.serializer import JSONSerializer
+    if client_package(engine) == "elasticsearch":
+        from elasticsearch.serializer import OrjsonSerializer
 
-        class Serializer(JSONSerializer):
-            def dumps(self, data):
-                return data if isinstance(data, str) else orjson.dumps(data).decode()
+        return OrjsonSerializer()  # elasticsearch-py ships one
+    from opensearchpy.serializer import JSONSerializer
 
-        return Serializer()
+    class Serializer(JSONSerializer):
+        def dumps(self, data):
+            return data if isinstance(data, str) else orjson.dumps(data).decode()
+
+    return Serializer()
 
 
-def ingest_ratio(url: str, n_docs: int, seed: int, slice_docs: int, rounds: int, workdir: Path) -> dict:
-    """`lsr-os ingest --sparse` (a process) vs raw helpers loads of the same prepared documents."""
-    from opensearchpy import OpenSearch, helpers
+# The raw loads' client options, as each client names them: a 300 s timeout, 16 pooled connections.
+RAW_CLIENT_OPTIONS = {"opensearchpy": {"timeout": 300, "pool_maxsize": 16},
+                      "elasticsearch": {"request_timeout": 300, "connections_per_node": 16}}
 
+
+def ingest_ratio(engine: Engine, n_docs: int, seed: int, slice_docs: int, rounds: int, workdir: Path) -> dict:
+    """`lsr-os ingest --sparse` (a process) vs raw helpers loads of the same prepared documents,
+    through the engine's own client and its helpers."""
+    url = engine.config.urls[0]
+    package = client_package(engine)
+    helpers = import_module(f"{package}.helpers")
     records = list(documents(min(n_docs, slice_docs), seed))
     path = workdir / "slice.jsonl"
     write_jsonl(path, records)
-    prepared = [(r.id, ix.to_document(r)) for r in records]
+    prepared = [(r.id, ix.to_document(r, escape_names=engine.features.escapes_feature_names)) for r in records]
     del records
-    clients = {"json": OpenSearch([url], timeout=300, pool_maxsize=16),
-               "orjson": OpenSearch([url], timeout=300, pool_maxsize=16, serializer=OrjsonSerializer())}
+    options = RAW_CLIENT_OPTIONS[package]
+    clients = {"json": type(engine.client)([url], **options),
+               "orjson": type(engine.client)([url], **options, serializer=orjson_serializer(engine))}
     target = "bench-ingest-raw"
 
     def raw(kind: str, chunk: int, threads: int, serializer: str) -> float:
         client = clients[serializer]
-        client.indices.delete(index=target, ignore_unavailable=True)
-        body = ix.load_mapping("images")
+        engine.delete_indices(target, missing_ok=True)
+        body = engine.ops.collection_body(ix.load_mapping("images"))
         body["settings"]["index"].update({**ix.LOAD_SETTINGS, "number_of_replicas": 0})
         actions = ({"_index": target, "_id": i, "_source": d} for i, d in prepared)
         t0 = time.perf_counter()  # from creating the index to a refreshed count, as lsr-os does
@@ -366,7 +391,7 @@ def ingest_ratio(url: str, n_docs: int, seed: int, slice_docs: int, rounds: int,
         return len(prepared) / seconds
 
     def ours(concurrency: int, chunk: int) -> float:
-        clients["json"].indices.delete(index="bench-ingest-lsr*", ignore_unavailable=True, expand_wildcards="all")
+        engine.delete_indices("bench-ingest-lsr*", missing_ok=True)
         t0 = time.perf_counter()
         done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "ingest", "--url", url, "--sparse", str(path),
                                "--collection", "images", "--index", "bench-ingest-lsr", "--fresh", "--json",
@@ -398,18 +423,19 @@ def ingest_ratio(url: str, n_docs: int, seed: int, slice_docs: int, rounds: int,
     for r in range(rounds):
         for name in ([best_raw, default] if r % 2 == 0 else [default, best_raw]):
             rates[name].append(raw(*raw_configs[name]) if name == best_raw else ours(*our_configs[name]))
+    engine.delete_indices([target, "bench-ingest-lsr*"], missing_ok=True)
     for client in clients.values():
-        client.indices.delete(index=f"{target},bench-ingest-lsr*", ignore_unavailable=True, expand_wildcards="all")
+        client.close()
     med = {name: statistics.median(v) for name, v in rates.items()}
     return {"docs": len(prepared), "sweep_docs_per_s": sweep, "best_raw": best_raw, "lsr_os": default,
             "rounds_docs_per_s": rates, "median_docs_per_s": med, "ratio": med[default] / med[best_raw]}
 
 
-def settings_table(client, index: str, qs: list, exact_run: dict, settings: dict[str, dict], rounds: int,
+def settings_table(engine: Engine, index: str, qs: list, exact_run: dict, settings: dict[str, dict], rounds: int,
                    cap: int, scorer: ExactScorer) -> dict:
     """Server took and client wall per query setting (interleaved), and top-10 overlap with the
     exact run of the full queries. Bodies as the library sends them (the hits' display fields)."""
-    bodies = {name: [build_query(prepare_query(v, opts.get("max_terms", cap)), K,
+    bodies = {name: [build_query(engine.ops, prepare_query(v, opts.get("max_terms", cap)), K,
                                  first_terms=opts.get("first_terms"), window=opts.get("window", 100))
                      for _, v in qs] for name, opts in settings.items()}
     runs: dict[str, dict] = {name: {} for name in settings}
@@ -417,7 +443,7 @@ def settings_table(client, index: str, qs: list, exact_run: dict, settings: dict
     def system(name):
         def call(i):
             t0 = time.perf_counter()
-            resp = client.search(index=index, body=bodies[name][i])
+            resp = engine.search(index, bodies[name][i])
             wall = time.perf_counter() - t0
             runs[name][qs[i][0]] = {h["_id"]: h["_score"] for h in resp["hits"]["hits"]}
             return wall, resp["took"] / 1000
@@ -477,7 +503,8 @@ def main() -> None:
                     help="Document pruning indices to build and compare (empty: none).")
     ap.add_argument("--shards", type=int, default=2, help="Also compare an index split to this many shards (1: no).")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--url", default=None, help="Cluster URL [default: OPENSEARCH_URL or localhost:9200].")
+    ap.add_argument("--url", default=None, help="Cluster URL, OpenSearch or Elasticsearch (told from its answer) "
+                                                "[default: OPENSEARCH_URL, ELASTICSEARCH_URL or localhost:9200].")
     ap.add_argument("--force-merge", action=argparse.BooleanOptionalAction, default=True,
                     help="Force-merge the bench indices after loading (off: a quick check that the bench runs).")
     ap.add_argument("--name", default="serving", help="Results file name.")
@@ -485,62 +512,64 @@ def main() -> None:
     ap.add_argument("--drop", action="store_true", help="Delete the bench indices at the end.")
     args = ap.parse_args()
 
-    url = split_urls(args.url or os.environ.get("OPENSEARCH_URL"))[0]
-    client = connect(ClusterConfig(urls=(url,), timeout=600))
+    url = split_urls(args.url or os.environ.get("OPENSEARCH_URL") or os.environ.get("ELASTICSEARCH_URL"))[0]
+    engine = connect(ClusterConfig(urls=(url,), timeout=600))
     sampler = LoadSampler()
     t_start = time.time()
     n, seed = args.docs, args.seed
-    results: dict = {"docs": n, "args": vars(args), "node": node_facts(client)}
+    results: dict = {"docs": n, "args": vars(args), "node": node_facts(engine)}
     alias = f"bench-{n}"
     merge = args.force_merge
-    results["index"] = ensure_index(client, alias, n, seed, sampler, merge, shards=1)
-    results["index_novec"] = ensure_index(client, f"{alias}-novec", n, seed, sampler, merge, shards=1,
+    results["index"] = ensure_index(engine, alias, n, seed, sampler, merge, shards=1)
+    results["index_novec"] = ensure_index(engine, f"{alias}-novec", n, seed, sampler, merge, shards=1,
                                           exclude_vectors=True)
     qs = queries(args.queries, seed + 1)
 
     t0 = time.perf_counter()
     scorer = BlockScorer(n, seed)
     results["exact_build_s"] = time.perf_counter() - t0
-    cap = Searcher(client).clause_cap
+    cap = Searcher(engine).clause_cap
     exact_run, _ = scorer.run([(q, prepare_query(v, cap)) for q, v in qs], K)
 
-    results["query_overhead"] = phase(sampler, lambda: query_overhead(client, alias, qs, scorer, args.rounds))
+    results["query_overhead"] = phase(sampler, lambda: query_overhead(engine, alias, qs, scorer, args.rounds))
     with tempfile.TemporaryDirectory() as tmp:
-        results["cli_process"] = phase(sampler, lambda: cli_process(url, alias, qs, args.cli_queries, args.rounds,
+        results["cli_process"] = phase(sampler, lambda: cli_process(engine, alias, qs, args.cli_queries, args.rounds,
                                                                     Path(tmp)))
-    results["query_settings"] = phase(sampler, lambda: settings_table(client, alias, qs, exact_run, QUERY_SETTINGS,
+    results["query_settings"] = phase(sampler, lambda: settings_table(engine, alias, qs, exact_run, QUERY_SETTINGS,
                                                                       args.settings_rounds, cap, scorer))
     # Index variants, each with the full query and the best query setting that keeps overlap >= 0.99:
     best = best_setting(results["query_settings"])
     variants = {"1 shard, vector in _source": alias, "1 shard, vector left out of _source": f"{alias}-novec"}
     if args.shards > 1:
-        variants[f"{args.shards} shards (split), vector in _source"] = split_index(client, alias, args.shards, sampler)
+        variants[f"{args.shards} shards (split), vector in _source"] = split_index(engine, alias, args.shards, sampler)
     for label, options in parse_doc_pruning(args.doc_pruning).items():
-        info = ensure_index(client, f"{alias}-{label.replace(' ', '')}", n, seed, sampler, merge, shards=1,
+        info = ensure_index(engine, f"{alias}-{label.replace(' ', '')}", n, seed, sampler, merge, shards=1,
                             **options)
         variants[f"1 shard, documents pruned: {label}"] = info["alias"]
     results["variants"] = {}
     for label, index in variants.items():
         settings = {"full query": {}, best: QUERY_SETTINGS[best]} if best != "full query" else {"full query": {}}
-        row = phase(sampler, lambda: settings_table(client, index, qs, exact_run, settings, args.settings_rounds, cap,
+        row = phase(sampler, lambda: settings_table(engine, index, qs, exact_run, settings, args.settings_rounds, cap,
                                                     scorer))
-        results["variants"][label] = {"index": index, **index_stats(client, index), "settings": row}
+        results["variants"][label] = {"index": index, **index_stats(engine, index), "settings": row}
     if args.ingest_docs:
         with tempfile.TemporaryDirectory() as tmp:
-            results["ingest"] = phase(sampler, lambda: ingest_ratio(url, n, seed, args.ingest_docs, args.ingest_rounds,
+            results["ingest"] = phase(sampler, lambda: ingest_ratio(engine, n, seed, args.ingest_docs, args.ingest_rounds,
                                                                      Path(tmp)))
     sampler.stop()
     results["load_avg_1m_whole_run"] = sampler.between(t_start, time.time())
     if args.drop:
-        client.indices.delete(index=f"{alias}*", ignore_unavailable=True, expand_wildcards="all")
+        engine.delete_indices(f"{alias}*", missing_ok=True)
     path = write_results(args.name, results, summary(results, best), Path(args.out))
     print(f"results: {path}")
 
 
-def node_facts(client) -> dict:
-    info = client.info()
-    nodes = client.nodes.info(metric="jvm,os")["nodes"]
-    return {"version": info["version"]["number"], "nodes": len(nodes),
+def node_facts(engine: Engine) -> dict:
+    """Engine, version, nodes, heaps and processors of the cluster (not from `GET /`, which
+    Elasticsearch's test distribution refuses)."""
+    with engine.errors():
+        nodes = engine.client.nodes.info(metric="jvm,os")["nodes"]
+    return {"engine": engine.display_name, "version": engine.version, "nodes": len(nodes),
             "heap_max_bytes": [n["jvm"]["mem"]["heap_max_in_bytes"] for n in nodes.values()],
             "processors": [n["os"].get("allocated_processors") for n in nodes.values()]}
 
@@ -558,7 +587,7 @@ def summary(r: dict, best: str) -> str:
     n = r["docs"]
     qo, cp = r["query_overhead"], r["cli_process"]
     lines = [f"{n:,} synthetic documents (50-300 terms, Zipf-like term use over 30,522 terms), {r['args']['queries']} "
-             f"queries of 10-80 terms; one local OpenSearch {r['node']['version']} node "
+             f"queries of 10-80 terms; one local {r['node']['engine']} {r['node']['version']} node "
              f"({r['node']['heap_max_bytes'][0] / 2**30:.0f} GiB heap) and the client on the same 2 cores. "
              f"Compared systems are interleaved query by query ({r['args']['rounds']} rounds; settings tables "
              f"{r['args']['settings_rounds']}). Load average (1 min) over the whole run: "
@@ -576,7 +605,7 @@ def summary(r: dict, best: str) -> str:
     lines += ["### Query path (load avg %.1f)" % qo["phase"]["load_avg_1m"]["mean"], "",
               md_table(rows, ["path", "p50 ms", "p90 ms", "p50 / raw"]), "",
               f"Goals: library p50 <= 1.1x raw: Searcher.search {qo['p50_ratio_to_raw']['Searcher.search']:.3f}x, "
-              f"run_search {qo['p50_ratio_to_raw']['run_search']:.3f}x; CLI process <= 2x a bare opensearch-py "
+              f"run_search {qo['p50_ratio_to_raw']['run_search']:.3f}x; CLI process <= 2x a bare {cp['client']} "
               f"process: {cp['p50_ratio']:.2f}x. The CLI's imports ({cp['total_import_ms']:.0f} ms in all): "
               + ", ".join(f"{name} {ms:.0f} ms" for name, ms in cp["top_level_imports_ms"][:6]) + ".", ""]
     rows = []

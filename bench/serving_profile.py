@@ -6,9 +6,11 @@ Two views, on each index given:
   display fields from `_source`) vs the same query returning ids and scores only (no fetch of
   `_source`), and a query cut to its 16 heaviest terms returning ids only: the differences are
   the fetch phase's cost and the matching's;
-- OpenSearch's `profile: true` breakdown (medians): query phase, collectors, fetch. Profiling
+- the engine's `profile: true` breakdown (medians): query phase, collectors, fetch. Profiling
   swaps Lucene's bulk scorers for instrumented ones, so its query times are several times the
   unprofiled `took`; its fetch time and the proportions are what it tells.
+
+The engine (OpenSearch or Elasticsearch) is told from the cluster at --url.
 
     python -m bench.serving_profile --index bench-1000000 --index bench-1000000-novec --name serving_1m_profile
 """
@@ -22,23 +24,26 @@ import time
 
 from bench.harness import md_table, write_results
 from bench.serving import interleaved, queries
-from lsr_os.config import ClusterConfig, connect, split_urls
+from lsr_os.config import ClusterConfig, split_urls
+from lsr_os.engines import connect
+from lsr_os.engines.base.base import Engine
 from lsr_os.search import build_query, prepare_query
 
 
-def unprofiled(client, index: str, qs: list, rounds: int) -> dict:
+def unprofiled(engine: Engine, index: str, qs: list, rounds: int) -> dict:
+    ops = engine.ops
     bodies = {
-        "library body (display fields from _source)": [build_query(prepare_query(v, 1024), 10) for _, v in qs],
-        "ids and scores only (no _source fetch)": [build_query(prepare_query(v, 1024), 10, with_source=False)
+        "library body (display fields from _source)": [build_query(ops, prepare_query(v, 1024), 10) for _, v in qs],
+        "ids and scores only (no _source fetch)": [build_query(ops, prepare_query(v, 1024), 10, with_source=False)
                                                    for _, v in qs],
-        "16 heaviest terms, ids and scores only": [build_query(prepare_query(v, 16), 10, with_source=False)
+        "16 heaviest terms, ids and scores only": [build_query(ops, prepare_query(v, 16), 10, with_source=False)
                                                    for _, v in qs],
     }
 
     def system(name):
         def call(i):
             t0 = time.perf_counter()
-            resp = client.search(index=index, body=bodies[name][i])
+            resp = engine.search(index, bodies[name][i])
             return time.perf_counter() - t0, resp["took"] / 1000
         return call
 
@@ -49,12 +54,12 @@ def unprofiled(client, index: str, qs: list, rounds: int) -> dict:
     return interleaved(systems, len(qs), rounds)
 
 
-def profiled(client, index: str, qs: list) -> dict:
+def profiled(engine: Engine, index: str, qs: list) -> dict:
     rows = []
     for _, vector in qs:
-        body = build_query(prepare_query(vector, 1024), 10)
+        body = build_query(engine.ops, prepare_query(vector, 1024), 10)
         body["profile"] = True
-        resp = client.search(index=index, body=body)
+        resp = engine.search(index, body)
         shard = resp["profile"]["shards"][0]
         search = shard["searches"][0]
         fetch = shard.get("fetch", [])
@@ -75,14 +80,17 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="The seed bench/serving.py used (queries use seed + 1).")
-    ap.add_argument("--url", default=None)
+    ap.add_argument("--url", default=None, help="OpenSearch or Elasticsearch URL [default: OPENSEARCH_URL, "
+                                                "ELASTICSEARCH_URL or localhost:9200]")
     ap.add_argument("--name", default="serving_profile")
     args = ap.parse_args()
-    client = connect(ClusterConfig(urls=split_urls(args.url or os.environ.get("OPENSEARCH_URL")), timeout=600))
+    url = args.url or os.environ.get("OPENSEARCH_URL") or os.environ.get("ELASTICSEARCH_URL")
+    engine = connect(ClusterConfig(urls=split_urls(url), timeout=600))
     qs = queries(args.queries, args.seed + 1)
     load0 = os.getloadavg()
-    results = {name: {"unprofiled": unprofiled(client, name, qs, args.rounds), "profiled": profiled(client, name, qs[:50])}
+    results = {name: {"unprofiled": unprofiled(engine, name, qs, args.rounds), "profiled": profiled(engine, name, qs[:50])}
                for name in args.index}
+    results["engine"] = f"{engine.display_name} {engine.version}"
     results["load_avg_before_after"] = [load0, os.getloadavg()]
     rows = []
     for name in args.index:
@@ -90,7 +98,7 @@ def main() -> None:
             rows.append({"index": name, "body": body, "took p50 ms": row["took"]["p50_ms"],
                          "took mean ms": row["took"]["mean_ms"], "wall p50 ms": row["wall"]["p50_ms"]})
     prows = [{"index": name, **{k: v for k, v in results[name]["profiled"].items()}} for name in args.index]
-    summary = (f"{args.queries} queries of bench/serving.py (10-80 terms), interleaved, {args.rounds} rounds; load "
+    summary = (f"{results['engine']}; {args.queries} queries of bench/serving.py (10-80 terms), interleaved, {args.rounds} rounds; load "
                f"average {load0[0]:.1f} before, {os.getloadavg()[0]:.1f} after.\n\n" + md_table(rows, list(rows[0]))
                + "\n\nProfiled (`profile: true`, medians of 50 queries; profiling replaces the bulk scorers, so "
                  "its query times are not the unprofiled ones):\n\n" + md_table(prows, list(prows[0])))

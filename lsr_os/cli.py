@@ -18,7 +18,9 @@ from click.core import ParameterSource
 from lsr_os import __version__
 from lsr_os.config import CHUNK_DOCS, CONCURRENCY, POOL_MAXSIZE, ClusterConfig, split_urls
 from lsr_os.errors import LsrOsError
+from lsr_os.engines.elasticsearch.node import DEFAULT_VERSION as ES_NODE_VERSION
 from lsr_os.node import DEFAULT_VERSION as NODE_VERSION
+from lsr_os.node import ENGINES as NODE_ENGINES
 from lsr_os.plugin import DEFAULT_SCALE as TEXT_SCALE
 
 
@@ -108,16 +110,29 @@ def info(cluster: ClusterConfig, as_json: bool) -> None:
 
 # --------------------------------------------------------------------------- local node
 
+def node_port_options(func):
+    """--port and --engine of the commands that find a started cluster by its port."""
+    func = click.option("--engine", type=click.Choice(NODE_ENGINES), default=None,
+                        help="Without --port: use this engine's default port; with it: check that this engine runs "
+                             "there [default: whatever the cluster's state says].")(func)
+    return click.option("--port", type=int, default=None,
+                        help="HTTP port of the local node (the first one of a cluster) [default: 9200, "
+                             "with --engine elasticsearch 9400].")(func)
+
 
 @main.group()
 def node() -> None:
-    """Run a local OpenSearch node without Docker (from Maven Central artifacts)."""
+    """Run a local OpenSearch or Elasticsearch node without Docker (from Maven Central artifacts)."""
 
 
 @node.command("start")
-@click.option("--version", "os_version", default=None, help=f"OpenSearch version [default: {NODE_VERSION}].")
-@click.option("--port", type=int, default=9200, show_default=True,
-              help="HTTP port of the first node on 127.0.0.1 (node i uses port+i; transport port+100+i).")
+@click.option("--engine", type=click.Choice(NODE_ENGINES), default="opensearch", show_default=True,
+              help="The search engine the nodes run.")
+@click.option("--version", "os_version", default=None,
+              help=f"Engine version: OpenSearch [default: {NODE_VERSION}], Elasticsearch [default: {ES_NODE_VERSION}].")
+@click.option("--port", type=int, default=None,
+              help="HTTP port of the first node on 127.0.0.1 (node i uses port+i; transport port+100+i) "
+                   "[default: 9200 for OpenSearch, 9400 for Elasticsearch, so both run side by side].")
 @click.option("--nodes", type=click.IntRange(1, 9), default=1, show_default=True, help="Number of nodes in the local cluster.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data folder [default: under the node's state folder].")
@@ -132,8 +147,12 @@ def node() -> None:
               help="With the lsr-os OpenSearch plugin (typed-text search in the cluster): --plugin fails when it "
                    "cannot be built (needs Maven and a JDK 21+), --no-plugin never installs it [default: install "
                    "it when it can be built, else start without it and say so].")
-def node_start(os_version: str | None, port: int, nodes: int, data: Path | None, heap: str, wait: float,
-               repo: Path | None, plugin: bool | None) -> None:
+@click.option("--secure", is_flag=True,
+              help="Elasticsearch only: HTTPS and TLS between the nodes, with a CA and certificate made by the "
+                   "distribution's own tools, and a superuser `admin` whose password is written to a file "
+                   "(mode 0600) in the state folder; the output and `node status` say where.")
+def node_start(engine: str, os_version: str | None, port: int | None, nodes: int, data: Path | None, heap: str,
+               wait: float, repo: Path | None, plugin: bool | None, secure: bool) -> None:
     """Provision (once, cached) and start a local node or cluster; harmless when it already runs.
 
     The lsr-os plugin is built with Maven once per plugin source and OpenSearch version (cached
@@ -143,57 +162,86 @@ def node_start(os_version: str | None, port: int, nodes: int, data: Path | None,
     from lsr_os import node as node_lib
 
     mode = "auto" if plugin is None else "require" if plugin else "skip"
-    spec = node_lib.NodeSpec(version=os_version or node_lib.DEFAULT_VERSION, port=port, data=data,
-                             heap=heap, nodes=nodes, repo=repo, plugin=mode)
+    spec = node_lib.NodeSpec(version=os_version, port=port, data=data, heap=heap, nodes=nodes, repo=repo,
+                             plugin=mode, engine=engine, secure=secure)
     for state in node_lib.start(spec, timeout=wait, step=lambda message: click.echo(message, err=True)):
         verb = "already running" if state.already_running else "started"
         with_plugin = f", lsr-os plugin {state.plugin}" if state.plugin else ", without the lsr-os plugin"
-        click.echo(f"{state.name}: OpenSearch {state.version} {verb} at {state.url} "
+        click.echo(f"{state.name}: {spec.layout.product} {state.version} {verb} at {state.url} "
                    f"(pid {state.pid}{with_plugin}, log {state.log_file})")
+    if secure:
+        echo_security(node_lib.security_info(spec.port))
+
+
+def echo_security(security: dict) -> None:
+    """How to connect to a secured local cluster: its CA and each user's password file (never a password)."""
+    click.echo(f"secured: CA {security['ca_certs']}")
+    for name, user in security["users"].items():
+        click.echo(f"user {name} (role {user['role']}): password in {user['password_file']}")
 
 
 @node.command("status")
-@click.option("--port", type=int, default=9200, show_default=True, help="HTTP port of the local node (the first one of a cluster).")
+@node_port_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def node_status(port: int, as_json: bool) -> None:
-    """Show whether the local node runs, its version and cluster health."""
+def node_status(port: int | None, engine: str | None, as_json: bool) -> None:
+    """Show whether the local node runs, its engine, version and cluster health, and for a secured
+    one its CA and users' password files."""
     from lsr_os import node as node_lib
 
+    port = node_lib.resolve_port(port, engine)
     status = node_lib.status(port)
     if as_json:
         echo_json(status)
     else:
         for n in status["nodes"]:
-            state = f"running OpenSearch {n['version']}" if n["running"] else "stopped"
+            product = node_lib.layout(n["engine"]).product
+            state = f"running {product} {n['version']}" if n["running"] else "stopped"
             click.echo(f"{n['name']}: {state} at {n['url']} (pid {n['pid']})")
         if status["running"]:
             click.echo(f"cluster {status['cluster_name']}: {status['health']}, {status['number_of_nodes']} node(s)")
         else:
             click.echo(f"no node running on port {port}")
+        if status["security"]:
+            echo_security(status["security"])
     if not status["running"]:
         sys.exit(1)
 
 
 @node.command("stop")
-@click.option("--port", type=int, default=9200, show_default=True, help="HTTP port of the local node (the first one of a cluster).")
+@node_port_options
 @click.option("--node", "names", multiple=True, help="Stop only this node, e.g. node-2 (repeatable) [default: all].")
-def node_stop(port: int, names: tuple[str, ...]) -> None:
+def node_stop(port: int | None, engine: str | None, names: tuple[str, ...]) -> None:
     """Stop the local node(s) and wait until their processes are gone."""
     from lsr_os import node as node_lib
 
+    port = node_lib.resolve_port(port, engine)
     stopped = node_lib.stop(port, list(names) or None)
     click.echo(f"stopped {len(stopped)} node(s) (pids {', '.join(map(str, stopped))})" if stopped
                else f"no node was running on port {port}")
 
 
 @node.command("logs")
-@click.option("--port", type=int, default=9200, show_default=True, help="HTTP port of the local node (the first one of a cluster).")
+@node_port_options
 @click.option("-n", "--lines", type=int, default=50, show_default=True, help="Lines of each node's log.")
-def node_logs(port: int, lines: int) -> None:
+def node_logs(port: int | None, engine: str | None, lines: int) -> None:
     """Print the last lines of the local node's log."""
     from lsr_os import node as node_lib
 
-    click.echo(node_lib.logs(port, lines))
+    click.echo(node_lib.logs(node_lib.resolve_port(port, engine), lines))
+
+
+@node.command("add-user")
+@click.argument("name")
+@click.option("--role", default="viewer", show_default=True,
+              help="A built-in role, e.g. viewer (read-only), editor, superuser.")
+@node_port_options
+def node_add_user(name: str, role: str, port: int | None, engine: str | None) -> None:
+    """Add a user to a local cluster started with --secure; its password goes to a file (mode 0600)
+    whose path is printed. The same name and role again is harmless."""
+    from lsr_os import node as node_lib
+
+    port = node_lib.resolve_port(port, engine)
+    click.echo(f"user {name} (role {role}) on port {port}: password in {node_lib.add_user(port, name, role)}")
 
 
 # --------------------------------------------------------------------------- one meaning per word
@@ -683,22 +731,27 @@ def collections_delete(cluster: ClusterConfig, alias: str, yes: bool) -> None:
 
 @main.command("dashboards")
 @words("prefix")
+@click.option("--for", "app", type=click.Choice(["opensearch-dashboards", "kibana"]), default="opensearch-dashboards",
+              show_default=True, help="The app that imports them: OpenSearch Dashboards, or Kibana (Elasticsearch).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the NDJSON here [default: standard output].")
-def dashboards_cmd(prefix: str, out: Path | None) -> None:
-    """OpenSearch Dashboards saved objects for the collections of a prefix (import them in Stack
-    Management -> Saved objects): an index pattern and a saved search per collection.
+def dashboards_cmd(prefix: str, app: str, out: Path | None) -> None:
+    """Saved objects for the collections of a prefix, for OpenSearch Dashboards or (--for kibana)
+    Kibana: a data view (index pattern) and a saved search per collection. Import them in Stack
+    Management -> Saved objects.
 
     The images search is saved with Lucene syntax and sorted by score: on a cluster with the lsr-os
-    plugin, words typed into Discover's search bar then rank the images (DQL would only filter)."""
+    plugin, words typed into Discover's search bar then rank the images (Dashboards' DQL would only
+    filter)."""
     from lsr_os.index import dashboards_objects
 
-    text = dashboards_objects(prefix)
+    text = dashboards_objects(prefix, app)
     if out is None:
         click.echo(text, nl=False)
     else:
         out.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {out}: import it in Dashboards (Stack Management -> Saved objects -> Import)")
+        name = "Kibana" if app == "kibana" else "Dashboards"
+        click.echo(f"wrote {out}: import it in {name} (Stack Management -> Saved objects -> Import)")
 
 
 # --------------------------------------------------------------------------- encoding datasets
@@ -958,6 +1011,7 @@ def train_cmd(data, out, epochs, batch_size, q_reg, d_reg, temperature, fixed_p,
                       max_text_length=max_text_length, block_special_tokens=block_special_tokens,
                       train_splits=splits, deterministic=deterministic, query_weights=query_weights,
                       query_reg=query_reg, lr_query=lr_query, query_epochs=query_epochs, query_leak=query_leak)
+    click.echo(f"training by {cfg.algorithm['summary']}")
     result = train(data, out, cfg, resume=resume)
     test, ts = result.test, result.train_set
     click.echo(f"trained on split {'+'.join(ts['train_splits'])}: {ts['train_images']:,} images, "
@@ -1104,7 +1158,8 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
     click.echo(f"without a model:     lsr-os search \"two green stars\" --demo {out} --mode inference-free")
     click.echo(f"serve it:            lsr-os serve --demo {out}    # then open http://127.0.0.1:8080/")
     click.echo(f"evaluate it:         lsr-os evaluate --dense {out / 'dense'} --demo {out}")
-    click.echo(f"browse it:           import {out / 'dashboards.ndjson'} in OpenSearch Dashboards (Saved objects)")
+    click.echo(f"browse it:           import {out / 'dashboards.ndjson'} in OpenSearch Dashboards, or "
+               f"{out / 'kibana.ndjson'} in Kibana (Saved objects)")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ VERSION_SEP = "-v"
 # Limits of the engine that a document must respect, checked before it is sent:
 MAX_ID_BYTES = 512  # both engines refuse the whole bulk request over a longer _id
 MAX_TERM_BYTES = 32766  # Lucene's longest term ("immense term")
-# Lucene adds up a field's term frequencies in an int; a rank_feature's frequency is its weight's
+# Lucene adds up a field's term frequencies in an int; a FeatureField's frequency is its weight's
 # float32 bits >>> 15, so a vector whose frequencies sum past 2^31 - 1 cannot be indexed ("too
 # many tokens"). Any vector within the 30,522-term vocabulary stays below it.
 MAX_FIELD_FREQ = 2**31 - 1
@@ -83,11 +83,11 @@ def to_document(record: SparseRecord, top_terms: int = 16, top_k: int | None = N
                 threshold: float = 0.0, folding: plugin.Folding | None = None, escape_names: bool = True) -> dict:
     """The document of a record: checks, hygiene, pruning, feature names, top terms.
 
-    Weights that are not finite or not > 0 are dropped (rank_features cannot store them); a
+    Weights that are not finite or not > 0 are dropped (no sparse field can store them); a
     record left with no term, or over one of the engine's limits, raises InvalidRecord. `terms`
     keeps the `top_terms` heaviest readable terms for filters and Dashboards. With `folding`,
     the document gets the plugin's `text` field, folded from the vector as `sparse` stores it
-    (after hygiene and pruning), so a `match` on it scores what the rank_feature query scores
+    (after hygiene and pruning), so a `match` on it scores what the sparse query scores
     (none when no term of the vector has a query weight). This runs once per
     document on the load's critical path (client and node share the CPU on a small machine), so
     the common case, a vector that is already clean, costs a few passes in C and no per-term
@@ -125,7 +125,7 @@ def to_document(record: SparseRecord, top_terms: int = 16, top_k: int | None = N
     return doc
 
 
-# A rank_feature's stored frequency is at most (largest float32 bits) >>> 15 = 65,279, so a vector of
+# A FeatureField's stored frequency is at most (largest float32 bits) >>> 15 = 65,279, so a vector of
 # up to this many terms cannot pass Lucene's per-field limit (the whole vocabulary, 30,522, cannot).
 _SAFE_TERMS = MAX_FIELD_FREQ // (0x7F7FFFFF >> 15)
 
@@ -378,6 +378,18 @@ LOAD_SETTINGS = {"refresh_interval": "-1", "translog.durability": "async"}
 SERVING_SETTINGS = {"refresh_interval": "1s", "translog.durability": "request"}  # unless the mapping says
 
 
+def filters_vectors(engine: Engine, exclude_vectors: bool) -> bool:
+    """Whether a load asked to leave the vectors out of `_source` filters them out in its mapping.
+
+    Not on an engine that keeps them out by itself (`vectors_only_on_request`: Elasticsearch 9.2
+    stores none in `_source` and rebuilds them from the field for a search that asks, filter or
+    not): there the filter would change nothing but leave a `_recovery_source` that a force-merge
+    must wait out (`_await_retention_leases`; the merge of 20k documents took 51 s instead of
+    1.5 s here), and would mark an unfinished index as unlike one loaded without the option.
+    """
+    return exclude_vectors and not engine.features.vectors_only_on_request
+
+
 def prepare_index(engine: Engine, alias: str, collection: str, source: str,
                   fresh: bool = False, shards: int | None = None, replicas: int = 0,
                   exclude_vectors: bool = False, nodes: int | None = None,
@@ -390,14 +402,15 @@ def prepare_index(engine: Engine, alias: str, collection: str, source: str,
     they were never served. `text`: the plugin's `text` field and its settings, recorded as
     `_meta.lsr_os.text_field` (the vocabulary's and the query weights' SHA-256, the scale).
     `shards` overrides the mapping's; the `replicas` exist during the load already, so losing a
-    node mid-load loses no document. `exclude_vectors` keeps the sparse vector out of `_source`:
-    the index is much smaller (the postings hold what search needs, and explain reads the engine's
-    own explanation), but a reindex from the cluster alone can no longer rebuild the vectors;
-    snapshots still hold everything, as they copy the index files. `nodes`: the data nodes, when
-    the caller has already asked. `images`: the collection's image root, recorded as
-    `_meta.lsr_os.images` (absolute) so that whoever shows the hits can find their files.
+    node mid-load loses no document. `exclude_vectors` keeps the sparse vector out of `_source`
+    (see `filters_vectors`): the index is much smaller (the postings hold what search needs, and
+    explain reads the engine's own explanation), but a reindex from the cluster alone can no longer
+    rebuild the vectors; snapshots still hold everything, as they copy the index files. `nodes`:
+    the data nodes, when the caller has already asked. `images`: the collection's image root,
+    recorded as `_meta.lsr_os.images` (absolute) so that whoever shows the hits can find their files.
     """
     _guard_name(engine, alias)
+    exclude_vectors = filters_vectors(engine, exclude_vectors)
     for name, info in sorted(_versions(engine, alias).items()):
         meta = info["meta"]
         if meta.get("state") != "loading" or info["aliased"]:
@@ -697,7 +710,7 @@ def _ingest(engine: Engine, stream: RecordStream, alias: str, collection: str, o
         return report
     if options.force_merge:
         t1 = time.perf_counter()
-        if options.exclude_vectors or folding:  # _source is filtered: see _await_retention_leases
+        if filters_vectors(engine, options.exclude_vectors) or folding:  # a filtered _source
             _await_retention_leases(engine, index)
         engine.force_merge(index, 1, timeout=MERGE_TIMEOUT_S)
         report.merge_seconds = time.perf_counter() - t1
@@ -844,11 +857,18 @@ def ingest_collections(engine: Engine, streams: Callable[[str], RecordStream], c
         yield report
 
 
-def dashboards_objects(prefix: str = "lsr") -> str:
-    """OpenSearch Dashboards saved objects (NDJSON) for the collections of `prefix`: an index
-    pattern and a saved search per collection, from the packaged `mappings/dashboards.ndjson`
-    (written for the prefix `lsr`) with its ids, titles and references renamed."""
-    text = resources.files("lsr_os.mappings").joinpath("dashboards.ndjson").read_text(encoding="utf-8")
+# The apps whose saved objects lsr-os writes, and the packaged file (for the prefix `lsr`) of each.
+DASHBOARD_APPS = {"opensearch-dashboards": "dashboards.ndjson", "kibana": "kibana.ndjson"}
+
+
+def dashboards_objects(prefix: str = "lsr", app: str = "opensearch-dashboards") -> str:
+    """Saved objects (NDJSON) for the collections of `prefix` that `app` (opensearch-dashboards or
+    kibana) imports: a data view (index pattern) and a saved search per collection, from the
+    packaged `mappings/dashboards.ndjson` or `mappings/kibana.ndjson` (written for the prefix
+    `lsr`, each in its app's saved-object format) with their ids, titles and references renamed."""
+    if app not in DASHBOARD_APPS:
+        raise ConfigError(f"no saved objects for {app!r}: choose one of {', '.join(DASHBOARD_APPS)}")
+    text = resources.files("lsr_os.mappings").joinpath(DASHBOARD_APPS[app]).read_text(encoding="utf-8")
     lines = []
     for line in text.splitlines():
         if not line.strip():

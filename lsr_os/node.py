@@ -1,61 +1,84 @@
-"""Local OpenSearch nodes without Docker, from the official artifacts on Maven Central.
+"""Local OpenSearch and Elasticsearch nodes without Docker, from the official artifacts on Maven Central.
 
-OpenSearch's build publishes its integration-test distribution to Maven Central
-(`org.opensearch.distribution.integ-test-zip:opensearch:<v>:zip`). We fetch it with `mvn`
-(so a site's Maven mirror settings apply; straight HTTPS when Maven is absent), unpack it once
-into a cache, make sure the `mapper-extras` module (it provides `rank_features`) is there, and
-run one or more nodes on 127.0.0.1, each with its own config, data and log folders.
+Both engines' builds publish an integration-test distribution to Maven Central. We fetch it with
+`mvn` (so a site's Maven mirror settings apply; straight HTTPS when Maven is absent), unpack it
+once into a cache, let the engine add what the archive lacks, and run one or more nodes on
+127.0.0.1, each with its own config, data and log folders, as an unprivileged uid when we are
+root. What differs between the engines (artifact, names, settings, readiness, security tools) is
+asked of the engine's `NodeLayout` (`lsr_os/engines/<engine>/node.py`, which also pins its default
+version); this module holds the engine-free machinery.
 
 The lsr-os plugin (`plugin/`, shipped as package data) is built once per source and OpenSearch
 version with Maven and installed into a copy of the distribution, so nodes can start with it or,
 from the untouched distribution, without it.
+
+A secured cluster (`secure`, Elasticsearch) gets a CA, a node certificate and a superuser made by
+the distribution's own tools, kept in `<cluster dir>/security/` (keys and passwords mode 0600,
+never logged); `add_user` adds more users to it while it runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
+import http.client
+import importlib
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
+from base64 import b64encode
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
+from lsr_os.engines import ENGINES
+from lsr_os.engines.base.node import CA_CERT, NODE_CERT, NODE_KEY, Answer, NodeLayout
+# The OpenSearch pin lives with the OpenSearch layout; re-exported because callers name it here.
+from lsr_os.engines.opensearch.node import DEFAULT_VERSION
 from lsr_os.errors import NodeError, PluginUnavailable
 
 log = logging.getLogger(__name__)
 
-# The one place that names the default OpenSearch version (docker-compose's .env must agree;
-# a test checks it). 3.8.0 is the newest 3.x whose integration archive Maven Central serves.
-DEFAULT_VERSION = "3.8.0"
-
+DEFAULT_ENGINE = "opensearch"
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
-DISTRIBUTION = ("org.opensearch.distribution.integ-test-zip", "opensearch", "zip")
-MAPPER_EXTRAS = ("org.opensearch.plugin", "mapper-extras-client", "jar")
 JVM_ROOT = Path("/usr/lib/jvm")
-# An unprivileged uid to run as when we are root: OpenSearch refuses to run as root.
+# An unprivileged uid to run as when we are root: neither engine runs as root.
 _UNPRIVILEGED_ID = "1000"
-# The plugin: its name (also its folder under plugins/), and the package that ships its sources.
+# The plugin: its name (also its folder under plugins/), and the package that ships its Maven
+# sources (a core module and one module per engine, each building that engine's zip).
 PLUGIN = "lsr-os"
-PLUGIN_SOURCES = "lsr_os.opensearch_plugin"
-# A first build downloads ~70 MB of jars; one that takes longer than this has hung (on the network).
+PLUGIN_SOURCES = "lsr_os.plugin_sources"
+# Engine -> (its name for people, the oldest major version the plugin builds for). The engine is
+# also the Maven module that builds its zip and the prefix of its version property.
+PLUGIN_ENGINES = {"opensearch": ("OpenSearch", 3), "elasticsearch": ("Elasticsearch", 9)}
+# A first build downloads up to 90 MB of jars; one that takes longer than this has hung (on the network).
 PLUGIN_BUILD_TIMEOUT_S = 1800
 # auto: install it when it can be built, else start without it and say so in one line;
 # require: fail instead; skip: never (the nodes run the untouched distribution).
 PluginMode = Literal["auto", "require", "skip"]
+# The superuser a secured cluster is made with; more users: add_user.
+SUPERUSER = "admin"
+# Names and roles the file realm takes (and that are safe in a file name).
+_USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
+# Where a secured cluster's CA key stays (in its security folder; no node needs it).
+_CA_KEY = "certs/ca.key"
+# A security tool (certificates, users) is a small JVM that answers in seconds.
+_TOOL_TIMEOUT_S = 120
 
 
 def home() -> Path:
@@ -63,12 +86,21 @@ def home() -> Path:
     return Path(os.environ.get("LSR_OS_HOME") or Path.home() / ".cache" / "lsr-os")
 
 
+@functools.cache
+def layout(engine: str) -> NodeLayout:
+    """The node layout of `engine` (one of ENGINES)."""
+    if engine not in ENGINES:
+        raise NodeError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    return importlib.import_module(f"lsr_os.engines.{engine}.node").NodeLayout()
+
+
 @dataclass
 class NodeSpec:
-    """What to run: a cluster of `nodes` local nodes whose first HTTP port is `port`."""
+    """What to run: a cluster of `nodes` local nodes of `engine` whose first HTTP port is `port`
+    (version and port default to the engine's)."""
 
-    version: str = DEFAULT_VERSION
-    port: int = 9200
+    version: str | None = None
+    port: int | None = None
     data: Path | None = None
     heap: str = "1g"
     nodes: int = 1
@@ -77,16 +109,32 @@ class NodeSpec:
     # one restore that cluster's snapshots (default: <cluster dir>/snapshots).
     repo: Path | None = None
     plugin: PluginMode = "auto"
+    engine: str = DEFAULT_ENGINE
+    # HTTPS, TLS between the nodes and users (only where the engine's distribution has security).
+    secure: bool = False
 
     def __post_init__(self) -> None:
+        lay = layout(self.engine)
+        self.version = self.version or lay.default_version
+        self.port = lay.default_port if self.port is None else self.port
         if self.plugin not in ("auto", "require", "skip"):
             raise NodeError(f"plugin mode {self.plugin!r} is not one of auto, require, skip")
         if not re.fullmatch(r"\d+\.\d+\.\d+", self.version):
-            raise NodeError(f"OpenSearch version {self.version!r} is not of the form X.Y.Z")
+            raise NodeError(f"{lay.product} version {self.version!r} is not of the form X.Y.Z")
         if not re.fullmatch(r"\d+[mg]", self.heap):
             raise NodeError(f"heap {self.heap!r} must look like 512m or 2g")
         if self.nodes < 1:
             raise NodeError("a cluster needs at least one node")
+        if not 1 <= self.port <= self.transport_port(self.nodes - 1) <= 65535:
+            raise NodeError(f"port {self.port}: {self.nodes} node(s) need HTTP ports {self.port}-"
+                            f"{self.http_port(self.nodes - 1)} and transport ports {self.transport_port(0)}-"
+                            f"{self.transport_port(self.nodes - 1)}, all within 1-65535")
+        if self.secure and not lay.supports_security:
+            raise NodeError(f"a secured node needs security in the distribution: {lay.without_security}")
+
+    @property
+    def layout(self) -> NodeLayout:
+        return layout(self.engine)
 
     def http_port(self, i: int) -> int:
         return self.port + i
@@ -109,10 +157,16 @@ class NodeState:
     data: str
     already_running: bool = field(default=False, compare=False)
     plugin: str | None = None  # the lsr-os plugin build it runs with (version-sourcehash), None without
+    engine: str = DEFAULT_ENGINE  # state written before Elasticsearch existed is OpenSearch's
 
 
 def cluster_dir(port: int) -> Path:
     return home() / "clusters" / str(port)
+
+
+def security_dir(port: int) -> Path:
+    """A secured cluster's CA, node certificate, users and password files."""
+    return cluster_dir(port) / "security"
 
 
 # ----------------------------------------------------------------------------- provisioning
@@ -125,8 +179,10 @@ def _quiet(message: str) -> None:
     log.info(message)
 
 
-def fetch_artifact(group: str, artifact: str, ext: str, version: str, step: Step = _quiet) -> Path:
-    """Fetch one artifact into the download cache and return its path."""
+def fetch_artifact(group: str, artifact: str, ext: str, version: str, step: Step = _quiet,
+                   sha256: str | None = None) -> Path:
+    """Fetch one artifact into the download cache and return its path; `sha256`, when known, is
+    checked whichever way it came (Maven Central publishes no checksum files for some artifacts)."""
     dest_dir = home() / "downloads"
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / f"{artifact}-{version}.{ext}"
@@ -136,54 +192,100 @@ def fetch_artifact(group: str, artifact: str, ext: str, version: str, step: Step
     mvn = shutil.which("mvn")
     if mvn:
         step(f"fetching {coords} with Maven (once; about 100 MB)")
-        proc = subprocess.run(
-            [mvn, "-B", "-q", "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy",
-             f"-Dartifact={coords}", f"-DoutputDirectory={dest_dir}"],
-            capture_output=True, text=True, check=False,
-        )
-        if proc.returncode != 0 or not dest.exists():
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
-            raise NodeError(f"Maven could not fetch {coords}:\n{tail}")
+        staging = Path(tempfile.mkdtemp(dir=dest_dir))
+        try:
+            proc = subprocess.run(
+                [mvn, "-B", "-q", "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy",
+                 f"-Dartifact={coords}", f"-DoutputDirectory={staging}"],
+                capture_output=True, text=True, check=False,
+            )
+            if proc.returncode != 0 or not (staging / dest.name).exists():
+                tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
+                raise NodeError(f"Maven could not fetch {coords}:\n{tail}")
+            _check_digest(staging / dest.name, "sha256", sha256, coords)
+            os.replace(staging / dest.name, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return dest
-    url = f"{MAVEN_CENTRAL}/{group.replace('.', '/')}/{artifact}/{version}/{artifact}-{version}.{ext}"
+    url = _central_url(group, artifact, ext, version)
+    algorithm, expected = ("sha256", sha256) if sha256 else ("sha1", _published_sha1(url, coords))
     step(f"downloading {url} (once; about 100 MB)")
     try:
         with urllib.request.urlopen(url, timeout=60) as resp, tempfile.NamedTemporaryFile(dir=dest_dir, delete=False) as tmp:
             shutil.copyfileobj(resp, tmp)
-        with urllib.request.urlopen(url + ".sha1", timeout=60) as resp:
-            expected = resp.read().decode().split()[0]
     except urllib.error.HTTPError as exc:
         raise NodeError(f"{coords} is not on Maven Central ({url}: HTTP {exc.code})") from exc
     except urllib.error.URLError as exc:
         raise NodeError(f"cannot reach Maven Central for {coords}: {exc.reason}") from exc
-    digest = hashlib.sha1(Path(tmp.name).read_bytes()).hexdigest()
-    if digest != expected:
+    try:
+        _check_digest(Path(tmp.name), algorithm, expected, coords)
+    except NodeError:
         os.unlink(tmp.name)
-        raise NodeError(f"checksum mismatch for {url}")
+        raise
     os.replace(tmp.name, dest)
     return dest
 
 
-def provision(version: str, step: Step = _quiet) -> Path:
-    """Return an unpacked OpenSearch distribution of `version` that has rank_features."""
-    dist = home() / "dist" / f"opensearch-{version}"
-    if (dist / "bin" / "opensearch").exists() and (dist / "modules" / "mapper-extras").is_dir():
+def _published_sha1(url: str, coords: str) -> str:
+    """The artifact's .sha1 file, asked before the download (a missing one fails in seconds)."""
+    try:
+        with urllib.request.urlopen(url + ".sha1", timeout=60) as resp:
+            return resp.read().decode().split()[0]
+    except urllib.error.HTTPError as exc:
+        if _served(url):
+            raise NodeError(f"Maven Central publishes no checksum for {coords} ({url}.sha1: HTTP {exc.code}), so "
+                            "the download cannot be checked: install Maven (mvn), which fetches it as a build "
+                            "would") from exc
+        raise NodeError(f"{coords} is not on Maven Central ({url}: HTTP {exc.code})") from exc
+    except urllib.error.URLError as exc:
+        raise NodeError(f"cannot reach Maven Central for {coords}: {exc.reason}") from exc
+
+
+def _served(url: str) -> bool:
+    """Whether the repository answers `url` (a HEAD request; errors propagate)."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30).close()
+    except urllib.error.HTTPError:
+        return False
+    return True
+
+
+def _check_digest(path: Path, algorithm: str, expected: str | None, coords: str) -> None:
+    if not expected:
+        return
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise NodeError(f"{coords} does not have the {algorithm} lsr-os expects ({expected}): a damaged or "
+                        "different download; it was not kept")
+
+
+def _central_url(group: str, artifact: str, ext: str, version: str) -> str:
+    return f"{MAVEN_CENTRAL}/{group.replace('.', '/')}/{artifact}/{version}/{artifact}-{version}.{ext}"
+
+
+def provision(version: str, step: Step = _quiet, engine: str = DEFAULT_ENGINE) -> Path:
+    """Return an unpacked distribution of `engine` `version` with what lsr-os needs in it
+    (for OpenSearch: rank_features)."""
+    lay = layout(engine)
+    dist = home() / "dist" / f"{lay.distribution[1]}-{version}"
+    if lay.is_complete(dist):
         return dist
-    archive = fetch_artifact(*DISTRIBUTION, version, step=step)
+    archive = fetch_artifact(*lay.distribution, version, step=step, sha256=lay.checksums.get(version))
     step(f"unpacking {archive.name} into {dist}")
     dist.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dist.parent))
     try:
         _unzip(archive, staging)
         (top,) = [p for p in staging.iterdir() if p.is_dir()]
-        modules = top / "modules" / "mapper-extras"
-        if not modules.is_dir():
-            _add_mapper_extras(modules, version)
+        lay.complete(top, version, fetch_artifact)
         shutil.rmtree(dist, ignore_errors=True)
         os.replace(top, dist)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("OpenSearch %s unpacked in %s", version, dist)
+    log.info("%s %s unpacked in %s", lay.product, version, dist)
     return dist
 
 
@@ -195,22 +297,6 @@ def _unzip(archive: Path, dest: Path) -> None:
             mode = (info.external_attr >> 16) & 0o777
             if mode:
                 os.chmod(path, mode)
-
-
-def _add_mapper_extras(module_dir: Path, version: str) -> None:
-    """Lay out the mapper-extras jar from Maven Central as a module with its descriptor."""
-    jar = fetch_artifact(*MAPPER_EXTRAS, version)
-    module_dir.mkdir(parents=True)
-    shutil.copy2(jar, module_dir / jar.name)
-    java_version = "21" if int(version.split(".")[0]) >= 3 else "11"
-    (module_dir / "plugin-descriptor.properties").write_text(
-        "description=Adds advanced field mappers\n"
-        f"version={version}\nname=mapper-extras\n"
-        "classname=org.opensearch.index.mapper.MapperExtrasModulePlugin\n"
-        f"java.version={java_version}\nopensearch.version={version}\n"
-        "custom.foldername=\nextended.plugins=\nhas.native.controller=false\n"
-    )
-    log.info("added the mapper-extras module from %s", jar.name)
 
 
 # ----------------------------------------------------------------------------- Java
@@ -229,9 +315,10 @@ def java_major(java_home: Path) -> int | None:
     return int(m.group(2)) if major == 1 and m.group(2) else major
 
 
-def find_java(version: str) -> Path:
-    """A JDK the OpenSearch version can run on: JAVA_HOME if new enough, else the newest under /usr/lib/jvm."""
-    needed = 21 if int(version.split(".")[0]) >= 3 else 11
+def find_java(version: str, engine: str = DEFAULT_ENGINE) -> Path:
+    """A JDK that `engine` `version` runs on: JAVA_HOME if new enough, else the newest under /usr/lib/jvm."""
+    lay = layout(engine)
+    needed = lay.java_needed(version)
     candidates = []
     if os.environ.get("JAVA_HOME"):
         candidates.append(Path(os.environ["JAVA_HOME"]))
@@ -242,8 +329,35 @@ def find_java(version: str) -> Path:
         if major and major >= needed and (cand / "bin" / "java").exists():
             return cand
     seen = ", ".join(f"{c} ({java_major(c) or '?'})" for c in candidates) or "none"
-    raise NodeError(f"OpenSearch {version} needs Java {needed} or newer; JDKs found: {seen}. "
+    raise NodeError(f"{lay.product} {version} needs Java {needed} or newer; JDKs found: {seen}. "
                     "Install one or set JAVA_HOME.")
+
+
+def preflight(engines: tuple[str, ...] = ENGINES) -> None:
+    """Fail in seconds and one line when local nodes cannot be had: no JDK new enough for an
+    engine's default version, or Maven Central not serving its distribution (CI asks this first)."""
+    for engine in engines:
+        lay = layout(engine)
+        find_java(lay.default_version, engine)
+        url = _central_url(*lay.distribution, lay.default_version)
+        try:
+            served = _served(url)
+        except (OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise NodeError(f"cannot reach Maven Central ({MAVEN_CENTRAL}: {reason}); the nodes' distributions "
+                            "and the plugin's build come from it") from exc
+        if not served:
+            raise NodeError(f"Maven Central does not serve {lay.product} {lay.default_version} ({url})")
+
+
+def _as_unprivileged(cmd: list[str], product: str) -> list[str]:
+    """`cmd` as it must run: when we are root, inside a user namespace as an unprivileged uid, so
+    the engine accepts it while the files it writes stay owned by the caller."""
+    if os.geteuid() != 0:
+        return cmd
+    if not shutil.which("unshare"):
+        raise NodeError(f"running as root needs `unshare` (util-linux) to start {product} as a non-root user")
+    return ["unshare", "--user", f"--map-user={_UNPRIVILEGED_ID}", f"--map-group={_UNPRIVILEGED_ID}", *cmd]
 
 
 # ----------------------------------------------------------------------------- the lsr-os plugin
@@ -263,10 +377,15 @@ def _plugin_lock() -> Iterator[None]:
 
 
 def _plugin_files() -> list[tuple[str, bytes]]:
-    """What the plugin's build reads (pom.xml and src/main), as (relative path, bytes), sorted."""
+    """What the plugin's build reads, as (relative path, bytes), sorted: the parent pom.xml and
+    assembly.xml, and each module's pom.xml and src/main."""
     root = resources.files(PLUGIN_SOURCES)
-    out = [("pom.xml", root.joinpath("pom.xml").read_bytes())]
-    todo = [("src/main", root.joinpath("src").joinpath("main"))]
+    out = [(name, root.joinpath(name).read_bytes()) for name in ("pom.xml", "assembly.xml")]
+    todo = []
+    for module in root.iterdir():
+        if module.is_dir() and module.joinpath("pom.xml").is_file():
+            out.append((f"{module.name}/pom.xml", module.joinpath("pom.xml").read_bytes()))
+            todo.append((f"{module.name}/src/main", module.joinpath("src").joinpath("main")))
     while todo:
         rel, folder = todo.pop()
         for entry in folder.iterdir():
@@ -277,20 +396,24 @@ def _plugin_files() -> list[tuple[str, bytes]]:
     return sorted(out)
 
 
-def plugin_build_key(version: str) -> str:
-    """Names one build: the OpenSearch version and a hash of the plugin's sources."""
+def plugin_build_key(version: str, engine: str = "opensearch") -> str:
+    """Names one build: the engine, its version and a hash of the plugin's sources."""
     digest = hashlib.sha256()
     for rel, data in _plugin_files():
         digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-    return f"{version}-{digest.hexdigest()[:12]}"
+    return f"{engine}-{version}-{digest.hexdigest()[:12]}"
 
 
-def build_plugin(version: str, java: Path, step: Step = _quiet) -> Path:
-    """The plugin's zip for OpenSearch `version`, built with Maven once per source and version
-    (cached under the lsr-os home, like the distribution); raises PluginUnavailable."""
-    if int(version.split(".")[0]) < 3:
-        raise PluginUnavailable(f"the lsr-os plugin is built for OpenSearch 3.x, not {version}")
-    key = plugin_build_key(version)
+def build_plugin(version: str, java: Path, step: Step = _quiet, engine: str = "opensearch") -> Path:
+    """The plugin's zip for `engine` (opensearch or elasticsearch) at exactly `version`, built with
+    Maven once per source, engine and version (cached under the lsr-os home, like the
+    distribution); raises PluginUnavailable."""
+    if engine not in PLUGIN_ENGINES:
+        raise PluginUnavailable(f"the lsr-os plugin is built for {' or '.join(PLUGIN_ENGINES)}, not {engine!r}")
+    name, oldest = PLUGIN_ENGINES[engine]
+    if int(version.split(".")[0]) < oldest:
+        raise PluginUnavailable(f"the lsr-os plugin is built for {name} {oldest}.x, not {version}")
+    key = plugin_build_key(version, engine)
     cached = home() / "plugins" / key
     zips = sorted(cached.glob(f"{PLUGIN}-*.zip"))
     if zips:
@@ -307,22 +430,23 @@ def build_plugin(version: str, java: Path, step: Step = _quiet) -> Path:
             for rel, data in _plugin_files():
                 (build / rel).parent.mkdir(parents=True, exist_ok=True)
                 (build / rel).write_bytes(data)
-            step(f"building the lsr-os plugin for OpenSearch {version} with Maven (once per plugin source; "
-                 "the first build downloads about 70 MB of OpenSearch jars)")
+            step(f"building the lsr-os plugin for {name} {version} with Maven (once per plugin source; "
+                 "the first build downloads up to 90 MB of jars)")
             started = time.monotonic()
+            # only the engine's module and the core; no test is compiled, so no test framework is fetched
+            command = [mvn, "-B", "-q", "-pl", engine, "-am", "-Dmaven.test.skip=true", f"-D{engine}.version={version}",
+                       "package"]
             try:
-                proc = subprocess.run(
-                    [mvn, "-B", "-q", "-DskipTests", f"-Dopensearch.version={version}", "package"], cwd=build,
-                    env={**os.environ, "JAVA_HOME": str(java)}, capture_output=True, text=True, check=False,
-                    timeout=PLUGIN_BUILD_TIMEOUT_S)
+                proc = subprocess.run(command, cwd=build, env={**os.environ, "JAVA_HOME": str(java)},
+                                      capture_output=True, text=True, check=False, timeout=PLUGIN_BUILD_TIMEOUT_S)
             except subprocess.TimeoutExpired as exc:
                 raise PluginUnavailable(f"Maven did not build the lsr-os plugin within {exc.timeout:.0f} s "
                                         "(is Maven Central reachable?)") from exc
             except OSError as exc:
                 raise PluginUnavailable(f"could not run Maven ({mvn}) to build the lsr-os plugin: {exc}") from exc
-            built = sorted((build / "target").glob(f"{PLUGIN}-*.zip"))
+            built = sorted((build / engine / "target").glob(f"{PLUGIN}-*.zip"))
             if proc.returncode != 0 or not built:
-                raise PluginUnavailable(f"Maven could not build the lsr-os plugin for OpenSearch {version}: "
+                raise PluginUnavailable(f"Maven could not build the lsr-os plugin for {name} {version}: "
                                         f"{_maven_error(proc.stdout + proc.stderr)}")
             cached.mkdir(parents=True, exist_ok=True)
             shutil.copy2(built[0], cached / (built[0].name + ".tmp"))
@@ -357,7 +481,8 @@ def install_plugin(dist: Path, zip_path: Path, version: str, java: Path) -> None
     built_for = plugin_descriptor(zip_path).get("opensearch.version")
     if built_for != version:
         raise PluginUnavailable(f"{zip_path.name} was built for OpenSearch {built_for}, but the node runs {version}: "
-                                f"build it for {version} (mvn package -Dopensearch.version={version})")
+                                f"build it for {version} (in plugin/: mvn -B -pl opensearch -am package "
+                                f"-Dmaven.test.skip=true -Dopensearch.version={version})")
     env = {**os.environ, "OPENSEARCH_JAVA_HOME": str(java), "OPENSEARCH_PATH_CONF": str(dist / "config")}
     env.pop("OPENSEARCH_JAVA_OPTS", None)
     tool = str(dist / "bin" / "opensearch-plugin")
@@ -412,6 +537,10 @@ def _node_distribution(spec: NodeSpec, dist: Path, java: Path, step: Step) -> tu
     if spec.plugin == "skip":
         return dist, None
     try:
+        if not spec.layout.has_plugin:
+            # The one place an engine's plugin goes in: for Elasticsearch, a copy of the distribution
+            # with `<home>/bin/elasticsearch-plugin install --batch file://<zip>` run in it.
+            raise PluginUnavailable(f"lsr-os has no plugin for {spec.layout.product} yet")
         return plugin_distribution(dist, spec.version, java, step)
     except PluginUnavailable as exc:
         if spec.plugin == "require":
@@ -422,31 +551,59 @@ def _node_distribution(spec: NodeSpec, dist: Path, java: Path, step: Step) -> tu
         return dist, None
 
 
-# ----------------------------------------------------------------------------- lifecycle
+# ----------------------------------------------------------------------------- talking to a node
+
+
+@dataclass(frozen=True)
+class Access:
+    """How to reach a local cluster: plain http, or https with its CA and a user's password."""
+
+    ca: Path | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=str(self.ca)) if self.ca else None
+
+    def headers(self) -> dict[str, str]:
+        if self.user is None:
+            return {}
+        return {"Authorization": "Basic " + b64encode(f"{self.user}:{self.password}".encode()).decode()}
+
+
+def _get(url: str, access: Access | None = None, timeout: float = 5.0) -> Answer | None:
+    """GET `url`: the answer, error statuses included, or None when nothing answered."""
+    access = access or Access()
+    request = urllib.request.Request(url, headers=access.headers())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=access.context()) as resp:
+            status, headers, raw = resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, headers, raw = exc.code, exc.headers, exc.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    return Answer(status, {k.lower(): v for k, v in headers.items()}, body)
 
 
 def _alive(pid: int) -> bool:
-    """Whether `pid` is a running OpenSearch process (not a zombie, not a reused pid)."""
+    """Whether `pid` is a running node we started (not a zombie, not a reused pid)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return b"org.opensearch.bootstrap.OpenSearch" in cmdline and stat.split(")")[-1].split()[0] != "Z"
+    ours = any(layout(e).server_marker in cmdline for e in ENGINES)
+    return ours and stat.split(")")[-1].split()[0] != "Z"
 
 
 def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _http_json(url: str, timeout: float = 5.0) -> dict | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
 
 
 def _states(port: int) -> list[NodeState]:
@@ -456,8 +613,168 @@ def _states(port: int) -> list[NodeState]:
     return out
 
 
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- security
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write a file only its owner can read (mode 0600, whatever the umask or an older file's mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text + "\n")
+
+
+def _run_tool(lay: NodeLayout, dist: Path, java: Path, conf: Path, argv: list[str], stdin: str | None = None) -> None:
+    """Run one of the distribution's bin/ tools on the config folder `conf`, as the nodes run.
+    `stdin` (a password) is never logged nor put in an error."""
+    env = {**os.environ, lay.java_home_env: str(java), lay.path_conf_env: str(conf)}
+    env.pop(lay.java_opts_env, None)
+    cmd = _as_unprivileged([str(dist / "bin" / argv[0]), *argv[1:]], lay.product)
+    log.info("running %s", " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True, check=False,
+                              timeout=_TOOL_TIMEOUT_S, cwd=conf.parent)
+    except subprocess.TimeoutExpired as exc:
+        raise NodeError(f"{argv[0]} {argv[1]} did not finish within {exc.timeout:.0f} s") from exc
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines()
+                 if ln.strip() and "password:" not in ln.lower()]
+        raise NodeError(f"{argv[0]} {argv[1]} failed (exit status {proc.returncode}): "
+                        f"{lines[-1] if lines else 'no output'}")
+
+
+def _security(port: int) -> dict:
+    """The secured cluster's facts as stored (CA, superuser, users, their roles and password files)."""
+    path = security_dir(port) / "security.json"
+    if not path.exists():
+        raise NodeError(f"the local cluster on port {port} is not secured (start it with --secure)")
+    return json.loads(path.read_text())
+
+
+def _access(port: int) -> Access | None:
+    """The superuser's access to the cluster on `port`, or None when it is not secured."""
+    try:
+        facts = _security(port)
+    except NodeError:
+        return None
+    user = facts["superuser"]
+    password = Path(facts["users"][user]["password_file"]).read_text().strip()
+    return Access(ca=Path(facts["ca_certs"]), user=user, password=password)
+
+
+def _make_security(spec: NodeSpec, dist: Path, java: Path, step: Step) -> None:
+    """Once per cluster folder: a CA, a certificate for 127.0.0.1/localhost signed by it, and the
+    superuser, all made with the distribution's own tools (the nodes' config folders get copies)."""
+    folder = security_dir(spec.port)
+    if (folder / "security.json").exists():
+        return
+    lay = spec.layout
+    step(f"making a CA, a node certificate and the user {SUPERUSER} with {lay.product}'s own tools")
+    started = time.monotonic()
+    cluster_dir(spec.port).mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # a half-made one from an interrupted start
+    work = Path(tempfile.mkdtemp(dir=cluster_dir(spec.port), prefix=".security-"))  # mode 0700
+    try:
+        conf = work / "config"  # the users tool's config folder: it writes the users there
+        shutil.copytree(dist / "config", conf)
+        _run_tool(lay, dist, java, conf, lay.certificate_authority_command(work / "ca.zip"))
+        ca_cert, ca_key = _unzip_pem(work / "ca.zip")
+        _run_tool(lay, dist, java, conf, lay.node_certificate_command(ca_cert, ca_key, work / "node.zip"))
+        node_cert, node_key = _unzip_pem(work / "node.zip")
+        (work / "certs").mkdir()
+        for pem, target in ((ca_cert, CA_CERT), (ca_key, _CA_KEY), (node_cert, NODE_CERT), (node_key, NODE_KEY)):
+            os.replace(pem, work / target)
+            os.chmod(work / target, 0o600 if target.endswith(".key") else 0o644)
+        for made in ("ca", "node"):
+            shutil.rmtree(work / made)
+        password = secrets.token_urlsafe(18)
+        _write_secret(work / f"{SUPERUSER}.password", password)
+        _run_tool(lay, dist, java, conf, lay.add_user_command(SUPERUSER, "superuser"), stdin=f"{password}\n{password}\n")
+        _write_json(work / "security.json", {
+            "ca_certs": str(folder / CA_CERT), "superuser": SUPERUSER,
+            "users": {SUPERUSER: {"role": "superuser", "password_file": str(folder / f"{SUPERUSER}.password")}}})
+        os.replace(work, folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("security for the cluster on port %d made in %.1f s", spec.port, time.monotonic() - started)
+
+
+def _unzip_pem(archive: Path) -> tuple[Path, Path]:
+    """Unpack a certificate tool's zip next to it (then remove it): its certificate and key."""
+    out = archive.with_suffix("")
+    _unzip(archive, out)
+    archive.unlink()
+    return next(out.rglob("*.crt")), next(out.rglob("*.key"))
+
+
+def _install_security(spec: NodeSpec, conf: Path) -> None:
+    """Give a node's config folder the cluster's certificate, key, CA and users."""
+    folder = security_dir(spec.port)
+    (conf / "certs").mkdir(exist_ok=True)
+    for name in (CA_CERT, NODE_CERT, NODE_KEY):
+        shutil.copy2(folder / name, conf / name)
+    for name in spec.layout.user_files():
+        shutil.copy2(folder / "config" / name, conf / name)
+
+
+def add_user(port: int, name: str, role: str, timeout: float = 60.0) -> Path:
+    """Add a user with `role` (e.g. viewer, superuser) to the secured local cluster on `port`, and
+    wait until it can log in where nodes run; returns its password file (mode 0600).
+
+    Idempotent for the same name and role (the existing password file is returned): CI and test
+    fixtures call it on every run. Users live in the cluster's file realm, which running nodes
+    reload by themselves.
+    """
+    for what, value in (("user name", name), ("role", role)):
+        if not _USER_NAME.fullmatch(value):
+            raise NodeError(f"{what} {value!r} must be letters, digits and _ . @ - (at most 64)")
+    facts = _security(port)
+    known = facts["users"].get(name)
+    if known and known["role"] == role:
+        return Path(known["password_file"])
+    if known:
+        raise NodeError(f"user {name} already exists on the cluster on port {port} with role {known['role']}, not {role}")
+    states = _states(port)
+    lay = layout(states[0].engine)
+    dist = provision(states[0].version, engine=states[0].engine)
+    java = find_java(states[0].version, states[0].engine)
+    folder = security_dir(port)
+    password = secrets.token_urlsafe(18)
+    password_file = folder / f"{name}.password"
+    _write_secret(password_file, password)
+    _run_tool(lay, dist, java, folder / "config", lay.add_user_command(name, role), stdin=f"{password}\n{password}\n")
+    facts["users"][name] = {"role": role, "password_file": str(password_file)}
+    _write_json(folder / "security.json", facts)
+    confs = [cluster_dir(port) / s.name / "config" for s in states]
+    for conf, file_name in ((c, f) for c in confs if c.is_dir() for f in lay.user_files()):
+        # The realm watches these files: replace each whole, never half-written.
+        shutil.copy2(folder / "config" / file_name, conf / f".{file_name}.tmp")
+        os.replace(conf / f".{file_name}.tmp", conf / file_name)
+    live = [s for s in states if _alive(s.pid)]
+    deadline = time.monotonic() + timeout
+    access = Access(ca=Path(facts["ca_certs"]), user=name, password=password)
+    for state in live:
+        while (answer := _get(f"{state.url}/_security/_authenticate", access)) is None or answer.status != 200:
+            if time.monotonic() > deadline:
+                raise NodeError(f"user {name} was added but cannot log in to {state.name} at {state.url} after "
+                                f"{timeout:.0f} s (last answer: {answer.status if answer else 'none'})")
+            time.sleep(0.5)
+    log.info("user %s (role %s) added to the cluster on port %d", name, role, port)
+    return password_file
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
 def _write_config(spec: NodeSpec, dist: Path, i: int, node_dir: Path) -> Path:
-    """A config folder of the node's own: the distribution's files plus our opensearch.yml and heap."""
+    """A config folder of the node's own: the distribution's files plus our settings file and heap."""
+    lay = spec.layout
     conf = node_dir / "config"
     if conf.exists():
         shutil.rmtree(conf)
@@ -479,8 +796,11 @@ def _write_config(spec: NodeSpec, dist: Path, i: int, node_dir: Path) -> Path:
         settings["discovery.type"] = "single-node"
     else:
         settings["discovery.seed_hosts"] = [f"127.0.0.1:{spec.transport_port(j)}" for j in range(spec.nodes)]
-        settings["cluster.initial_cluster_manager_nodes"] = names
-    (conf / "opensearch.yml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
+        settings[lay.initial_nodes_setting] = names
+    settings |= lay.settings(spec.secure)
+    (conf / lay.config_file).write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
+    if spec.secure:
+        _install_security(spec, conf)
     (conf / "jvm.options.d").mkdir(exist_ok=True)
     (conf / "jvm.options.d" / "heap.options").write_text(f"-Xms{spec.heap}\n-Xmx{spec.heap}\n")
     return conf
@@ -494,7 +814,8 @@ def _data_dir(spec: NodeSpec, i: int, node_dir: Path) -> Path:
 
 def _log_tail(node_dir: Path, lines: int = 20, console: bool = False) -> str:
     """The end of a node's main log; with `console`, also what the JVM printed before logging began."""
-    paths = [p for p in (node_dir / "logs").glob("*.log") if "deprecation" not in p.name and "_index_" not in p.name]
+    paths = [p for p in (node_dir / "logs").glob("*.log")
+             if "deprecation" not in p.name and "_index_" not in p.name and not p.name.startswith("gc.")]
     if console or not paths:
         paths.insert(0, node_dir / "console.log")
     texts = []
@@ -508,24 +829,36 @@ def start(spec: NodeSpec, timeout: float = 180.0, step: Step = _quiet) -> list[N
     """Start the cluster's nodes (provisioning on first use) and wait until it is ready.
 
     Idempotent: nodes already running are reported with `already_running=True`, provided they
-    run the version asked for, and the data folder when one is asked for (`spec.data`); otherwise
-    nothing is started and the error says so (a silent "already running" would leave the caller
-    on data they did not ask for).
+    run the engine and version asked for, with security when asked, and the data folder when one
+    is asked for (`spec.data`); otherwise nothing is started and the error says so (a silent
+    "already running" would leave the caller on data they did not ask for).
     """
-    running = {s.name: s for s in _states(spec.port) if _alive(s.pid)}
+    lay = spec.layout
+    known = _states(spec.port)
+    running = {s.name: s for s in known if _alive(s.pid)}
     expected = [f"node-{i + 1}" for i in range(spec.nodes)]
     for i, name in enumerate(expected):
         state = running.get(name)
+        if state is None:
+            continue
         want = _data_dir(spec, i, cluster_dir(spec.port) / name).resolve()
-        other_data = spec.data is not None and state is not None and Path(state.data).resolve() != want
-        if state is not None and (state.version != spec.version or other_data):
-            raise NodeError(f"{name} on port {state.http_port} already runs OpenSearch {state.version} on data "
-                            f"{state.data}, not {spec.version} on {want}; stop it first "
-                            f"(lsr-os node stop --port {spec.port}) or choose another --port")
-        if state is not None and (spec.plugin, state.plugin is None) in (("require", True), ("skip", False)):
+        other_data = spec.data is not None and Path(state.data).resolve() != want
+        if state.engine != spec.engine or state.version != spec.version or other_data:
+            raise NodeError(f"{name} on port {state.http_port} already runs {layout(state.engine).product} "
+                            f"{state.version} on data {state.data}, not {lay.product} {spec.version} on {want}; "
+                            f"stop it first (lsr-os node stop --port {spec.port}) or choose another --port")
+        if (spec.plugin, state.plugin is None) in (("require", True), ("skip", False)):
             raise NodeError(f"{name} on port {state.http_port} already runs "
                             f"{'without' if state.plugin is None else 'with'} the lsr-os plugin; stop it first "
                             f"(lsr-os node stop --port {spec.port}) or choose another --port")
+        if state.url.startswith("https:") != spec.secure:
+            raise NodeError(f"{name} on port {state.http_port} already runs {'with' if not spec.secure else 'without'} "
+                            f"security (--secure); stop it first (lsr-os node stop --port {spec.port}) or choose "
+                            "another --port")
+    others = sorted({s.engine for s in known} - {spec.engine})
+    if others:
+        raise NodeError(f"{cluster_dir(spec.port)} holds an earlier {layout(others[0]).product} cluster's state and "
+                        f"data, which {lay.product} cannot use: remove that folder or choose another --port")
     if running and set(running) >= set(expected):
         for s in running.values():
             s.already_running = True
@@ -537,58 +870,100 @@ def start(spec: NodeSpec, timeout: float = 180.0, step: Step = _quiet) -> list[N
 
     if running and spec.plugin == "auto":  # a node that rejoins runs what its cluster runs
         spec = replace(spec, plugin="require" if any(s.plugin for s in running.values()) else "skip")
-    dist = provision(spec.version, step)
-    java = find_java(spec.version)
+    dist = provision(spec.version, step, spec.engine)
+    java = find_java(spec.version, spec.engine)
     dist, plugin = _node_distribution(spec, dist, java, step)
+    if spec.secure:
+        _make_security(spec, dist, java, step)
+    scheme = "https" if spec.secure else "http"
     procs: dict[str, subprocess.Popen] = {}
     states: list[NodeState] = []
     for i, name in enumerate(expected):
         if name in running:
+            running[name].already_running = True
             states.append(running[name])
             continue
         node_dir = cluster_dir(spec.port) / name
         node_dir.mkdir(parents=True, exist_ok=True)
         conf = _write_config(spec, dist, i, node_dir)
-        env = {**os.environ, "OPENSEARCH_JAVA_HOME": str(java), "OPENSEARCH_PATH_CONF": str(conf)}
-        env.pop("OPENSEARCH_JAVA_OPTS", None)
-        cmd = [str(dist / "bin" / "opensearch"), "-p", str(node_dir / "opensearch.pid")]
-        if os.geteuid() == 0:
-            # OpenSearch will not run as root; a user namespace runs it as an unprivileged uid
-            # while the files it writes stay owned by the caller.
-            if not shutil.which("unshare"):
-                raise NodeError("running as root needs `unshare` (util-linux) to start OpenSearch as a non-root user")
-            cmd = ["unshare", "--user", f"--map-user={_UNPRIVILEGED_ID}", f"--map-group={_UNPRIVILEGED_ID}", *cmd]
+        env = {**os.environ, lay.java_home_env: str(java), lay.path_conf_env: str(conf)}
+        env.pop(lay.java_opts_env, None)
+        pid_file = _pid_file(lay, node_dir)
+        pid_file.unlink(missing_ok=True)
+        cmd = _as_unprivileged([str(dist / "bin" / lay.executable), "-p", str(pid_file)], lay.product)
         log.info("starting %s: %s", name, " ".join(cmd))
-        step(f"starting {name} (OpenSearch {spec.version}) on http://127.0.0.1:{spec.http_port(i)}")
+        step(f"starting {name} ({lay.product} {spec.version}) on {scheme}://127.0.0.1:{spec.http_port(i)}")
         with open(node_dir / "console.log", "wb") as console:
             proc = subprocess.Popen(cmd, env=env, stdout=console, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=node_dir)
         procs[name] = proc
         state = NodeState(name=name, pid=proc.pid, version=spec.version,
-                          url=f"http://127.0.0.1:{spec.http_port(i)}", http_port=spec.http_port(i),
+                          url=f"{scheme}://127.0.0.1:{spec.http_port(i)}", http_port=spec.http_port(i),
                           transport_port=spec.transport_port(i), log_file=str(node_dir / "logs" / f"{spec.cluster_name}.log"),
-                          data=str(_data_dir(spec, i, node_dir)), plugin=plugin)
+                          data=str(_data_dir(spec, i, node_dir)), plugin=plugin, engine=spec.engine)
         (node_dir / "node.json").write_text(json.dumps(asdict(state) | {"already_running": False}))
         states.append(state)
-    _wait_ready(spec, states, procs, timeout, step)
+    try:
+        _wait_ready(spec, states, procs, timeout, step)
+    except NodeError:
+        _abort(spec, procs)
+        raise
     return states
+
+
+def _pid_file(lay: NodeLayout, node_dir: Path) -> Path:
+    return node_dir / f"{lay.executable}.pid"
+
+
+def _server_pid(lay: NodeLayout, node_dir: Path) -> int | None:
+    """The pid the node's server JVM wrote to its pid file (None before it did)."""
+    try:
+        return int(_pid_file(lay, node_dir).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _track_server(lay: NodeLayout, state: NodeState, node_dir: Path) -> None:
+    """Record the server JVM's pid once its pid file names it: a launcher may sit between the
+    process we started and the server (Elasticsearch), and `stop` must find the server."""
+    pid = _server_pid(lay, node_dir)
+    if pid and pid != state.pid:
+        state.pid = pid
+        (node_dir / "node.json").write_text(json.dumps(asdict(state) | {"already_running": False}))
+
+
+def _abort(spec: NodeSpec, procs: dict[str, subprocess.Popen]) -> None:
+    """Stop the nodes this start launched: their servers, then whatever launcher is left."""
+    dirs = [cluster_dir(spec.port) / name for name in procs]
+    _stop_pids([pid for pid in (_server_pid(spec.layout, d) for d in dirs) if pid])
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_ready(spec: NodeSpec, states: list[NodeState], procs: dict[str, subprocess.Popen], timeout: float,
                 step: Step = _quiet) -> None:
+    lay = spec.layout
+    access = _access(spec.port) if spec.secure else None
     started = time.monotonic()
     deadline = started + timeout
     told = 0
     health_url = f"{states[0].url}/_cluster/health?wait_for_nodes={spec.nodes}&wait_for_status=yellow&timeout=2s"
     while time.monotonic() < deadline:
         for name, proc in procs.items():
+            node_dir = cluster_dir(spec.port) / name
             if proc.poll() is not None:
-                node_dir = cluster_dir(spec.port) / name
-                _stop_pids([s.pid for s in states if s.name in procs])
-                raise NodeError(f"OpenSearch {name} exited with status {proc.returncode} while starting; "
+                raise NodeError(f"{lay.product} {name} exited with status {proc.returncode} while starting; "
                                 f"last lines of its logs:\n{_log_tail(node_dir, console=True)}")
-        health = _http_json(health_url)
-        if health and not health.get("timed_out") and health.get("number_of_nodes", 0) >= spec.nodes:
+            _track_server(lay, next(s for s in states if s.name == name), node_dir)
+        answer = _get(health_url, access)
+        health = answer.body if answer and answer.status == 200 and lay.is_engine(answer) else None
+        if isinstance(health, dict) and not health.get("timed_out") and health.get("number_of_nodes", 0) >= spec.nodes:
             log.info("cluster %s is %s with %d nodes", health["cluster_name"], health["status"], health["number_of_nodes"])
             return
         waited = int(time.monotonic() - started)
@@ -597,8 +972,7 @@ def _wait_ready(spec: NodeSpec, states: list[NodeState], procs: dict[str, subpro
             step(f"waiting for the cluster to be ready ({waited} s; usually 20-60 s)")
         time.sleep(1.0)
     tails = "\n".join(_log_tail(cluster_dir(spec.port) / n, 10, console=True) for n in procs)
-    _stop_pids([s.pid for s in states if s.name in procs])
-    raise NodeError(f"OpenSearch was not ready after {timeout:.0f}s (stopped it); last lines of its logs:\n{tails}")
+    raise NodeError(f"{lay.product} was not ready after {timeout:.0f}s (stopped it); last lines of its logs:\n{tails}")
 
 
 def _stop_pids(pids: list[int], grace: float = 60.0) -> None:
@@ -619,6 +993,18 @@ def _stop_pids(pids: list[int], grace: float = 60.0) -> None:
             pass
 
 
+def resolve_port(port: int | None, engine: str | None) -> int:
+    """The port of the local cluster meant by `--port` and `--engine` (either may be None): the
+    engine's default port when no port is named, and an error when the cluster there runs another engine."""
+    if port is None:
+        return layout(engine or DEFAULT_ENGINE).default_port
+    states = _states(port)
+    if engine and states and states[0].engine != engine:
+        raise NodeError(f"the local cluster on port {port} is {layout(states[0].engine).product}, "
+                        f"not {layout(engine).product}")
+    return port
+
+
 def stop(port: int = 9200, names: list[str] | None = None) -> list[int]:
     """Stop the cluster's nodes (or only `names`) and wait until their processes are gone."""
     known = _states(port)
@@ -632,24 +1018,40 @@ def stop(port: int = 9200, names: list[str] | None = None) -> list[int]:
 
 
 def status(port: int = 9200) -> dict:
-    """Each node's process and version, and the cluster's health."""
+    """Each node's process and version, the cluster's health, and for a secured cluster how to
+    connect (URL, CA file, superuser and the file holding its password; never the password)."""
+    states = _states(port)
+    access = _access(port) if any(s.url.startswith("https:") for s in states) else None
     nodes = []
-    for s in _states(port):
+    for s in states:
         alive = _alive(s.pid)
-        info = _http_json(s.url) if alive else None
-        nodes.append({"name": s.name, "pid": s.pid, "url": s.url, "running": alive,
-                      "version": info["version"]["number"] if info else None})
+        lay = layout(s.engine)
+        answer = _get(s.url + lay.version_path(), access) if alive else None
+        nodes.append({"name": s.name, "pid": s.pid, "url": s.url, "running": alive, "engine": s.engine,
+                      "version": lay.version_from(answer) if answer and answer.status == 200 else None})
     live = [n for n in nodes if n["running"]]
-    health = _http_json(f"{live[0]['url']}/_cluster/health") if live else None
+    answer = _get(f"{live[0]['url']}/_cluster/health", access) if live else None
+    health = answer.body if answer and answer.status == 200 and isinstance(answer.body, dict) else None
     return {
         "running": bool(live),
+        "engine": nodes[0]["engine"] if nodes else None,
         "nodes": nodes,
         "url": live[0]["url"] if live else None,
         "version": live[0]["version"] if live else None,
         "cluster_name": health["cluster_name"] if health else None,
         "health": health["status"] if health else None,
         "number_of_nodes": health["number_of_nodes"] if health else 0,
+        "security": security_info(port) if access else None,
     }
+
+
+def security_info(port: int) -> dict:
+    """How to connect to the secured local cluster on `port`: its CA file, the superuser and the
+    file with its password, and every user's role and password file (never a password)."""
+    facts = _security(port)
+    user = facts["superuser"]
+    return {"ca_certs": facts["ca_certs"], "user": user, "password_file": facts["users"][user]["password_file"],
+            "users": facts["users"]}
 
 
 def logs(port: int = 9200, lines: int = 50) -> str:

@@ -1,10 +1,10 @@
-"""The index side of the lsr-os OpenSearch plugin: typed text ranked inside the cluster.
+"""The index side of the lsr-os plugin (OpenSearch and Elasticsearch): typed text ranked inside the cluster.
 
 With the plugin, an images index gets a second field beside `sparse`: `text`, whose term
 frequencies carry each document's weights already multiplied by the query-side weight table
 ("folded"). A plain `match` (or Dashboards' free-text search) on `text` splits the typed text into
 the same word pieces as `tokenizers` (analyzer `lsr_os_query`: tokenizer `lsr_os_wordpiece` and
-filter `unique`, so a repeated piece counts once), and the `lsr_os_dot` similarity scores each
+filter `lsr_os_unique`, so a repeated piece counts once), and the `lsr_os_dot` similarity scores each
 matching term freq / scale, so the score is
 
     sum over the distinct pieces t of the text:  round(w_t * q9(d_t) * scale) / scale
@@ -12,7 +12,9 @@ matching term freq / scale, so the score is
 which is the inference-free score sum w_t * q9(d_t) (rank_feature clauses on `sparse` with boost
 w_t) to within 0.5 / scale per matching term. q9 is the weight `rank_features` stores (9 bits).
 Terms with w_t = 0 (stop words, punctuation, special tokens) are never indexed, so they add
-nothing. `Folding` is what an index's `text` field is made of (a head's query weights, the
+nothing. Every analysis component the settings name is the plugin's own (the same names on both
+engines), so they need no analysis-common module (Elasticsearch's integration-test distribution
+has none). `Folding` is what an index's `text` field is made of (a head's query weights, the
 vocabulary, the scale); `lsr_os.index` builds the field with it. Nothing here talks to the
 cluster but `cluster_has_plugin`.
 """
@@ -35,16 +37,16 @@ PLUGIN = "lsr-os"
 FIELD = "text"
 SIMILARITY = "lsr_os_dot"  # the similarity type, and the name the index declares it under
 TOKENIZER = "lsr_os_wordpiece"
-FOLDED_ANALYZER = "lsr_os_folded"
+UNIQUE_FILTER = "lsr_os_unique"
+FOLDED_ANALYZER = "lsr_os_folded"  # the analyzer type (whitespace + delimited term frequency), and its name here
 QUERY_ANALYZER = "lsr_os_query"
 DEFAULT_SCALE = 65536
-# delimited_term_freq's delimiter: a control character, which BERT's tokenizer deletes from any
+# The folded analyzer's delimiter: a control character, which BERT's tokenizer deletes from any
 # text, so no query piece can ever contain it.
 DELIMITER = "\u0001"
 # Lucene keeps a term's frequency, and the sum of a field's frequencies, in a Java int.
 MAX_FREQ = 2**31 - 1
 _QUERY_TOKENIZER = "lsr_os_query_pieces"
-_WEIGHT_FILTER = "lsr_os_weights"
 
 
 def vocab_sha256(path: str | Path | None = None) -> str:
@@ -70,11 +72,10 @@ def index_settings(vocab_sha256: str, scale: int | float = DEFAULT_SCALE) -> dic
         "similarity": {SIMILARITY: {"type": SIMILARITY, "scale": scale}},
         "analysis": {
             "analyzer": {
-                FOLDED_ANALYZER: {"type": "custom", "tokenizer": "whitespace", "filter": [_WEIGHT_FILTER]},
-                QUERY_ANALYZER: {"type": "custom", "tokenizer": _QUERY_TOKENIZER, "filter": ["unique"]},
+                FOLDED_ANALYZER: {"type": FOLDED_ANALYZER, "delimiter": DELIMITER},
+                QUERY_ANALYZER: {"type": "custom", "tokenizer": _QUERY_TOKENIZER, "filter": [UNIQUE_FILTER]},
             },
             "tokenizer": {_QUERY_TOKENIZER: {"type": TOKENIZER, "vocab_sha256": vocab_sha256}},
-            "filter": {_WEIGHT_FILTER: {"type": "delimited_term_freq", "delimiter": DELIMITER}},
         },
         # query_string and multi_match without fields (Discover's free text) search `text`
         "query": {"default_field": [FIELD]},

@@ -84,7 +84,7 @@ class ServeConfig:
     max_pending: int = 256  # queries waiting for the model; one more gets 503
     max_upload_bytes: int = 10 * 2**20
     max_pixels: int = 50_000_000  # decoded size of an uploaded image (decompression bombs)
-    cluster_threads: int = 8  # within opensearch-py's 10 pooled connections per node
+    cluster_threads: int = 8  # within the engine client's pooled connections per node (config.POOL_MAXSIZE)
     # torch's CPU threads (process-wide); None keeps torch's default (one per core). On a CPU the
     # model shares the cores with the HTTP server and the cluster client: see bench/serve.py.
     torch_threads: int | None = None
@@ -388,10 +388,12 @@ class SearchService:
 
     @property
     def summary(self) -> str:
-        """What the server answers, in a few words (its startup line)."""
+        """What the server answers, from which engine, in a few words (its startup line)."""
+        engine = f"{self.engine.display_name} {self.engine.version}"
         if not self.modes:
-            return "vector queries only"
-        return f"text queries {', '.join(self.modes)}" + (f"; model on {self.device}" if self.device else "; no model")
+            return f"{engine}; vector queries only"
+        return (f"{engine}; text queries {', '.join(self.modes)}"
+                + (f"; model on {self.device}" if self.device else "; no model"))
 
     # ---------------------------------------------------------------- models (model thread only)
 
@@ -632,7 +634,7 @@ def _request_schema() -> dict:
 ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
     (400, "Bad input: the message names the field and what is wrong"), (404, "No such collection on the cluster"),
     (413, "Upload or decoded image too large"), (415, "Neither JSON nor a multipart form"),
-    (502, "The cluster refused the query"), (503, "Cluster unreachable, or too many queries waiting"))}
+    (502, "The cluster refused the query"), (503, "Cluster unreachable or overloaded (429, 5xx), or too many queries waiting"))}
 
 
 def create_app(service: SearchService) -> FastAPI:

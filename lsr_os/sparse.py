@@ -1,8 +1,9 @@
 """Sparse vectors: {term: weight} maps, their hygiene, and the JSONL format on disk.
 
 JSONL format (stable): one object a line, `{"id": "...", "vector": {"term": weight, ...}}`,
-weights > 0, other keys kept as metadata. Terms are readable vocabulary tokens; the encoding
-to OpenSearch feature names happens only at the cluster boundary (vocab.term_to_feature).
+weights > 0, other keys kept as metadata. Terms are readable vocabulary tokens; an engine that
+needs escaped feature names (OpenSearch) gets them only at the cluster boundary (the engine's
+`ops.feature`, vocab.term_to_feature).
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ if TYPE_CHECKING:  # numpy loads on first use: a vector query from the CLI needs
 
 SparseVector = dict[str, float]
 
-# rank_features stores a weight as the top 17 bits of its float32 (Lucene FeatureField:
-# bits >>> 15), i.e. 9 significant bits, truncated; weights below the smallest normal
-# float32 (2^-126) cannot be stored at all.
+# Both engines' sparse fields (OpenSearch's rank_features, Elasticsearch's sparse_vector) store a
+# weight as the top 17 bits of its float32 (Lucene FeatureField: bits >>> 15), i.e. 9 significant
+# bits, truncated; weights below the smallest normal float32 (2^-126) cannot be stored at all.
 MIN_NORMAL = 2.0**-126
 
 
 def clean(vector: SparseVector) -> SparseVector:
-    """Drop weights that OpenSearch cannot store: not finite, <= 0, or subnormal.
+    """Drop weights that no engine's sparse field can store: not finite, <= 0, or subnormal.
 
     A vector with nothing to drop, the common case on ingest's per-document path, is returned
     as it is after two passes in C: a finite sum rules out NaN and infinities, and then the
@@ -73,7 +74,7 @@ def prune(vector: SparseVector, top_k: int | None = None, threshold: float = 0.0
 
 
 def quantize(weights: np.ndarray | float) -> np.ndarray:
-    """The weight OpenSearch will score with: float32 truncated to 9 significant bits."""
+    """The weight the engine scores with (either engine): float32 truncated to 9 significant bits."""
     import numpy as np
 
     bits = np.asarray(weights, dtype=np.float32).view(np.int32)

@@ -19,7 +19,9 @@ Deliberate differences from the reference code (docs/method.md, "Where lsr-os di
 always starts from the caption's dense vector; validation encodes captions fully expanded (p = 0,
 as the test does) rather than drawing a fresh mask per batch, so that checkpoint selection is
 not noisy; metrics stop at the top 10 because that is all that is kept; by default the head
-blocks the special tokens ([CLS], [SEP], ...; see lsr_os.models.head), which docs/method.md does not.
+blocks the special tokens ([CLS], [SEP], ...; see lsr_os.models.head), which docs/method.md does not;
+and by default the query weights of lsr_os.train_query train with the head, adding their loss to the
+paper's (`TrainConfig.algorithm` names what a run adds; "after" and "none" leave the head's loss alone).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ AUTHORS_TRAIN_SPLITS = ("train",)
 
 @dataclass
 class TrainConfig:
-    """Every knob of docs/method.md; the defaults are the authors' README settings."""
+    """Every knob of docs/method.md; the defaults are the authors' README settings, but the default
+    query weights ("joint") add to the paper's algorithm: `algorithm` says what."""
 
     epochs: int = 200
     batch_size: int = 512
@@ -122,6 +125,31 @@ class TrainConfig:
                 or (self.query_epochs is not None and self.query_epochs < 1)):
             raise ConfigError("query weights need query_reg >= 0, lr_query > 0, query_leak >= 0 and "
                               "query_epochs >= 1")
+
+    @property
+    def algorithm(self) -> dict:
+        """Whether these settings train the head by the paper's algorithm alone (docs/method.md), and
+        one sentence saying so or naming what they add: `lsr-os train` prints it first, the head's
+        config.json and the test report keep it under "algorithm".
+
+        What changes the head's loss or outputs counts: "joint" query weights (their own loss, whose
+        leak moves the image terms, and a third parameter group) and blocked special tokens. "after"
+        fits the query weights once the head is done, its documents fixed, so the head stays the
+        paper's. Settings (epochs, learning rates, regulariser weights, a fixed p as in the paper's
+        ablations) do not count.
+        """
+        summary = "the paper's algorithm"
+        if self.query_weights == "joint":
+            leak = (f", its gradient leaking into the image terms below zero at slope {self.query_leak:g}"
+                    if self.query_leak > 0 else "")
+            summary += (f" plus query weights trained with the head (their own distillation loss{leak}, "
+                        f"and a FLOPs regulariser on the queries)")
+        if self.block_special_tokens:
+            summary += ", with the special tokens blocked"
+        if self.query_weights == "after":
+            summary += "; then query weights fitted with the head fixed"
+        paper = self.query_weights != "joint" and not self.block_special_tokens
+        return {"paper": paper, "summary": summary}
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -509,6 +537,7 @@ class Trainer:
         if self.head.dense_size != data.dim:
             raise ConfigError(f"head expects {self.head.dense_size}-d vectors, {data.folder} has {data.dim}-d")
         self.head.max_text_length = config.max_text_length
+        self.head.algorithm = config.algorithm
         if config.block_special_tokens:
             self.head.block_special_tokens()
         else:
@@ -524,6 +553,7 @@ class Trainer:
             tokens, content = self.train_data.tokens, train_query.content_mask(self.head).to(self.device)
             self.query = train_query.QueryTable(train_query.idf_init(tokens.ids, tokens.mask, content),
                                                 train_query.allowed_terms(content, tokens.ids, tokens.mask))
+        log.info("training by %s", config.algorithm["summary"])
         log.info("training on split(s) %s: %d images, %d caption-image pairs", ",".join(config.train_splits),
                  self.n_train_images, self.n_pairs)
         self.steps_per_epoch = math.ceil(self.n_pairs / config.batch_size)
@@ -726,7 +756,8 @@ class Trainer:
             "idf": train_query.idf_weights(tokens.ids, tokens.mask, content),
             "mean_own_token": train_query.mean_own_token_weights(best, self.train_data.txt, tokens.ids, tokens.mask,
                                                                  content)}
-        report = {"best_epoch": self.best_epoch, "best_val_t2i_R@1": self.best_r1, **self.train_set,
+        report = {"algorithm": self.cfg.algorithm, "best_epoch": self.best_epoch,
+                  "best_val_t2i_R@1": self.best_r1, **self.train_set,
                   "deterministic": self.cfg.deterministic, "cpu_threads": torch.get_num_threads(),
                   "n_images": test.img.shape[0], "n_captions": test.txt.shape[0],
                   "sparse": evaluate_head(best, test, True, self.dtype, ev),

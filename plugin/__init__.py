@@ -1,2 +1,3 @@
-"""The lsr-os OpenSearch plugin's Maven project, shipped inside the Python package as
-`lsr_os.opensearch_plugin` so that `lsr-os node start` can build it from an installed lsr-os."""
+"""The lsr-os plugin's Maven project (a Lucene core, an OpenSearch and an Elasticsearch module),
+shipped inside the Python package as `lsr_os.plugin_sources` so that `lsr-os node start` can
+build it for the node's exact version from an installed lsr-os."""

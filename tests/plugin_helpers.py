@@ -95,8 +95,8 @@ def _analyze_batch(client, texts, index, analyzer):
 def require_plugin(engine) -> None:
     """Skip (a failure under CI=true, where the node must have it) when the cluster lacks the plugin."""
     if not engine.features.has_lsr_os_plugin:
-        message = (f"the {engine.display_name} cluster at {engine.where} does not run the lsr-os plugin on every "
-                   "node (lsr-os node start installs it when Maven and a JDK 21+ are there)")
+        message = (f"the {engine.display_name} node at {', '.join(engine.config.urls)} does not run the lsr-os "
+                   "plugin on every node (lsr-os node start installs it when Maven and a JDK 21+ are there)")
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)

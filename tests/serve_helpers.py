@@ -1,5 +1,5 @@
 """Shared by the `lsr-os serve` tests: a server on a free port in a thread, and a tiny demo-like
-world on the real node whose right answers are known by construction.
+world on a real node (of either engine) whose right answers are known by construction.
 
 The world: a few scenes of the built-in world (lsr_os.demo.world) with their captions, the demo
 encoder with random weights (a tiny BLIP's random features are nearly identical for every input)
@@ -31,7 +31,7 @@ from lsr_os.sparse import SparseRecord, prune
 
 N_SCENES = 6
 CAPTIONS_PER_IMAGE = 3
-DOC_TERMS = 1024  # the node's default max clause count: queries keep this many terms too
+DOC_TERMS = 1024  # OpenSearch's default max clause count: its queries keep this many terms too
 
 
 def free_port() -> int:
@@ -103,16 +103,17 @@ def make_demo_encoder(folder: Path, seed: int = 0) -> Path:
 
 
 @contextmanager
-def tiny_world(client, tmp_path_factory, name: str) -> Iterator[TinyWorld]:
-    """`build_world` under a fresh `test-<name>-…` prefix; its collections are deleted afterwards."""
+def tiny_world(engine, tmp_path_factory, name: str) -> Iterator[TinyWorld]:
+    """`build_world` on `engine` under a fresh `test-<name>-…` prefix; its collections are deleted
+    afterwards."""
     prefix = f"test-{name}-{uuid.uuid4().hex[:8]}"
     try:
-        yield build_world(tmp_path_factory.mktemp(name), client, prefix)
+        yield build_world(tmp_path_factory.mktemp(name), engine, prefix)
     finally:
-        client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, expand_wildcards="all")
+        engine.delete_indices(f"{prefix}-*", missing_ok=True)
 
 
-def build_world(root: Path, client, prefix: str) -> TinyWorld:
+def build_world(root: Path, engine, prefix: str) -> TinyWorld:
     """Render the scenes, build the models, load `<prefix>-images` and `<prefix>-captions`."""
     from lsr_os.data import load_image
     from lsr_os.models.head import SparseHead
@@ -145,8 +146,8 @@ def build_world(root: Path, client, prefix: str) -> TinyWorld:
                                  {"image": tiny.images[i], "image_id": str(i), "caption": text,
                                   "split": "train" if j == CAPTIONS_PER_IMAGE - 1 else "test"})
                     for i, caps in enumerate(tiny.captions) for j, text in enumerate(caps)]
-    load(client, iter(image_docs), f"{prefix}-images", "images")
-    load(client, iter(caption_docs), f"{prefix}-captions", "captions")
+    load(engine, iter(image_docs), f"{prefix}-images", "images")
+    load(engine, iter(caption_docs), f"{prefix}-captions", "captions")
     return tiny
 
 
@@ -168,7 +169,7 @@ def weighted_head(tiny: TinyWorld) -> Path:
     return folder
 
 
-def load_static_world(client, tiny: TinyWorld, head: Path) -> str:
+def load_static_world(engine, tiny: TinyWorld, head: Path) -> str:
     """`<prefix>-static-images`: scene i's document is the inference-free query of its first caption
     (normalised), so typing that caption without a model must bring scene i first (as in
     `build_world`). Returns the prefix; `tiny_world` deletes it with the rest."""
@@ -178,7 +179,7 @@ def load_static_world(client, tiny: TinyWorld, head: Path) -> str:
     prefix = f"{tiny.prefix}-static"
     docs = [SparseRecord(str(i), unit(static.encode(caps[0])), {"image": tiny.images[i], "split": "test"})
             for i, caps in enumerate(tiny.captions)]
-    load(client, iter(docs), f"{prefix}-images", "images")
+    load(engine, iter(docs), f"{prefix}-images", "images")
     return prefix
 
 

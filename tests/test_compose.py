@@ -4,17 +4,18 @@ from pathlib import Path
 
 import pytest
 
+from lsr_os.engines.elasticsearch.node import DEFAULT_VERSION as ES_VERSION
 from lsr_os.node import DEFAULT_VERSION
 
 yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def env_version() -> str:
+def env_version(name: str = "OPENSEARCH_VERSION") -> str:
     for line in (ROOT / ".env").read_text().splitlines():
-        if line.startswith("OPENSEARCH_VERSION="):
+        if line.startswith(f"{name}="):
             return line.split("=", 1)[1].strip()
-    raise AssertionError(".env does not set OPENSEARCH_VERSION")
+    raise AssertionError(f".env does not set {name}")
 
 
 def load(name: str) -> dict:
@@ -56,13 +57,19 @@ def test_the_dockerfile_builds_the_plugin_with_maven_and_installs_it_into_the_of
     assert int(froms[0].split("temurin-")[1].split()[0]) >= 21  # a JDK the plugin's release 21 builds on
     assert froms[1] == "FROM opensearchproject/opensearch:${OPENSEARCH_VERSION}"
     text = "\n".join(lines)
-    assert '-Dopensearch.version="$OPENSEARCH_VERSION" package' in text
+    assert '-pl opensearch -am -Dmaven.test.skip=true -Dopensearch.version="$OPENSEARCH_VERSION" package' in text
+    assert "cp opensearch/target/lsr-os-*.zip" in text
     assert "opensearch-plugin install -b file:///tmp/lsr-os.zip" in text
-    for copied in ("pom.xml", "src/main"):
-        assert f"COPY {copied} " in text and (ROOT / "plugin" / copied).exists()
+    copied = [part for ln in lines if ln.startswith("COPY ") and "--from" not in ln for part in ln.split()[1:-1]]
+    # every pom of the reactor, the assembly, and the sources of the modules it builds
+    assert sorted(copied) == sorted(["pom.xml", "assembly.xml", "core/pom.xml", "core/src/main", "opensearch/pom.xml",
+                                     "opensearch/src/main", "elasticsearch/pom.xml"])
+    assert all((ROOT / "plugin" / path).exists() for path in copied)
+    parent = (ROOT / "plugin" / "pom.xml").read_text()
+    assert all(f"<module>{path.split('/')[0]}</module>" in parent for path in copied if path.endswith("/pom.xml"))
     assert DEFAULT_VERSION not in text
     ignored = (ROOT / "plugin" / ".dockerignore").read_text().split()
-    assert "target/" in ignored and "src/main" not in ignored and "pom.xml" not in ignored
+    assert "**/target/" in ignored and not any("src/main" in i or "pom.xml" in i for i in ignored)
 
 
 def test_single_node_compose():
@@ -89,3 +96,21 @@ def test_three_node_compose_matches_local_cluster_layout():
         assert svc["ports"] == [f"127.0.0.1:{9199 + i}:9200"]
         assert "healthcheck" in svc
         assert svc["volumes"][0].split(":")[0] in doc["volumes"]
+
+
+def test_elasticsearch_compose_runs_the_pinned_official_image_with_security_as_elastic_ships_it():
+    assert env_version("ELASTICSEARCH_VERSION") == ES_VERSION
+    assert not any(line.startswith("ELASTIC_PASSWORD=") for line in (ROOT / ".env").read_text().splitlines())
+    doc = load("docker-compose.elasticsearch.yml")
+    (svc,) = doc["services"].values()
+    assert svc["image"] == "docker.elastic.co/elasticsearch/elasticsearch:${ELASTICSEARCH_VERSION:?set ELASTICSEARCH_VERSION (see .env)}"
+    env = svc["environment"]
+    assert env["ELASTIC_PASSWORD"].startswith("${ELASTIC_PASSWORD:?")  # compose refuses to start without it
+    # No xpack.security.* setting: the image's own auto-configuration turns on TLS and users.
+    assert not [k for k in env if k.startswith("xpack.security")]
+    assert env["discovery.type"] == "single-node"
+    assert svc["ports"] == ["127.0.0.1:9400:9200"]  # beside OpenSearch's 9200, like the local node
+    health = " ".join(svc["healthcheck"]["test"])
+    assert "https://localhost:9200" in health and "--cacert config/certs/http_ca.crt" in health
+    assert "$${ELASTIC_PASSWORD}" in (ROOT / "docker-compose.elasticsearch.yml").read_text()
+    assert {v.split(":")[0] for v in svc["volumes"]} <= set(doc["volumes"])

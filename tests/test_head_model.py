@@ -158,6 +158,14 @@ def test_own_format_roundtrip_records_init_and_versions(tmp_path):
     x = torch.randn(2, 8)
     assert torch.equal(head(x), again(x))
     assert again.tokenizer.convert_tokens_to_ids("dog") == 3899 and again.max_text_length == 40
+    assert "algorithm" not in cfg and again.algorithm == {}  # only a trained head says how it was trained
+    again.algorithm = {"paper": True, "summary": "the paper's algorithm"}
+    again.save_pretrained(tmp_path / "h")
+    assert SparseHead.from_pretrained(tmp_path / "h").algorithm == again.algorithm
+    cfg = json.loads((tmp_path / "h" / "config.json").read_text())
+    (tmp_path / "h" / "config.json").write_text(json.dumps({**cfg, "algorithm": "the paper's"}))
+    with pytest.raises(ModelError, match=r"config.json: algorithm must be an object, got \"the paper's\""):
+        SparseHead.from_pretrained(tmp_path / "h")
 
 
 def test_encode_expand_and_own_tokens():

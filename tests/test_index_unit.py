@@ -1,4 +1,5 @@
-"""Unit tier for lsr_os.index: mappings, documents, feature names, the retry policy."""
+"""Unit tier for lsr_os.index: mappings, documents, feature names, the retry policy. Engine
+differences come from each backend's pure features and operations (no node needed)."""
 
 import json
 import math
@@ -7,19 +8,34 @@ from importlib import resources
 import pytest
 
 from lsr_os import index as ix
+from lsr_os.engines import ENGINES, engine_class
 from lsr_os.errors import ConfigError
 from lsr_os.sparse import SparseRecord
 from lsr_os.vocab import Vocabulary, feature_to_term, term_to_feature
 
 
+def offline(name: str):
+    """(features, operations) of an engine's backend, without a connection: both are pure."""
+    cls = engine_class(name)
+    features = cls.features_class(None)
+    return features, cls.operations_class(features)
+
+
+@pytest.mark.parametrize("name", ENGINES)
 @pytest.mark.parametrize("collection", ix.COLLECTIONS)
-def test_packaged_mappings_serve_sparse_as_rank_features(collection):
-    body = ix.load_mapping(collection)
+def test_each_engine_maps_the_packaged_collections_sparse_field_as_its_sparse_type(collection, name):
+    packaged = ix.load_mapping(collection)
+    features, ops = offline(name)
+    body = ops.collection_body(packaged)
     props = body["mappings"]["properties"]
-    assert props["sparse"]["type"] == "rank_features"
+    assert features.sparse_field_type and props["sparse"]["type"] == features.sparse_field_type
     assert props["terms"]["type"] == "keyword"
     assert {"id", "dataset", "split", "image"} <= set(props)
     assert body["settings"]["index"]["number_of_shards"] >= 1
+    # the engine's body is a copy: the packaged mapping and every other field stay as written
+    assert ix.load_mapping(collection) == packaged
+    assert {k: v for k, v in props.items() if k != "sparse"} == {
+        k: v for k, v in packaged["mappings"]["properties"].items() if k != "sparse"}
 
 
 def test_unknown_collection_is_a_config_error():
@@ -46,6 +62,21 @@ def test_document_drops_unstorable_weights_and_encodes_feature_names():
     assert doc["id"] == "img1" and doc["split"] == "test" and doc["extra"] == {"kept": True}
     assert doc["sparse"] == {"dog": 2.0, "%2E": 1.5, "%2E%2E%2E": 0.7, "##s": 0.2, "café": 0.3}
     assert doc["terms"] == ["dog", ".", "..."]
+    # an engine whose feature names are raw terms gets the terms as they are
+    raw = ix.to_document(rec, top_terms=3, escape_names=False)
+    assert raw["sparse"] == {"dog": 2.0, ".": 1.5, "...": 0.7, "##s": 0.2, "café": 0.3}
+    assert raw["terms"] == doc["terms"]
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_each_engine_stores_a_term_under_the_feature_name_its_documents_use(name):
+    """`ops.feature` (queries, explanations) and `to_document` (documents) name a term alike."""
+    features, ops = offline(name)
+    terms = [".", "a.b", "100%", "##s", "café", "[CLS]"]
+    doc = ix.to_document(SparseRecord("x", dict.fromkeys(terms, 1.0)), escape_names=features.escapes_feature_names)
+    assert sorted(doc["sparse"]) == sorted(ops.feature(t) for t in terms)
+    assert [ops.term(ops.feature(t)) for t in terms] == terms
+    assert all("." not in ops.feature(t) for t in terms) == features.escapes_feature_names
 
 
 def test_document_pruning_keeps_the_heaviest_terms():
@@ -59,7 +90,7 @@ def test_document_pruning_keeps_the_heaviest_terms():
 def test_retry_policy_retries_429_5xx_and_connection_failures_only():
     policy = ix.RetryPolicy(max_attempts=5, initial_backoff=0.5, max_backoff=3.0)
     assert policy.retryable(429) and policy.retryable(503) and policy.retryable(500)
-    assert policy.retryable("N/A")  # opensearch-py's status when no HTTP answer came
+    assert policy.retryable("N/A")  # the status BulkLoader reports when no HTTP answer came
     assert not policy.retryable(400) and not policy.retryable(409) and not policy.retryable(404)
     assert [policy.delay(a) for a in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     with pytest.raises(ValueError):
@@ -93,7 +124,7 @@ def test_dashboards_saved_objects_reference_packaged_fields():
 
 
 @pytest.mark.parametrize("record, reason", [
-    (SparseRecord("x" * 513, {"dog": 1.0}), "513 bytes; OpenSearch takes at most 512"),
+    (SparseRecord("x" * 513, {"dog": 1.0}), "513 bytes; the engine takes at most 512"),
     (SparseRecord("é" * 300, {"dog": 1.0}), "600 bytes"),
     (SparseRecord("empty", {}), "no term with a finite weight > 0"),
     (SparseRecord("nan", {"dog": math.nan, "cat": -1.0}), "no term with a finite weight > 0"),
@@ -129,6 +160,7 @@ def test_clean_vectors_take_the_fast_path_with_the_same_document_as_cleaning():
     doc = ix.to_document(SparseRecord("x", dict(vec)), top_terms=2)
     assert doc["sparse"] == {"dog": 2.0, "a%2Eb": 0.5, "100%25": 0.25, "cat": 1.0, "##s": 3.0e38}
     assert doc["terms"] == ["##s", "dog"]
+    assert ix.to_document(SparseRecord("x", dict(vec)), escape_names=False)["sparse"] == vec
     for bad in (math.nan, math.inf, -1.0, 0.0, 1e-40):
         doc = ix.to_document(SparseRecord("x", {**vec, "bad": bad}))
         assert "bad" not in doc["sparse"] and len(doc["sparse"]) == len(vec)

@@ -55,11 +55,10 @@ def test_an_images_index_body_gets_the_field_its_analysis_and_similarity():
     assert index["similarity"] == {"lsr_os_dot": {"type": "lsr_os_dot", "scale": 1000}}
     assert index["query"]["default_field"] == ["text"]
     analysis = index["analysis"]
-    assert analysis["analyzer"]["lsr_os_folded"]["tokenizer"] == "whitespace"
-    weights_filter = analysis["filter"][analysis["analyzer"]["lsr_os_folded"]["filter"][0]]
-    assert weights_filter == {"type": "delimited_term_freq", "delimiter": "\u0001"}
+    # only the plugin's own analysis types: an engine without analysis-common runs them too
+    assert analysis["analyzer"]["lsr_os_folded"] == {"type": "lsr_os_folded", "delimiter": "\u0001"}
     query = analysis["analyzer"]["lsr_os_query"]
-    assert query["filter"] == ["unique"]
+    assert query["filter"] == ["lsr_os_unique"] and set(analysis) == {"analyzer", "tokenizer"}
     assert analysis["tokenizer"][query["tokenizer"]] == {"type": "lsr_os_wordpiece", "vocab_sha256": "ab" * 32}
     assert body["mappings"]["properties"]["text"] == {
         "type": "text", "analyzer": "lsr_os_folded", "search_analyzer": "lsr_os_query", "index_options": "freqs",
@@ -70,7 +69,7 @@ def test_an_images_index_body_gets_the_field_its_analysis_and_similarity():
 
 
 def test_the_vocabulary_checksum_is_the_shipped_files():
-    shipped = ROOT / "plugin" / "src" / "main" / "plugin-metadata" / "vocab.txt"
+    shipped = ROOT / "plugin" / "core" / "src" / "main" / "resources" / "org" / "lsros" / "lucene" / "vocab.txt"
     assert plugin.vocab_sha256() == plugin.vocab_sha256(shipped)
     with pytest.raises(DataError, match="cannot read the vocabulary"):
         plugin.vocab_sha256(ROOT / "nope.txt")
@@ -176,19 +175,25 @@ def test_the_character_table_is_what_tokenizers_does_now():
 
 
 def test_the_package_ships_every_file_the_build_reads():
+    plugin_dir = ROOT / "plugin"
+    modules = ("core", "opensearch", "elasticsearch")
+    in_tree = [p.relative_to(plugin_dir).as_posix()
+               for m in modules for p in (plugin_dir / m / "src" / "main").rglob("*") if p.is_file()]
+    poms = ["pom.xml", "assembly.xml", *(f"{m}/pom.xml" for m in modules)]
+    assert [rel for rel, _ in node._plugin_files()] == sorted([*poms, *in_tree])
+    assert all(f"<module>{m}</module>" in (plugin_dir / "pom.xml").read_text() for m in modules)
     shipped = resources.files(node.PLUGIN_SOURCES)
-    in_tree = sorted(p.relative_to(ROOT / "plugin").as_posix() for p in (ROOT / "plugin" / "src" / "main").rglob("*")
-                     if p.is_file())
-    assert [rel for rel, _ in node._plugin_files()] == sorted(["pom.xml", *in_tree])
-    assert shipped.joinpath("pom.xml").read_bytes() == (ROOT / "plugin" / "pom.xml").read_bytes()
+    assert shipped.joinpath("pom.xml").read_bytes() == (plugin_dir / "pom.xml").read_bytes()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert '"lsr_os.opensearch_plugin" = "plugin"' in pyproject and '"src/main/**/*"' in pyproject
+    assert '"lsr_os.plugin_sources" = "plugin"' in pyproject
+    assert '"lsr_os.plugin_sources" = ["pom.xml", "assembly.xml", "*/pom.xml", "*/src/main/**/*"]' in pyproject
 
 
-def test_the_build_key_follows_the_sources_and_the_version(monkeypatch):
+def test_the_build_key_follows_the_sources_the_engine_and_the_version(monkeypatch):
     key = node.plugin_build_key("3.8.0")
-    assert key.startswith("3.8.0-") and key == node.plugin_build_key("3.8.0")
-    assert node.plugin_build_key("3.7.0").split("-")[1] == key.split("-")[1]
+    assert key.startswith("opensearch-3.8.0-") and key == node.plugin_build_key("3.8.0", "opensearch")
+    assert node.plugin_build_key("3.7.0").split("-")[2] == key.split("-")[2]
+    assert node.plugin_build_key("9.2.0", "elasticsearch") == f"elasticsearch-9.2.0-{key.split('-')[2]}"
     files = node._plugin_files()
     monkeypatch.setattr(node, "_plugin_files", lambda: files[:-1] + [(files[-1][0], files[-1][1] + b" ")])
     assert node.plugin_build_key("3.8.0") != key
@@ -222,14 +227,18 @@ def test_without_a_jdk_21_the_start_says_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("LSR_OS_HOME", str(tmp_path))
     monkeypatch.setattr(node, "JVM_ROOT", tmp_path / "no-jvm")
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(node, "provision", lambda version, step: fake_dist(tmp_path))
+    monkeypatch.setattr(node, "provision", lambda version, step, engine: fake_dist(tmp_path))
     with pytest.raises(NodeError, match="OpenSearch 3.8.0 needs Java 21 or newer; JDKs found: none"):
         node.start(node.NodeSpec(port=9599))
 
 
-def test_a_plugin_for_opensearch_2_is_not_built(tmp_path):
+def test_a_plugin_for_an_older_engine_is_not_built(tmp_path):
     with pytest.raises(PluginUnavailable, match="built for OpenSearch 3.x, not 2.19.0"):
         node.build_plugin("2.19.0", tmp_path)
+    with pytest.raises(PluginUnavailable, match="built for Elasticsearch 9.x, not 8.19.0"):
+        node.build_plugin("8.19.0", tmp_path, engine="elasticsearch")
+    with pytest.raises(PluginUnavailable, match="built for opensearch or elasticsearch, not 'solr'"):
+        node.build_plugin("9.0.0", tmp_path, engine="solr")
 
 
 def test_a_maven_that_hangs_or_cannot_run_is_one_plugin_error(tmp_path, monkeypatch):
@@ -255,7 +264,8 @@ def test_a_zip_built_for_another_version_is_refused_before_installing(tmp_path):
     with zipfile.ZipFile(zip_path, "w") as zf:
         zf.writestr("plugin-descriptor.properties", "# built\nname=lsr-os\nversion=3.7.0.0\nopensearch.version=3.7.0\n")
     with pytest.raises(PluginUnavailable, match=r"lsr-os-3.7.0.0.zip was built for OpenSearch 3.7.0, but the node runs "
-                                                r"3.8.0: build it for 3.8.0 \(mvn package -Dopensearch.version=3.8.0\)"):
+                                                r"3.8.0: build it for 3.8.0 \(in plugin/: mvn -B -pl opensearch -am "
+                                                r"package -Dmaven.test.skip=true -Dopensearch.version=3.8.0\)"):
         node.install_plugin(fake_dist(tmp_path), zip_path, "3.8.0", tmp_path)
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with pytest.raises(PluginUnavailable, match="junk.zip is not an OpenSearch plugin zip"):

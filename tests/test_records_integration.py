@@ -1,4 +1,4 @@
-"""One record schema end to end on the real node: sparsify -> ingest --sparse -> search --split ->
+"""One record schema end to end on a real node of each engine: sparsify -> ingest --sparse -> search --split ->
 evaluate needs nothing else; dense files and the dataset they came from load the same documents."""
 
 from __future__ import annotations
@@ -7,21 +7,15 @@ import json
 import shutil
 
 import pytest
-from click.testing import CliRunner
 
 from encode_helpers import make_tiny_blip, rgb
+from index_helpers import cli
 from lsr_os.data import load_dataset
 from lsr_os.encode import EncodeOptions, encode_dataset
 from lsr_os.models import load_encoder
 from lsr_os.models.head import SparseHead
 
 pytestmark = pytest.mark.integration
-
-
-def cli(*args):
-    from lsr_os.cli import main
-
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -43,63 +37,62 @@ def world(tmp_path_factory):
     return root
 
 
-def served_ids(client, alias: str) -> set[str]:
-    client.indices.refresh(index=alias)
-    hits = client.search(index=alias, body={"size": 1000, "_source": False, "query": {"match_all": {}}})
-    return {h["_id"] for h in hits["hits"]["hits"]}
+def served_ids(engine, alias: str) -> set[str]:
+    engine.refresh(alias)
+    return set(engine.ids(alias))
 
 
-def test_sparsify_ingest_search_evaluate_round_trip_needs_no_metadata_file(os_client, index_name, world, tmp_path):
+def test_sparsify_ingest_search_evaluate_round_trip_needs_no_metadata_file(engine, index_name, world, tmp_path):
     out = tmp_path / "sparse"
-    res = cli("sparsify", "--dense", world / "dense", "--head", world / "head", "--device", "cpu", "--out", out)
+    res = cli(engine, "sparsify", "--dense", world / "dense", "--head", world / "head", "--device", "cpu",
+              "--out", out)
     assert res.exit_code == 0, res.output
-    res = cli("ingest", "--sparse", out, "--prefix", index_name, "--failures", tmp_path / "f.jsonl")
+    res = cli(engine, "ingest", "--sparse", out, "--prefix", index_name, "--failures", tmp_path / "f.jsonl")
     assert res.exit_code == 0, res.output  # both collections from the folder
-    assert served_ids(os_client, f"{index_name}-images") == {str(i) for i in range(16)}
+    assert served_ids(engine, f"{index_name}-images") == {str(i) for i in range(16)}
     # search --split test finds labelled hits
     query = json.loads((out / "captions.jsonl").read_text().splitlines()[0])["vector"]
-    res = cli("search", "--vector-json", json.dumps(query), "--prefix", index_name, "--split", "test", "-k", "3",
-              "--json")
+    res = cli(engine, "search", "--vector-json", json.dumps(query), "--prefix", index_name, "--split", "test",
+              "-k", "3", "--json")
     assert res.exit_code == 0, res.output
     hits = json.loads(res.output)["hits"]
     assert len(hits) == 3 and all(h["split"] == "test" and h["image"].startswith("img/") for h in hits)
-    res = cli("search", "--vector-json", json.dumps(query), "--prefix", index_name, "--collection", "captions",
+    res = cli(engine, "search", "--vector-json", json.dumps(query), "--prefix", index_name, "--collection", "captions",
               "--split", "train", "-k", "50", "--json")
     splits = {h["split"] for h in json.loads(res.output)["hits"]}
     assert splits == {"train", "restval"}  # one split rule: train includes restval
     # evaluate reads split and image_id from the records themselves
-    res = cli("evaluate", "--sparse", out, "--prefix", index_name, "--out", tmp_path / "eval")
+    res = cli(engine, "evaluate", "--sparse", out, "--prefix", index_name, "--out", tmp_path / "eval")
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["t2i"]["queries"] == 12 and report["t2i"]["documents"] == 4
     assert report["t2i"]["parity"]["top10_overlap"] >= 0.99
 
 
-def test_dense_and_dataset_ingest_of_train_index_the_same_ids(os_client, index_name, world, tmp_path):
+def test_dense_and_dataset_ingest_of_train_index_the_same_ids(engine, index_name, world, tmp_path):
     common = ["--head", world / "head", "--device", "cpu", "--split", "train"]
-    res = cli("ingest", "--dense", world / "dense", *common, "--prefix", f"{index_name}-d",
+    res = cli(engine, "ingest", "--dense", world / "dense", *common, "--prefix", f"{index_name}-d",
               "--failures", tmp_path / "d.jsonl")
     assert res.exit_code == 0, res.output
-    res = cli("ingest", "--data", world / "karpathy.json", "--images", world, "--model", world / "blip", *common,
-              "--workers", "0", "--prefix", f"{index_name}-k", "--failures", tmp_path / "k.jsonl")
+    res = cli(engine, "ingest", "--data", world / "karpathy.json", "--images", world, "--model", world / "blip",
+              *common, "--workers", "0", "--prefix", f"{index_name}-k", "--failures", tmp_path / "k.jsonl")
     assert res.exit_code == 0, res.output
     for collection in ("images", "captions"):
-        dense = served_ids(os_client, f"{index_name}-d-{collection}")
-        data = served_ids(os_client, f"{index_name}-k-{collection}")
+        dense = served_ids(engine, f"{index_name}-d-{collection}")
+        data = served_ids(engine, f"{index_name}-k-{collection}")
         assert dense == data and len(dense) == (8 if collection == "images" else 24)
-    doc = os_client.get(index=f"{index_name}-d-captions", id="101")["_source"]
+    doc = engine.get_document(f"{index_name}-d-captions", "101")["_source"]
     assert {k: doc[k] for k in ("dataset", "split", "image", "image_id", "caption")} == {
         "dataset": "rt", "split": "restval", "image": "img/1.png", "image_id": "1", "caption": "photo 1 variant 1"}
 
 
-def test_evaluate_on_a_captions_file_without_splits_names_split_all(os_client, index_name, world, tmp_path,
-                                                                     cluster_config):
+def test_evaluate_on_a_captions_file_without_splits_names_split_all(engine, index_name, world, tmp_path):
     for collection in ("images", "captions"):  # evaluate checks its indices before it reads the source
-        os_client.indices.create(index=f"{index_name}-{collection}")
+        engine.create_index(f"{index_name}-{collection}", {})
     rgb(1).save(tmp_path / "a.png")
     (tmp_path / "c.csv").write_text("image,caption\na.png,a dog\n")
-    res = cli("evaluate", "--captions", tmp_path / "c.csv", "--model", world / "blip", "--head", world / "head",
-              "--url", ",".join(cluster_config.urls), "--prefix", index_name, "--out", tmp_path / "eval")
+    res = cli(engine, "evaluate", "--captions", tmp_path / "c.csv", "--model", world / "blip", "--head", world / "head",
+              "--prefix", index_name, "--out", tmp_path / "eval")
     assert res.exit_code == 1, res.output
     assert "no images in split test" in res.output and "--split all" in res.output
 
@@ -116,7 +109,7 @@ def head_of_size(folder, dense_size):
 
 @pytest.mark.parametrize("case", ["head-folder-above", "model-unknown", "head-size-vs-encoder", "head-size-vs-dense",
                                   "dense-captions-missing", "no-image-under-root"])
-def test_every_input_is_checked_before_any_index_is_created(os_client, index_name, world, tmp_path, case):
+def test_every_input_is_checked_before_any_index_is_created(engine, index_name, world, tmp_path, case):
     """A bad input fails in one line before the first index of either collection exists, so no
     unfinished index is left behind for the next run to delete."""
     if case == "head-folder-above":  # the training run's folder instead of its checkpoint
@@ -142,8 +135,8 @@ def test_every_input_is_checked_before_any_index_is_created(os_client, index_nam
                 *dataset_args(world, world / "head")[4:]]
         expected = (f"none of the 16 images is under the image root {tmp_path / 'elsewhere'} "
                     f"(the first tried: {tmp_path / 'elsewhere' / 'img' / '0.png'})")
-    res = cli("ingest", *args, "--prefix", index_name, "--failures", tmp_path / "f.jsonl")
+    res = cli(engine, "ingest", *args, "--prefix", index_name, "--failures", tmp_path / "f.jsonl")
     assert res.exit_code in (1, 2), res.output
     errors = [line for line in res.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and expected in errors[0], res.output
-    assert not os_client.indices.get(index=f"{index_name}*", expand_wildcards="all")
+    assert not engine.mappings(f"{index_name}*")

@@ -1,4 +1,4 @@
-"""`lsr-os serve`'s JSON API against the real node: queries of every kind find what the tiny world
+"""`lsr-os serve`'s JSON API against a real node of each engine: queries of every kind find what the tiny world
 says they must (see serve_helpers), every bad input is a 4xx JSON error naming what was wrong and
 the server answers the next good query, queries that arrive together share a model call, a full
 queue and a cluster that went away are 503s, and the server recovers from both."""
@@ -16,7 +16,8 @@ from PIL import Image
 from encode_helpers import jpeg_bytes, rgb
 from serve_helpers import (CAPTIONS_PER_IMAGE, N_SCENES, Forwarder, ServerThread, load_static_world, tiny_world,
                            weighted_head)
-from lsr_os.config import ClusterConfig, connect
+from lsr_os.config import ClusterConfig
+from lsr_os.engines import connect
 from lsr_os.serve import MAX_K, SearchService, ServeConfig
 from lsr_os.vocab import load_tokenizer
 
@@ -26,21 +27,21 @@ LIMITS = {"max_upload_bytes": 200_000, "max_pixels": 1_000_000}
 
 
 @pytest.fixture(scope="module")
-def tiny(os_client, tmp_path_factory):
-    with tiny_world(os_client, tmp_path_factory, "serve") as world:
+def tiny(engine, tmp_path_factory):
+    with tiny_world(engine, tmp_path_factory, "serve") as world:
         yield world
 
 
-def make_service(client, tiny, urls=(), models=True, **overrides) -> SearchService:
+def make_service(engine, tiny, models=True, **overrides) -> SearchService:
     model = {"model": str(tiny.model), "head": tiny.head, "device": "cpu"} if models else {}
     config = ServeConfig(prefix=overrides.pop("prefix", tiny.prefix), images=tiny.image_root, **model,
                          **{**LIMITS, **overrides})
-    return SearchService(client, config, urls)
+    return SearchService(engine, config)
 
 
 @pytest.fixture(scope="module")
-def server(os_client, cluster_config, tiny):
-    with ServerThread(make_service(os_client, tiny, cluster_config.urls)) as srv:
+def server(engine, tiny):
+    with ServerThread(make_service(engine, tiny)) as srv:
         yield srv
 
 
@@ -126,13 +127,14 @@ def test_a_vector_query_with_split_and_collection_filters(api, tiny):
     assert body["query"]["own"] == {"dog": 1.0} and body["query"]["expansion"] == {}  # unknown terms dropped
 
 
-def test_encode_gives_the_exact_dsl_that_search_sends(api, tiny, os_client):
+def test_encode_gives_the_exact_dsl_that_search_sends(api, tiny, engine):
     request = {"text": tiny.captions[5][0], "k": 4, "split": "test"}
     encoded = api.post("/encode", json=request).json()
     searched = api.post("/search", json=request).json()
     assert encoded["collection"] == searched["collection"] and encoded["query"] == searched["query"]
-    assert len(encoded["vector"]) == len(encoded["dsl"]["query"]["bool"]["should"])
-    direct = os_client.search(index=encoded["collection"], body=encoded["dsl"])["hits"]["hits"]
+    # the whole vector, as the engine's sparse query, under the split filter
+    assert encoded["dsl"]["query"]["bool"]["must"] == [engine.ops.sparse_query(encoded["vector"])]
+    direct = engine.search(encoded["collection"], encoded["dsl"])["hits"]["hits"]
     assert [(h["_id"], h["_score"]) for h in direct] == [(h["id"], h["score"]) for h in searched["hits"]]
 
 
@@ -217,8 +219,8 @@ def test_bad_input_is_a_4xx_naming_it_and_the_next_query_succeeds(api, tiny, cas
     good_query(api, tiny)
 
 
-def test_a_collection_the_cluster_lacks_is_404_naming_what_it_serves(os_client, cluster_config, tiny):
-    service = make_service(os_client, tiny, cluster_config.urls, models=False, prefix=f"{tiny.prefix}-nothing")
+def test_a_collection_the_cluster_lacks_is_404_naming_what_it_serves(engine, tiny):
+    service = make_service(engine, tiny, models=False, prefix=f"{tiny.prefix}-nothing")
     with ServerThread(service) as srv, httpx.Client(base_url=srv.url, timeout=60) as api:
         res = api.post("/search", json={"vector": {"dog": 1.0}})
         assert res.status_code == 404
@@ -274,8 +276,8 @@ def test_queries_that_arrive_together_share_one_model_call(server, tiny):
     assert largest < N_SCENES // 2 and batcher.batches - before <= 2 and batcher.largest >= N_SCENES // 2
 
 
-def test_a_full_queue_is_503_and_the_server_recovers(os_client, cluster_config, tiny):
-    service = make_service(os_client, tiny, cluster_config.urls, max_pending=1)
+def test_a_full_queue_is_503_and_the_server_recovers(engine, tiny):
+    service = make_service(engine, tiny, max_pending=1)
     with ServerThread(service) as srv, httpx.Client(base_url=srv.url, timeout=120) as api:
         gate = threading.Event()
         service.model_pool.submit(gate.wait)
@@ -296,7 +298,7 @@ def test_a_cluster_that_went_away_is_503_with_the_reason_and_the_server_recovers
     proxy = Forwarder(cluster_config.urls[0]).start()
     try:
         cluster = ClusterConfig(urls=(proxy.url,), timeout=10.0, max_retries=1)
-        service = make_service(connect(cluster), tiny, cluster.urls)
+        service = make_service(connect(cluster), tiny)
         with ServerThread(service) as srv, httpx.Client(base_url=srv.url, timeout=120) as api:
             good_query(api, tiny)
             proxy.stop()
@@ -317,18 +319,18 @@ def test_a_cluster_that_went_away_is_503_with_the_reason_and_the_server_recovers
 
 
 @pytest.fixture(scope="module")
-def static(os_client, tiny):
+def static(engine, tiny):
     """The tiny world's head with query weights, and the prefix of its inference-free collection."""
     head = weighted_head(tiny)
-    return head, load_static_world(os_client, tiny, head)
+    return head, load_static_world(engine, tiny, head)
 
 
 @pytest.fixture(scope="module")
-def headonly(os_client, cluster_config, tiny, static):
+def headonly(engine, tiny, static):
     """A server with a head and its query weights, and no model."""
     head, prefix = static
     config = ServeConfig(prefix=prefix, head=head, images=tiny.image_root, **LIMITS)
-    with ServerThread(SearchService(os_client, config, cluster_config.urls)) as srv, \
+    with ServerThread(SearchService(engine, config)) as srv, \
             httpx.Client(base_url=srv.url, timeout=60) as api:
         yield srv, api
 
@@ -388,13 +390,13 @@ def test_with_a_model_every_mode_answers_and_says_which(api, tiny):
     assert api.post("/search", json={"vector": {"dog": 1.0}}).json()["mode"] == "vector"
 
 
-def test_inference_free_queries_do_not_wait_for_the_model_thread(os_client, cluster_config, tiny, static):
+def test_inference_free_queries_do_not_wait_for_the_model_thread(engine, tiny, static):
     """With a model and query weights both: while the model thread is busy, an inference-free
     query still answers at once, and a model query waits for the model."""
     head, prefix = static
     config = ServeConfig(prefix=prefix, model=str(tiny.model), head=head, device="cpu", images=tiny.image_root,
                          **LIMITS)
-    service = SearchService(os_client, config, cluster_config.urls)
+    service = SearchService(engine, config)
     with ServerThread(service) as srv, httpx.Client(base_url=srv.url, timeout=60) as api:
         assert api.get("/healthz").json()["models"]["modes"] == ["expanded", "own-tokens", "inference-free"]
         gate = threading.Event()
@@ -412,7 +414,7 @@ def test_inference_free_queries_do_not_wait_for_the_model_thread(os_client, clus
         assert waiting[0].status_code == 200 and waiting[0].json()["mode"] == "expanded"
 
 
-def test_the_image_root_is_the_one_recorded_at_ingest_and_the_demo_s_only_for_its_own(os_client, tiny, tmp_path):
+def test_the_image_root_is_the_one_recorded_at_ingest_and_the_demo_s_only_for_its_own(engine, tiny, tmp_path):
     """`serve --demo D --prefix mine` shows mine's images from where they were ingested, never the
     demo's world (they are not there); the demo's collections take the demo's world."""
     import json
@@ -421,14 +423,14 @@ def test_the_image_root_is_the_one_recorded_at_ingest_and_the_demo_s_only_for_it
     from lsr_os.sparse import RecordStream, SparseRecord
 
     mine = f"{tiny.prefix}-recorded"
-    ix.ingest(os_client, RecordStream.of([SparseRecord("0", {"dog": 1.0}, {"image": tiny.images[0]})], "t"),
+    ix.ingest(engine, RecordStream.of([SparseRecord("0", {"dog": 1.0}, {"image": tiny.images[0]})], "t"),
               f"{mine}-images", "images", ix.IngestOptions(progress=False), images=tiny.image_root)
     demo = tmp_path / "demo"
     (demo / "world").mkdir(parents=True)
     (demo / "search.json").write_text(json.dumps({"model": "demo:x", "head": "h", "prefix": tiny.prefix,
                                                   "images": str(demo / "world")}))
     for prefix, root in ((mine, tiny.image_root), (tiny.prefix, demo / "world"), (f"{tiny.prefix}-other", None)):
-        service = SearchService(os_client, ServeConfig(prefix=prefix, demo=demo))
+        service = SearchService(engine, ServeConfig(prefix=prefix, demo=demo))
         try:
             assert service.image_root == (root.resolve() if root else None), prefix
         finally:

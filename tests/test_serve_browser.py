@@ -4,7 +4,8 @@ serve_helpers: typing a scene's caption shows that scene's image first, uploadin
 shows its captions, a bad query shows the server's message (and nothing of the query before) and the
 page keeps working, the query mode that answered is shown (and can be chosen where the server has
 more than one), no empty card shows before the first query, nothing the page asks for is missing
-(no 404, no favicon request), and the API page renders without the network.
+(no 404, no favicon request), the page names the engine that answers, and the API page renders
+without the network. Each test runs on both engines.
 
 Without Chromium (or the playwright package) the test is skipped with the reason; under CI=true
 that is a failure, since `.ci/run` installs Chromium."""
@@ -48,25 +49,25 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def tiny(os_client, tmp_path_factory):
-    with tiny_world(os_client, tmp_path_factory, "page") as world:
+def tiny(engine, tmp_path_factory):
+    with tiny_world(engine, tmp_path_factory, "page") as world:
         yield world
 
 
 @pytest.fixture(scope="module")
-def server(os_client, cluster_config, tiny):
+def server(engine, tiny):
     config = ServeConfig(prefix=tiny.prefix, model=str(tiny.model), head=tiny.head, images=tiny.image_root,
                          device="cpu")
-    with ServerThread(SearchService(os_client, config, cluster_config.urls)) as srv:
+    with ServerThread(SearchService(engine, config)) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def headonly(os_client, cluster_config, tiny):
+def headonly(engine, tiny):
     """A server with the tiny world's head and its query weights, and no model."""
     head = weighted_head(tiny)
-    config = ServeConfig(prefix=load_static_world(os_client, tiny, head), head=head, images=tiny.image_root)
-    with ServerThread(SearchService(os_client, config, cluster_config.urls)) as srv:
+    config = ServeConfig(prefix=load_static_world(engine, tiny, head), head=head, images=tiny.image_root)
+    with ServerThread(SearchService(engine, config)) as srv:
         yield srv
 
 
@@ -114,11 +115,13 @@ def first_hit_is(page, section: str, attribute: str, value: str) -> None:
         arg=[f"#{section} .hit", attribute, value], timeout=60_000)
 
 
-def test_a_typed_query_shows_its_image_first_and_an_upload_shows_its_captions(page, server, tiny):
+def test_a_typed_query_shows_its_image_first_and_an_upload_shows_its_captions(page, server, tiny, engine, tmp_path):
     searches = []
     page.on("request", lambda r: searches.append(r) if r.url.endswith("/search") else None)
     loaded(page, server.url, f"{tiny.prefix}-images {N_SCENES}")
     assert page.locator("#query").is_hidden() and page.locator("#error").is_hidden()  # nothing asked yet
+    # the status line starts with the engine that answers and its version
+    assert page.inner_text("#status").startswith(f"{engine.display_name} {engine.version} · {tiny.prefix}-images")
 
     scene = 3
     page.fill("#q", tiny.captions[scene][0])
@@ -135,6 +138,10 @@ def test_a_typed_query_shows_its_image_first_and_an_upload_shows_its_captions(pa
     assert first.locator(".chip.match").count() >= 1 and page.locator("#chips .chip").count() >= 1
     assert f"hits from {tiny.prefix}-images" in page.inner_text("#summary")
     assert page.locator("#captions .hit").count() == 0
+    assert page.inner_text("#engine-name") == engine.display_name  # "weights as sent to <engine>"
+    page.wait_for_function("() => [...document.images].every((img) => img.complete)")
+    shot = page.screenshot(path=tmp_path / f"page-{engine.name}.png", full_page=True)  # to look at: pytest --basetemp
+    assert shot.startswith(b"\x89PNG")
 
     scene = 5
     page.set_input_files("#image-input", str(tiny.image_root / tiny.images[scene]))

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from conftest import ENGINE_URLS
 from lsr_os.cli import main
 from serve_helpers import build_world, free_port, load_static_world, weighted_head
 
@@ -56,20 +57,22 @@ def test_a_demo_folder_without_search_settings_names_the_command_to_run(tmp_path
 
 
 @pytest.fixture(scope="module")
-def world(os_client, tmp_path_factory):
+def world(engine, tmp_path_factory):
     prefix = f"test-cli-{uuid.uuid4().hex[:8]}"
     try:
-        yield build_world(tmp_path_factory.mktemp("world"), os_client, prefix)
+        yield build_world(tmp_path_factory.mktemp("world"), engine, prefix)
     finally:
-        os_client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, expand_wildcards="all")
+        engine.delete_indices(f"{prefix}-*", missing_ok=True)
 
 
 @contextmanager
-def serving(cluster_config, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+def serving(engine, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """`lsr-os serve ARGS` in a subprocess until it answers /healthz; SIGTERM at the end, which must
-    stop it cleanly. Yields its URL and the process."""
+    stop it cleanly. Yields its URL and the process. The node's URL is in the engine's own
+    environment variable (OPENSEARCH_URL or ELASTICSEARCH_URL), the other one unset."""
     port = free_port()
-    env = {**os.environ, "OPENSEARCH_URL": ",".join(cluster_config.urls), "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = {k: v for k, v in os.environ.items() if k not in {var for var, _ in ENGINE_URLS.values()}}
+    env.update({ENGINE_URLS[engine.name][0]: ",".join(engine.config.urls), "PYTHONPATH": str(Path(__file__).parent.parent)})
     proc = subprocess.Popen([sys.executable, "-m", "lsr_os", "serve", *args, "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -91,27 +94,29 @@ def serving(cluster_config, *args: str) -> Iterator[tuple[str, subprocess.Popen]
 
 
 @pytest.mark.integration
-def test_serve_demo_needs_no_other_flag_and_stops_on_sigterm(cluster_config, world, tmp_path):
+def test_serve_demo_needs_no_other_flag_and_stops_on_sigterm(engine, world, tmp_path):
     demo = tmp_path / "demo-out"
     demo.mkdir()
     (demo / "search.json").write_text(json.dumps({"model": str(world.model), "head": str(world.head),
                                                   "prefix": world.prefix, "images": str(world.image_root)}))
-    with serving(cluster_config, "--demo", str(demo), "--device", "cpu") as (url, proc):
+    with serving(engine, "--demo", str(demo), "--device", "cpu") as (url, proc):
         health = httpx.get(f"{url}/healthz", timeout=5)
         assert health.status_code == 200 and health.json()["collections"]["images"]["alias"] == f"{world.prefix}-images"
+        assert (health.json()["cluster"]["engine"], health.json()["cluster"]["version"]) == (engine.display_name,
+                                                                                          engine.version)
         hit = httpx.post(f"{url}/search", json={"text": world.captions[4][0], "k": 1}, timeout=60).json()["hits"][0]
         assert hit["id"] == "4"
         assert httpx.get(url + hit["image_url"]).content == (world.image_root / world.images[4]).read_bytes()
     assert f"serving {world.prefix}-images and {world.prefix}-captions at {url}/" in proc.stderr_text
-    assert "text queries expanded, own-tokens; model on cpu" in proc.stderr_text
+    assert f"{engine.display_name} {engine.version}; text queries expanded, own-tokens; model on cpu" in proc.stderr_text
 
 
 @pytest.mark.integration
-def test_serve_with_a_head_alone_answers_text_inference_free_without_torch(os_client, cluster_config, world):
+def test_serve_with_a_head_alone_answers_text_inference_free_without_torch(engine, world):
     """A CPU-only machine serves text -> image search: no model, and torch is never loaded."""
     head = weighted_head(world)
-    prefix = load_static_world(os_client, world, head)
-    with serving(cluster_config, "--head", str(head), "--prefix", prefix, "--images", str(world.image_root)) as (url, proc):
+    prefix = load_static_world(engine, world, head)
+    with serving(engine, "--head", str(head), "--prefix", prefix, "--images", str(world.image_root)) as (url, proc):
         body = httpx.post(f"{url}/search", json={"text": world.captions[2][0], "k": 2}, timeout=60).json()
         assert body["mode"] == "inference-free" and body["hits"][0]["id"] == "2"
         loaded = Path(f"/proc/{proc.pid}/maps").read_text()

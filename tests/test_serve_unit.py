@@ -1,5 +1,6 @@
-"""`lsr-os serve` without a node: the batcher, upload decoding, image paths, request checks, and
-a cluster that does not answer (503, never a 500)."""
+"""`lsr-os serve` without a node: the batcher, upload decoding, image paths, request checks, how a
+cluster's errors become HTTP statuses, and a cluster of either engine that does not answer (503,
+never a 500)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from PIL import Image
 
 from encode_helpers import jpeg_bytes, rgb
 from lsr_os.config import ClusterConfig
-from lsr_os.errors import ConfigError
+from lsr_os.engines import ENGINES, engine_class
+from lsr_os.errors import (AccessDenied, BadRequest, ClusterError, CollectionMissing, ConfigError, EngineError, NoAnswer,
+                           NotFound, TLSFailure)
 from lsr_os.serve import ApiError, Batcher, Overloaded, SearchService, ServeConfig, create_app, decode_image
 
 
@@ -190,17 +193,25 @@ def test_load_image_reads_an_open_file_with_a_pixel_cap():
         load_image(io.BytesIO(b"GIF89a but not really"))
 
 
-@pytest.fixture
-def offline(tmp_path):
-    """A service whose cluster never answers (port 9), with an image root."""
+DEAD = "http://127.0.0.1:9"  # nothing answers there
+
+
+def dead_engine(name: str):
+    """An engine of kind `name` whose cluster never answers. Built as `connect` builds it after
+    telling the engine (which needs an answer); making it asks the cluster nothing."""
+    return engine_class(name)(ClusterConfig(urls=(DEAD,), max_retries=0, timeout=2), "0")
+
+
+@pytest.fixture(params=ENGINES)
+def offline(request, tmp_path):
+    """A service of each engine whose cluster never answers (port 9), with an image root."""
     root = tmp_path / "root"
     (root / "images").mkdir(parents=True)
     rgb(1).save(root / "images" / "a.png")
     (root / "notes.txt").write_text("not an image")
     (tmp_path / "outside.png").write_bytes(png(rgb(2)))
     (root / "images" / "link.png").symlink_to(tmp_path / "outside.png")
-    client = ClusterConfig(urls=("http://127.0.0.1:9",), max_retries=0, timeout=2).client()
-    service = SearchService(client, ServeConfig(images=root), ("http://127.0.0.1:9",))
+    service = SearchService(dead_engine(request.param), ServeConfig(images=root))
     yield service, TestClient(create_app(service))
     service.close()
 
@@ -215,13 +226,51 @@ def test_image_paths_resolve_under_the_root_only(offline):
 
 
 def test_a_cluster_that_does_not_answer_is_503_not_500(offline):
-    _, api = offline
+    service, api = offline
     res = api.post("/search", json={"vector": {"dog": 1.0}})
-    assert res.status_code == 503 and "http://127.0.0.1:9 cannot be reached" in res.json()["error"]
+    assert res.status_code == 503 and f"{DEAD} cannot be reached" in res.json()["error"]
     res = api.post("/search", json={"text": "a red ball"})
     assert res.status_code == 400 and "need a model" in res.json()["error"]
     health = api.get("/healthz")
     assert health.status_code == 503 and health.json()["cluster"]["reachable"] is False
+    assert health.json()["cluster"]["engine"] == service.engine.display_name  # the page shows it
+
+
+def caused(error: ClusterError, cause: Exception) -> ClusterError:
+    """`error` raised from `cause`, as the library wraps an engine's error (`raise ... from`)."""
+    error.__cause__ = cause
+    return error
+
+
+CLUSTER_ERRORS = {
+    "no answer": (NoAnswer("no answer from the cluster (ConnectionRefusedError)"), 503),
+    "a search without an answer": (caused(ClusterError("search on lsr-images failed"), NoAnswer("no answer")), 503),
+    "429": (EngineError("HTTP 429 es_rejected_execution_exception: rejected", 429), 503),
+    "a search met 503": (caused(ClusterError("search on lsr-images failed"), EngineError("HTTP 503", 503)), 503),
+    "500": (EngineError("HTTP 500 search_phase_execution_exception: all shards failed", 500), 503),
+    "missing collection": (CollectionMissing("no collection lsr-images on the cluster"), 404),
+    "a search met 400": (caused(ClusterError("search on lsr-images failed"), BadRequest("HTTP 400", 400)), 502),
+    "403": (AccessDenied("HTTP 403 security_exception: unauthorized", 403), 502),
+    "404": (NotFound("HTTP 404 index_not_found_exception", 404), 502),
+    "TLS": (TLSFailure("TLS with https://localhost:9200 failed"), 502),
+    "shards missing": (ClusterError("search on lsr-images: 1 of 2 shards did not answer, 3 retries later"), 502),
+}
+
+
+@pytest.mark.parametrize("case", list(CLUSTER_ERRORS))
+@pytest.mark.parametrize("name", ENGINES)
+def test_a_cluster_s_error_is_404_503_or_502_on_every_engine(name, case):
+    """Gone or overloaded (no answer, 429, 5xx) is 503, worth a retry; a missing collection 404;
+    any other refusal 502. The same on every engine: the errors are lsr-os's, not a client's."""
+    error, status = CLUSTER_ERRORS[case]
+    service = SearchService(dead_engine(name), ServeConfig(images=None))
+    try:
+        mapped = service._cluster_error(error)
+    finally:
+        service.close()
+    assert mapped.status == status and str(error) in str(mapped)
+    if isinstance(error.__cause__ or error, NoAnswer):
+        assert f"the cluster at {DEAD} cannot be reached" in str(mapped)
 
 
 def test_unknown_routes_and_methods_answer_json(offline):

@@ -179,6 +179,63 @@ def test_fixed_p_one_never_expands_and_p_zero_always_does(tmp_path):
     assert always.warmup_steps == int(always.total_steps * 0.2)
 
 
+def _paper_loss(head, cfg: TrainConfig, d_img, d_txt, captions: list[str], unexpanded: bool):
+    """docs/method.md's loss of one batch, written out from the head's forward alone (no query-weight
+    code, no trainer shortcut): distillation both ways plus the averaged L1 of captions and images."""
+    s_img = head(d_img)
+    if unexpanded:  # the captions keep their own tokens: the full-width masked forward
+        enc = head.tokenizer(captions, padding=True, truncation=True, max_length=cfg.max_text_length,
+                             return_tensors="pt")
+        s_txt = head(d_txt, enc["input_ids"], enc["attention_mask"])
+    else:
+        s_txt = head(d_txt)
+    scores, teacher = s_img @ s_txt.t(), d_img @ d_txt.t() / cfg.temperature
+    distill = (torch.nn.functional.cross_entropy(scores, teacher.softmax(1))
+               + torch.nn.functional.cross_entropy(scores.t(), teacher.t().softmax(1))) / 2
+    return distill + (cfg.q_reg * s_txt.sum(1).mean() + cfg.d_reg * s_img.sum(1).mean()) / 2
+
+
+@pytest.mark.parametrize("query_weights", ["after", "none", "joint"])
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_a_step_of_the_paper_setting_is_the_paper_loss_alone(tmp_path, query_weights, p):
+    """Where `TrainConfig.algorithm` says "the paper's algorithm", one training step's loss, gradients
+    and AdamW update equal the paper's loss alone on the same batch; with joint query weights they
+    do not. Full regulariser weights and learning rates from step 0 (no warm-up), so every term counts."""
+    import copy
+
+    data = TrainingData.load(_tiny_dataset(tmp_path, n_images=10))
+    cfg = TrainConfig(epochs=1, batch_size=8, p=p, init="minilm", device="cpu", precision="fp32",
+                      block_special_tokens=False, query_weights=query_weights, warmup_ratio=0.0,
+                      lr_head=1e-2, lr_proj=1e-2, q_reg=0.02, d_reg=0.01)
+    trainer = Trainer(cfg, data, tmp_path / "o")
+    head = copy.deepcopy(trainer.head)
+    perm_gen = torch.Generator()
+    perm_gen.set_state(trainer.perm_gen.get_state())
+    idx = torch.randperm(trainer.n_pairs, generator=perm_gen)[:cfg.batch_size]
+    d = trainer.train_data
+    row = trainer.train_epoch(0, max_steps=1)
+
+    optimizer = torch.optim.AdamW([
+        {"params": list(head.vocab_layer_norm.parameters()) + list(head.vocab_projector.parameters()),
+         "lr": cfg.lr_head}, {"params": list(head.proj.parameters()), "lr": cfg.lr_proj}], weight_decay=0.0)
+    loss = _paper_loss(head, cfg, d.img[d.caption_image[idx]], d.txt[idx],
+                       [d.split.captions[i] for i in idx.tolist()], unexpanded=p == 1.0)
+    loss.backward()
+    loss = float(loss.detach())
+    grads = {n: q.grad.clone() for n, q in head.named_parameters()}
+    optimizer.step()
+    assert row["batches"] == 1
+    trained = dict(trainer.head.named_parameters())
+    if cfg.algorithm["paper"]:
+        assert row["loss"] == pytest.approx(loss, rel=1e-6)
+        for name, ref in head.named_parameters():
+            torch.testing.assert_close(trained[name].grad, grads[name], msg=f"gradient of {name}")
+            torch.testing.assert_close(trained[name].detach(), ref.detach(), msg=f"update of {name}")
+    else:  # the joint loss adds its own terms, and its leak moves the image terms
+        assert row["loss"] > loss + 1e-3
+        assert not torch.allclose(trained["vocab_projector.weight"].grad, grads["vocab_projector.weight"])
+
+
 def test_cli_train_writes_checkpoint_log_report_and_resumes(tmp_path):
     from click.testing import CliRunner
 
@@ -191,6 +248,10 @@ def test_cli_train_writes_checkpoint_log_report_and_resumes(tmp_path):
             "--init", "minilm", "--q-reg", "0.01"]
     res = CliRunner().invoke(cli.main, args)
     assert res.exit_code == 0, res.output
+    # the first line says the defaults are not the paper's algorithm alone; config.json and the report agree
+    algorithm = TrainConfig().algorithm
+    assert res.output.splitlines()[0] == f"training by {algorithm['summary']}"
+    assert algorithm["paper"] is False and algorithm["summary"].startswith("the paper's algorithm plus query weights")
     assert "test sparse: t2i R@1" in res.output and "test dense:" in res.output
     rows = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and rows[0]["p"] == 1.0 and rows[1]["p"] == pytest.approx(1 - 1 / 1.9)
@@ -199,6 +260,8 @@ def test_cli_train_writes_checkpoint_log_report_and_resumes(tmp_path):
         assert key in rows[0]
     assert set(rows[0]["val"]) == {"t2i", "i2t", "flops", "nnz_query", "nnz_doc", "inference_free"}
     report = json.loads((tmp_path / "o" / "test_report.json").read_text())
+    config = json.loads((tmp_path / "o" / "best" / "config.json").read_text())
+    assert report["algorithm"] == config["algorithm"] == algorithm
     assert set(report["sparse"]["i2t"]) == {"R@1", "R@5", "R@10", "MRR@10"}
     assert set(report["inference_free"]["t2i"]) == {"R@1", "R@5", "R@10", "MRR@10"}
     assert set(report["inference_free_baselines"]) == {"idf", "mean_own_token"}

@@ -80,11 +80,14 @@ def test_the_best_checkpoint_carries_the_joint_table_and_the_report_compares_the
 
 
 def test_after_trains_the_table_with_the_documents_fixed(tmp_path):
+    """And leaves the head the paper's, which the head folder and the report say (special tokens kept)."""
     folder = _dataset(tmp_path)
-    Trainer(TrainConfig(**TINY, query_weights="after", query_epochs=2), TrainingData.load(folder),
-            tmp_path / "o").run(progress=False)
+    result = Trainer(TrainConfig(**TINY, query_weights="after", query_epochs=2, block_special_tokens=False),
+                     TrainingData.load(folder), tmp_path / "o").run(progress=False)
     best = load_head(tmp_path / "o" / "best")
     assert best.query_weights_info["method"] == "distillation-after"
+    paper = {"paper": True, "summary": "the paper's algorithm; then query weights fitted with the head fixed"}
+    assert best.algorithm == result.test["algorithm"] == paper
     rows = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
     assert [r["query_weights_after"]["epoch"] for r in rows if "query_weights_after" in r] == [0, 1]
 

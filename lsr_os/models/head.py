@@ -14,9 +14,10 @@ or type and only adds a posting to every document. docs/method.md has no such bl
 from the authors' format, and own heads saved without the key, block nothing.
 
 Checkpoint folder (own format): `config.json` (model_type "lsr-os-d2s", shapes, blocked ids, how
-the head was initialised, library versions), `model.safetensors`, and the tokenizer files in
-`tokenizer/`; optionally the query weights of the inference-free query side
-(`query_weights.safetensors`, see lsr_os.static_query), loaded by the same `from_pretrained`.
+the head was initialised and whether it was trained by the paper's algorithm alone, library
+versions), `model.safetensors`, and the tokenizer files in `tokenizer/`; optionally the query
+weights of the inference-free query side (`query_weights.safetensors`, see lsr_os.static_query),
+loaded by the same `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class SparseHead(nn.Module):
         # The inference-free query side (lsr_os.static_query): one weight per term, or None.
         self.query_weights: Tensor | None = None
         self.query_weights_info: dict = {}
+        # How it was trained (lsr_os.train.TrainConfig.algorithm): the paper's algorithm alone or more.
+        self.algorithm: dict = {}
 
     # ------------------------------------------------------------------ shapes and vocabulary
 
@@ -299,6 +302,8 @@ class SparseHead(nn.Module):
                "blocked_token_ids": self.blocked_token_ids, "init": self.init_info,
                "versions": {"lsr_os": __version__, "torch": torch.__version__,
                             "transformers": transformers.__version__}}
+        if self.algorithm:
+            cfg["algorithm"] = self.algorithm
         if self.query_weights is not None:
             cfg[static_query.CONFIG_KEY] = static_query.entry(self.query_weights_info, self.query_weights.tolist())
         return cfg
@@ -355,6 +360,10 @@ class SparseHead(nn.Module):
             head.load_state_dict({k: state[k].float() for k in PARAM_NAMES})
         except RuntimeError as exc:
             raise ModelError(f"{weights_path}: weights do not fit together: {exc}") from exc
+        algorithm = cfg.get("algorithm", {})
+        if not isinstance(algorithm, dict):
+            raise ModelError(f"{cfg_path}: algorithm must be an object, got {algorithm!r}")
+        head.algorithm = dict(algorithm)
         if static_query.CONFIG_KEY in cfg:
             table = static_query.read_weights(folder)
             if len(table) != vocab:

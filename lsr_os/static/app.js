@@ -190,7 +190,11 @@ async function status() {
     else if (!health.models.loaded) parts.push("models loading");
     else parts.push(health.models.device || "inference-free, no model");
     offerModes(health.models ? health.models.modes : []);
-    if (!health.cluster.reachable) parts.unshift("cluster unreachable");
+    // The engine first: which one answers is told from the cluster, so the page says it.
+    const cluster = health.cluster;
+    parts.unshift(cluster.reachable ? `${cluster.engine} ${cluster.version}` : `${cluster.engine} unreachable`);
+    $("engine-name").textContent = cluster.engine;
+    node.title = `cluster at ${cluster.urls.join(", ")}`;
     node.textContent = parts.join(" · ");
     node.classList.toggle("bad", !health.ok);
   } catch (err) {
