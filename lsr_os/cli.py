@@ -1108,18 +1108,24 @@ def synth_cmd(out, n_images, n_val, n_test, seed, dim, noise, encoder) -> None:
 @click.option("-k", type=click.IntRange(1, 20), default=5, show_default=True, help="Hits per example query.")
 @click.option("--prefix", default="demo", show_default=True, help="Collections are served as <prefix>-images and <prefix>-captions.")
 @click.option("--no-node", is_flag=True, help="Never start a local node; fail when no cluster answers.")
+@click.option("--engine", type=click.Choice(NODE_ENGINES), default=None,
+              help="The engine to run on: without --url, its local node (OpenSearch 9200, Elasticsearch 9400), "
+                   "started when none answers; with --url, a check that the cluster is that engine. "
+                   "[default: whatever answers; a local OpenSearch node when none does]")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, head_epochs: int,
-         queries: tuple[str, ...], k: int, prefix: str, no_node: bool, as_json: bool) -> None:
+         queries: tuple[str, ...], k: int, prefix: str, no_node: bool, engine: str | None, as_json: bool) -> None:
     """Run the whole pipeline offline on a built-in image-caption world, end to end."""
     from lsr_os.demo.pipeline import DEFAULT_QUERIES, DemoConfig, run_demo
 
     from lsr_os.node import connect_or_start
 
-    engine = connect_or_start(cluster, allow_start=not no_node, step=lambda message: click.echo(message, err=True))
+    given = click.get_current_context().get_parameter_source("urls") is not click.core.ParameterSource.DEFAULT
+    connected = connect_or_start(cluster, allow_start=not no_node, step=lambda message: click.echo(message, err=True),
+                                 engine=engine, url_given=given)
     cfg = DemoConfig(out=out, n_images=n_images, encoder_epochs=encoder_epochs, head_epochs=head_epochs,
                      k=k, prefix=prefix, queries=queries or DEFAULT_QUERIES, progress=not as_json)
-    result = run_demo(engine, cfg, step=lambda message: click.echo(message, err=True))
+    result = run_demo(connected, cfg, step=lambda message: click.echo(message, err=True))
     if as_json:
         echo_json({"seconds": result.seconds, "report": result.report, "words": result.words,
                    "examples": [{"query": e.query, "query_terms": e.query_terms, "hits": e.hits,
@@ -1142,7 +1148,7 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
     for direction, label in (("t2i", "text -> image"), ("i2t", "image -> text")):
         sec = result.report[direction]
         for system, metrics in (("dense (teacher)", sec["dense"]["metrics"]),
-                                (f"sparse via {engine.display_name}", sec["cluster"]["metrics"])):
+                                (f"sparse via {connected.display_name}", sec["cluster"]["metrics"])):
             click.echo(f"  {label}, {system}".ljust(42) + "".join(f"{100 * metrics[m]:7.1f}" for m in ("R@1", "R@5", "R@10")))
         click.echo(f"    parity with exact scoring: top-10 overlap {sec['parity']['top10_overlap']:.3f}")
     click.echo()

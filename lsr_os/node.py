@@ -1062,18 +1062,32 @@ def logs(port: int = 9200, lines: int = 50) -> str:
     return "\n".join(_log_tail(d, lines) for d in dirs)
 
 
-def connect_or_start(cluster, allow_start: bool = True, step: Step = log.warning):
+def connect_or_start(cluster, allow_start: bool = True, step: Step = log.warning, engine: str | None = None,
+                     url_given: bool | None = None):
     """The engine of the configured cluster; with the default URL and no node answering there, a
-    local node is started first (the demo's "works on a fresh machine"), telling `step` how far."""
+    local node of `engine` (default OpenSearch) is started first (the demo's "works on a fresh
+    machine"), telling `step` how far. With `engine` and the default URL, the default URL is that
+    engine's local one (Elasticsearch: port 9400); a cluster of another engine is an error.
+    `url_given`: whether the user named the URL (None: when it is not the default one)."""
+    from dataclasses import replace as replaced
+
     from lsr_os.config import DEFAULT_URL
     from lsr_os.engines import connect
-    from lsr_os.errors import ClusterUnreachable
+    from lsr_os.errors import ClusterUnreachable, ConfigError
 
+    default = cluster.urls == (DEFAULT_URL,) if url_given is None else not url_given
+    if engine is not None and default:
+        cluster = replaced(cluster, urls=(f"http://localhost:{layout(engine).default_port}",))
     try:
-        return connect(cluster)
+        connected = connect(cluster)
     except ClusterUnreachable:
-        if not allow_start or cluster.urls != (DEFAULT_URL,):
+        if not allow_start or not default:
             raise
-    step("no cluster at the default URL: starting a local node (as `lsr-os node start` does)")
-    start(NodeSpec(), step=step)
-    return connect(cluster)
+        step(f"no cluster at {cluster.urls[0]}: starting a local {layout(engine or DEFAULT_ENGINE).product} "
+             f"node (as `lsr-os node start` does)")
+        start(NodeSpec(engine=engine or DEFAULT_ENGINE), step=step)
+        connected = connect(cluster)
+    if engine is not None and connected.name != engine:
+        raise ConfigError(f"{', '.join(cluster.urls)} is {connected.display_name}, not {engine}: leave out "
+                          f"--engine, or give the URL of an {engine} cluster")
+    return connected

@@ -151,6 +151,18 @@ def test_the_cli_finds_either_engine_from_its_own_url_variable(engine, cluster_c
 
 
 @pytest.mark.integration
+def test_demo_engine_names_the_engine_and_a_cluster_of_the_other_is_one_line(engine, cluster_config, tmp_path):
+    """`lsr-os demo --engine X --url U` checks that U is X before it builds anything."""
+    other = next(name for name in ("opensearch", "elasticsearch") if name != engine.name)
+    url = ",".join(cluster_config.urls)
+    result = CliRunner().invoke(main, ["demo", "--engine", other, "--url", url, "--no-node", "--out", str(tmp_path / "d")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines == [f"Error: {url} is {engine.display_name}, not {other}: leave out "
+                                               f"--engine, or give the URL of an {other} cluster"], result.output
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.integration
 def test_https_to_a_plain_http_node_is_one_line_that_says_so(engine, cluster_config):
     url = cluster_config.urls[0].replace("http://", "https://")
     if url == cluster_config.urls[0]:
