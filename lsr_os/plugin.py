@@ -16,7 +16,7 @@ nothing. Every analysis component the settings name is the plugin's own (the sam
 engines), so they need no analysis-common module (Elasticsearch's integration-test distribution
 has none). `Folding` is what an index's `text` field is made of (a head's query weights, the
 vocabulary, the scale); `lsr_os.index` builds the field with it. Nothing here talks to the
-cluster but `cluster_has_plugin`.
+cluster (`engine.features.has_lsr_os_plugin` asks whether every node runs the plugin).
 """
 
 from __future__ import annotations
