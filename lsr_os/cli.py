@@ -691,13 +691,16 @@ def collections_group() -> None:
 
 @collections_group.command("list")
 @cluster_options
+@click.option("--head", type=_PATH_DIR, default=None,
+              help="Say which text fields were folded from other query weights than this head's [default: than "
+                   "those the head each was folded from has now].")
 @words("json")
-def collections_list(cluster: ClusterConfig, as_json: bool) -> None:
-    """Every lsr-os index: alias, state, documents, size, served or not."""
+def collections_list(cluster: ClusterConfig, head: Path | None, as_json: bool) -> None:
+    """Every lsr-os index: alias, state, documents, size, served or not, typed-text field."""
     from lsr_os.engines import connect
     from lsr_os.index import list_collections
 
-    rows = list_collections(connect(cluster))
+    rows = list_collections(connect(cluster), head=head)
     if as_json:
         echo_json(rows)
         return
@@ -707,10 +710,14 @@ def collections_list(cluster: ClusterConfig, as_json: bool) -> None:
     wide = {key: max(len(str(r[key] or "")) for r in rows) for key in ("alias", "index")}
     for r in rows:
         mark = "*" if r["served"] else " "
+        text = ("  text (other weights)" if r["text_field_stale"] else "  text") if r["text_field"] else ""
         click.echo(f"{mark} {r['alias'] or '':<{wide['alias']}}  {r['index']:<{wide['index']}}  {r['state']:<9}"
-                   f"{r['docs']:>11,} docs {r['bytes'] / 2**20:9.1f} MiB{'  text' if r['text_field'] else ''}")
+                   f"{r['docs']:>11,} docs {r['bytes'] / 2**20:9.1f} MiB{text}")
     click.echo("* = served by its alias; a loading index counts the documents indexed so far; text = typed text "
                "ranks it in the cluster (the lsr-os plugin's field)")
+    for r in rows:
+        if r["text_field_stale"]:
+            click.secho(f"Warning: {r['text_field_stale']}", fg="yellow", err=True)
 
 
 @collections_group.command("delete")

@@ -28,7 +28,7 @@ from array import array
 from dataclasses import dataclass
 from itertools import chain, compress, repeat
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from lsr_os.errors import ConfigError, DataError, ModelError
 from lsr_os.sparse import quantize
@@ -141,6 +141,51 @@ def folded_text(vector: Mapping[str, float], weights: Mapping[str, float], scale
     return (f"%s{DELIMITER}%d " * len(terms) % pairs)[:-1]
 
 
+def table_sha256(weights: Sequence[float]) -> str:
+    """SHA-256 of a query weight table as an index records it: float32, little-endian, one weight
+    per vocabulary id."""
+    table = array("f", weights)
+    if sys.byteorder != "little":
+        table.byteswap()
+    return hashlib.sha256(table.tobytes()).hexdigest()
+
+
+def head_weights_sha256(head: str | Path) -> str | None:
+    """`table_sha256` of a head folder's query weights as they are now; None when it has none."""
+    from lsr_os.static_query import has_query_weights, read_weights
+
+    return table_sha256(read_weights(head)) if has_query_weights(head) else None
+
+
+def stale_text_field(index: str, recorded: Mapping[str, Any] | None, head: str | Path | None = None) -> str | None:
+    """Why `index`'s `text` field (`recorded`: what its `_meta` records, `Folding.meta`) ranks typed
+    text by other query weights than `head`'s (by default the head folder it was folded from, as it
+    is now: `lsr-os add-query-weights` or a new training may have changed them since); None when
+    they are the same, or when there is nothing to compare (no field, no head with query weights).
+
+    The field is folded at ingest, so a `match` in the cluster keeps the old weights while
+    `lsr-os search --mode inference-free` with the head uses the new ones; a load with the head
+    folds it again."""
+    if not recorded or not recorded.get("query_weights_sha256"):
+        return None
+    folded_from = recorded.get("head")
+    head = head if head is not None else folded_from
+    try:
+        current = head_weights_sha256(head) if head else None
+    except ModelError:  # the head that was recorded is gone or broken: nothing to compare with
+        return None
+    old = recorded["query_weights_sha256"]
+    if current is None or current == old:
+        return None
+    same = folded_from is not None and Path(head).resolve() == Path(folded_from)
+    source = (f"older query weights of that head (table {old[:12]}, now {current[:12]})" if same else
+              f"the query weights of {folded_from or 'another head'} (table {old[:12]}), not those of {head} "
+              f"(table {current[:12]})")
+    return (f"{index}'s {FIELD!r} field was folded from {source}: a `match` on it in the cluster ranks typed text "
+            f"by those, unlike inference-free search with {head}; load the images again with --head {head} to "
+            f"fold it anew (docs/plugin.md)")
+
+
 @dataclass(frozen=True)
 class Folding:
     """The query weights an index's `text` field folds in, and what the index records of them
@@ -166,11 +211,8 @@ class Folding:
         if terms != Vocabulary.default().terms:
             raise ModelError(f"the head {head} has its own vocabulary ({len(terms)} terms), not the BERT-uncased one "
                              f"the lsr-os plugin splits typed text with, so the {FIELD!r} field cannot be built for it")
-        table = array("f", enc.weights)
-        if sys.byteorder != "little":
-            table.byteswap()
         return cls({t: float(w) for t, w in zip(terms, enc.weights) if w > 0}, vocab_sha256(), scale,
-                   hashlib.sha256(table.tobytes()).hexdigest(), str(Path(head).resolve()))
+                   table_sha256(enc.weights), str(Path(head).resolve()))
 
     def text(self, vector: Mapping[str, float], doc_id: str | None = None) -> str:
         """A document's `text` value (`folded_text`)."""

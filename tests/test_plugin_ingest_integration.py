@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from lsr_os import plugin
 from lsr_os.cli import main
+from lsr_os.config import ClusterConfig
 from lsr_os.demo import world
 from plugin_helpers import (assert_same_top, discover, discover_body, head_with_query_weights, reference,
                             require_plugin, saved_search)
@@ -305,3 +306,59 @@ def test_a_document_whose_folded_weights_overflow_is_a_failure_naming_it(small_w
     (failure,) = map(json.loads, failures.read_text().splitlines())
     assert failure["id"] == "huge" and "'green' folds to" in failure["reason"], failure
     assert [d for d, _ in _curl_match(small_world["url"], alias, "green stars")] == ["ok"]
+
+
+# ----------------------------------------------------------------------------- one truth for the weights
+
+
+def test_new_query_weights_are_told_by_search_serve_and_collections_list_until_a_load_folds_them(
+        small_world, client, tmp_path):
+    """After the head's query weights change (add-query-weights, a new training), the field still
+    ranks by the old ones: `collections list`, `search` and `serve` say so, and a load with the head
+    folds them anew (then all three are quiet)."""
+    from lsr_os import serve as serve_lib
+
+    head = shutil.copytree(small_world["head"], tmp_path / "head")
+    prefix = f"{small_world['prefix']}-weights"
+    alias = f"{prefix}-images"
+    args = ["--sparse", str(small_world["root"] / "images.jsonl"), "--index", alias, "--head", str(head), "--json"]
+    assert _ingest(small_world, *args).exit_code == 0
+
+    def told() -> dict:
+        listed = CliRunner().invoke(main, ["collections", "list", "--url", small_world["url"], "--json"])
+        (row,) = [r for r in json.loads(listed.stdout) if r["alias"] == alias]
+        searched = CliRunner().invoke(main, ["search", "two green stars", "--url", small_world["url"], "--head",
+                                             str(head), "--index", alias, "--json"])
+        assert searched.exit_code == 0, searched.output
+        service = serve_lib.open_service(ClusterConfig(urls=(small_world["url"],)), serve_lib.ServeConfig(
+            prefix=prefix, head=head))
+        try:
+            health = service.health()["collections"]["images"]["text_field_stale"]
+        finally:
+            service.close()
+        return {"list": row["text_field_stale"], "search": json.loads(searched.stdout)["warnings"], "serve": health}
+
+    assert told() == {"list": None, "search": [], "serve": []}
+    head_with_query_weights(head, seed=5)  # new weights in the same folder
+    stale = told()
+    assert stale["list"] and stale["list"].startswith(f"{_served(client, alias)}'s 'text' field was folded from "
+                                                      "older query weights of that head")
+    said = f"{alias}'s 'text' field was folded from older query weights of that head"
+    assert [w for w in stale["search"] if w.startswith(said)] == stale["search"] and len(stale["search"]) == 1
+    assert stale["serve"] == stale["search"] and f"load the images again with --head {head}" in stale["serve"][0]
+    # the world's own images were folded from the old weights too: against this head, they are told as well
+    against = CliRunner().invoke(main, ["collections", "list", "--url", small_world["url"], "--head", str(head)])
+    lines = {line.split()[1]: line for line in against.stdout.splitlines() if line.startswith("* ")}
+    assert against.exit_code == 0 and lines[alias].endswith("text (other weights)")
+    images = f"{small_world['prefix']}-images"
+    assert lines[images].endswith("text (other weights)")
+    assert f"Warning: {_served(client, images)}'s 'text' field was folded from the query weights of" in against.stderr
+
+    assert _ingest(small_world, *args).exit_code == 0  # the same load, with the head as it is now
+    assert told() == {"list": None, "search": [], "serve": []}
+    assert _mapping(client, alias)[1]["text_field"]["query_weights_sha256"] == plugin.head_weights_sha256(head)
+
+
+def _served(client, alias: str) -> str:
+    (index,) = client.alias_targets(alias)
+    return index

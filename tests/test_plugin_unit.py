@@ -116,6 +116,29 @@ def test_a_heads_folding_keeps_its_positive_weights_by_term_and_fingerprints_the
     assert not folding.folds_like(folding.meta() | {"query_weights_sha256": "other"}) and not folding.folds_like(None)
 
 
+def test_a_text_field_folded_from_other_weights_is_told_and_the_same_ones_are_not(tmp_path):
+    head = head_with_query_weights(tmp_path / "head", seed=1)
+    recorded = plugin.Folding.from_head(head).meta()
+    assert plugin.head_weights_sha256(head) == recorded["query_weights_sha256"]
+    assert plugin.stale_text_field("x-images", recorded) is None  # the head it was folded from, unchanged
+    assert plugin.stale_text_field("x-images", recorded, shutil.copytree(head, tmp_path / "copy")) is None
+    assert plugin.stale_text_field("x-images", None, head) is None  # no field, nothing to say
+
+    other = head_with_query_weights(tmp_path / "other", seed=2)
+    said = plugin.stale_text_field("x-images", recorded, other)
+    old, new = recorded["query_weights_sha256"][:12], plugin.head_weights_sha256(other)[:12]
+    assert said == (f"x-images's 'text' field was folded from the query weights of {head.resolve()} (table {old}), "
+                    f"not those of {other} (table {new}): a `match` on it in the cluster ranks typed text by those, "
+                    f"unlike inference-free search with {other}; load the images again with --head {other} to fold "
+                    f"it anew (docs/plugin.md)")
+    head_with_query_weights(head, seed=3)  # new weights in the same folder (as add-query-weights writes them)
+    said = plugin.stale_text_field("x-images", recorded)
+    assert said.startswith(f"x-images's 'text' field was folded from older query weights of that head (table {old}, now ")
+    shutil.rmtree(head)  # a recorded head that is gone: nothing to compare with
+    assert plugin.stale_text_field("x-images", recorded) is None
+    assert plugin.stale_text_field("x-images", recorded, tmp_path) is None  # a folder without query weights
+
+
 def test_a_head_of_another_vocabulary_cannot_be_folded(tmp_path):
     import torch
 
