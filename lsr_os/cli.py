@@ -738,22 +738,27 @@ def collections_delete(cluster: ClusterConfig, alias: str, yes: bool) -> None:
 
 @main.command("dashboards")
 @words("prefix")
+@click.option("--for", "app", type=click.Choice(["opensearch-dashboards", "kibana"]), default="opensearch-dashboards",
+              show_default=True, help="The app that imports them: OpenSearch Dashboards, or Kibana (Elasticsearch).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the NDJSON here [default: standard output].")
-def dashboards_cmd(prefix: str, out: Path | None) -> None:
-    """OpenSearch Dashboards saved objects for the collections of a prefix (import them in Stack
-    Management -> Saved objects): an index pattern and a saved search per collection.
+def dashboards_cmd(prefix: str, app: str, out: Path | None) -> None:
+    """Saved objects for the collections of a prefix, for OpenSearch Dashboards or (--for kibana)
+    Kibana: a data view (index pattern) and a saved search per collection. Import them in Stack
+    Management -> Saved objects.
 
     The images search is saved with Lucene syntax and sorted by score: on a cluster with the lsr-os
-    plugin, words typed into Discover's search bar then rank the images (DQL would only filter)."""
+    plugin, words typed into Discover's search bar then rank the images (Dashboards' DQL would only
+    filter)."""
     from lsr_os.index import dashboards_objects
 
-    text = dashboards_objects(prefix)
+    text = dashboards_objects(prefix, app)
     if out is None:
         click.echo(text, nl=False)
     else:
         out.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {out}: import it in Dashboards (Stack Management -> Saved objects -> Import)")
+        name = "Kibana" if app == "kibana" else "Dashboards"
+        click.echo(f"wrote {out}: import it in {name} (Stack Management -> Saved objects -> Import)")
 
 
 # --------------------------------------------------------------------------- encoding datasets
@@ -1160,7 +1165,8 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
     click.echo(f"without a model:     lsr-os search \"two green stars\" --demo {out} --mode inference-free")
     click.echo(f"serve it:            lsr-os serve --demo {out}    # then open http://127.0.0.1:8080/")
     click.echo(f"evaluate it:         lsr-os evaluate --dense {out / 'dense'} --demo {out}")
-    click.echo(f"browse it:           import {out / 'dashboards.ndjson'} in OpenSearch Dashboards (Saved objects)")
+    click.echo(f"browse it:           import {out / 'dashboards.ndjson'} in OpenSearch Dashboards, or "
+               f"{out / 'kibana.ndjson'} in Kibana (Saved objects)")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def split_urls(values: Iterable[str] | str | None) -> tuple[str, ...]:
             if "@" in rest.split("/", 1)[0]:  # credentials in a URL end up in logs and error messages
                 host = rest.split("/", 1)[0].rsplit("@", 1)[1]
                 raise ConfigError(f"cluster URL {scheme}://***@{host} carries credentials: give --user and "
-                                  f"OPENSEARCH_PASSWORD (or the prompt) instead")
+                                  f"the password in OPENSEARCH_PASSWORD or ELASTICSEARCH_PASSWORD (or at the "
+                                  f"prompt), or an Elasticsearch API key in ELASTICSEARCH_API_KEY, instead")
             urls.append(part.rstrip("/"))
     return tuple(urls) or (DEFAULT_URL,)
 

@@ -672,6 +672,7 @@ def ingest(engine: Engine, stream: RecordStream, alias: str, collection: str,
     `text_folding`: by default the field is there when it can be built).
     """
     options.check()
+    engine.check_may_write(alias)
     return _ingest(engine, stream, alias, collection, options, failures_path, images,
                    text_folding(engine, alias, collection, head, options))
 
@@ -836,6 +837,7 @@ def ingest_collections(engine: Engine, streams: Callable[[str], RecordStream], c
     names = {collection: alias or default_alias(collection, prefix) for collection in collections}
     opened = {collection: streams(collection) for collection in collections}
     for name in names.values():
+        engine.check_may_write(name)
         _guard_name(engine, name)
     texts = {collection: text_folding(engine, names[collection], collection, head, options)
              for collection in collections}
@@ -857,11 +859,18 @@ def ingest_collections(engine: Engine, streams: Callable[[str], RecordStream], c
         yield report
 
 
-def dashboards_objects(prefix: str = "lsr") -> str:
-    """OpenSearch Dashboards saved objects (NDJSON) for the collections of `prefix`: an index
-    pattern and a saved search per collection, from the packaged `mappings/dashboards.ndjson`
-    (written for the prefix `lsr`) with its ids, titles and references renamed."""
-    text = resources.files("lsr_os.mappings").joinpath("dashboards.ndjson").read_text(encoding="utf-8")
+# The apps whose saved objects lsr-os writes, and the packaged file (for the prefix `lsr`) of each.
+DASHBOARD_APPS = {"opensearch-dashboards": "dashboards.ndjson", "kibana": "kibana.ndjson"}
+
+
+def dashboards_objects(prefix: str = "lsr", app: str = "opensearch-dashboards") -> str:
+    """Saved objects (NDJSON) for the collections of `prefix` that `app` (opensearch-dashboards or
+    kibana) imports: a data view (index pattern) and a saved search per collection, from the
+    packaged `mappings/dashboards.ndjson` or `mappings/kibana.ndjson` (written for the prefix
+    `lsr`, each in its app's saved-object format) with their ids, titles and references renamed."""
+    if app not in DASHBOARD_APPS:
+        raise ConfigError(f"no saved objects for {app!r}: choose one of {', '.join(DASHBOARD_APPS)}")
+    text = resources.files("lsr_os.mappings").joinpath(DASHBOARD_APPS[app]).read_text(encoding="utf-8")
     lines = []
     for line in text.splitlines():
         if not line.strip():

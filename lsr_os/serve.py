@@ -49,8 +49,8 @@ from starlette.exceptions import HTTPException
 
 from lsr_os import __version__
 from lsr_os.engines.base.base import Engine
-from lsr_os.errors import (ClusterError, CollectionMissing, ConfigError, DataError, EngineError, LsrOsError, ModelError,
-                           NoAnswer)
+from lsr_os.errors import (AccessDenied, ClusterError, CollectionMissing, ConfigError, DataError, EngineError,
+                           LsrOsError, ModelError, NoAnswer)
 from lsr_os.search import QueryEncoder, Searcher, expansion_only, images_root, split_terms, stable_preference
 from lsr_os.static_query import QueryWeightsMissing
 from lsr_os.sparse import SparseVector, numeric_weights
@@ -545,6 +545,8 @@ class SearchService:
         try:
             self.engine.health()
             cluster.update(reachable=True, version=self.engine.version)
+        except AccessDenied as exc:  # it answered: a read-only user may search but not read cluster health
+            cluster.update(reachable=True, version=self.engine.version, health=str(exc)[:500])
         except EngineError as exc:
             cluster["error"] = f"{type(exc).__name__}: {exc}"[:500]
         collections = {}

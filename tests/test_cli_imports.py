@@ -52,13 +52,13 @@ def weighted_head(tmp_path_factory):
 def test_an_inference_free_text_search_imports_neither_torch_nor_transformers(weighted_head):
     """The process goes as far as the search request (here: a cluster that does not answer)."""
     heavy, output = run_probe("search", "two green stars", "--head", str(weighted_head), *UNREACHABLE)
-    assert not heavy & {"torch", "transformers"} and "no OpenSearch answered" in output, output
+    assert not heavy & {"torch", "transformers"} and "no cluster answered" in output, output
 
 
 def test_a_text_without_content_is_refused_before_the_cluster_and_before_torch(weighted_head):
     heavy, output = run_probe("search", "the a of .", "--model", "demo:nowhere", "--head", str(weighted_head),
                               *UNREACHABLE)
-    assert "no content word to search for" in output and "no OpenSearch answered" not in output, output
+    assert "no content word to search for" in output and "no cluster answered" not in output, output
     assert not heavy & {"torch", "transformers"}
 
 

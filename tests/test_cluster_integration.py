@@ -1,10 +1,11 @@
-"""A real local 3-node cluster: snapshots (also moved to another cluster) and node loss.
+"""Real local multi-node clusters: snapshots (also moved to another cluster) and node loss.
 
-One cluster (ports 9700-9702, transport 9800-9802) serves the whole module; the tests that
-stop a node start it again before they end, and the cluster is stopped afterwards whatever
-happens. Everything runs on loopback. The node-loss tests stop a node that is NOT the first
-URL the client is given, while a load or an evaluation is in flight, and check the outcome
-the operator cares about: nothing lost, nothing doubled, same results.
+One OpenSearch cluster of 3 nodes (ports 9700-9702, transport 9800-9802) serves most of the
+module; the tests that stop a node start it again before they end, and the cluster is stopped
+afterwards whatever happens. Everything runs on loopback. The node-loss tests stop a node that
+is NOT the first URL the client is given, while a load or an evaluation is in flight, and check
+the outcome the operator cares about: nothing lost, nothing doubled, same results. A 2-node
+Elasticsearch cluster (9940-9941) shows that a served collection survives losing a node there too.
 """
 
 from __future__ import annotations
@@ -18,17 +19,19 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from opensearchpy import helpers
 
 from lsr_os.cli import main
-from lsr_os import node, snapshot
+from lsr_os import node
 from lsr_os.config import ClusterConfig
+from lsr_os.engines import connect
+from lsr_os.errors import NotFound
 
 pytestmark = pytest.mark.integration
 
 PORT = 9700
 MOVE_PORT = 9750  # a second, one-node cluster that restores the first one's snapshot
 URLS = [f"http://127.0.0.1:{PORT + i}" for i in range(3)]
+ES_PORT = 9940  # a 2-node Elasticsearch cluster (9940-9941, transport 10040-10041)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,9 @@ def cluster(tmp_path_factory):
             node.stop(PORT)
 
 
-def client_over(urls, timeout=30.0):
-    return ClusterConfig(urls=tuple(urls), timeout=timeout).client()
+def engine_over(urls, timeout=30.0):
+    """The cluster's engine, reached through `urls` (the first that answers is asked which engine it is)."""
+    return connect(ClusterConfig(urls=tuple(urls), timeout=timeout))
 
 
 def write_sparse(path: Path, n: int, prefix: str, extra=lambda i: {}, seed: int = 0) -> list[str]:
@@ -63,9 +67,8 @@ def write_sparse(path: Path, n: int, prefix: str, extra=lambda i: {}, seed: int 
     return ids
 
 
-def all_ids(client, index: str) -> list[str]:
-    return [hit["_id"] for hit in helpers.scan(client, index=index, query={"query": {"match_all": {}}},
-                                                _source=False, size=2000)]
+def all_ids(engine, index: str) -> list[str]:
+    return list(engine.ids(index))
 
 
 def invoke(*args: str):
@@ -79,8 +82,8 @@ def invoke_out(*args: str) -> str:
     return invoke(*args).stdout
 
 
-def ingest(path: Path, alias: str, *extra: str):
-    return invoke("ingest", "--url", ",".join(URLS), "--sparse", str(path), "--collection", "images",
+def ingest(path: Path, alias: str, *extra: str, urls: list[str] = URLS):
+    return invoke("ingest", "--url", ",".join(urls), "--sparse", str(path), "--collection", "images",
                   "--index", alias, "--failures", str(path.with_suffix(".failures.jsonl")), "--json", *extra)
 
 
@@ -92,10 +95,13 @@ def read_trec(path: Path) -> dict[str, list[tuple[str, float]]]:
     return run
 
 
-def wait_green(client, timeout: float = 180.0) -> None:
-    health = client.cluster.health(wait_for_status="green", wait_for_nodes=3, params={"timeout": f"{timeout:.0f}s"},
-                                   request_timeout=timeout + 10)
-    assert health["status"] == "green" and health["number_of_nodes"] == 3, health
+def wait_green(engine, nodes: int = 3, timeout: float = 180.0) -> None:
+    """Until the cluster has `nodes` nodes again and every shard copy is assigned."""
+    deadline = time.monotonic() + timeout
+    while engine.health()["number_of_nodes"] < nodes and time.monotonic() < deadline:
+        time.sleep(1)
+    health = engine.health(wait_for_status="green", wait_s=max(1.0, deadline - time.monotonic()))
+    assert health["status"] == "green" and health["number_of_nodes"] == nodes, health
 
 
 class StopWhen(threading.Thread):
@@ -121,12 +127,12 @@ class StopWhen(threading.Thread):
 
 
 def test_snapshot_restore_and_move_to_another_cluster(cluster, tmp_path):
-    client = client_over(URLS)
+    engine = engine_over(URLS)
     alias = f"snap-{uuid.uuid4().hex[:6]}"
     ids = write_sparse(tmp_path / "docs.jsonl", 300, "s")
     ingest(tmp_path / "docs.jsonl", alias)
     # The repository must lie inside the nodes' path.repo: ask the cluster where that is.
-    repo_root = snapshot.path_repo(client)["node-1"][0]
+    repo_root = engine.repository_paths()["node-1"][0]
     location = str(Path(repo_root) / alias)
     url = ",".join(URLS)
 
@@ -143,11 +149,11 @@ def test_snapshot_restore_and_move_to_another_cluster(cluster, tmp_path):
                                         "--index", index])
     assert refused.exit_code == 1 and "--rename-suffix" in refused.output
     invoke("collections", "delete", alias, "--url", url, "--yes")
-    assert not client.indices.exists(index=index)
+    assert not engine.exists(index)
     restored = json.loads(invoke_out("snapshot", "restore", "first", "--url", url, "--repo", alias, "--index", index,
                                  "--json"))
     assert restored["indices"] == {index: 300}
-    assert sorted(all_ids(client, alias)) == sorted(ids)  # served under its alias again
+    assert sorted(all_ids(engine, alias)) == sorted(ids)  # served under its alias again
 
     # Move: a separate one-node cluster whose path.repo is the first cluster's snapshot folder.
     other = node.NodeSpec(port=MOVE_PORT, heap="512m", data=tmp_path / "other", repo=Path(repo_root),
@@ -158,9 +164,9 @@ def test_snapshot_restore_and_move_to_another_cluster(cluster, tmp_path):
         moved = json.loads(invoke_out("snapshot", "restore", "first", "--url", other_url, "--repo", "from-main",
                                   "--location", location, "--index", index, "--json"))
         assert moved["indices"] == {index: 300}
-        other_client = client_over([other_url])
-        assert sorted(all_ids(other_client, alias)) == sorted(ids)
-        assert other_client.snapshot.get_repository(repository="from-main")["from-main"]["settings"]["readonly"] in ("true", True)
+        other = engine_over([other_url])
+        assert sorted(all_ids(other, alias)) == sorted(ids)
+        assert other.repository("from-main")["settings"]["readonly"] in ("true", True)
     finally:
         node.stop(MOVE_PORT)
     invoke("snapshot", "delete", "first", "--url", url, "--repo", alias)
@@ -168,13 +174,16 @@ def test_snapshot_restore_and_move_to_another_cluster(cluster, tmp_path):
 
 
 def test_ingest_survives_losing_a_node_and_the_node_rejoins(cluster, tmp_path):
-    client = client_over(URLS[:1])  # the watcher talks to node-1 only: it is never stopped
+    watcher = engine_over(URLS[:1])  # the watcher talks to node-1 only: it is never stopped
     alias = f"loss-{uuid.uuid4().hex[:6]}"
     n = 8000
     ids = write_sparse(tmp_path / "docs.jsonl", n, "d", seed=1)
 
     def indexed() -> int:
-        stats = client.indices.stats(index=f"{alias}-v*", metric="indexing", ignore=404)
+        try:
+            stats = watcher.stats(f"{alias}-v*", metric="indexing")
+        except NotFound:
+            return 0
         return stats.get("_all", {}).get("primaries", {}).get("indexing", {}).get("index_total", 0)
 
     stopper = StopWhen(lambda: indexed() >= n // 5, "node-3")
@@ -188,26 +197,30 @@ def test_ingest_survives_losing_a_node_and_the_node_rejoins(cluster, tmp_path):
     # The load completed with every document, each once, while node-3 is still down.
     assert report["count"] == n and report["failed"] == 0
     assert node.status(PORT)["nodes"][2]["running"] is False
-    all_urls = client_over(URLS)  # node-3's URL is in the list: the client must route around it
-    health = all_urls.cluster.health()
+    all_urls = engine_over(URLS)  # node-3's URL is in the list: the client must route around it
+    health = all_urls.health()
     assert health["status"] == "yellow" and health["number_of_nodes"] == 2
-    assert all_urls.count(index=alias)["count"] == n
+    assert all_urls.count(alias) == n
     got = all_ids(all_urls, alias)
     assert len(got) == n and set(got) == set(ids)
-    for _ in range(10):  # searches keep answering during the loss
-        hits = all_urls.search(index=alias, body={"size": 3, "query": {"rank_feature": {"field": "sparse.t7",
-                                                                                         "linear": {}}}})
-        assert hits["hits"]["total"]["value"] > 0
+    searches_keep_answering(all_urls, alias)
 
     # node-3 rejoins with its data and the cluster is whole again.
     node.start(cluster, timeout=240)
-    wait_green(client)
-    assert client.count(index=alias)["count"] == n
-    assert "node-3" in {n["name"] for n in client.cat.nodes(format="json", h="name")}
+    wait_green(watcher)
+    assert watcher.count(alias) == n
+    assert "node-3" in watcher.node_plugins()
+
+
+def searches_keep_answering(engine, alias: str, times: int = 10) -> None:
+    """Sparse searches of a common term all find documents (while a node is lost)."""
+    body = {"size": 3, "query": engine.ops.sparse_query({"t7": 1.0})}
+    for _ in range(times):
+        assert engine.search(alias, body)["hits"]["hits"]
 
 
 def test_evaluate_gives_the_same_results_when_a_node_is_lost(cluster, tmp_path):
-    client = client_over(URLS[:1])
+    watcher = engine_over(URLS[:1])
     prefix = f"ev{uuid.uuid4().hex[:6]}"
     n_images = 200
     write_sparse(tmp_path / "images.jsonl", n_images, "img", extra=lambda i: {"split": "test"}, seed=2)
@@ -217,8 +230,10 @@ def test_evaluate_gives_the_same_results_when_a_node_is_lost(cluster, tmp_path):
         invoke("ingest", "--url", ",".join(URLS), "--sparse", str(tmp_path / f"{coll}.jsonl"), "--collection", coll,
                "--prefix", prefix, "--failures", str(tmp_path / f"{coll}.failures.jsonl"))
     # No --replicas: on a cluster of 3 data nodes the default is 1, so every shard survives a lost node.
-    for settings in client.indices.get_settings(index=f"{prefix}-*").values():
-        assert settings["settings"]["index"]["number_of_replicas"] == "1"
+    indices = watcher.index(f"{prefix}-*")
+    assert len(indices) == 2
+    for name in indices:
+        assert watcher.index_setting(name, "index.number_of_replicas") == "1"
 
     def evaluate(out: Path) -> dict:
         result = invoke("evaluate", "--url", ",".join(URLS), "--sparse", str(tmp_path), "--prefix", prefix,
@@ -236,8 +251,7 @@ def test_evaluate_gives_the_same_results_when_a_node_is_lost(cluster, tmp_path):
         assert (tmp_path / "again" / run).read_text() == (tmp_path / "before" / run).read_text()
 
     def searched() -> int:
-        stats = client.indices.stats(index=f"{prefix}-*", metric="search")
-        return stats["_all"]["total"]["search"]["query_total"]
+        return watcher.stats(f"{prefix}-*", metric="search")["_all"]["total"]["search"]["query_total"]
 
     start_total = searched()
     stopper = StopWhen(lambda: searched() - start_total >= 200, "node-2", poll=0.05)
@@ -250,7 +264,7 @@ def test_evaluate_gives_the_same_results_when_a_node_is_lost(cluster, tmp_path):
         assert stopper.stopped_at < finished, "node-2 stopped only after the evaluation ended"
     finally:
         node.start(cluster, timeout=240)
-    wait_green(client)
+    wait_green(watcher)
     # The same scores at every rank of every query; documents tied on a score may come in another
     # order (each shard copy breaks ties by its own document order, and searches go to either copy),
     # so tie-counted parity is equal and everything else may move only by such ties.
@@ -267,3 +281,39 @@ def test_evaluate_gives_the_same_results_when_a_node_is_lost(cluster, tmp_path):
             assert [s for _, s in got[qid]] == [s for _, s in hits], (run, qid)
             last = hits[-1][1]
             assert {d for d, s in got[qid] if s > last} == {d for d, s in hits if s > last}, (run, qid)
+
+
+def test_an_elasticsearch_collection_survives_losing_a_node(tmp_path):
+    """Two Elasticsearch nodes, a collection with its default replica (1 on 2 data nodes), then
+    the node outside the voting configuration stops: every document is still served, through a
+    URL list that names the stopped node too. (With 2 master-eligible nodes Elasticsearch votes
+    with one of them only, so losing that one would stop the cluster: 3 are needed for that.)"""
+    spec = node.NodeSpec(engine="elasticsearch", port=ES_PORT, nodes=2, heap="512m", data=tmp_path / "data",
+                         plugin="skip")
+    urls = [f"http://127.0.0.1:{ES_PORT + i}" for i in range(2)]
+    alias = f"esloss-{uuid.uuid4().hex[:6]}"
+    n = 500
+    ids = write_sparse(tmp_path / "docs.jsonl", n, "e", seed=4)
+    try:
+        node.start(spec, timeout=300)
+        report = json.loads(ingest(tmp_path / "docs.jsonl", alias, "--shards", "2", urls=urls).stdout)
+        assert report["count"] == n and report["failed"] == 0
+        engine = engine_over(urls)
+        assert engine.name == "elasticsearch"
+        assert engine.index_setting(report["index"], "index.number_of_replicas") == "1"
+        wait_green(engine, nodes=2)
+        voting = engine.client.cluster.state(metric="metadata", filter_path="metadata.cluster_coordination")
+        voters = set(voting["metadata"]["cluster_coordination"]["last_committed_config"])
+        names = {node_id: name for node_id, name in
+                 ((row["id"], row["name"]) for row in engine.client.cat.nodes(format="json", h="id,name", full_id=True))}
+        (victim,) = [name for node_id, name in names.items() if node_id not in voters]
+        survivor = urls[1] if victim == "node-1" else urls[0]
+        node.stop(ES_PORT, [victim])
+
+        after = engine_over([survivor, *[u for u in urls if u != survivor]])
+        health = after.health()
+        assert health["status"] == "yellow" and health["number_of_nodes"] == 1
+        assert after.count(alias) == n and sorted(all_ids(after, alias)) == sorted(ids)
+        searches_keep_answering(after, alias)
+    finally:
+        node.stop(ES_PORT)

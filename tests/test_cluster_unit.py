@@ -30,25 +30,26 @@ def test_stopping_an_unknown_node_names_the_known_ones(tmp_path, monkeypatch):
     assert node.stop(9555, ["node-2"]) == []
 
 
-def test_path_repo_defaults_to_the_cluster_folder_and_can_be_shared(tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", node.ENGINES)
+def test_path_repo_defaults_to_the_cluster_folder_and_can_be_shared(tmp_path, monkeypatch, engine):
     monkeypatch.setenv("LSR_OS_HOME", str(tmp_path / "home"))
     dist = tmp_path / "dist"
     (dist / "config").mkdir(parents=True)
 
     def path_repo(spec: node.NodeSpec) -> str:
         conf = node._write_config(spec, dist, 0, tmp_path / f"n{spec.port}")
-        lines = dict(line.split(": ", 1) for line in (conf / "opensearch.yml").read_text().splitlines())
+        lines = dict(line.split(": ", 1) for line in (conf / spec.layout.config_file).read_text().splitlines())
         return json.loads(lines["path.repo"])
 
-    assert path_repo(node.NodeSpec(port=9500)) == str(tmp_path / "home" / "clusters" / "9500" / "snapshots")
+    assert path_repo(node.NodeSpec(port=9500, engine=engine)) == str(tmp_path / "home" / "clusters" / "9500" / "snapshots")
     shared = tmp_path / "home" / "clusters" / "9500" / "snapshots"
-    assert path_repo(node.NodeSpec(port=9510, repo=shared)) == str(shared)
+    assert path_repo(node.NodeSpec(port=9510, repo=shared, engine=engine)) == str(shared)
 
 
 def test_snapshot_commands_report_an_unreachable_cluster_in_one_line():
     for args in (["create", "x"], ["list"], ["restore", "snap-1"], ["delete", "snap-1"]):
         result = CliRunner().invoke(main, ["snapshot", *args, "--url", "http://127.0.0.1:1", "--timeout", "1"])
-        assert result.exit_code == 3 and "no OpenSearch answered at http://127.0.0.1:1" in result.output
+        assert result.exit_code == 3 and "no cluster answered at http://127.0.0.1:1" in result.output
 
 
 def test_ingest_count_check_tolerates_resent_bulks_but_not_lost_documents():

@@ -1,7 +1,7 @@
 """mappings/dashboards.ndjson: saved objects Dashboards can import, whose `image` fields are shown
-as thumbnails through `lsr-os serve` (field format "Url", type image). The template's URL is
-checked against the real route: the address `lsr-os serve` listens on by default, and a path that
-the app answers with the image file."""
+as thumbnails through `lsr-os serve` (field format "Url", type image). The template's URL, in these
+and in Kibana's (mappings/kibana.ndjson), is checked against the real route: the address `lsr-os
+serve` listens on by default, and a path that the app answers with the image file."""
 
 from __future__ import annotations
 
@@ -56,17 +56,20 @@ def test_both_collections_show_their_image_field_as_an_image_url(objects):
     assert all("image" in columns for columns in searches.values())
 
 
-def test_the_url_template_reaches_serve_s_image_route(objects, tmp_path):
+@pytest.mark.parametrize("app", ix.DASHBOARD_APPS)
+def test_the_url_template_reaches_serve_s_image_route(app, tmp_path):
+    """Both apps' data views (OpenSearch Dashboards' and Kibana's fill {{value}} the same way)."""
+    objects = [json.loads(line) for line in ix.dashboards_objects("lsr", app).splitlines()]
     (tmp_path / "images").mkdir()
     rgb(3).save(tmp_path / "images" / "a b.png")
-    # Dashboards is OpenSearch's; the route asks the cluster nothing, so none need answer (port 9)
+    # the route asks the cluster nothing, so none need answer (port 9)
     dead = engine_class("opensearch")(ClusterConfig(urls=("http://127.0.0.1:9",)), "0")
     service = SearchService(dead, ServeConfig(images=tmp_path))
     api = TestClient(create_app(service))
     serve_port = next(p for p in main.commands["serve"].params if p.name == "port").default
     for pattern in (o for o in objects if o["type"] == "index-pattern"):
         template = json.loads(pattern["attributes"]["fieldFormatMap"])["image"]["params"]["urlTemplate"]
-        # Dashboards fills {{value}} URL-encoded: the document's `image` path with its slash escaped
+        # {{value}} is filled URL-encoded (encodeURIComponent): the `image` path with its slash escaped
         url = urlsplit(template.replace("{{value}}", quote("images/a b.png", safe="")))
         assert url.hostname in ("localhost", "127.0.0.1") and url.port == serve_port
         res = api.get(url.path)

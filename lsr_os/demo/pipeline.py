@@ -161,6 +161,7 @@ def run_demo(engine: Engine, cfg: DemoConfig, step: Callable[[str], None] | None
         "model": str(enc_dir.resolve()), "head": str((head_dir / BEST_DIR).resolve()), "prefix": cfg.prefix,
         "images": str(world_dir.resolve())}, indent=2))
     (out / "dashboards.ndjson").write_text(dashboards_objects(cfg.prefix), encoding="utf-8")
+    (out / "kibana.ndjson").write_text(dashboards_objects(cfg.prefix, "kibana"), encoding="utf-8")
     examples = steps.run("examples", False, lambda: _examples(engine, encoder, head, head_dir / BEST_DIR,
                                                               aliases["images"], world_dir, cfg, out / "sheets"),
                          f"{len(cfg.queries)} text searches, a contact sheet each in {out / 'sheets'}")

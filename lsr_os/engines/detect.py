@@ -17,12 +17,14 @@ import logging
 import urllib3
 
 from lsr_os.config import START_HINT, ClusterConfig
+from lsr_os.engines.base.base import credentials, error_text, not_accepted
 from lsr_os.errors import AccessDenied, ClusterError, ClusterUnreachable, TLSFailure
 
 log = logging.getLogger(__name__)
 
 PRODUCT_HEADER = "X-Elastic-Product"
 _PROBE = "/_nodes/_local?filter_path=nodes.*.version"
+UNKNOWN_VERSION = "(version unknown)"  # for a user who may not read the nodes
 
 
 def detect(config: ClusterConfig) -> tuple[str, str]:
@@ -58,6 +60,11 @@ def _probe(config: ClusterConfig, url: str) -> tuple[str, str]:
                                retries=False, **tls)
     try:
         resp = pool.request("GET", url + _PROBE, headers=headers)
+        if resp.status == 403 and _elasticsearch_knows_user(pool, url, headers):
+            # Authenticated, but without the `monitor` privilege that reading a node's version
+            # needs (Elasticsearch's built-in `viewer` role has none): searching still works.
+            log.info("%s: %s may not read the nodes, so the version stays unknown", url, credentials(config))
+            return "elasticsearch", UNKNOWN_VERSION
     except urllib3.exceptions.SSLError as exc:
         if "WRONG_VERSION_NUMBER" in _reason(exc):
             raise TLSFailure(f"{url} speaks plain HTTP, not TLS: use an http:// URL") from None
@@ -72,11 +79,16 @@ def _probe(config: ClusterConfig, url: str) -> tuple[str, str]:
         raise ClusterUnreachable(f"no cluster answered at {url}; {START_HINT}") from None
     finally:
         pool.clear()
-    engine = "elasticsearch" if resp.headers.get(PRODUCT_HEADER) == "Elasticsearch" else "opensearch"
-    shown = "Elasticsearch" if engine == "elasticsearch" else "OpenSearch"
+    engine = "elasticsearch" if _says_elasticsearch(resp) else "opensearch"
     if resp.status in (401, 403):
-        who = f"user {config.user!r}" if config.user else ("the API key" if config.api_key else "no credentials")
-        raise AccessDenied(f"{shown} at {url} refused {who} (HTTP {resp.status})", resp.status)
+        info = _json(resp.data)
+        detail = error_text(info) if isinstance(info, dict) else f"{resp.data[:200].decode(errors='replace')}"
+        if resp.status == 401:
+            where = f"{'Elasticsearch' if engine == 'elasticsearch' else 'the cluster'} at {url}"
+            raise AccessDenied(not_accepted(where, config, 401, detail, engine == "elasticsearch"), 401, info)
+        raise AccessDenied(f"{credentials(config)} may not read the nodes of the cluster at {url} "
+                           f"(HTTP 403 {detail})", 403, info)
+    shown = "Elasticsearch" if engine == "elasticsearch" else "OpenSearch"
     if resp.status != 200:
         raise ClusterError(f"{shown} at {url} answered HTTP {resp.status}: {resp.data[:200].decode(errors='replace')}")
     try:
@@ -88,11 +100,34 @@ def _probe(config: ClusterConfig, url: str) -> tuple[str, str]:
     return engine, version
 
 
+def _says_elasticsearch(resp: urllib3.BaseHTTPResponse) -> bool:
+    """Whether an answer is Elasticsearch's: every answer to an authenticated request carries its
+    product header; a refusal of credentials (401) does not, but offers API-key authentication,
+    which OpenSearch has none of."""
+    return (resp.headers.get(PRODUCT_HEADER) == "Elasticsearch"
+            or any(v.startswith("ApiKey") for v in resp.headers.getlist("WWW-Authenticate")))
+
+
+def _elasticsearch_knows_user(pool: urllib3.PoolManager, url: str, headers: dict[str, str]) -> bool:
+    """Whether Elasticsearch authenticates these credentials: any authenticated user may ask
+    `_security/_authenticate` about itself, whatever its privileges (OpenSearch has no such path)."""
+    resp = pool.request("GET", url + "/_security/_authenticate", headers=headers)
+    return resp.status == 200 and resp.headers.get(PRODUCT_HEADER) == "Elasticsearch"
+
+
+def _json(data: bytes):
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
 def _signed_version(config: ClusterConfig) -> str:
+    from lsr_os.engines.base.base import Call
     from lsr_os.engines.opensearch.base import Engine
 
     probe = Engine(config, "?")
-    with probe.errors():
+    with probe.errors(Call("info")):
         return probe.client.info()["version"]["number"]
 
 

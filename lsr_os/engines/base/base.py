@@ -10,15 +10,42 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Iterator, Sequence
 
 from lsr_os.config import ClusterConfig
 from lsr_os.engines.base.features import BaseFeatures
 from lsr_os.engines.base.operations import BaseOperations
-from lsr_os.errors import EngineError, NotFound
+from lsr_os.errors import AccessDenied, BadRequest, EngineError, NotFound
 
 log = logging.getLogger(__name__)
+
+
+# Client methods that change the cluster: a refusal of one says the user "may not write".
+WRITE_CALLS = frozenset({
+    "bulk", "indices.create", "indices.delete", "indices.put_settings", "indices.put_mapping",
+    "indices.update_aliases", "indices.refresh", "indices.flush", "indices.forcemerge",
+    "snapshot.create_repository", "snapshot.delete_repository", "snapshot.create", "snapshot.restore",
+    "snapshot.delete",
+})
+
+
+@dataclass(frozen=True)
+class Call:
+    """One client call, as far as a message about its refusal needs it."""
+
+    method: str  # "indices.create"
+    index: str | None = None  # the index (or pattern, alias) it names, if any
+
+    @property
+    def action(self) -> str:
+        """What a refused user may not do: "write to test-v1", "read test", "read the cluster (nodes.info)"."""
+        if self.method in WRITE_CALLS:
+            return f"write to {self.index}" if self.index else f"write ({self.method})"
+        if self.index:
+            return f"read {self.index}"
+        return f"read the cluster ({self.method})"
 
 
 class Engine:
@@ -29,6 +56,7 @@ class Engine:
     features_class: ClassVar[type[BaseFeatures]] = BaseFeatures
     operations_class: ClassVar[type[BaseOperations]] = BaseOperations
     scan: Any  # the client's scroll helper: scan(client, index=, query=, size=) -> hits
+    repository_argument: ClassVar[str] = "name"  # what the client's snapshot-repository calls name the repository
 
     def __init__(self, config: ClusterConfig, version: str):
         self.config, self.version = config, version
@@ -47,19 +75,21 @@ class Engine:
         """The engine's own client over the configured nodes, with `timeout` seconds a request."""
         raise NotImplementedError
 
-    def _translate(self, exc: Exception) -> EngineError | None:
-        """lsr-os's error for an exception of the engine's client; None for any other exception."""
+    def _translate(self, exc: Exception, call: Call | None = None) -> EngineError | None:
+        """lsr-os's error for an exception of the engine's client (raised by `call`, when known);
+        None for any other exception. An HTTP error answer goes through `_answer_error`."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ plumbing
 
     @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        """Raise the client's exceptions inside as lsr-os's `EngineError`s."""
+    def errors(self, call: Call | None = None) -> Iterator[None]:
+        """Raise the client's exceptions inside as lsr-os's `EngineError`s; `call` (the client
+        method and its arguments) lets a refusal say what was refused."""
         try:
             yield
         except Exception as exc:
-            translated = self._translate(exc)
+            translated = self._translate(exc, call)
             if translated is None:
                 raise
             raise translated from exc
@@ -70,8 +100,21 @@ class Engine:
         target = self._client_for(client_timeout)
         for part in method.split("."):
             target = getattr(target, part)
-        with self.errors():
+        with self.errors(Call(method, kwargs.get("index"))):
             return self._plain(target(**kwargs))
+
+    def _answer_error(self, status: int | None, info: dict | None, text: str, call: Call | None) -> EngineError:
+        """lsr-os's error for an HTTP error answer (`info`: its JSON body, else `text`). A refusal
+        (401, 403) says whose credentials and what was refused, since that is what the user fixes."""
+        detail = error_text(info) if info else text
+        if status == 401:
+            return AccessDenied(not_accepted(f"{self.display_name} at {self.where}", self.config, 401, detail,
+                                             self.features.supports_api_keys), status, info)
+        if status == 403:
+            what = call.action if call else "make this request"
+            return AccessDenied(f"{credentials(self.config)} may not {what} (HTTP 403 {detail})", status, info)
+        kind = {400: BadRequest, 404: NotFound}.get(status, EngineError)
+        return kind(f"HTTP {status} {detail}", status, info)
 
     def _client_for(self, timeout: float | None) -> Any:
         """The client for one call: a second one kept for calls that answer only when done
@@ -137,6 +180,11 @@ class Engine:
             if value not in ({}, None):
                 return value
         return None
+
+    def check_may_write(self, alias: str) -> None:
+        """Raise `AccessDenied` when the cluster can tell, before anything is written, that the
+        connected user may not load collections under `alias`. Here it cannot: the cluster's own
+        refusal (a 403 on the first write, the index's creation) says it instead."""
 
     # ------------------------------------------------------------------ indices and aliases
 
@@ -238,7 +286,7 @@ class Engine:
 
     def ids(self, index: str) -> Iterator[str]:
         """Every document id of `index`: one scroll (the client's own helper) over ids, no sources."""
-        with self.errors():
+        with self.errors(Call("scan", index)):
             yield from (hit["_id"] for hit in self.scan(self.client, index=index, query={"_source": False},
                                                         size=5000))
 
@@ -257,15 +305,15 @@ class Engine:
     def repository(self, name: str) -> dict | None:
         """A snapshot repository's definition, or None when the cluster has none of this name."""
         try:
-            return self._call("snapshot.get_repository", name=name)[name]
+            return self._call("snapshot.get_repository", **{self.repository_argument: name})[name]
         except NotFound:
             return None
 
     def create_repository(self, name: str, body: dict) -> None:
-        self._call("snapshot.create_repository", name=name, body=body)
+        self._call("snapshot.create_repository", body=body, **{self.repository_argument: name})
 
     def delete_repository(self, name: str) -> None:
-        self._call("snapshot.delete_repository", name=name)
+        self._call("snapshot.delete_repository", **{self.repository_argument: name})
 
     def create_snapshot(self, repository: str, snapshot: str, body: dict, timeout: float | None = None) -> dict:
         return self._call("snapshot.create", client_timeout=timeout, repository=repository, snapshot=snapshot,
@@ -292,11 +340,39 @@ class Engine:
                 client.close()
 
 
+def credentials(config: ClusterConfig) -> str:
+    """The credentials requests carry, as a message names them (never the secret itself)."""
+    if config.user is not None:
+        return f"user {config.user!r}"
+    if config.api_key:
+        return "the API key"
+    if config.aws_region:
+        return "the AWS credentials"
+    return "a request without credentials"
+
+
+def not_accepted(who: str, config: ClusterConfig, status: int, detail: str, api_keys: bool) -> str:
+    """The one line for credentials a cluster did not accept (HTTP 401), with what to check."""
+    if config.user is not None:
+        hint = "check the user and password"
+    elif config.api_key:
+        hint = "check the API key (the `encoded` value Elasticsearch gave when it made the key)"
+    elif config.aws_region:
+        hint = "check the AWS credentials, region and service"
+    else:
+        return (f"{who} needs credentials (HTTP {status} {detail}); give --user and --password"
+                + (", or --api-key" if api_keys else ""))
+    return f"{who} did not accept {credentials(config)} (HTTP {status} {detail}); {hint}"
+
+
 def error_text(info: Any) -> str:
     """`type: reason` of an engine's error body (the error's type, its first root cause's reason),
     or the body as text."""
     err = info.get("error", info) if isinstance(info, dict) else info
     if isinstance(err, dict):
         root = (err.get("root_cause") or [{}])[0]
-        return f"{err.get('type')}: {root.get('reason') or err.get('reason')}"
+        text = f"{err.get('type')}: {root.get('reason') or err.get('reason')}"
+        # Elasticsearch says here why credentials it was given failed (an API key's id, its format)
+        extra = root.get("additional_unsuccessful_credentials") or err.get("additional_unsuccessful_credentials")
+        return f"{text} ({extra})" if extra else text
     return str(err)

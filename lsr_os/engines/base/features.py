@@ -10,7 +10,7 @@ import logging
 from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar
 
-from lsr_os.errors import EngineError, NoAnswer
+from lsr_os.errors import AccessDenied, EngineError, NoAnswer
 
 if TYPE_CHECKING:
     from lsr_os.engines.base.base import Engine
@@ -57,7 +57,9 @@ class BaseFeatures:
         except NoAnswer:
             raise
         except EngineError as exc:
-            log.warning("cannot read %s (HTTP %s); assuming %d", MAX_CLAUSE_SETTING, exc.status,
-                        self.default_max_clause_count)
+            # A read-only user may not read cluster settings (403): expected, so not a warning.
+            log.log(logging.INFO if isinstance(exc, AccessDenied) else logging.WARNING,
+                    "cannot read %s (HTTP %s); assuming %d", MAX_CLAUSE_SETTING, exc.status,
+                    self.default_max_clause_count)
             return self.default_max_clause_count
         return int(value) if value is not None else self.default_max_clause_count

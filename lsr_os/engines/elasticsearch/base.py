@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import elastic_transport
 from elasticsearch import ApiError, Elasticsearch, UnsupportedProductError, helpers
 
 from lsr_os.config import POOL_MAXSIZE, ClusterConfig
-from lsr_os.engines.base.base import Engine as BaseEngine, error_text
+from lsr_os.engines.base.base import Call, Engine as BaseEngine, credentials
 from lsr_os.engines.elasticsearch.features import Features
 from lsr_os.engines.elasticsearch.operations import Operations
-from lsr_os.errors import (AccessDenied, BadRequest, ConfigError, EngineError, NoAnswer, NotFound,
-                           TLSFailure)
+from lsr_os.errors import AccessDenied, ConfigError, EngineError, NoAnswer, TLSFailure
+
+log = logging.getLogger(__name__)
 
 
 class Engine(BaseEngine):
@@ -25,7 +27,7 @@ class Engine(BaseEngine):
     def _new_client(self, timeout: float) -> Elasticsearch:
         return new_client(self.config, timeout)
 
-    def _translate(self, exc: Exception) -> EngineError | None:
+    def _translate(self, exc: Exception, call: Call | None = None) -> EngineError | None:
         if isinstance(exc, elastic_transport.TlsError):
             return TLSFailure(f"TLS with {self.where} failed: {exc.message}")
         if isinstance(exc, (elastic_transport.ConnectionError, elastic_transport.ConnectionTimeout)):
@@ -34,10 +36,30 @@ class Engine(BaseEngine):
             return EngineError(f"{self.where} is not Elasticsearch ({exc.message})")
         if not isinstance(exc, ApiError):
             return None
-        status = exc.meta.status
-        info = exc.body if isinstance(exc.body, dict) else None
-        kind = {400: BadRequest, 401: AccessDenied, 403: AccessDenied, 404: NotFound}.get(status, EngineError)
-        return kind(f"HTTP {status} {error_text(info) if info else exc.message}", status, info)
+        return self._answer_error(exc.meta.status, exc.body if isinstance(exc.body, dict) else None, exc.message, call)
+
+
+    def check_may_write(self, alias: str) -> None:
+        """Elasticsearch tells any authenticated user which privileges it holds (`_has_privileges`):
+        a load reads the nodes (cluster `monitor`), creates, configures and aliases its index
+        (`manage`), writes documents (`write`) and counts and scans them (`read`)."""
+        wanted = {"cluster": ["monitor"], "index": [{"names": [f"{alias}*"], "privileges": ["manage", "write", "read"]}]}
+        try:
+            held = self._call("security.has_privileges", body=wanted)
+        except NoAnswer:
+            raise
+        except EngineError as exc:  # security off (no such path), or an older cluster: the writes will tell
+            log.debug("cannot ask for the user's privileges (%s); the cluster will refuse what it refuses", exc)
+            return
+        if held.get("has_all_requested", True):
+            return
+        lacking = [f"the cluster privilege {name}" for name, ok in held.get("cluster", {}).items() if not ok]
+        for pattern, privileges in held.get("index", {}).items():
+            names = [name for name, ok in privileges.items() if not ok]
+            if names:
+                lacking.append(f"the index privilege{'s' if len(names) > 1 else ''} {', '.join(names)} on {pattern}")
+        raise AccessDenied(f"{credentials(self.config)} may not write to {alias}: Elasticsearch says it lacks "
+                           f"{' and '.join(lacking)}", 403, held)
 
 
 def new_client(config: ClusterConfig, timeout: float) -> Elasticsearch:

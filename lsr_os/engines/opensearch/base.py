@@ -8,11 +8,10 @@ from opensearchpy import OpenSearch, helpers
 from opensearchpy import exceptions as ex
 
 from lsr_os.config import POOL_MAXSIZE, ClusterConfig
-from lsr_os.engines.base.base import Engine as BaseEngine, error_text
+from lsr_os.engines.base.base import Call, Engine as BaseEngine
 from lsr_os.engines.opensearch.features import Features
 from lsr_os.engines.opensearch.operations import Operations
-from lsr_os.errors import (AccessDenied, BadRequest, ConfigError, EngineError, NoAnswer, NotFound,
-                           TLSFailure)
+from lsr_os.errors import ConfigError, EngineError, NoAnswer, TLSFailure
 
 
 class Engine(BaseEngine):
@@ -21,6 +20,7 @@ class Engine(BaseEngine):
     features_class = Features
     operations_class = Operations
     scan = staticmethod(helpers.scan)
+    repository_argument = "repository"  # opensearch-py's name for it (the official client's is `name`)
 
     def _new_client(self, timeout: float) -> OpenSearch:
         return new_client(self.config, timeout)
@@ -32,7 +32,7 @@ class Engine(BaseEngine):
             kwargs["request_timeout"] = max(client_timeout or 0, self.config.timeout)
         return super()._call(method, client_timeout, **kwargs)
 
-    def _translate(self, exc: Exception) -> EngineError | None:
+    def _translate(self, exc: Exception, call: Call | None = None) -> EngineError | None:
         if isinstance(exc, ex.SSLError):
             return TLSFailure(f"TLS with {self.where} failed: {exc.info or exc.error}")
         if isinstance(exc, ex.ConnectionError):  # refused, reset, timed out: no HTTP answer at all
@@ -40,9 +40,7 @@ class Engine(BaseEngine):
         if not isinstance(exc, ex.TransportError):
             return None
         status = exc.status_code if isinstance(exc.status_code, int) else None
-        info = exc.info if isinstance(exc.info, dict) else None
-        kind = {400: BadRequest, 401: AccessDenied, 403: AccessDenied, 404: NotFound}.get(status, EngineError)
-        return kind(f"HTTP {status} {error_text(info) if info else exc.error}", status, info)
+        return self._answer_error(status, exc.info if isinstance(exc.info, dict) else None, str(exc.error), call)
 
 
 def new_client(config: ClusterConfig, timeout: float) -> OpenSearch:
