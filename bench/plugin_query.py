@@ -350,7 +350,7 @@ def summary(r: dict) -> str:
     index_rows = [{"index": f"{n:,} documents, with the text field", **_index_row(r["index"])}]
     if "baseline_index" in r:
         index_rows.append({"index": f"{n:,} documents, without", **_index_row(r["baseline_index"])})
-    lines += ["Indices (force-merged, vector in _source as by default):", "",
+    lines += ["Indices (force-merged, `_source` as `lsr-os ingest` writes it):", "",
               md_table(index_rows, ["index", "store MiB", "load s", "docs/s", "merge s", "reused"]), ""]
     if "ingest" in r:
         ing = r["ingest"]

@@ -119,7 +119,8 @@ def folded_text(vector: Mapping[str, float], weights: Mapping[str, float], scale
     field's sum of them, exceeds Lucene's int limit (choose a smaller scale)."""
     import numpy as np
 
-    # Per document on ingest's path: C loops only (~80 us for 175 terms, a Python step a term ~300)
+    # Per document on ingest's path: C loops only (150-210 us for 172 terms here, bench/results/plugin_load_*;
+    # a Python step a term costs more)
     w = np.array(list(map(weights.get, vector, repeat(0.0))), np.float64)
     q9 = quantize(np.array(list(vector.values()), np.float32)).astype(np.float64)
     keep = (w > 0) & (q9 > 0)
