@@ -48,3 +48,20 @@ def test_every_part_of_the_plugin_bench_runs_and_reports(engine, tmp_path):
     assert f"One local {engine.display_name} {engine.version} node" in summary
     assert engine.index(f"bench-plugin-{DOCS}*") == {}  # --drop left nothing
     assert engine.index("bench-plugin-ingest-300-*") == {}
+
+
+def test_the_load_breakdown_bench_runs_every_variant_and_reports(engine, tmp_path):
+    """bench/plugin_load.py at a tiny size: every variant loads all documents and is deleted after."""
+    require_plugin(engine)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.plugin_load", "--docs", "300", "--rounds", "1", "--client-docs", "100",
+         "--url", engine.config.urls[0], "--name", "tiny-load", "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "tiny-load.json").read_text())["results"]
+    assert set(results["median_load_s"]) == {"without", "with", "with, in _source", "sent, not indexed"}
+    assert results["ratio_to_without"]["without"] == 1.0 and all(s > 0 for s in results["median_load_s"].values())
+    client = results["client"]
+    assert client["with"]["json_bytes"] > client["without"]["json_bytes"] and client["text_terms"] > 10
+    assert f"one local {engine.display_name} {engine.version} node" in (tmp_path / "tiny-load.md").read_text()
+    assert engine.index("bench-plugin-load-*") == {}
