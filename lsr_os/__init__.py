@@ -1,4 +1,4 @@
-"""lsr-os: multimodal learned sparse retrieval served from OpenSearch rank_features.
+"""lsr-os: multimodal learned sparse retrieval served from OpenSearch or Elasticsearch.
 
 The public API: what an application needs to load the models, encode queries and documents,
 load records into a cluster and search it::

@@ -1145,12 +1145,12 @@ def demo(cluster: ClusterConfig, out: Path, n_images: int, encoder_epochs: int, 
                                                                         ex.inference_free_terms)
                        + f"; {ex.shared_hits} of its top {len(ex.inference_free_hits)} are above")
     click.secho("\nTest split, R@k in % (image-text sense):", bold=True)
-    click.echo(" " * 38 + "".join(f"{m:>7}" for m in ("R@1", "R@5", "R@10")))
+    click.echo(" " * 42 + "".join(f"{m:>7}" for m in ("R@1", "R@5", "R@10")))
     for direction, label in (("t2i", "text -> image"), ("i2t", "image -> text")):
         sec = result.report[direction]
         for system, metrics in (("dense (teacher)", sec["dense"]["metrics"]),
-                                ("sparse via OpenSearch", sec["cluster"]["metrics"])):
-            click.echo(f"  {label}, {system}".ljust(38) + "".join(f"{100 * metrics[m]:7.1f}" for m in ("R@1", "R@5", "R@10")))
+                                (f"sparse via {engine.display_name}", sec["cluster"]["metrics"])):
+            click.echo(f"  {label}, {system}".ljust(42) + "".join(f"{100 * metrics[m]:7.1f}" for m in ("R@1", "R@5", "R@10")))
         click.echo(f"    parity with exact scoring: top-10 overlap {sec['parity']['top10_overlap']:.3f}")
     click.echo()
     _print_query_modes(result.report)

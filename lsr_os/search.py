@@ -643,7 +643,7 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
                           "(or --demo DIR); or search with --vector-json")
     if image is not None and not (model and head):
         raise ConfigError("image queries run the dense model: give --model and --head (or --demo DIR)")
-    own, vocabulary, checked = frozenset(), None, None
+    own, checked = frozenset(), None
     if text is not None:  # the text first: no cluster, no model, no torch for a text that cannot be searched
         queries = _query_encoder(model, str(head), device)
         mode = queries.mode(mode, expand)
@@ -653,8 +653,9 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
             checked = queries.check_text(text)
     elif image is not None:
         queries, mode = _query_encoder(model, str(head), device), "expanded"
-    else:
-        mode, vocabulary, own = "vector", Vocabulary.default(), frozenset(vector)
+    else:  # a vector without a known term fails here, before the connection tells the engine
+        mode, own = "vector", frozenset(vector)
+        vector = prepare_query(vector, max(1, len(vector)), Vocabulary.default())
     index = index or f"{prefix or 'lsr'}-{collection or ('captions' if image is not None else 'images')}"
     searcher = Searcher.of(engine_for(cluster))
     if vector is None:  # the model's turn
@@ -664,7 +665,7 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
             vector, own = _one(queries.encode_texts([text], mode, [checked])[0])
         else:
             vector = queries.images([picture])[0]
-    result = searcher.search(index, vector, k, split, explain, max_terms, first_terms, window, vocabulary)
+    result = searcher.search(index, vector, k, split, explain, max_terms, first_terms, window)
     result.text, result.own, result.mode = text, own, mode
     if text is not None:
         result.collection_warnings = text_field_warnings(searcher.engine, index, head)

@@ -14,7 +14,7 @@ import lsr_os
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "numpy")
 # What an application that sends vector or inference-free queries, or loads records, touches.
-MODEL_FREE = ["ClusterConfig", "connect", "Searcher", "SearchResult", "run_search", "StaticQueryEncoder",
+MODEL_FREE = ["ClusterConfig", "connect", "Engine", "Searcher", "SearchResult", "run_search", "StaticQueryEncoder",
               "SparseRecord", "RecordStream", "read_jsonl", "write_jsonl", "IngestOptions", "IngestReport",
               "ingest", "ingest_collections", "LsrOsError", "ConfigError", "DataError", "ModelError",
               "ClusterError", "ClusterUnreachable", "CollectionMissing"]
@@ -92,15 +92,21 @@ def test_the_documented_encode_path_gives_sparse_vectors_of_vocabulary_terms(tin
 
 
 @pytest.mark.integration
-def test_the_documented_ingest_and_search_path_runs_on_the_node(os_client, index_name):
+def test_the_documented_ingest_and_search_path_runs_on_the_node(engine, index_name):
+    """As docs/api.md does it: connect to a URL (the engine is told from the cluster), ingest, search."""
+    connected = lsr_os.connect(lsr_os.ClusterConfig(urls=engine.config.urls))
+    assert isinstance(connected, lsr_os.Engine) and connected.name == engine.name
     records = [lsr_os.SparseRecord("a", {"dog": 2.0, "beach": 1.0}, {"image": "a.jpg"}),
                lsr_os.SparseRecord("b", {"cat": 2.0, "beach": 0.25}, {"image": "b.jpg"})]
     stream = lsr_os.RecordStream.of(records, source="public-api-test", total=len(records))
-    report = lsr_os.ingest(os_client, stream, alias=index_name, collection="images",
+    report = lsr_os.ingest(connected, stream, alias=index_name, collection="images",
                            options=lsr_os.IngestOptions(progress=False))
     assert (report.count, report.failed, report.not_swapped) == (2, 0, None)
-    result = lsr_os.Searcher.of(os_client).search(index_name, {"dog": 1.0, "beach": 2.0}, k=5)
+    result = lsr_os.Searcher.of(connected).search(index_name, {"dog": 1.0, "beach": 2.0}, k=5)
     assert [(h["id"], h["image"]) for h in result.hits] == [("a", "a.jpg"), ("b", "b.jpg")]
     assert [h["score"] for h in result.hits] == pytest.approx([4.0, 0.5], rel=1e-3)
-    again = lsr_os.run_search(os_client, vector_json='{"dog": 1.0, "beach": 2.0}', index=index_name, k=5)
+    again = lsr_os.run_search(connected, vector_json='{"dog": 1.0, "beach": 2.0}', index=index_name, k=5)
     assert [h["id"] for h in again.hits] == ["a", "b"]
+    by_config = lsr_os.run_search(lsr_os.ClusterConfig(urls=engine.config.urls), vector_json='{"dog": 1.0}',
+                                  index=index_name, k=5)
+    assert [h["id"] for h in by_config.hits] == ["a"]

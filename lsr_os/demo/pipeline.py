@@ -155,7 +155,7 @@ def run_demo(engine: Engine, cfg: DemoConfig, step: Callable[[str], None] | None
 
     aliases = {c: f"{cfg.prefix}-{c}" for c in ("images", "captions")}
     steps.run("ingest", False, lambda: _ingest(engine, dense_dir, head_dir / BEST_DIR, aliases, cfg.progress),
-              f"loading {' and '.join(aliases.values())} into OpenSearch (kept when they serve this head)")
+              f"loading {' and '.join(aliases.values())} into {engine.display_name} (kept when they serve this head)")
     # What `lsr-os search --demo OUT` (and `serve --demo OUT`) needs: no other flag.
     (out / DEMO_SEARCH_FILE).write_text(json.dumps({
         "model": str(enc_dir.resolve()), "head": str((head_dir / BEST_DIR).resolve()), "prefix": cfg.prefix,

@@ -89,15 +89,31 @@ def _probe(config: ClusterConfig, url: str) -> tuple[str, str]:
         raise AccessDenied(f"{credentials(config)} may not read the nodes of the cluster at {url} "
                            f"(HTTP 403 {detail})", 403, info)
     shown = "Elasticsearch" if engine == "elasticsearch" else "OpenSearch"
-    if resp.status != 200:
-        raise ClusterError(f"{shown} at {url} answered HTTP {resp.status}: {resp.data[:200].decode(errors='replace')}")
     try:
-        nodes = json.loads(resp.data)["nodes"]
-        version = next(iter(nodes.values()))["version"]
-    except (ValueError, KeyError, StopIteration, TypeError):
-        raise ClusterError(f"{url} answered something that is not a node list: "
-                           f"{resp.data[:200].decode(errors='replace')}") from None
-    return engine, version
+        body = json.loads(resp.data)
+    except ValueError:
+        body = None
+    if resp.status == 200:
+        try:
+            return engine, next(iter(body["nodes"].values()))["version"]
+        except (KeyError, StopIteration, TypeError, AttributeError):
+            pass
+    elif isinstance(body, dict) and isinstance(body.get("error"), (dict, str)):  # the engine's own error
+        raise ClusterError(f"{shown} at {url} answered HTTP {resp.status}: {error_text(body)}")
+    raise ClusterError(f"{url} is neither OpenSearch nor Elasticsearch: GET {_PROBE} answered HTTP {resp.status}"
+                       f"{_server(resp)}, {_excerpt(resp.data)}")
+
+
+def _server(resp) -> str:
+    """` from <Server header>`, naming what answered, when it says."""
+    server = resp.headers.get("Server")
+    return f" from {server}" if server else ""
+
+
+def _excerpt(data: bytes) -> str:
+    """The start of an answer's body on one line."""
+    text = " ".join(data[:120].decode(errors="replace").split())
+    return f"starting {text!r}" if text else "with an empty body"
 
 
 def _says_elasticsearch(resp: urllib3.BaseHTTPResponse) -> bool:
