@@ -144,7 +144,7 @@ def node() -> None:
 @click.option("--path-repo", "repo", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The nodes' path.repo (snapshot folders live under it) [default: <state folder>/snapshots].")
 @click.option("--plugin/--no-plugin", "plugin", default=None,
-              help="With the lsr-os OpenSearch plugin (typed-text search in the cluster): --plugin fails when it "
+              help="With the lsr-os plugin (typed-text search in the cluster): --plugin fails when it "
                    "cannot be built (needs Maven and a JDK 21+), --no-plugin never installs it [default: install "
                    "it when it can be built, else start without it and say so].")
 @click.option("--secure", is_flag=True,
@@ -155,7 +155,7 @@ def node_start(engine: str, os_version: str | None, port: int | None, nodes: int
                wait: float, repo: Path | None, plugin: bool | None, secure: bool) -> None:
     """Provision (once, cached) and start a local node or cluster; harmless when it already runs.
 
-    The lsr-os plugin is built with Maven once per plugin source and OpenSearch version (cached
+    The lsr-os plugin is built with Maven once per plugin source, engine and version (cached
     like the distribution) and installed before the nodes start. Nodes of the cluster that are
     stopped (e.g. with `node stop --node node-2`) are started again and rejoin with their data.
     """
@@ -394,7 +394,7 @@ def source_options(split_default: str | None = None, demo_prefix: bool = False):
                    "the cluster alone can no longer reindex it (snapshots still hold everything).")
 @click.option("--force-merge", is_flag=True, help="Merge the index to one segment before serving it (a one-off load).")
 @click.option("--text-field/--no-text-field", "text_field", default=None,
-              help="Give the images a `text` field that the lsr-os OpenSearch plugin ranks typed text on (a plain "
+              help="Give the images a `text` field that the lsr-os plugin ranks typed text on (a plain "
                    "`match`, Dashboards), folded from the head's query weights; --text-field makes a missing "
                    "plugin or query weights an error [default: on when the head has query weights and every node "
                    "runs the plugin]. With --sparse, --head names the query weights.")
@@ -691,13 +691,16 @@ def collections_group() -> None:
 
 @collections_group.command("list")
 @cluster_options
+@click.option("--head", type=_PATH_DIR, default=None,
+              help="Say which text fields were folded from other query weights than this head's [default: than "
+                   "those the head each was folded from has now].")
 @words("json")
-def collections_list(cluster: ClusterConfig, as_json: bool) -> None:
-    """Every lsr-os index: alias, state, documents, size, served or not."""
+def collections_list(cluster: ClusterConfig, head: Path | None, as_json: bool) -> None:
+    """Every lsr-os index: alias, state, documents, size, served or not, typed-text field."""
     from lsr_os.engines import connect
     from lsr_os.index import list_collections
 
-    rows = list_collections(connect(cluster))
+    rows = list_collections(connect(cluster), head=head)
     if as_json:
         echo_json(rows)
         return
@@ -707,10 +710,14 @@ def collections_list(cluster: ClusterConfig, as_json: bool) -> None:
     wide = {key: max(len(str(r[key] or "")) for r in rows) for key in ("alias", "index")}
     for r in rows:
         mark = "*" if r["served"] else " "
+        text = ("  text (other weights)" if r["text_field_stale"] else "  text") if r["text_field"] else ""
         click.echo(f"{mark} {r['alias'] or '':<{wide['alias']}}  {r['index']:<{wide['index']}}  {r['state']:<9}"
-                   f"{r['docs']:>11,} docs {r['bytes'] / 2**20:9.1f} MiB{'  text' if r['text_field'] else ''}")
+                   f"{r['docs']:>11,} docs {r['bytes'] / 2**20:9.1f} MiB{text}")
     click.echo("* = served by its alias; a loading index counts the documents indexed so far; text = typed text "
                "ranks it in the cluster (the lsr-os plugin's field)")
+    for r in rows:
+        if r["text_field_stale"]:
+            click.secho(f"Warning: {r['text_field_stale']}", fg="yellow", err=True)
 
 
 @collections_group.command("delete")

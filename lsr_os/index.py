@@ -894,16 +894,19 @@ def _with_prefix(name: str, prefix: str) -> str:
 # --------------------------------------------------------------------------- housekeeping
 
 
-def list_collections(engine: Engine, pattern: str = "*") -> list[dict]:
-    """Every lsr-os index matching `pattern`: alias, index, state, docs, size, served or not, and its
-    `text_field` (what `_meta` records of the plugin's field, None without one)."""
+def list_collections(engine: Engine, pattern: str = "*", head: str | Path | None = None) -> list[dict]:
+    """Every lsr-os index matching `pattern`: alias, index, state, docs, size, served or not, its
+    `text_field` (what `_meta` records of the plugin's field, None without one) and
+    `text_field_stale`: why that field ranks by other query weights than `head`'s (by default the
+    head folder it was folded from, as it is now), None when it does not (`plugin.stale_text_field`)."""
     out = []
     for name, body in engine.mappings(pattern).items():
         meta = (body.get("_meta") or {}).get(META_KEY)
         if not meta:
             continue
         out.append({"alias": meta.get("alias"), "index": name, "collection": meta.get("collection"),
-                    "state": meta.get("state"), "source": meta.get("source"), "text_field": meta.get("text_field")})
+                    "state": meta.get("state"), "source": meta.get("source"), "text_field": meta.get("text_field"),
+                    "text_field_stale": plugin.stale_text_field(name, meta.get("text_field"), head)})
     if not out:
         return out
     stats = {row["index"]: row for row in engine.cat_indices(",".join(r["index"] for r in out))}
@@ -917,6 +920,16 @@ def list_collections(engine: Engine, pattern: str = "*") -> list[dict]:
             row["docs"] = max(row["docs"], int(indexing[row["index"]]["primaries"]["indexing"]["index_total"]))
         row["bytes"] = int(stats.get(row["index"], {}).get("store.size") or 0)
     return sorted(out, key=lambda r: (r["alias"] or "", r["index"]))
+
+
+def stale_text_fields(engine: Engine, name: str, head: str | Path) -> list[str]:
+    """`plugin.stale_text_field` against `head` of each index the alias or index `name` resolves
+    to (one `_mapping` request): what a search with `head` should tell its user."""
+    found = engine.mappings(name)
+    said = (plugin.stale_text_field(name if len(found) == 1 else index,
+                                    ((body.get("_meta") or {}).get(META_KEY) or {}).get("text_field"), head)
+            for index, body in sorted(found.items()))
+    return [line for line in said if line]
 
 
 def delete_collection(engine: Engine, alias: str) -> list[str]:

@@ -8,7 +8,7 @@ root. What differs between the engines (artifact, names, settings, readiness, se
 asked of the engine's `NodeLayout` (`lsr_os/engines/<engine>/node.py`, which also pins its default
 version); this module holds the engine-free machinery.
 
-The lsr-os plugin (`plugin/`, shipped as package data) is built once per source and OpenSearch
+The lsr-os plugin (`plugin/`, shipped as package data) is built once per source, engine and
 version with Maven and installed into a copy of the distribution, so nodes can start with it or,
 from the untouched distribution, without it.
 
@@ -470,41 +470,45 @@ def plugin_descriptor(zip_path: Path) -> dict[str, str]:
         with zipfile.ZipFile(zip_path) as zf:
             text = zf.read("plugin-descriptor.properties").decode("utf-8")
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
-        raise PluginUnavailable(f"{zip_path} is not an OpenSearch plugin zip: {exc}") from exc
+        raise PluginUnavailable(f"{zip_path} is not a plugin zip: {exc}") from exc
     pairs = (ln.split("=", 1) for ln in text.splitlines() if "=" in ln and not ln.lstrip().startswith("#"))
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def install_plugin(dist: Path, zip_path: Path, version: str, java: Path) -> None:
-    """Install a plugin zip into the distribution `dist` (replacing an installed lsr-os plugin);
-    a zip built for another OpenSearch version is refused before the installer runs."""
-    built_for = plugin_descriptor(zip_path).get("opensearch.version")
-    if built_for != version:
-        raise PluginUnavailable(f"{zip_path.name} was built for OpenSearch {built_for}, but the node runs {version}: "
-                                f"build it for {version} (in plugin/: mvn -B -pl opensearch -am package "
-                                f"-Dmaven.test.skip=true -Dopensearch.version={version})")
-    env = {**os.environ, "OPENSEARCH_JAVA_HOME": str(java), "OPENSEARCH_PATH_CONF": str(dist / "config")}
-    env.pop("OPENSEARCH_JAVA_OPTS", None)
-    tool = str(dist / "bin" / "opensearch-plugin")
+def install_plugin(dist: Path, zip_path: Path, version: str, java: Path, engine: str = DEFAULT_ENGINE) -> None:
+    """Install a plugin zip into the distribution `dist` of `engine` (replacing an installed lsr-os
+    plugin); a zip built for another engine or version is refused before the installer runs."""
+    lay = layout(engine)
+    descriptor = plugin_descriptor(zip_path)
+    built_for = next(((e, descriptor[f"{e}.version"]) for e in PLUGIN_ENGINES if f"{e}.version" in descriptor), None)
+    if built_for != (engine, version):
+        what = f"{layout(built_for[0]).product} {built_for[1]}" if built_for else "no engine version"
+        raise PluginUnavailable(f"{zip_path.name} was built for {what}, but the node runs {lay.product} {version}: "
+                                f"build it for {version} (in plugin/: mvn -B -pl {engine} -am package "
+                                f"-Dmaven.test.skip=true -D{engine}.version={version})")
+    env = {**os.environ, lay.java_home_env: str(java), lay.path_conf_env: str(dist / "config")}
+    env.pop(lay.java_opts_env, None)
+    tool = str(dist / "bin" / lay.plugin_tool)
     if (dist / "plugins" / PLUGIN).exists():
         subprocess.run([tool, "remove", PLUGIN], env=env, capture_output=True, text=True, check=False)
         shutil.rmtree(dist / "plugins" / PLUGIN, ignore_errors=True)
-    proc = subprocess.run([tool, "install", "-b", zip_path.resolve().as_uri()], env=env, capture_output=True,
+    proc = subprocess.run([tool, "install", "--batch", zip_path.resolve().as_uri()], env=env, capture_output=True,
                           text=True, check=False, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip() and "deprecated" not in ln]
-        raise PluginUnavailable(f"opensearch-plugin could not install {zip_path.name}: "
+        raise PluginUnavailable(f"{lay.plugin_tool} could not install {zip_path.name}: "
                                 f"{lines[-1] if lines else f'exit status {proc.returncode}'}")
 
 
-def plugin_distribution(dist: Path, version: str, java: Path, step: Step = _quiet) -> tuple[Path, str]:
+def plugin_distribution(dist: Path, version: str, java: Path, step: Step = _quiet,
+                        engine: str = DEFAULT_ENGINE) -> tuple[Path, str]:
     """A copy of the distribution with the current plugin build installed, and that build's key.
 
     The copy hard-links the distribution's files (its own config/ and plugins/), so it costs no
     disk; the distribution itself stays without plugins for nodes started with --no-plugin. The
     plugin is reinstalled when the cached build changed (a running node keeps the files it opened).
     """
-    zip_path = build_plugin(version, java, step)
+    zip_path = build_plugin(version, java, step, engine)
     key = zip_path.parent.name
     target = dist.parent / f"{dist.name}-{PLUGIN}"
     marker = target / f".{PLUGIN}-plugin"
@@ -512,7 +516,7 @@ def plugin_distribution(dist: Path, version: str, java: Path, step: Step = _quie
         return target, key
     with _plugin_lock():
         if not (marker.exists() and marker.read_text() == key):
-            if not (target / "bin" / "opensearch").exists():
+            if not (target / "bin" / layout(engine).executable).exists():
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(dist, target, copy_function=_link_or_copy,
                                 ignore=lambda folder, names: ["config", "plugins"] if Path(folder) == dist else [])
@@ -520,7 +524,7 @@ def plugin_distribution(dist: Path, version: str, java: Path, step: Step = _quie
                 (target / "plugins").mkdir()
             step(f"installing the lsr-os plugin ({zip_path.name}) into {target}")
             marker.unlink(missing_ok=True)
-            install_plugin(target, zip_path, version, java)
+            install_plugin(target, zip_path, version, java, engine)
             marker.write_text(key)
     return target, key
 
@@ -537,11 +541,7 @@ def _node_distribution(spec: NodeSpec, dist: Path, java: Path, step: Step) -> tu
     if spec.plugin == "skip":
         return dist, None
     try:
-        if not spec.layout.has_plugin:
-            # The one place an engine's plugin goes in: for Elasticsearch, a copy of the distribution
-            # with `<home>/bin/elasticsearch-plugin install --batch file://<zip>` run in it.
-            raise PluginUnavailable(f"lsr-os has no plugin for {spec.layout.product} yet")
-        return plugin_distribution(dist, spec.version, java, step)
+        return plugin_distribution(dist, spec.version, java, step, spec.engine)
     except PluginUnavailable as exc:
         if spec.plugin == "require":
             raise

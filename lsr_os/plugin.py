@@ -16,7 +16,7 @@ nothing. Every analysis component the settings name is the plugin's own (the sam
 engines), so they need no analysis-common module (Elasticsearch's integration-test distribution
 has none). `Folding` is what an index's `text` field is made of (a head's query weights, the
 vocabulary, the scale); `lsr_os.index` builds the field with it. Nothing here talks to the
-cluster but `cluster_has_plugin`.
+cluster (`engine.features.has_lsr_os_plugin` asks whether every node runs the plugin).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from array import array
 from dataclasses import dataclass
 from itertools import chain, compress, repeat
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from lsr_os.errors import ConfigError, DataError, ModelError
 from lsr_os.sparse import quantize
@@ -119,7 +119,8 @@ def folded_text(vector: Mapping[str, float], weights: Mapping[str, float], scale
     field's sum of them, exceeds Lucene's int limit (choose a smaller scale)."""
     import numpy as np
 
-    # Per document on ingest's path: C loops only (~80 us for 175 terms, a Python step a term ~300)
+    # Per document on ingest's path: C loops only (150-210 us for 172 terms here, bench/results/plugin_load_*;
+    # a Python step a term costs more)
     w = np.array(list(map(weights.get, vector, repeat(0.0))), np.float64)
     q9 = quantize(np.array(list(vector.values()), np.float32)).astype(np.float64)
     keep = (w > 0) & (q9 > 0)
@@ -139,6 +140,51 @@ def folded_text(vector: Mapping[str, float], weights: Mapping[str, float], scale
         raise DataError(f"document {doc_id or '(no id)'}: term {bad!r} cannot be folded (whitespace or U+0001)")
     pairs = tuple(chain.from_iterable(zip(terms, freqs.astype(np.int64).tolist())))
     return (f"%s{DELIMITER}%d " * len(terms) % pairs)[:-1]
+
+
+def table_sha256(weights: Sequence[float]) -> str:
+    """SHA-256 of a query weight table as an index records it: float32, little-endian, one weight
+    per vocabulary id."""
+    table = array("f", weights)
+    if sys.byteorder != "little":
+        table.byteswap()
+    return hashlib.sha256(table.tobytes()).hexdigest()
+
+
+def head_weights_sha256(head: str | Path) -> str | None:
+    """`table_sha256` of a head folder's query weights as they are now; None when it has none."""
+    from lsr_os.static_query import has_query_weights, read_weights
+
+    return table_sha256(read_weights(head)) if has_query_weights(head) else None
+
+
+def stale_text_field(index: str, recorded: Mapping[str, Any] | None, head: str | Path | None = None) -> str | None:
+    """Why `index`'s `text` field (`recorded`: what its `_meta` records, `Folding.meta`) ranks typed
+    text by other query weights than `head`'s (by default the head folder it was folded from, as it
+    is now: `lsr-os add-query-weights` or a new training may have changed them since); None when
+    they are the same, or when there is nothing to compare (no field, no head with query weights).
+
+    The field is folded at ingest, so a `match` in the cluster keeps the old weights while
+    `lsr-os search --mode inference-free` with the head uses the new ones; a load with the head
+    folds it again."""
+    if not recorded or not recorded.get("query_weights_sha256"):
+        return None
+    folded_from = recorded.get("head")
+    head = head if head is not None else folded_from
+    try:
+        current = head_weights_sha256(head) if head else None
+    except ModelError:  # the head that was recorded is gone or broken: nothing to compare with
+        return None
+    old = recorded["query_weights_sha256"]
+    if current is None or current == old:
+        return None
+    same = folded_from is not None and Path(head).resolve() == Path(folded_from)
+    source = (f"older query weights of that head (table {old[:12]}, now {current[:12]})" if same else
+              f"the query weights of {folded_from or 'another head'} (table {old[:12]}), not those of {head} "
+              f"(table {current[:12]})")
+    return (f"{index}'s {FIELD!r} field was folded from {source}: a `match` on it in the cluster ranks typed text "
+            f"by those, unlike inference-free search with {head}; load the images again with --head {head} to "
+            f"fold it anew (docs/plugin.md)")
 
 
 @dataclass(frozen=True)
@@ -166,11 +212,8 @@ class Folding:
         if terms != Vocabulary.default().terms:
             raise ModelError(f"the head {head} has its own vocabulary ({len(terms)} terms), not the BERT-uncased one "
                              f"the lsr-os plugin splits typed text with, so the {FIELD!r} field cannot be built for it")
-        table = array("f", enc.weights)
-        if sys.byteorder != "little":
-            table.byteswap()
         return cls({t: float(w) for t, w in zip(terms, enc.weights) if w > 0}, vocab_sha256(), scale,
-                   hashlib.sha256(table.tobytes()).hexdigest(), str(Path(head).resolve()))
+                   table_sha256(enc.weights), str(Path(head).resolve()))
 
     def text(self, vector: Mapping[str, float], doc_id: str | None = None) -> str:
         """A document's `text` value (`folded_text`)."""

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -541,6 +541,8 @@ class SearchResult:
     text: str | None = None
     own: frozenset[str] = frozenset()  # the query's own terms (a text's tokens); the rest is expansion
     mode: str | None = None  # a text's query mode (MODES); "expanded" for an image, "vector" for a raw vector
+    # the collection's: its `text` field folded from other query weights than the head in use
+    collection_warnings: list[str] = field(default_factory=list)
 
     def query_terms(self) -> dict:
         return split_terms(self.query, self.own)
@@ -549,8 +551,8 @@ class SearchResult:
     def warnings(self) -> list[str]:
         """What a user should know before trusting the hits: a text left with none of its own
         word pieces (a word the model does not know, or terms capped away) is searched by the
-        model's expansion alone."""
-        return expansion_only(self.text, self.query, self.own)
+        model's expansion alone; and what is wrong with the collection (`collection_warnings`)."""
+        return expansion_only(self.text, self.query, self.own) + self.collection_warnings
 
     def to_dict(self) -> dict:
         return {"index": self.index, "took_ms": self.took_ms, "mode": self.mode,
@@ -665,7 +667,24 @@ def run_search(cluster, text: str | None = None, image: str | Path | None = None
             vector = queries.images([picture])[0]
     result = searcher.search(index, vector, k, split, explain, max_terms, first_terms, window)
     result.text, result.own, result.mode = text, own, mode
+    if text is not None:
+        result.collection_warnings = text_field_warnings(searcher.engine, index, head)
     return result
+
+
+def text_field_warnings(engine: Engine, index: str, head: str | Path) -> list[str]:
+    """`index.stale_text_fields` when `head` has query weights (then the typed text's ranking in the
+    cluster should be this search's); a cluster that will not show the mapping only loses the warning."""
+    from lsr_os.index import stale_text_fields
+    from lsr_os.static_query import has_query_weights
+
+    if not has_query_weights(head):
+        return []
+    try:
+        return stale_text_fields(engine, index, head)
+    except EngineError as exc:
+        log.info("cannot read the mapping of %s to compare its text field's weights: %s", index, exc)
+        return []
 
 
 def engine_for(cluster) -> Engine:

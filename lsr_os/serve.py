@@ -369,6 +369,8 @@ class SearchService:
         self.batcher = Batcher(self._encode_batch, self.model_pool, config.max_batch, config.batch_wait_ms / 1000,
                                config.max_pending)
         self.image_root = self._image_root()
+        # the images' `text` field folded from other query weights than the head's (read once: open_service)
+        self.text_field_stale: list[str] = []
 
     def alias(self, collection: str) -> str:
         return f"{self.config.prefix}-{collection}"
@@ -556,6 +558,7 @@ class SearchService:
                 except ClusterError as exc:
                     entry["error"] = str(exc)
             collections[name] = entry
+        collections["images"]["text_field_stale"] = self.text_field_stale
         models = None
         if self.queries is not None:
             models = {"model": self.config.model, "head": str(self.config.head), "loaded": self.ready,
@@ -824,6 +827,12 @@ def open_service(cluster, config: ServeConfig) -> SearchService:
             service.searcher.require(service.alias(name))
         except ClusterError as exc:
             log.warning("%s", exc)
+    if config.head is not None:
+        from lsr_os.search import text_field_warnings
+
+        service.text_field_stale = text_field_warnings(engine, service.alias("images"), config.head)
+        for line in service.text_field_stale:
+            log.warning("%s", line)
     service.model_pool.submit(service.load_models).result()
     return service
 

@@ -8,7 +8,7 @@ by `lsr-os train` (or added to a head later by `lsr-os add-query-weights`). A te
 so a repeated word piece counts once, and stop words, punctuation and special tokens never count:
 their weight is 0 in every table (`content_term_mask`). Nothing here imports torch, transformers or
 numpy on the query path: a text query costs a tokenizer call and a table lookup, and the lsr-os
-OpenSearch plugin computes the same score inside the cluster from the same table.
+plugin (OpenSearch, Elasticsearch) computes the same score inside the cluster from the same table.
 
 Files, in the head folder beside `config.json` and `model.safetensors`: `query_weights.safetensors`
 (one float32 tensor `query_weights` with one entry per vocabulary id), described in `config.json`

@@ -1,5 +1,5 @@
 """Helpers of the plugin tests: the reference tokenizer, texts to compare on, and `_analyze` in
-batches whose tokens are split back per text."""
+batches whose tokens are split back per text, on either engine."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import os
 import random
 from pathlib import Path
 
+import orjson
 import pytest
+
+from lsr_os.engines.base.base import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
 SEP = " [SEP] "  # a special token: matched on the raw text, it cuts the batch back into its texts
@@ -39,7 +42,7 @@ def char_table():
 
 
 def utf16_offsets(text: str) -> list[int]:
-    """Code point index -> UTF-16 index of `text` (OpenSearch counts offsets in UTF-16 units)."""
+    """Code point index -> UTF-16 index of `text` (both engines count offsets in UTF-16 units)."""
     out = [0]
     for ch in text:
         out.append(out[-1] + (2 if ord(ch) > 0xFFFF else 1))
@@ -55,9 +58,9 @@ def expected(texts: list[str]) -> list[list[tuple[str, int, int]]]:
     return out
 
 
-def analyzed(client, texts: list[str], index: str | None = None, analyzer: str | None = None,
+def analyzed(engine: Engine, texts: list[str], index: str | None = None, analyzer: str | None = None,
              max_tokens: int = 9000) -> list[list[tuple[str, int, int]]]:
-    """(token, start, end) per text from OpenSearch, many texts per `_analyze` request: joined by
+    """(token, start, end) per text from the engine, many texts per `_analyze` request: joined by
     SEP, so the batch's [SEP] tokens mark where each text ends (no text may contain "[SEP]")."""
     out: list[list[tuple[str, int, int]]] = []
     batch: list[str] = []
@@ -65,7 +68,7 @@ def analyzed(client, texts: list[str], index: str | None = None, analyzer: str |
     for text in texts + [None]:
         cost = 4 + len(text) * 3 if text is not None else 0  # a generous bound on the tokens a text makes
         if batch and (text is None or budget + cost > max_tokens):
-            out += _analyze_batch(client, batch, index, analyzer)
+            out += _analyze_batch(engine, batch, index, analyzer)
             batch, budget = [], 0
         if text is not None:
             assert "[SEP]" not in text
@@ -74,10 +77,10 @@ def analyzed(client, texts: list[str], index: str | None = None, analyzer: str |
     return out
 
 
-def _analyze_batch(client, texts, index, analyzer):
+def _analyze_batch(engine: Engine, texts, index, analyzer):
     joined = SEP.join(texts)
     body = {"text": joined, **({"analyzer": analyzer} if analyzer else {"tokenizer": "lsr_os_wordpiece"})}
-    tokens = client.indices.analyze(body=body, index=index)["tokens"]
+    tokens = engine.analyze(index, body)["tokens"]
     per_text: list[list[tuple[str, int, int]]] = [[]]
     starts = [0]
     for text in texts[:-1]:
@@ -92,14 +95,24 @@ def _analyze_batch(client, texts, index, analyzer):
     return per_text
 
 
-def require_plugin(engine) -> None:
-    """Skip (a failure under CI=true, where the node must have it) when the cluster lacks the plugin."""
+def require_plugin(engine: Engine) -> None:
+    """Skip when the engine's test node lacks the plugin; a failure under CI=true, where both
+    engines' test nodes run it (.ci/run starts them with --plugin)."""
     if not engine.features.has_lsr_os_plugin:
-        message = (f"the {engine.display_name} node at {', '.join(engine.config.urls)} does not run the lsr-os "
-                   "plugin on every node (lsr-os node start installs it when Maven and a JDK 21+ are there)")
+        message = (f"the {engine.display_name} node at {engine.where} does not run the lsr-os plugin on every "
+                   f"node (lsr-os node start --engine {engine.name} installs it when Maven and a JDK 21+ are there)")
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+def bulk_lines(engine: Engine, index: str, docs: dict[str, dict]) -> None:
+    """Index {id: document} in one bulk request and refresh; every document must be taken."""
+    payload = b"".join(orjson.dumps({"index": {"_index": index, "_id": doc_id}}) + b"\n" + orjson.dumps(doc) + b"\n"
+                       for doc_id, doc in docs.items())
+    answer = engine.bulk(payload)
+    assert not answer["errors"], [i for i in answer["items"] if "error" in i["index"]][:3]
+    engine.refresh(index)
 
 
 # ----------------------------------------------------------------------------- OpenSearch Dashboards
@@ -137,10 +150,10 @@ def discover_body(free_text: str, search: dict) -> dict:
                           "fields": {"*": {}}, "fragment_size": 2147483647}}
 
 
-def discover(client, index: str, body: dict) -> list[dict]:
+def discover(opensearch: Engine, index: str, body: dict) -> list[dict]:
     """Sent as Dashboards' server sends it: its default search parameters in the URL."""
     url = f"/{index}/_search?ignore_unavailable=true&track_total_hits=true&preference=1764650000000&timeout=30000ms"
-    answer = client.transport.perform_request("POST", url, body=body)
+    answer = opensearch.client.transport.perform_request("POST", url, body=body)
     return answer["hits"]["hits"]
 
 

@@ -54,8 +54,9 @@ def request(url: str, ca: str | None = None, user: str | None = None, password: 
 def test_a_plain_elasticsearch_node_starts_answers_as_elasticsearch_and_stops(fresh_home, tmp_path):
     runner = CliRunner()
     try:
+        # the plugin has tests of its own (test_plugin_node_integration): a build here would only slow this down
         first = runner.invoke(main, ["node", "start", "--engine", "elasticsearch", "--port", str(PORT), "--heap", "512m",
-                                     "--data", str(tmp_path / "data")])
+                                     "--data", str(tmp_path / "data"), "--no-plugin"])
         assert first.exit_code == 0, first.output
         assert f"Elasticsearch {ES_VERSION} started at http://127.0.0.1:{PORT}" in first.output
         pid = node.status(PORT)["nodes"][0]["pid"]
@@ -91,7 +92,7 @@ def test_a_secured_elasticsearch_node_has_https_a_superuser_and_a_viewer(fresh_h
     url = f"https://127.0.0.1:{SECURE_PORT}"
     try:
         started = runner.invoke(main, ["node", "start", "--engine", "elasticsearch", "--port", str(SECURE_PORT),
-                                       "--heap", "512m", "--secure"])
+                                       "--heap", "512m", "--secure", "--no-plugin"])
         assert started.exit_code == 0, started.output
         security = node.security_info(SECURE_PORT)
         ca, password_file = security["ca_certs"], Path(security["password_file"])

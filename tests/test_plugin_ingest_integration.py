@@ -1,7 +1,8 @@
-"""`lsr-os ingest` writes the lsr-os plugin's `text` field, on a real node with the plugin
-(OPENSEARCH_URL; CI's node runs it): typed text sent as a plain `match` over HTTP ranks the
-images as `lsr-os search --mode inference-free` does, Discover's Lucene request too, and the
-field's rules (captions never, forced on or off, resume, replacement) hold."""
+"""`lsr-os ingest` writes the lsr-os plugin's `text` field, on a real node of each engine with the
+plugin (OPENSEARCH_URL, ELASTICSEARCH_URL; CI's nodes run it): typed text sent as a plain `match`
+over HTTP ranks the images as `lsr-os search --mode inference-free` does (Discover's Lucene
+request too, on OpenSearch), and the field's rules (captions never, forced on or off, resume,
+replacement) hold."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 
 from lsr_os import plugin
 from lsr_os.cli import main
+from lsr_os.config import ClusterConfig
 from lsr_os.demo import world
 from plugin_helpers import (assert_same_top, discover, discover_body, head_with_query_weights, reference,
                             require_plugin, saved_search)
@@ -28,10 +30,6 @@ pytestmark = pytest.mark.integration
 N_IMAGES = 1500
 
 
-@pytest.fixture(scope="module")
-def client(os_client):
-    require_plugin(os_client)
-    return os_client
 
 
 def _pieces(text: str) -> list[str]:
@@ -48,10 +46,9 @@ def _vector(rng: random.Random, texts: list[str]) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def small_world(client, cluster_config, tmp_path_factory):
+def world_files(tmp_path_factory):
     """Images (and captions) of the demo world as sparse JSONL, a head with query weights and one
-    without, loaded once by `lsr-os ingest --sparse DIR --head HEAD`; the test queries are
-    captions of other scenes."""
+    without; the test queries are captions of other scenes."""
     root = tmp_path_factory.mktemp("plugin-world")
     rng = random.Random(11)
     with (root / "images.jsonl").open("w") as images, (root / "captions.jsonl").open("w") as captions:
@@ -69,17 +66,48 @@ def small_world(client, cluster_config, tmp_path_factory):
     (bare / "config.json").write_text(json.dumps(cfg))
     (bare / "query_weights.safetensors").unlink()
     queries = [world.captions(world.random_scene(rng), rng, n=1)[0] for _ in range(6)]
-    prefix = f"test-plugin-ingest-{uuid.uuid4().hex[:8]}"
-    url = cluster_config.urls[0]
-    result = CliRunner().invoke(main, ["ingest", "--url", url, "--sparse", str(root), "--head", str(head),
-                                       "--prefix", prefix, "--json"])
-    try:
-        assert result.exit_code == 0, result.output
-        reports = {r["collection"]: r for r in _reports(result.stdout)}
-        yield {"root": root, "head": head, "bare": bare, "prefix": prefix, "url": url, "queries": queries,
-               "reports": reports}
-    finally:
-        client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, expand_wildcards="all")
+    return {"root": root, "head": head, "bare": bare, "queries": queries}
+
+
+@pytest.fixture(scope="module")
+def worlds(world_files):
+    """The world loaded into each engine asked for, once (`loaded`), by `lsr-os ingest --sparse DIR
+    --head HEAD`; its indices are deleted at the end."""
+    made = {}
+
+    def loaded(engine):
+        if engine.name not in made:
+            prefix = f"test-plugin-ingest-{uuid.uuid4().hex[:8]}"
+            url = engine.config.urls[0]
+            made[engine.name] = {**world_files, "engine": engine, "prefix": prefix, "url": url}
+            result = CliRunner().invoke(main, ["ingest", "--url", url, "--sparse", str(world_files["root"]), "--head",
+                                               str(world_files["head"]), "--prefix", prefix, "--json"])
+            assert result.exit_code == 0, result.output
+            made[engine.name]["reports"] = {r["collection"]: r for r in _reports(result.stdout)}
+        return made[engine.name]
+
+    yield loaded
+    for world_ in made.values():
+        world_["engine"].delete_indices(f"{world_['prefix']}-*", missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    """The engine's test node, which must run the plugin."""
+    require_plugin(engine)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def small_world(client, worlds):
+    return worlds(client)
+
+
+@pytest.fixture(scope="module")
+def os_world(opensearch, worlds):
+    """The world on OpenSearch, for Dashboards."""
+    require_plugin(opensearch)
+    return worlds(opensearch)
 
 
 def _reports(stdout: str) -> list[dict]:
@@ -119,8 +147,8 @@ def _inference_free(world_: dict, text: str, k: int) -> tuple[list[tuple[str, fl
 
 
 def _mapping(client, alias: str) -> tuple[dict, dict]:
-    ((index, body),) = client.indices.get_mapping(index=alias).items()
-    return body["mappings"].get("properties", {}), body["mappings"]["_meta"]["lsr_os"]
+    ((index, mappings),) = client.mappings(alias).items()
+    return mappings.get("properties", {}), mappings["_meta"]["lsr_os"]
 
 
 def _tolerance(n_terms: int) -> float:
@@ -148,7 +176,7 @@ def test_the_images_get_the_text_field_and_the_captions_never(small_world, clien
     assert rows[f"{small_world['prefix']}-captions"]["text_field"] is None
     props, meta = _mapping(client, f"{small_world['prefix']}-captions")
     assert plugin.FIELD not in props and "text_field" not in meta
-    hit = client.search(index=f"{small_world['prefix']}-images", body={"size": 1})["hits"]["hits"][0]
+    hit = client.search(f"{small_world['prefix']}-images", {"size": 1})["hits"]["hits"][0]
     assert plugin.FIELD not in hit["_source"]  # derived data, kept out of _source (and of Discover)
 
 
@@ -169,12 +197,12 @@ def test_the_acceptance_query_two_green_stars(small_world):
 
 
 @pytest.mark.parametrize("text", ["two green stars", "a small red circle on the left", "striped squares"])
-def test_discover_lucene_body_ranks_as_the_match_query(small_world, client, text):
+def test_discover_lucene_body_ranks_as_the_match_query(os_world, opensearch, text):
     """The request Discover sends for free text over the saved search `lsr-os dashboards` writes
     for this prefix, replayed on the index `lsr-os ingest` made."""
-    index = f"{small_world['prefix']}-images"
-    hits = discover(client, index, discover_body(text, saved_search(small_world["prefix"])))
-    matched = _curl_match(small_world["url"], index, text, size=500)
+    index = f"{os_world['prefix']}-images"
+    hits = discover(opensearch, index, discover_body(text, saved_search(os_world["prefix"])))
+    matched = _curl_match(os_world["url"], index, text, size=500)
     assert [(h["_id"], h["_score"]) for h in hits] == matched and matched
 
 
@@ -185,7 +213,7 @@ def test_lucene_syntax_counts_a_repeated_word_once_unless_operators_split_it(sma
     index = f"{small_world['prefix']}-images"
 
     def scores(query: dict) -> dict[str, float]:
-        hits = client.search(index=index, body={"size": N_IMAGES, "query": query, "_source": False})["hits"]["hits"]
+        hits = client.search(index, {"size": N_IMAGES, "query": query, "_source": False})["hits"]["hits"]
         return {h["_id"]: h["_score"] for h in hits}
 
     once = scores({"match": {plugin.FIELD: "green stars"}})
@@ -225,18 +253,18 @@ def test_text_field_forced_without_query_weights_is_one_line_and_creates_nothing
                          "--text-field", *(["--head", str(head)] if head else []))
         assert result.exit_code == 2 and said in result.output, result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-        assert client.indices.get(index=f"{alias}*") == {}
+        assert client.index(f"{alias}*") == {}
 
 
 def test_a_served_text_field_is_not_replaced_by_an_index_without_one_unless_asked(small_world, client):
     alias = f"{small_world['prefix']}-images"
-    (served,) = client.indices.get_alias(name=alias)
+    (served,) = client.alias_targets(alias)
     refused = _ingest(small_world, "--sparse", str(small_world["root"]), "--collection", "images", "--head",
                       str(small_world["bare"]), "--prefix", small_world["prefix"], "--fresh")
     assert refused.exit_code == 2 and f"{alias} serves {served}, whose 'text' field" in refused.output
     assert "pass --no-text-field" in refused.output
-    assert list(client.indices.get_alias(name=alias)) == [served]
-    assert sorted(client.indices.get(index=f"{alias}-v*")) == [served]  # nothing was created
+    assert client.alias_targets(alias) == [served]
+    assert sorted(client.index(f"{alias}-v*")) == [served]  # nothing was created
 
 
 def test_a_resumed_load_never_mixes_foldings(small_world, client, tmp_path):
@@ -258,7 +286,7 @@ def test_a_resumed_load_never_mixes_foldings(small_world, client, tmp_path):
     other = head_with_query_weights(tmp_path / "other", seed=4)
     fresh = _reports(_ingest(small_world, *args, "--head", str(other)).stdout)[0]
     assert not fresh["resumed"] and fresh["index"] != unfinished and fresh["text_field"]
-    assert not client.indices.exists(index=unfinished)
+    assert not client.exists(unfinished)
     assert _mapping(client, fresh["index"])[1]["text_field"]["head"] == str(other.resolve())
     without = _reports(_ingest(small_world, *args, "--head", str(other), "--no-text-field").stdout)[0]
     assert not without["resumed"] and plugin.FIELD not in _mapping(client, without["index"])[0]
@@ -278,3 +306,59 @@ def test_a_document_whose_folded_weights_overflow_is_a_failure_naming_it(small_w
     (failure,) = map(json.loads, failures.read_text().splitlines())
     assert failure["id"] == "huge" and "'green' folds to" in failure["reason"], failure
     assert [d for d, _ in _curl_match(small_world["url"], alias, "green stars")] == ["ok"]
+
+
+# ----------------------------------------------------------------------------- one truth for the weights
+
+
+def test_new_query_weights_are_told_by_search_serve_and_collections_list_until_a_load_folds_them(
+        small_world, client, tmp_path):
+    """After the head's query weights change (add-query-weights, a new training), the field still
+    ranks by the old ones: `collections list`, `search` and `serve` say so, and a load with the head
+    folds them anew (then all three are quiet)."""
+    from lsr_os import serve as serve_lib
+
+    head = shutil.copytree(small_world["head"], tmp_path / "head")
+    prefix = f"{small_world['prefix']}-weights"
+    alias = f"{prefix}-images"
+    args = ["--sparse", str(small_world["root"] / "images.jsonl"), "--index", alias, "--head", str(head), "--json"]
+    assert _ingest(small_world, *args).exit_code == 0
+
+    def told() -> dict:
+        listed = CliRunner().invoke(main, ["collections", "list", "--url", small_world["url"], "--json"])
+        (row,) = [r for r in json.loads(listed.stdout) if r["alias"] == alias]
+        searched = CliRunner().invoke(main, ["search", "two green stars", "--url", small_world["url"], "--head",
+                                             str(head), "--index", alias, "--json"])
+        assert searched.exit_code == 0, searched.output
+        service = serve_lib.open_service(ClusterConfig(urls=(small_world["url"],)), serve_lib.ServeConfig(
+            prefix=prefix, head=head))
+        try:
+            health = service.health()["collections"]["images"]["text_field_stale"]
+        finally:
+            service.close()
+        return {"list": row["text_field_stale"], "search": json.loads(searched.stdout)["warnings"], "serve": health}
+
+    assert told() == {"list": None, "search": [], "serve": []}
+    head_with_query_weights(head, seed=5)  # new weights in the same folder
+    stale = told()
+    assert stale["list"] and stale["list"].startswith(f"{_served(client, alias)}'s 'text' field was folded from "
+                                                      "older query weights of that head")
+    said = f"{alias}'s 'text' field was folded from older query weights of that head"
+    assert [w for w in stale["search"] if w.startswith(said)] == stale["search"] and len(stale["search"]) == 1
+    assert stale["serve"] == stale["search"] and f"load the images again with --head {head}" in stale["serve"][0]
+    # the world's own images were folded from the old weights too: against this head, they are told as well
+    against = CliRunner().invoke(main, ["collections", "list", "--url", small_world["url"], "--head", str(head)])
+    lines = {line.split()[1]: line for line in against.stdout.splitlines() if line.startswith("* ")}
+    assert against.exit_code == 0 and lines[alias].endswith("text (other weights)")
+    images = f"{small_world['prefix']}-images"
+    assert lines[images].endswith("text (other weights)")
+    assert f"Warning: {_served(client, images)}'s 'text' field was folded from the query weights of" in against.stderr
+
+    assert _ingest(small_world, *args).exit_code == 0  # the same load, with the head as it is now
+    assert told() == {"list": None, "search": [], "serve": []}
+    assert _mapping(client, alias)[1]["text_field"]["query_weights_sha256"] == plugin.head_weights_sha256(head)
+
+
+def _served(client, alias: str) -> str:
+    (index,) = client.alias_targets(alias)
+    return index

@@ -1,6 +1,7 @@
-"""The lsr-os plugin on a real node (OPENSEARCH_URL; CI's node runs it): the tokenizer equals
-Hugging Face's fast tokenizer through `_analyze`, and a plain `match` on the folded `text` field
-ranks like the inference-free rank_feature query, Dashboards' own request bodies included."""
+"""The lsr-os plugin on a real node of each engine (OPENSEARCH_URL, ELASTICSEARCH_URL; CI's nodes
+run it): the tokenizer equals Hugging Face's fast tokenizer through `_analyze`, and a plain `match`
+on the folded `text` field ranks like the inference-free sparse query (rank_feature on OpenSearch,
+sparse_vector on Elasticsearch); on OpenSearch, Dashboards' own request bodies too."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import random
 import pytest
 
 from lsr_os import plugin
-from lsr_os.index import load_mapping
+from lsr_os.errors import BadRequest
+from lsr_os.index import load_mapping, to_document
 from lsr_os.search import build_query
-from lsr_os.sparse import quantize
-from plugin_helpers import (analyzed, char_table, discover, discover_body, expected, random_texts, reference,
-                            require_plugin, saved_search, world_captions)
+from lsr_os.sparse import SparseRecord, quantize
+from plugin_helpers import (analyzed, bulk_lines, char_table, discover, discover_body, expected, random_texts,
+                            reference, require_plugin, saved_search, world_captions)
 
 pytestmark = pytest.mark.integration
 
@@ -22,9 +24,14 @@ SCALE = plugin.DEFAULT_SCALE
 
 
 @pytest.fixture(scope="module")
-def client(os_client):
-    require_plugin(os_client)
-    return os_client
+def client(engine):
+    """The engine's test node, which must run the plugin."""
+    require_plugin(engine)
+    return engine
+
+
+def _images_body(client, vocab: str, scale=SCALE) -> dict:
+    return plugin.with_text_field(client.ops.collection_body(load_mapping("images")), vocab, scale)
 
 
 def _mismatches(texts, got):
@@ -40,7 +47,7 @@ def test_tokens_and_offsets_equal_the_fast_tokenizer_on_10000_texts(client):
     assert not bad, f"{len(bad)} of {len(texts)} texts differ, e.g. {bad[:3]}"
 
 
-def test_every_kind_of_character_between_letters_tokenizes_as_the_reference(client):
+def test_every_kind_of_character_between_letters_tokenizes_as_the_reference(client, index_name):
     """Code points as "a<c>b": whether c is dropped, a space, punctuation, CJK or part of the word,
     and what NFD and lowercasing make of it. All of Unicode below U+3400, every edge of the
     character tables (each range's first and last code point and their neighbours), and every
@@ -49,14 +56,10 @@ def test_every_kind_of_character_between_letters_tokenizes_as_the_reference(clie
     cps = sorted(c for c in set(range(0x3400)) | edges | set(range(0x3400, 0x110000, 37))
                  if 0 <= c <= 0x10FFFF and not 0xD800 <= c <= 0xDFFF)
     texts = [f"a{chr(c)}b" for c in cps]
-    name = "test-plugin-codepoints"
-    client.indices.create(index=name, body={"settings": {"index": {
+    client.create_index(index_name, {"settings": {"index": {
         "analyze.max_token_count": 100000,
         "analysis": {"analyzer": {"pieces": {"type": "custom", "tokenizer": plugin.TOKENIZER}}}}}})
-    try:
-        bad = _mismatches(texts, analyzed(client, texts, index=name, analyzer="pieces", max_tokens=60000))
-    finally:
-        client.indices.delete(index=name)
+    bad = _mismatches(texts, analyzed(client, texts, index=index_name, analyzer="pieces", max_tokens=60000))
     assert len(texts) > 40000
     assert not bad, f"{len(bad)} of {len(texts)} code points differ, e.g. {[(hex(ord(t[1])), e, g) for t, e, g in bad[:5]]}"
 
@@ -74,17 +77,17 @@ def test_hugging_face_bert_tokenizer_cases(client):
 
 
 def test_position_increments_are_one_and_the_index_analyzer_checks_the_vocabulary(client, index_name):
-    tokens = client.indices.analyze(body={"tokenizer": plugin.TOKENIZER, "text": "unaffable 한국"})["tokens"]
+    tokens = client.analyze(None, {"tokenizer": plugin.TOKENIZER, "text": "unaffable 한국"})["tokens"]
     assert [t["position"] for t in tokens] == list(range(len(tokens))) and len(tokens) > 3
-    client.indices.create(index=index_name, body=plugin.with_text_field(load_mapping("images"), plugin.vocab_sha256()))
+    client.create_index(index_name, _images_body(client, plugin.vocab_sha256()))
     texts = ["the dog the dog on a beach", "Dogs, DOGS and dogs!"]
     got = analyzed(client, texts, index=index_name, analyzer=plugin.QUERY_ANALYZER)
     assert [[t for t, *_ in g] for g in got] == [["the", "dog", "on", "a", "beach"], ["dogs", ",", "and", "!"]]
 
     wrong = "0" * 64
-    with pytest.raises(Exception) as info:
-        client.indices.create(index=f"{index_name}-wrong", body=plugin.with_text_field(load_mapping("images"), wrong))
-    assert f"vocab_sha256 [{wrong}] does not match the vocabulary" in str(info.value)
+    with pytest.raises(BadRequest) as info:
+        client.create_index(f"{index_name}-wrong", _images_body(client, wrong))
+    assert f"vocab_sha256 [{wrong}] does not match the vocabulary" in client.error_text(info.value)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -96,8 +99,23 @@ STOP = ["the", "a", "of", "on", ".", ",", "and"]
 
 
 @pytest.fixture(scope="module")
-def scored_index(client):
-    """Documents with known sparse vectors and a known weight table, indexed with both fields."""
+def scored_indices():
+    """The scoring index of each engine asked for, made once (`scored`) and deleted at the end."""
+    made = {}
+
+    def scored(engine):
+        if engine.name not in made:
+            made[engine.name] = (engine, _scored_index(engine))
+        return made[engine.name][1]
+
+    yield scored
+    for engine, (name, *_) in made.values():
+        engine.delete_indices(name, missing_ok=True)
+
+
+def _scored_index(engine):
+    """Documents with known sparse vectors and a known weight table, indexed with both fields (as
+    `lsr-os ingest` writes them)."""
     rng = random.Random(7)
     terms = WORDS + STOP + ["##s", "[CLS]"]
     weights = {t: round(rng.uniform(0.2, 3.0), 4) for t in WORDS} | {t: 0.0 for t in STOP + ["##s", "[CLS]"]}
@@ -105,16 +123,26 @@ def scored_index(client):
     for i in range(300):
         chosen = rng.sample(terms, rng.randint(3, 12))
         docs[f"d{i:03d}"] = {t: rng.uniform(0.01, 4.0) for t in chosen}
-    name = "test-plugin-scoring"
-    client.indices.delete(index=name, ignore_unavailable=True)
-    client.indices.create(index=name, body=plugin.with_text_field(load_mapping("images"), plugin.vocab_sha256(), SCALE))
-    lines = []
-    for doc_id, vector in docs.items():
-        lines += [{"index": {"_index": name, "_id": doc_id}},
-                  {"id": doc_id, "sparse": vector, "text": plugin.folded_text(vector, weights, SCALE, doc_id)}]
-    assert not client.bulk(body=lines, refresh=True)["errors"]
-    yield name, docs, weights
-    client.indices.delete(index=name)
+    folding = plugin.Folding(weights, plugin.vocab_sha256(), SCALE, "test", "test")
+    name = f"test-plugin-scoring-{engine.name}"
+    engine.delete_indices(name, missing_ok=True)
+    engine.create_index(name, _images_body(engine, plugin.vocab_sha256()))
+    bulk_lines(engine, name, {doc_id: to_document(SparseRecord(doc_id, vector), folding=folding,
+                                                  escape_names=engine.features.escapes_feature_names)
+                              for doc_id, vector in docs.items()})
+    return name, docs, weights
+
+
+@pytest.fixture(scope="module")
+def scored_index(client, scored_indices):
+    return scored_indices(client)
+
+
+@pytest.fixture(scope="module")
+def os_scored_index(opensearch, scored_indices):
+    """The scoring index on OpenSearch, for Dashboards."""
+    require_plugin(opensearch)
+    return scored_indices(opensearch)
 
 
 def _pieces(text: str) -> list[str]:
@@ -127,7 +155,7 @@ def _inference_free(text: str, weights: dict) -> dict:
 
 
 def _hits(client, index, body) -> list[tuple[str, float]]:
-    return [(h["_id"], h["_score"]) for h in client.search(index=index, body=body)["hits"]["hits"]]
+    return [(h["_id"], h["_score"]) for h in client.search(index, body)["hits"]["hits"]]
 
 
 QUERIES = ["dog beach", "the red ball on the grass", "two green stars at night", "a boat on a river",
@@ -139,7 +167,7 @@ def test_a_match_query_scores_the_inference_free_dot_product(scored_index, clien
     index, docs, weights = scored_index
     query = _inference_free(text, weights)
     tolerance = len(query) * 0.5 / SCALE + 1e-5  # rounding per term, plus float32 sums
-    ranked = _hits(client, index, build_query(query, size=len(docs)))
+    ranked = _hits(client, index, build_query(client.ops, query, size=len(docs)))
     matched = _hits(client, index, {"size": len(docs), "query": {"match": {plugin.FIELD: text}}})
     assert {d for d, _ in matched} == {d for d, _ in ranked}
     feature_score = dict(ranked)
@@ -163,12 +191,14 @@ def test_repeated_words_count_once_and_stop_words_add_nothing(scored_index, clie
 def test_the_match_is_term_queries_on_the_field_and_explains_as_the_dot_product(scored_index, client):
     index, docs, weights = scored_index
     text = "puppies on the beach, on the BEACH"
-    answer = client.indices.validate_query(index=index, explain=True, body={"query": {"match": {plugin.FIELD: text}}})
+    with client.errors():  # a call lsr-os itself never makes: the same on both clients
+        answer = client.client.indices.validate_query(index=index, explain=True,
+                                                      body={"query": {"match": {plugin.FIELD: text}}})
     assert answer["valid"], answer
     pieces = list(dict.fromkeys(_pieces(text)))
     assert any(p.startswith("##") for p in pieces)
     assert answer["explanations"][0]["explanation"].split() == [f"{plugin.FIELD}:{p}" for p in pieces]
-    hit = client.search(index=index, body={"size": 1, "explain": True, "query": {"match": {plugin.FIELD: "beach"}}})
+    hit = client.search(index, {"size": 1, "explain": True, "query": {"match": {plugin.FIELD: "beach"}}})
     detail = hit["hits"]["hits"][0]["_explanation"]
     assert "boost * freq / scale" in str(detail)
     doc = docs[hit["hits"]["hits"][0]["_id"]]
@@ -182,8 +212,8 @@ def test_track_total_hits_false_gives_the_top_hits_of_a_full_count(scored_index,
     node's profiler cannot show it, as profiling turns bulk skipping off for every query."""
     index, *_ = scored_index
     query = {"match": {plugin.FIELD: "dog beach cat red blue ball"}}
-    counted = client.search(index=index, body={"size": 5, "query": query, "track_total_hits": True})
-    top = client.search(index=index, body={"size": 5, "query": query, "track_total_hits": False})
+    counted = client.search(index, {"size": 5, "query": query, "track_total_hits": True})
+    top = client.search(index, {"size": 5, "query": query, "track_total_hits": False})
     assert "total" not in top["hits"] and counted["hits"]["total"]["value"] > 5
     assert [(h["_id"], h["_score"]) for h in top["hits"]["hits"]] == \
         [(h["_id"], h["_score"]) for h in counted["hits"]["hits"]]
@@ -193,10 +223,10 @@ def test_track_total_hits_false_gives_the_top_hits_of_a_full_count(scored_index,
 
 
 @pytest.mark.parametrize("text", ["dog beach", "two green stars at night", "horse horse"])
-def test_discover_lucene_free_text_ranks_as_the_match_query(scored_index, client, text):
-    index, *_ = scored_index
-    hits = discover(client, index, discover_body(text, saved_search()))
-    matched = _hits(client, index, {"size": 500, "query": {"match": {plugin.FIELD: text}}})
+def test_discover_lucene_free_text_ranks_as_the_match_query(os_scored_index, opensearch, text):
+    index, *_ = os_scored_index
+    hits = discover(opensearch, index, discover_body(text, saved_search()))
+    matched = _hits(opensearch, index, {"size": 500, "query": {"match": {plugin.FIELD: text}}})
     assert [(h["_id"], h["_score"]) for h in hits] == matched and matched
     assert all(plugin.FIELD not in h["_source"] for h in hits)  # the folded field stays out of Discover
 
@@ -208,13 +238,13 @@ def test_the_saved_images_search_is_lucene_sorted_by_score_whatever_the_prefix()
         assert search["attributes"]["sort"] == [["_score", "desc"]]
 
 
-def test_discover_dql_free_text_filters_without_scores(scored_index, client):
+def test_discover_dql_free_text_filters_without_scores(os_scored_index, opensearch):
     """Why the images search is saved with Lucene: DQL puts free text in filter context, so every
     hit scores 0 and "sorted by _score" is no ranking at all."""
-    index, *_ = scored_index
+    index, *_ = os_scored_index
     dql = saved_search()
     source = json.loads(dql["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
     source["query"]["language"] = "kuery"
     dql["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"] = json.dumps(source)
-    hits = discover(client, index, discover_body("dog beach", dql))
+    hits = discover(opensearch, index, discover_body("dog beach", dql))
     assert hits and {h["_score"] for h in hits} == {0.0}

@@ -75,21 +75,19 @@ def test_the_vocabulary_checksum_is_the_shipped_files():
         plugin.vocab_sha256(ROOT / "nope.txt")
 
 
-def test_cluster_has_plugin_needs_it_on_every_node():
-    class Nodes:
-        def __init__(self, plugins):
+def test_the_cluster_has_the_plugin_only_when_every_node_runs_it():
+    from lsr_os.engines.base.features import BaseFeatures
+
+    class Nodes:  # the one cluster call the flag makes, answered as a cluster of these nodes would
+        def __init__(self, *plugins):
             self.plugins = plugins
 
-        def info(self, metric):
-            return {"nodes": {f"n{i}": {"plugins": [{"name": p} for p in ps]} for i, ps in enumerate(self.plugins)}}
+        def node_plugins(self):
+            return {f"n{i}": set(ps) for i, ps in enumerate(self.plugins)}
 
-    class Client:
-        def __init__(self, *plugins):
-            self.nodes = Nodes(plugins)
-
-    assert plugin.cluster_has_plugin(Client(["lsr-os"], ["lsr-os", "x"]))
-    assert not plugin.cluster_has_plugin(Client(["lsr-os"], []))
-    assert not plugin.cluster_has_plugin(Client())
+    assert BaseFeatures(Nodes(["lsr-os"], ["lsr-os", "x"])).has_lsr_os_plugin
+    assert not BaseFeatures(Nodes(["lsr-os"], [])).has_lsr_os_plugin
+    assert not BaseFeatures(Nodes()).has_lsr_os_plugin
 
 
 # ----------------------------------------------------------------------------- the plugin's sources
@@ -116,6 +114,29 @@ def test_a_heads_folding_keeps_its_positive_weights_by_term_and_fingerprints_the
     assert plugin.Folding.from_head(moved, scale=1000).folds_like(folding.meta())
     assert not plugin.Folding.from_head(moved, scale=100).folds_like(folding.meta())
     assert not folding.folds_like(folding.meta() | {"query_weights_sha256": "other"}) and not folding.folds_like(None)
+
+
+def test_a_text_field_folded_from_other_weights_is_told_and_the_same_ones_are_not(tmp_path):
+    head = head_with_query_weights(tmp_path / "head", seed=1)
+    recorded = plugin.Folding.from_head(head).meta()
+    assert plugin.head_weights_sha256(head) == recorded["query_weights_sha256"]
+    assert plugin.stale_text_field("x-images", recorded) is None  # the head it was folded from, unchanged
+    assert plugin.stale_text_field("x-images", recorded, shutil.copytree(head, tmp_path / "copy")) is None
+    assert plugin.stale_text_field("x-images", None, head) is None  # no field, nothing to say
+
+    other = head_with_query_weights(tmp_path / "other", seed=2)
+    said = plugin.stale_text_field("x-images", recorded, other)
+    old, new = recorded["query_weights_sha256"][:12], plugin.head_weights_sha256(other)[:12]
+    assert said == (f"x-images's 'text' field was folded from the query weights of {head.resolve()} (table {old}), "
+                    f"not those of {other} (table {new}): a `match` on it in the cluster ranks typed text by those, "
+                    f"unlike inference-free search with {other}; load the images again with --head {other} to fold "
+                    f"it anew (docs/plugin.md)")
+    head_with_query_weights(head, seed=3)  # new weights in the same folder (as add-query-weights writes them)
+    said = plugin.stale_text_field("x-images", recorded)
+    assert said.startswith(f"x-images's 'text' field was folded from older query weights of that head (table {old}, now ")
+    shutil.rmtree(head)  # a recorded head that is gone: nothing to compare with
+    assert plugin.stale_text_field("x-images", recorded) is None
+    assert plugin.stale_text_field("x-images", recorded, tmp_path) is None  # a folder without query weights
 
 
 def test_a_head_of_another_vocabulary_cannot_be_folded(tmp_path):
@@ -202,24 +223,26 @@ def test_the_build_key_follows_the_sources_the_engine_and_the_version(monkeypatc
 # ----------------------------------------------------------------------------- node start without what it needs
 
 
-def fake_dist(tmp_path: Path) -> Path:
-    dist = tmp_path / "dist" / "opensearch-3.8.0"
+def fake_dist(tmp_path: Path, name: str = "opensearch-3.8.0") -> Path:
+    dist = tmp_path / "dist" / name
     (dist / "plugins").mkdir(parents=True)
     return dist
 
 
-def test_without_maven_the_node_starts_without_the_plugin_in_one_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["opensearch", "elasticsearch"])
+def test_without_maven_the_node_starts_without_the_plugin_in_one_line(tmp_path, monkeypatch, engine):
     monkeypatch.setenv("LSR_OS_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(node.shutil, "which", lambda name: None)
     told: list[str] = []
-    dist = fake_dist(tmp_path)
-    assert node._node_distribution(node.NodeSpec(), dist, tmp_path, told.append) == (dist, None)
+    dist = fake_dist(tmp_path, engine)
+    assert node._node_distribution(node.NodeSpec(engine=engine), dist, tmp_path, told.append) == (dist, None)
     assert len(told) == 1 and "\n" not in told[0]
     assert told[0].startswith("starting without the lsr-os plugin: Maven (mvn) is not installed")
     assert "Everything else in lsr-os works without it" in told[0] and "typed-text search" in told[0]
     with pytest.raises(PluginUnavailable, match="Maven"):
-        node._node_distribution(node.NodeSpec(plugin="require"), dist, tmp_path, told.append)
-    assert node._node_distribution(node.NodeSpec(plugin="skip"), dist, tmp_path, told.append) == (dist, None)
+        node._node_distribution(node.NodeSpec(engine=engine, plugin="require"), dist, tmp_path, told.append)
+    assert node._node_distribution(node.NodeSpec(engine=engine, plugin="skip"), dist, tmp_path, told.append) == \
+        (dist, None)
     assert len(told) == 1
 
 
@@ -259,16 +282,35 @@ def test_a_maven_that_hangs_or_cannot_run_is_one_plugin_error(tmp_path, monkeypa
     assert not list((tmp_path / "home" / "plugins").glob("build-*"))  # the build folder is removed either way
 
 
-def test_a_zip_built_for_another_version_is_refused_before_installing(tmp_path):
-    zip_path = tmp_path / "lsr-os-3.7.0.0.zip"
-    with zipfile.ZipFile(zip_path, "w") as zf:
-        zf.writestr("plugin-descriptor.properties", "# built\nname=lsr-os\nversion=3.7.0.0\nopensearch.version=3.7.0\n")
+def _zip(path: Path, descriptor: str) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("plugin-descriptor.properties", f"# built\nname=lsr-os\n{descriptor}\n")
+    return path
+
+
+def test_a_zip_built_for_another_version_or_engine_is_refused_before_installing(tmp_path):
+    old = _zip(tmp_path / "lsr-os-3.7.0.0.zip", "version=3.7.0.0\nopensearch.version=3.7.0")
     with pytest.raises(PluginUnavailable, match=r"lsr-os-3.7.0.0.zip was built for OpenSearch 3.7.0, but the node runs "
-                                                r"3.8.0: build it for 3.8.0 \(in plugin/: mvn -B -pl opensearch -am "
-                                                r"package -Dmaven.test.skip=true -Dopensearch.version=3.8.0\)"):
-        node.install_plugin(fake_dist(tmp_path), zip_path, "3.8.0", tmp_path)
+                                                r"OpenSearch 3.8.0: build it for 3.8.0 \(in plugin/: mvn -B -pl "
+                                                r"opensearch -am package -Dmaven.test.skip=true "
+                                                r"-Dopensearch.version=3.8.0\)"):
+        node.install_plugin(fake_dist(tmp_path), old, "3.8.0", tmp_path)
+    es_dist = fake_dist(tmp_path, "elasticsearch-9.5.3")
+    older = _zip(tmp_path / "lsr-os-9.5.2.0.zip", "version=9.5.2.0\nelasticsearch.version=9.5.2")
+    with pytest.raises(PluginUnavailable, match=r"^lsr-os-9.5.2.0.zip was built for Elasticsearch 9.5.2, but the node "
+                                                r"runs Elasticsearch 9.5.3: build it for 9.5.3 \(in plugin/: mvn -B -pl "
+                                                r"elasticsearch -am package -Dmaven.test.skip=true "
+                                                r"-Delasticsearch.version=9.5.3\)$"):
+        node.install_plugin(es_dist, older, "9.5.3", tmp_path, engine="elasticsearch")
+    with pytest.raises(PluginUnavailable, match=r"lsr-os-3.7.0.0.zip was built for OpenSearch 3.7.0, but the node "
+                                                r"runs Elasticsearch 9.5.3"):
+        node.install_plugin(es_dist, old, "9.5.3", tmp_path, engine="elasticsearch")
+    nameless = _zip(tmp_path / "lsr-os.zip", "version=1")
+    with pytest.raises(PluginUnavailable, match=r"lsr-os.zip was built for no engine version, but the node runs"):
+        node.install_plugin(es_dist, nameless, "9.5.3", tmp_path, engine="elasticsearch")
+    assert not (es_dist / "plugins" / "lsr-os").exists()
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
-    with pytest.raises(PluginUnavailable, match="junk.zip is not an OpenSearch plugin zip"):
+    with pytest.raises(PluginUnavailable, match="junk.zip is not a plugin zip"):
         node.plugin_descriptor(tmp_path / "junk.zip")
 
 

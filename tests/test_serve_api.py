@@ -143,7 +143,8 @@ def test_healthz_reports_cluster_collections_models_and_device(api, tiny):
     assert res.status_code == 200
     health = res.json()
     assert health["ok"] and health["cluster"]["reachable"]
-    assert health["collections"]["images"] == {"alias": f"{tiny.prefix}-images", "documents": N_SCENES}
+    assert health["collections"]["images"] == {"alias": f"{tiny.prefix}-images", "documents": N_SCENES,
+                                               "text_field_stale": []}
     assert health["collections"]["captions"]["documents"] == N_SCENES * CAPTIONS_PER_IMAGE
     assert health["models"]["loaded"] and health["models"]["device"] == "cpu"
 

@@ -51,7 +51,7 @@ class NodeLayout:
     initial_nodes_setting: str  # names the nodes that may elect the first cluster manager
     supports_security: bool = False  # whether the distribution has TLS and users (see the security methods)
     without_security: str = ""  # where it has none: why, and what to use instead (the error's words)
-    has_plugin: bool = False  # whether lsr-os builds its plugin for this engine yet
+    plugin_tool: str  # bin/<plugin_tool> installs a plugin zip (`install --batch file://...`)
     # sha256 of the distribution per version, where Maven Central publishes no checksum file.
     checksums: Mapping[str, str] = {}
 

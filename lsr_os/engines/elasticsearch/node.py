@@ -36,9 +36,7 @@ class NodeLayout(base.NodeLayout):
     server_marker = b"org.elasticsearch.bootstrap.Elasticsearch"
     initial_nodes_setting = "cluster.initial_master_nodes"
     supports_security = True
-    # The lsr-os plugin for Elasticsearch is not built yet; lsr_os.node._node_distribution is where
-    # it will be installed (`<home>/bin/elasticsearch-plugin install --batch file://<zip>`).
-    has_plugin = False
+    plugin_tool = "elasticsearch-plugin"
     # Maven Central serves these archives without .sha1 or .pom: the pinned one's digest, measured.
     checksums = {DEFAULT_VERSION: "bec49f3b8d00e75c8d1cec85c35298635ec9fbd3ae80ef5aeb6bc05abdb3db2d"}
 

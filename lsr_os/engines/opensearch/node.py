@@ -36,7 +36,7 @@ class NodeLayout(base.NodeLayout):
     java_opts_env = "OPENSEARCH_JAVA_OPTS"
     server_marker = b"org.opensearch.bootstrap.OpenSearch"  # bin/opensearch execs the server JVM
     initial_nodes_setting = "cluster.initial_cluster_manager_nodes"
-    has_plugin = True
+    plugin_tool = "opensearch-plugin"
     without_security = ("the OpenSearch test distribution has no security plugin; docker-compose.secure.yml "
                         "runs a secured OpenSearch")
 
