@@ -391,7 +391,8 @@ def source_options(split_default: str | None = None, demo_prefix: bool = False):
               help="Replicas, kept during the load too [default: 1 on a cluster of 2+ data nodes, else 0].")
 @click.option("--exclude-vectors", is_flag=True,
               help="Leave the sparse vector out of _source: a much smaller index (explain still works), but "
-                   "the cluster alone can no longer reindex it (snapshots still hold everything).")
+                   "the cluster alone can no longer reindex it (snapshots still hold everything). On "
+                   "Elasticsearch 9, which never keeps vectors in _source, it changes nothing.")
 @click.option("--force-merge", is_flag=True, help="Merge the index to one segment before serving it (a one-off load).")
 @click.option("--text-field/--no-text-field", "text_field", default=None,
               help="Give the images a `text` field that the lsr-os plugin ranks typed text on (a plain "
