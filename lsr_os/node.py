@@ -505,12 +505,13 @@ def plugin_distribution(dist: Path, version: str, java: Path, step: Step = _quie
     """A copy of the distribution with the current plugin build installed, and that build's key.
 
     The copy hard-links the distribution's files (its own config/ and plugins/), so it costs no
-    disk; the distribution itself stays without plugins for nodes started with --no-plugin. The
-    plugin is reinstalled when the cached build changed (a running node keeps the files it opened).
+    disk; the distribution itself stays without plugins for nodes started with --no-plugin. Each
+    plugin build gets its own copy: a node reads the plugin's files (its vocabulary) after it
+    started, so a newer build installed in place would break nodes still running the older one.
     """
     zip_path = build_plugin(version, java, step, engine)
     key = zip_path.parent.name
-    target = dist.parent / f"{dist.name}-{PLUGIN}"
+    target = dist.parent / f"{dist.name}-{PLUGIN}-{key.rsplit('-', 1)[-1]}"
     marker = target / f".{PLUGIN}-plugin"
     if marker.exists() and marker.read_text() == key and (target / "plugins" / PLUGIN).is_dir():
         return target, key
